@@ -1,0 +1,62 @@
+# AMC Service. Quick start: `make demo`, `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSSTAMP := $(VENV)/.system-deps
+# Debian packages the tests use for real: the standard adb client, libusb for adb-shell USB, chromium.
+DEBS := adb libusb-1.0-0 chromium
+
+.PHONY: install system-deps demo test test-slow bench lint serve clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned to the CPU build on local disk, so no other package pulls a CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo ">> installing torch 2.13.0 (CPU) and the project into $(VENV)"
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,tflite]'
+	@touch $@
+
+system-deps: $(SYSSTAMP)
+$(SYSSTAMP): | $(BIN)/python
+	@missing=""; \
+	command -v adb >/dev/null || missing="$$missing adb"; \
+	ldconfig -p | grep -q libusb-1.0 || missing="$$missing libusb-1.0-0"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo ">> apt-get install$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "Missing Debian packages:$$missing. Run: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+	@touch $@
+
+install: $(STAMP) $(SYSSTAMP)
+
+demo: install
+	$(BIN)/amc compress --model demo-cnn --data digits --target flops=0.5 --strategy ddpg \
+	  --compare --out runs/demo --seed 0
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow -q
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+lint: install
+	$(BIN)/ruff check compressor profiler device_agent server tests
+
+serve: install
+	$(BIN)/amc serve
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,33 @@
+"""Progress events of a search. The CLI renders them as a progress bar; the server stores them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal
+
+
+@dataclass
+class SearchEvent:
+    """One thing that happened. `kind` says which fields are meaningful.
+
+    - `phase`: a stage started (`phase` = load | baseline | search | compare | finetune | export | done);
+    - `episode`: an episode finished; `episode` counts from 1, `record` is the row of episodes.csv;
+    - `done`: the search finished; `record` holds the report.
+    """
+
+    kind: Literal["phase", "episode", "done"]
+    phase: str = ""
+    message: str = ""
+    episode: int = 0
+    episodes: int = 0
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EventSink = Callable[[SearchEvent], None]
+
+
+def ignore(_: SearchEvent) -> None:
+    """The default sink."""

@@ -1,0 +1,45 @@
+"""The latency oracle interface the search asks. `profiler` implements it (lookup tables, real
+devices); the search never imports device code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+KernelOp = Literal["conv", "dwconv", "linear", "add", "pool"]
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One fused kernel as the runtime executes it (conv+BN+ReLU counts as one conv kernel).
+
+    `h`, `w` are the kernel's *input* spatial size; `cin`/`cout` are channel counts (for `add` and
+    `pool`, cin == cout). `relu` says whether an activation is fused after it.
+    """
+
+    op: KernelOp
+    cin: int
+    cout: int
+    k: int = 1
+    stride: int = 1
+    h: int = 1
+    w: int = 1
+    relu: bool = False
+
+
+@runtime_checkable
+class LatencyOracle(Protocol):
+    """Answers how long a network takes on one device with one runtime."""
+
+    name: str
+
+    def predict_ms(self, kernels: Sequence[KernelSpec]) -> float:
+        """Fast prediction (lookup table) for a network given as its kernel list, in milliseconds."""
+        ...
+
+    def measure_ms(self, model: "torch.nn.Module", example_input: "torch.Tensor") -> float | None:
+        """Real measurement (median ms) of a PyTorch model, or None when no device could answer."""
+        ...

@@ -1,0 +1,1 @@
+"""FastAPI orchestrator and the `amc` command line that composes every package."""
