@@ -159,7 +159,8 @@ class _TfliteInterpreterRunner(Runner):
 
     def prepare(self, rng: np.random.Generator) -> None:
         self._feed = [
-            (d["index"], random_input([int(x) for x in d["shape"]], np.dtype(d["dtype"]), rng)) for d in self._details
+            (d["index"], random_input([int(x) for x in d["shape"]], np.dtype(d["dtype"]), rng))
+            for d in self._details
         ]
 
     def run(self) -> None:

@@ -190,7 +190,13 @@ class ResultParseError(ValueError):
 
 def error_result(error: AgentError | Exception) -> ErrorResult:
     error_type = error.error_type if isinstance(error, AgentError) else type(error).__name__
-    return {"schema": SCHEMA_VERSION, "kind": "error", "ok": False, "error": str(error), "error_type": error_type}
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": "error",
+        "ok": False,
+        "error": str(error),
+        "error_type": error_type,
+    }
 
 
 # --- parsing -----------------------------------------------------------------------------------------
@@ -264,7 +270,9 @@ def parse_result(text: str) -> dict[str, Any]:
     lo, hi = obj["min_ms"], obj["max_ms"]
     for name in ("median_ms", "p90_ms", "mean_ms"):
         if not lo - 1e-9 <= obj[name] <= hi + 1e-9:
-            raise ResultParseError(f"{name} = {obj[name]} lies outside [min_ms, max_ms] = [{lo}, {hi}]", text=text)
+            raise ResultParseError(
+                f"{name} = {obj[name]} lies outside [min_ms, max_ms] = [{lo}, {hi}]", text=text
+            )
     for spec in obj["inputs"]:
         if not (isinstance(spec, dict) and isinstance(spec.get("shape"), list)):
             raise ResultParseError(f"input entry {spec!r} lacks a shape list", text=text)

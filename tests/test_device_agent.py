@@ -42,7 +42,9 @@ def make_onnx_model(path: Path, *, channels: int = 8, size: int = 16) -> Path:
 def device_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding only a copy of device_agent/ and a model, like /data/local/tmp on a phone."""
     root = tmp_path_factory.mktemp("phone")
-    shutil.copytree(REPO / "device_agent", root / "device_agent", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "device_agent", root / "device_agent", ignore=shutil.ignore_patterns("__pycache__")
+    )
     make_onnx_model(root / "model.onnx")
     return root
 
@@ -83,7 +85,9 @@ def test_bench_prints_valid_result_from_copied_folder(device_dir: Path) -> None:
 def test_cpu_mask_pins_the_process(device_dir: Path) -> None:
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no sched_setaffinity on this platform")
-    rc, obj = run_agent(device_dir, "bench", "model.onnx", "--runs", "3", "--warmup", "0", "--cpu-mask", "0x1")
+    rc, obj = run_agent(
+        device_dir, "bench", "model.onnx", "--runs", "3", "--warmup", "0", "--cpu-mask", "0x1"
+    )
     assert rc == 0
     assert obj["cpu_affinity"] == [0]
 
