@@ -1,0 +1,271 @@
+"""The device interface: something that can run a command, receive a file and report its health.
+Timing a model (agent or benchmark_model) is written once here on top of those primitives, so the
+local CPU and a phone go through the same code."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shlex
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from profiler.benchmark_model import BenchmarkOutputError, benchmark_model_command, parse_benchmark_model
+from profiler.errors import DeviceUnavailable, MeasurementError
+from profiler.protocol import MeasureConfig, Measurement, check_runtime, sha256_file
+
+log = logging.getLogger(__name__)
+
+AGENT_RUNTIMES = ("onnxruntime", "litert", "tflite_runtime")
+# Phones keep everything the profiler pushes under one folder (Android's shell user may write here).
+DEVICE_ROOT = "/data/local/tmp/amc"
+
+
+@dataclass
+class CommandResult:
+    rc: int
+    stdout: str
+    stderr: str = ""
+
+    @property
+    def output(self) -> str:
+        return self.stdout + (("\n" + self.stderr) if self.stderr else "")
+
+
+@dataclass
+class Health:
+    """Whether a device can measure right now, and what it is."""
+
+    spec: str
+    ok: bool
+    detail: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    latency_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def agent_source_dir() -> Path:
+    """The `device_agent` package folder of this installation."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("device_agent")
+    if spec is None or not spec.submodule_search_locations:
+        raise DeviceUnavailable("local", "the device_agent package is not importable",
+                                hint="reinstall the project (`make install`)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def agent_files(root: Path | None = None) -> list[Path]:
+    """The files the agent needs on a device: its Python sources, without the phone emulator."""
+    root = root or agent_source_dir()
+    return sorted(p for p in root.rglob("*.py")
+                  if "phone_sim" not in p.relative_to(root).parts and "__pycache__" not in p.parts)
+
+
+def agent_hash(root: Path | None = None) -> str:
+    root = root or agent_source_dir()
+    digest = hashlib.sha256()
+    for path in agent_files(root):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def parse_agent_output(device: str, text: str) -> dict[str, Any]:
+    """The agent's JSON object (through device_agent.schema.parse_result when present), as a dict."""
+    from device_agent.schema import ResultParseError, parse_result
+
+    try:
+        return parse_result(text)
+    except ResultParseError as exc:
+        raise MeasurementError(device, f"could not parse the agent's result ({exc})", output=text) from exc
+
+
+_MODEL_FAULTS = ("ModelNotFound", "ModelLoadError", "InferenceError", "UsageError")
+
+
+def _first_number(*values: Any) -> float | None:
+    for value in values:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def parse_thermal(text: str) -> float | None:
+    """Hottest thermal zone from `cat /sys/class/thermal/thermal_zone*/temp` (millidegrees or degrees)."""
+    temps = []
+    for tok in text.split():
+        try:
+            v = float(tok)
+        except ValueError:
+            continue
+        v = v / 1000.0 if abs(v) > 200 else v
+        if -40 < v < 150:
+            temps.append(v)
+    return max(temps) if temps else None
+
+
+class Device(ABC):
+    """A machine that can time a model. Subclasses provide `run`, `push` and the agent command; the
+    measurement protocol, model transfer and result parsing are shared."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: str, *, benchmark_binary: str | None = None):
+        self.spec = spec
+        self.benchmark_binary = benchmark_binary
+        self.lock = threading.Lock()  # one measurement per device at a time
+        self.measure_calls = 0
+
+    # -- what a device must provide -------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Stable identity for the cache and lookup tables."""
+        return self.spec
+
+    @abstractmethod
+    def run(self, command: str, *, timeout_s: float) -> CommandResult:
+        """Run a shell command line on the device."""
+
+    @abstractmethod
+    def model_path_on_device(self, model_path: Path, sha256: str) -> str:
+        """Make the model available on the device (pushing it only if absent); return its path there."""
+
+    @abstractmethod
+    def agent_command(self) -> str:
+        """Shell prefix that starts the agent (`python -m device_agent`), installing it if needed."""
+
+    def health(self) -> Health:
+        start = time.monotonic()
+        try:
+            res = self.run("echo ok", timeout_s=10)
+            ok = res.rc == 0 and "ok" in res.stdout
+            return Health(self.spec, ok, "" if ok else f"echo failed: {res.output.strip()[:200]}",
+                          latency_s=time.monotonic() - start)
+        except DeviceUnavailable as exc:
+            return Health(self.spec, False, exc.reason)
+
+    def temperature_c(self) -> float | None:
+        try:
+            res = self.run("cat /sys/class/thermal/thermal_zone*/temp 2>/dev/null", timeout_s=10)
+        except DeviceUnavailable:
+            return None
+        return parse_thermal(res.stdout)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    # -- the shared measurement ------------------------------------------------------------------
+    def measure(self, model_path: Path | str, config: MeasureConfig | None = None, *,
+                runtime: str = "onnxruntime", timeout_s: float = 300.0,
+                sha256: str | None = None) -> Measurement:
+        """Time one model under `config` and return its statistics. Raises DeviceUnavailable when the
+        device cannot be used, MeasurementError when the run itself fails."""
+        config = config or MeasureConfig()
+        check_runtime(runtime)
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise MeasurementError(self.spec, f"model file {model_path} does not exist",
+                                   hint="export the model first (.onnx or .tflite)")
+        sha = sha256 or sha256_file(model_path)
+        with self.lock:
+            self.measure_calls += 1
+            remote = self.model_path_on_device(model_path, sha)
+            if config.cooldown_s:
+                time.sleep(config.cooldown_s)
+            temperature = self.temperature_c()
+            if runtime == "benchmark_model":
+                measurement = self._measure_benchmark_model(remote, config, sha, timeout_s)
+            else:
+                measurement = self._measure_agent(remote, config, runtime, sha, timeout_s)
+        if measurement.temperature_c is None:
+            measurement.temperature_c = temperature
+        try:
+            return measurement.check()
+        except ValueError as exc:
+            raise MeasurementError(self.spec, f"inconsistent statistics: {exc}",
+                                   output=json.dumps(measurement.raw)) from exc
+
+    def _measure_agent(self, remote: str, config: MeasureConfig, runtime: str, sha: str,
+                       timeout_s: float) -> Measurement:
+        args = ["bench", remote, "--runtime", runtime, "--threads", str(config.threads),
+                "--warmup", str(config.warmup), "--runs", str(config.runs)]
+        if config.cpu_mask:
+            args += ["--cpu-mask", config.cpu_mask]
+        command = f"{self.agent_command()} {shlex.join(args)}"
+        res = self.run(command, timeout_s=timeout_s)
+        data = self._agent_result(res)
+        try:
+            return Measurement(
+                device_id=self.id, runtime=runtime, threads=config.threads, model_sha256=sha,
+                median_ms=float(data["median_ms"]), p90_ms=float(data["p90_ms"]),
+                mean_ms=float(data["mean_ms"]), std_ms=float(data["std_ms"]),
+                min_ms=float(data["min_ms"]), max_ms=float(data["max_ms"]),
+                runs=int(data.get("runs") or config.runs),
+                load_ms=float(data["load_ms"]) if data.get("load_ms") is not None else None,
+                temperature_c=_first_number(data.get("temperature_before_c"),
+                                            (data.get("device") or {}).get("temperature_c")),
+                device_info=data.get("device") if isinstance(data.get("device"), dict) else {},
+                raw=data,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MeasurementError(self.spec, f"the agent's result lacks a field ({exc})", output=res.stdout) from exc
+
+    def _agent_result(self, res: CommandResult) -> dict[str, Any]:
+        """The agent's validated result, or the matching error: a device that cannot run the agent is
+        DeviceUnavailable (retry elsewhere), a model the runtime rejects is a MeasurementError."""
+        if res.rc != 0 and "{" not in res.stdout:
+            text = res.output.strip()[-300:]
+            if "No module named" in res.output and "device_agent" in res.output:
+                raise DeviceUnavailable(self.spec, "the device agent cannot be started (device_agent not found)",
+                                        hint="reinstall the agent; for a phone, check that python3 works in "
+                                             "`adb shell`")
+            if res.rc in (126, 127) or "not found" in res.stderr.lower():
+                raise DeviceUnavailable(self.spec, f"cannot start the agent: {text}",
+                                        hint="check that Python 3 with numpy and a runtime is installed on the "
+                                             "device, or use --runtime benchmark_model")
+            raise DeviceUnavailable(self.spec, f"the agent crashed with status {res.rc}: {text}")
+        data = parse_agent_output(self.spec, res.stdout)
+        if data.get("ok") is False:
+            etype, error = data.get("error_type", "AgentError"), data.get("error", "")
+            if etype in _MODEL_FAULTS:
+                raise MeasurementError(self.spec, f"{etype}: {error}", output=res.output, model_fault=True,
+                                       hint="check that the model file is a valid model for this runtime")
+            if etype == "RuntimeUnavailable":
+                raise DeviceUnavailable(self.spec, f"{etype}: {error}",
+                                        hint="install the runtime on the device or choose another --runtime")
+            raise MeasurementError(self.spec, f"{etype}: {error}", output=res.output)
+        return data
+
+    def _measure_benchmark_model(self, remote: str, config: MeasureConfig, sha: str,
+                                 timeout_s: float) -> Measurement:
+        if not self.benchmark_binary:
+            raise MeasurementError(self.spec, "runtime benchmark_model needs the path of the binary on the device",
+                                   hint="pass benchmark_binary=... (CLI: --benchmark-binary PATH)")
+        if not remote.endswith(".tflite"):
+            raise MeasurementError(self.spec, "benchmark_model times .tflite models only",
+                                   hint="export the model to TFLite first")
+        res = self.run(benchmark_model_command(self.benchmark_binary, remote, config) + " 2>&1",
+                       timeout_s=timeout_s)
+        try:
+            parsed = parse_benchmark_model(res.output)
+        except BenchmarkOutputError as exc:
+            if res.rc == 127:
+                raise DeviceUnavailable(self.spec, f"{self.benchmark_binary} is not on the device",
+                                        hint="push the stock benchmark_model binary and give its path") from exc
+            raise MeasurementError(self.spec, str(exc), output=res.output) from exc
+        return Measurement(
+            device_id=self.id, runtime="benchmark_model", threads=config.threads, model_sha256=sha,
+            median_ms=parsed.median_ms, p90_ms=parsed.p90_ms, mean_ms=parsed.inference_avg_ms,
+            std_ms=parsed.std_ms, min_ms=parsed.min_ms, max_ms=parsed.max_ms,
+            runs=parsed.count or config.runs, load_ms=parsed.init_ms,
+            raw={"format": parsed.format, "estimated_percentiles": parsed.estimated,
+                 "first_ms": parsed.first_ms, "warmup_avg_ms": parsed.warmup_avg_ms},
+        )
