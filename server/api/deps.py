@@ -1,0 +1,51 @@
+"""FastAPI dependencies, as `Annotated` aliases (tests swap them with `app.dependency_overrides`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from server.core.config import Settings
+from server.core.security import token_matches
+from server.jobs import JobService
+from server.store import Store
+
+_bearer = HTTPBearer(auto_error=False, description="AMC_API_TOKEN, or the token in <data_dir>/api-token")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_service(request: Request) -> JobService:
+    return request.app.state.service
+
+
+def get_token(request: Request) -> str:
+    return request.app.state.api_token
+
+
+def require_token(
+    token: Annotated[str, Depends(get_token)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Every endpoint that changes anything needs `Authorization: Bearer <token>`."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not token_matches(credentials.credentials, token):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong bearer token; send `Authorization: Bearer <AMC_API_TOKEN>` "
+                   "(the token is in <data_dir>/api-token unless AMC_API_TOKEN is set)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+ServiceDep = Annotated[JobService, Depends(get_service)]
+Authorized = Depends(require_token)

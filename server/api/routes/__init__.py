@@ -1,0 +1,1 @@
+"""Thin routes; each translates domain errors into HTTP errors."""

@@ -1,0 +1,98 @@
+"""Jobs: submit, list, inspect, follow episodes, cancel, download artifacts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import FileResponse, PlainTextResponse
+
+from server.api.deps import Authorized, ServiceDep, StoreDep
+from server.api.errors import DOMAIN_ERRORS, to_http
+from server.jobs import ARTIFACTS
+from server.schemas import (
+    EpisodeList,
+    JobDetail,
+    JobList,
+    JobOut,
+    JobSpec,
+    episode_out,
+    job_out,
+    job_summary,
+)
+from server.store import JobState
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized], response_model=JobOut)
+def submit_job(spec: JobSpec, service: ServiceDep, response: Response) -> JobOut:
+    """Validate a job spec fully (model, data, target, device, budget) and queue it."""
+    try:
+        job = service.submit(spec.model_dump(exclude_none=True))
+    except DOMAIN_ERRORS as exc:
+        raise to_http(exc) from None
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return job_out(job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    state: JobState | None = None,
+) -> JobList:
+    """Jobs, newest first, with state and progress."""
+    jobs = store.list_jobs(limit=limit, offset=offset, state=state)
+    return JobList(jobs=[job_summary(j) for j in jobs], counts=store.count_jobs())
+
+
+@router.get("/{job_id}", response_model=JobDetail)
+def get_job(job_id: str, store: StoreDep) -> JobDetail:
+    """A job's state, progress, best result so far and, once finished, its report."""
+    try:
+        return job_out(store.get_job(job_id), detail=True)
+    except DOMAIN_ERRORS as exc:
+        raise to_http(exc) from None
+
+
+@router.get("/{job_id}/episodes", response_model=EpisodeList)
+def list_episodes(job_id: str, store: StoreDep, after: Annotated[int, Query(ge=0)] = 0) -> EpisodeList:
+    """Every finished episode (reward, accuracy, cost, per-layer ratios); `after` for incremental polling."""
+    try:
+        job = store.get_job(job_id)
+        episodes = store.list_episodes(job_id, after=after)
+    except DOMAIN_ERRORS as exc:
+        raise to_http(exc) from None
+    return EpisodeList(job_id=job_id, state=JobState(job.state), episodes=[episode_out(e) for e in episodes])
+
+
+@router.post("/{job_id}/cancel", dependencies=[Authorized], response_model=JobOut)
+def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
+    """Cancel a queued or running job (a running one stops within seconds)."""
+    try:
+        return job_out(service.cancel(job_id))
+    except DOMAIN_ERRORS as exc:
+        raise to_http(exc) from None
+
+
+@router.get("/{job_id}/log", response_class=PlainTextResponse)
+def job_log(job_id: str, service: ServiceDep) -> PlainTextResponse:
+    """The job process's log (kept for failed jobs)."""
+    try:
+        path = service.log_path(job_id)
+    except DOMAIN_ERRORS as exc:
+        raise to_http(exc) from None
+    return PlainTextResponse(path.read_text(errors="replace")[-1_000_000:] if path else "")
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse,
+            responses={404: {"description": "unknown artifact"}, 409: {"description": "job not succeeded"}})
+def get_artifact(job_id: str, name: str, service: ServiceDep) -> FileResponse:
+    """A finished job's file: model.onnx, model.tflite, model.pt, report.json, report.md, policy.json, episodes.csv."""
+    try:
+        path = service.artifact_path(job_id, name)
+    except DOMAIN_ERRORS as exc:
+        raise to_http(exc) from None
+    return FileResponse(path, media_type=ARTIFACTS[name], filename=f"{job_id[:8]}-{name}")

@@ -1,0 +1,378 @@
+"""The job service: validate and queue job specs, run each job in its own (spawned) process with a
+concurrency limit, cancel, and resume jobs a dead server left behind.
+
+The job process records its own progress in the store (phase messages, every finished episode, the
+final state), so the server can die at any moment without losing an episode: the search writes its
+checkpoint before it reports an episode, and a resumed job first copies any episode the checkpoint
+has but the store missed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from compressor.config import SearchConfig
+from compressor.errors import ConfigError, SearchCancelled
+from server.core.config import Settings
+from server.devices import check_device
+from server.store import InvalidTransition, Job, JobState, Store
+
+log = logging.getLogger(__name__)
+
+# Files a finished job serves, and what they are (GET /jobs/{id}/artifacts/{name}).
+ARTIFACTS: dict[str, str] = {
+    "model.onnx": "application/octet-stream",
+    "model.tflite": "application/octet-stream",
+    "model.pt": "application/octet-stream",
+    "report.json": "application/json",
+    "report.md": "text/markdown; charset=utf-8",
+    "policy.json": "application/json",
+    "episodes.csv": "text/csv; charset=utf-8",
+}
+LOG_NAME = "job.log"
+# Spec fields that go into SearchConfig unchanged.
+SPEC_TO_CONFIG = ("model", "data", "target", "reward", "strategy", "episodes", "device", "seed",
+                  "finetune_epochs", "compare", "granularity", "reward_samples", "warmup")
+
+
+class ArtifactNotFound(Exception):
+    def __init__(self, name: str):
+        super().__init__(f"no artifact {name!r}; a finished job serves: {', '.join(ARTIFACTS)}")
+
+
+class ArtifactNotReady(Exception):
+    def __init__(self, job_id: str, state: JobState):
+        super().__init__(f"job {job_id} is {state.value}; artifacts are served once it has succeeded")
+
+
+def load_search_module(name: str) -> ModuleType:
+    return importlib.import_module(name)
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.jobs_dir / job_id
+
+
+# ----------------------------------------------------------------------------------------- spec
+
+def build_config(spec: dict[str, Any], *, store: Store, settings: Settings) -> SearchConfig:
+    """Turn a job spec (the same strings as `amc compress`) into a SearchConfig, resolving uploads."""
+    values = {k: spec[k] for k in SPEC_TO_CONFIG if spec.get(k) is not None}
+    model = str(values.get("model", ""))
+    if model.startswith("upload:"):
+        up = store.get_upload(model.removeprefix("upload:"))
+        if up is None:
+            raise ConfigError("model", f"no upload {model!r}; upload a file with POST /uploads first")
+        raise ConfigError("model", f"{model} is an uploaded {up.kind} file; searching needs a zoo model "
+                                   "name or factory as `model` and the uploaded weights' id as `weights`")
+    if spec.get("weights"):
+        up = store.get_upload(str(spec["weights"]))
+        if up is None:
+            raise ConfigError("weights", f"no upload {spec['weights']!r}; upload weights with POST /uploads")
+        if up.kind != "weights":
+            raise ConfigError("weights", f"upload {up.id} is an {up.kind} file, not PyTorch weights")
+        values["weights"] = up.path
+    if int(values.get("episodes", 1)) > settings.max_episodes:
+        raise ConfigError("episodes", f"at most {settings.max_episodes} episodes per job on this server")
+    return SearchConfig.from_dict(values)
+
+
+# ------------------------------------------------------------------------------------- service
+
+@dataclass
+class _Running:
+    job_id: str
+    process: Any  # multiprocessing.Process (spawn)
+    stop: MpEvent
+    cancel_at: float | None = None
+    killed_at: float | None = None
+
+
+@dataclass
+class JobService:
+    """Queue, workers and cancellation. `start()` in the app's lifespan, `stop()` at shutdown."""
+
+    store: Store
+    settings: Settings
+    _ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
+    _running: dict[str, _Running] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _shutdown: Any = None  # mp.Event shared with every job process
+    _validated: dict[str, bool] = field(default_factory=dict)
+
+    # -- lifecycle
+    def start(self) -> None:
+        self.settings.prepare_dirs()
+        self._shutdown = self._ctx.Event()
+        resumed = self.store.requeue_interrupted()
+        if resumed:
+            log.warning("resuming %d job(s) interrupted by a restart: %s", len(resumed), ", ".join(resumed))
+        self._thread = threading.Thread(target=self._loop, name="amc-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop dispatching; running jobs stop at their next episode and resume on the next start."""
+        self._stopping.set()
+        self._wake.set()
+        if self._shutdown is not None:
+            self._shutdown.set()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            handles = list(self._running.values())
+        for h in handles:
+            h.process.join(max(0.0, deadline - time.monotonic()))
+            if h.process.is_alive():
+                h.process.terminate()
+                h.process.join(2)
+        if self._thread is not None:
+            self._thread.join(2)
+        # A job still marked running resumes on the next start (requeue_interrupted).
+
+    # -- API
+    def validate(self, spec: dict[str, Any]) -> SearchConfig:
+        """Everything that can be checked before accepting a job; ConfigError names the field."""
+        config = build_config(spec, store=self.store, settings=self.settings)
+        check_device(self.store, config.device)
+        key = json.dumps(config.to_dict(), sort_keys=True)
+        if key not in self._validated:  # validate() is deterministic for one config
+            search = load_search_module(self.settings.search_module)
+            search.validate(config, oracle=None)
+            if len(self._validated) > 1024:
+                self._validated.clear()
+            self._validated[key] = True
+        return config
+
+    def submit(self, spec: dict[str, Any]) -> Job:
+        config = self.validate(spec)
+        job = self.store.create_job(spec=spec, config=config.to_dict())
+        log.info("queued job %s (%s)", job.id, config.model)
+        self._wake.set()
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.store.request_cancel(job_id)
+        if job.job_state is JobState.RUNNING:
+            with self._lock:
+                h = self._running.get(job_id)
+                if h is not None and h.cancel_at is None:
+                    h.stop.set()
+                    h.cancel_at = time.monotonic()
+            self._wake.set()
+        return job
+
+    def artifact_path(self, job_id: str, name: str) -> Path:
+        if name not in ARTIFACTS:
+            raise ArtifactNotFound(name)
+        job = self.store.get_job(job_id)
+        if job.job_state is not JobState.SUCCEEDED:
+            raise ArtifactNotReady(job_id, job.job_state)
+        path = job_dir(self.settings, job_id) / name
+        if not path.is_file():
+            raise ArtifactNotFound(name)
+        return path
+
+    def log_path(self, job_id: str) -> Path | None:
+        self.store.get_job(job_id)
+        path = job_dir(self.settings, job_id) / LOG_NAME
+        return path if path.is_file() else None
+
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    # -- dispatcher
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._reap()
+                self._dispatch()
+            except Exception:  # keep dispatching; one bad job must not stop the queue
+                log.exception("dispatcher iteration failed")
+            self._wake.wait(0.25)
+            self._wake.clear()
+
+    def _dispatch(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                if len(self._running) >= self.settings.max_workers:
+                    return
+            job = self.store.claim_next()
+            if job is None:
+                return
+            self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        folder = job_dir(self.settings, job.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        stop = self._ctx.Event()
+        if job.cancel_requested:
+            stop.set()
+        proc = self._ctx.Process(
+            target=run_job_process,
+            name=f"amc-job-{job.id[:8]}",
+            kwargs=dict(job_id=job.id, database_url=self.store.url, folder=str(folder), config=job.config,
+                        resume=job.resume, stop=stop, shutdown=self._shutdown,
+                        search_module=self.settings.search_module, threads=self.settings.worker_threads),
+            daemon=False,
+        )
+        try:
+            proc.start()
+        except Exception as exc:
+            log.exception("could not start a worker for job %s", job.id)
+            self.store.finish(job.id, JobState.FAILED, error=f"could not start a worker process: {exc}")
+            return
+        with self._lock:
+            self._running[job.id] = _Running(job.id, proc, stop, cancel_at=time.monotonic() if stop.is_set() else None)
+        log.info("job %s started in process %s (resume=%s)", job.id, proc.pid, job.resume)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            handles = list(self._running.values())
+        for h in handles:
+            if h.process.is_alive():
+                if h.cancel_at is None and self.store.get_job(h.job_id).cancel_requested:
+                    h.stop.set()
+                    h.cancel_at = now
+                if h.cancel_at is not None and h.killed_at is None and now - h.cancel_at > self.settings.cancel_grace_s:
+                    log.warning("job %s did not stop within %.1f s of its cancel; terminating it",
+                                h.job_id, self.settings.cancel_grace_s)
+                    h.process.terminate()
+                    h.killed_at = now
+                elif h.killed_at is not None and now - h.killed_at > 3:
+                    h.process.kill()
+                continue
+            h.process.join(0)
+            with self._lock:
+                self._running.pop(h.job_id, None)
+            self._settle(h)
+            self._wake.set()
+
+    def _settle(self, h: _Running) -> None:
+        """The process is gone; if it did not record a final state itself, record one now."""
+        job = self.store.get_job(h.job_id)
+        if job.job_state is not JobState.RUNNING or self._stopping.is_set():
+            return
+        try:
+            if h.cancel_at is not None or job.cancel_requested:
+                self.store.finish(h.job_id, JobState.CANCELLED, message="cancelled")
+            else:
+                self.store.finish(h.job_id, JobState.FAILED,
+                                  error=f"the worker process exited with code {h.process.exitcode} without "
+                                        f"a result; see GET /jobs/{h.job_id}/log")
+        except InvalidTransition:
+            pass
+
+
+# ---------------------------------------------------------------------------------- job process
+
+def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict[str, Any], resume: bool,
+                    stop: MpEvent, shutdown: MpEvent, search_module: str, threads: int) -> None:
+    """Entry point of a job's own process (spawn): run the search, record every event in the store."""
+    out = Path(folder)
+    handler = logging.FileHandler(out / LOG_NAME)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    store = Store(database_url, create=False)
+
+    # Only one process works in a job folder: a worker orphaned by a killed server holds this lock
+    # until it has stopped, and the resumed worker waits for it.
+    lock = open(out / ".lock", "w")  # noqa: SIM115 - held for the life of the process
+    fcntl.flock(lock, fcntl.LOCK_EX)
+
+    parent = os.getppid()
+    orphaned = threading.Event()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("the server (pid %s) is gone; stopping at the next episode so a restart can resume", parent)
+        orphaned.set()
+        time.sleep(60)  # an episode that never ends must not hold the folder forever
+        log.error("still running 60 s after the server died; exiting (the checkpoint is intact)")
+        os._exit(3)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+
+    def interrupted() -> bool:
+        return orphaned.is_set() or shutdown.is_set()
+
+    try:
+        job = store.get_job(job_id)
+        if job.job_state is not JobState.RUNNING:
+            log.info("job %s is %s; nothing to do", job_id, job.state)
+            return
+        import torch
+
+        torch.set_num_threads(threads)
+        search = load_search_module(search_module)
+        from compressor.events import SearchEvent
+
+        cfg = SearchConfig.from_dict(config)
+        can_resume = resume and (out / "checkpoint").exists()
+        if can_resume:
+            filled = 0
+            for record in search.load_episode_log(out):
+                filled += store.add_episode(job_id, int(record["episode"]), record, total=cfg.episodes)
+            log.info("resuming job %s from its checkpoint (%d episode(s) filled from it)", job_id, filled)
+            store.set_phase(job_id, "resume", "resuming from the last checkpoint")
+        oracle = _make_oracle(cfg)
+
+        def on_event(ev: SearchEvent) -> None:
+            if ev.kind == "episode":
+                store.add_episode(job_id, ev.episode, ev.record, total=ev.episodes)
+            elif ev.kind == "phase":
+                store.set_phase(job_id, ev.phase, ev.message)
+
+        report = search.run_search(cfg, out, oracle=oracle, on_event=on_event,
+                                   should_stop=lambda: stop.is_set() or interrupted(), resume=can_resume)
+        store.finish(job_id, JobState.SUCCEEDED, report=_jsonable(report), message="finished")
+        log.info("job %s succeeded", job_id)
+    except Exception as exc:
+        if isinstance(exc, SearchCancelled) and interrupted() and not stop.is_set():
+            log.warning("job %s paused by a server shutdown; it resumes on the next start", job_id)
+            return
+        try:
+            if isinstance(exc, SearchCancelled):
+                store.finish(job_id, JobState.CANCELLED, message="cancelled; checkpoint kept")
+                log.info("job %s cancelled", job_id)
+            else:
+                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+                store.finish(job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        except InvalidTransition as again:
+            log.warning("could not record the end of job %s: %s", job_id, again)
+    finally:
+        handler.flush()
+        store.close()
+
+
+def _make_oracle(cfg: SearchConfig) -> Any:
+    """The latency oracle for the job's device; `local` with a FLOPs/params target needs none."""
+    needs_latency = cfg.parsed_target.kind == "latency-ms" or cfg.reward == "latency"
+    if cfg.device == "local" and not needs_latency:
+        return None
+    from profiler.oracle import make_oracle  # imported here: only latency jobs pay for it
+
+    return make_oracle(cfg.device)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))

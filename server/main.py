@@ -1,0 +1,54 @@
+"""The FastAPI app: `create_app(settings)` builds it, the lifespan starts the store and the workers.
+
+Run with `amc serve`, or `uvicorn --factory server.main:create_app` (settings from AMC_* variables).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from server.api.routes import devices, health, jobs, pages, uploads
+from server.api.routes.pages import STATIC
+from server.core.config import Settings
+from server.core.security import ensure_token
+from server.jobs import JobService
+from server.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; nothing starts until its lifespan runs (uvicorn / TestClient)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.prepare_dirs()
+        token, _created = ensure_token(settings)
+        store = Store(settings.db_url)
+        service = JobService(store=store, settings=settings)
+        app.state.settings, app.state.store, app.state.service, app.state.api_token = settings, store, service, token
+        service.start()
+        log.info("AMC service ready; data in %s, database %s", settings.data_dir, store.engine.url)
+        try:
+            yield
+        finally:
+            service.stop()
+            store.close()
+
+    app = FastAPI(
+        title="AMC Service",
+        summary="Prune CNNs for phones with AMC (DDPG) and measure real latency.",
+        version=health.VERSION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    for module in (jobs, devices, uploads, health, pages):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,167 @@
+"""Request and response bodies of the REST API (they become the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.store import Episode, Job, JobState
+
+
+class JobSpec(BaseModel):
+    """A search to run. The strings are the ones `amc compress` takes."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model": "demo-cnn", "data": "digits", "target": "flops=0.5",
+                                         "strategy": "ddpg", "episodes": 20, "device": "local", "seed": 0}]},
+    )
+
+    model: str = Field(min_length=1, max_length=300, description="zoo name (e.g. demo-cnn, resnet56) or package.module:factory")
+    data: str = Field("digits", min_length=1, max_length=1000, description="digits | cifar10:PATH | imagefolder:PATH")
+    target: str = Field("flops=0.5", description="flops=FRACTION | params=FRACTION | latency-ms=MS")
+    reward: Literal["err", "flops", "params", "latency"] | None = Field(
+        None, description="accuracy-guaranteed reward; omit for a resource-constrained search")
+    strategy: Literal["ddpg", "random", "uniform"] = "ddpg"
+    episodes: int = Field(100, ge=1, le=100_000)
+    device: str = Field("local", description="local | adb:SERIAL | adb:HOST:PORT (registered with POST /devices)")
+    seed: int = 0
+    weights: str | None = Field(None, description="id of PyTorch weights uploaded with POST /uploads")
+    finetune_epochs: int = Field(0, ge=0, le=1000, description="fine-tuning epochs after the search")
+    compare: bool = Field(False, description="also run the uniform and random baselines")
+    granularity: Literal["channel", "weight"] | None = None
+    reward_samples: int | None = Field(None, ge=1)
+    warmup: int | None = Field(None, ge=0)
+
+
+class JobLinks(BaseModel):
+    self: str
+    episodes: str
+    cancel: str
+    log: str
+    page: str
+    artifacts: dict[str, str]
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    phase: str
+    message: str
+    progress: float = Field(description="finished episodes / episodes, 0..1")
+    episodes_done: int
+    episodes_total: int
+    best: dict[str, Any] | None = Field(description="best episode so far (reward, accuracy, macs, params, ratios)")
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    attempts: int
+    links: JobLinks
+
+
+class JobDetail(JobOut):
+    report: dict[str, Any] | None
+
+
+class JobSummary(BaseModel):
+    id: str
+    state: JobState
+    phase: str
+    message: str
+    progress: float
+    episodes_done: int
+    episodes_total: int
+    model: str
+    target: str
+    strategy: str
+    device: str
+    best_accuracy: float | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    counts: dict[str, int]
+
+
+class EpisodeOut(BaseModel):
+    episode: int
+    record: dict[str, Any]
+
+
+class EpisodeList(BaseModel):
+    job_id: str
+    state: JobState
+    episodes: list[EpisodeOut]
+
+
+class UploadOut(BaseModel):
+    id: str
+    kind: str
+    filename: str
+    size: int
+    sha256: str
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: str = Field(description="adb:HOST:PORT of a device (or phone emulator) reachable over TCP")
+    name: str = Field("", max_length=255)
+
+
+class DeviceOut(BaseModel):
+    spec: str
+    kind: str
+    name: str
+    health: str
+    detail: str
+    registered: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    jobs: dict[str, int]
+    running: list[str]
+
+
+def _progress(job: Job) -> float:
+    return round(min(1.0, job.episodes_done / job.episodes_total), 4) if job.episodes_total else 0.0
+
+
+def job_links(job_id: str) -> JobLinks:
+    from server.jobs import ARTIFACTS
+
+    base = f"/jobs/{job_id}"
+    return JobLinks(self=base, episodes=f"{base}/episodes", cancel=f"{base}/cancel", log=f"{base}/log",
+                    page=f"/ui/jobs/{job_id}", artifacts={n: f"{base}/artifacts/{n}" for n in ARTIFACTS})
+
+
+def job_out(job: Job, *, detail: bool = False) -> JobOut | JobDetail:
+    fields = dict(
+        id=job.id, state=JobState(job.state), phase=job.phase, message=job.message, progress=_progress(job),
+        episodes_done=job.episodes_done, episodes_total=job.episodes_total, best=job.best, spec=job.spec,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
+        attempts=job.attempts, links=job_links(job.id),
+    )
+    return JobDetail(**fields, report=job.report) if detail else JobOut(**fields)
+
+
+def job_summary(job: Job) -> JobSummary:
+    cfg = job.config or {}
+    return JobSummary(
+        id=job.id, state=JobState(job.state), phase=job.phase, message=job.message, progress=_progress(job),
+        episodes_done=job.episodes_done, episodes_total=job.episodes_total, model=str(cfg.get("model", "")),
+        target=str(cfg.get("target", "")), strategy=str(cfg.get("strategy", "")),
+        device=str(cfg.get("device", "")), best_accuracy=(job.best or {}).get("accuracy"),
+        created_at=job.created_at, finished_at=job.finished_at,
+    )
+
+
+def episode_out(ep: Episode) -> EpisodeOut:
+    return EpisodeOut(episode=ep.number, record=ep.record)
