@@ -1,0 +1,200 @@
+// AMC Service status page: plain JS, no dependencies. Polls the JSON API and draws SVG charts.
+"use strict";
+
+const NS = "http://www.w3.org/2000/svg";
+const W = 480, H = 260, M = { l: 52, r: 14, t: 12, b: 36 };
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+
+const $ = (sel) => document.querySelector(sel);
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const fmt = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x)) ? "–" : (Math.abs(x) >= 1e6 ? (x / 1e6).toFixed(2) + "M" : Math.abs(x) >= 1e3 ? (x / 1e3).toFixed(1) + "k" : (+x).toFixed(d));
+const pct = (x) => (x === null || x === undefined) ? "–" : (100 * x).toFixed(1) + "%";
+
+async function getJSON(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return r.json();
+}
+
+function el(name, attrs = {}, text) {
+  const e = document.createElementNS(NS, name);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+// ---- charts ---------------------------------------------------------------------------------
+function scale(d0, d1, r0, r1) {
+  if (d1 === d0) { d0 -= 1; d1 += 1; }
+  return (v) => r0 + ((v - d0) / (d1 - d0)) * (r1 - r0);
+}
+function extent(vals, pad = 0.05) {
+  let lo = Math.min(...vals), hi = Math.max(...vals);
+  const p = (hi - lo) * pad || Math.abs(hi) * 0.05 || 1;
+  return [lo - p, hi + p];
+}
+function ticks(lo, hi, n = 5) { const out = []; for (let i = 0; i <= n; i++) out.push(lo + ((hi - lo) * i) / n); return out; }
+
+function frame(svg, xd, yd, xlabel, ylabel, xfmt = fmt, yfmt = fmt) {
+  svg.replaceChildren();
+  const x = scale(xd[0], xd[1], M.l, W - M.r), y = scale(yd[0], yd[1], H - M.b, M.t);
+  svg.append(el("rect", { x: M.l, y: M.t, width: W - M.l - M.r, height: H - M.t - M.b, fill: "#fbfcfe", stroke: "#d9dde6" }));
+  for (const t of ticks(...yd, 4)) {
+    svg.append(el("line", { x1: M.l, x2: W - M.r, y1: y(t), y2: y(t), stroke: "#eceef3" }));
+    svg.append(el("text", { x: M.l - 4, y: y(t) + 3, "text-anchor": "end" }, yfmt(t)));
+  }
+  for (const t of ticks(...xd, 5)) svg.append(el("text", { x: x(t), y: H - M.b + 14, "text-anchor": "middle" }, xfmt(t)));
+  svg.append(el("text", { x: (M.l + W - M.r) / 2, y: H - 6, "text-anchor": "middle" }, xlabel));
+  svg.append(el("text", { x: 12, y: (M.t + H - M.b) / 2, transform: `rotate(-90 12 ${(M.t + H - M.b) / 2})`, "text-anchor": "middle" }, ylabel));
+  return { x, y };
+}
+
+function note(svg, text) {
+  svg.replaceChildren();
+  svg.append(el("rect", { x: 1, y: 1, width: W - 2, height: H - 2, fill: "#fbfcfe", stroke: "#d9dde6" }));
+  svg.append(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, text));
+}
+
+function drawReward(svg, eps) {
+  const pts = eps.filter((e) => e.record.reward !== null && e.record.reward !== undefined);
+  if (!pts.length) return note(svg, "waiting for the first episode…");
+  const xs = pts.map((e) => e.episode), ys = pts.map((e) => e.record.reward);
+  const { x, y } = frame(svg, [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)], extent(ys), "episode", "reward", (v) => v.toFixed(0));
+  let best = -Infinity, bestPath = "";
+  pts.forEach((e, i) => { best = Math.max(best, e.record.reward); bestPath += `${i ? "L" : "M"}${x(e.episode).toFixed(1)},${y(best).toFixed(1)}`; });
+  svg.append(el("path", { d: pts.map((e, i) => `${i ? "L" : "M"}${x(e.episode).toFixed(1)},${y(e.record.reward).toFixed(1)}`).join(""), fill: "none", stroke: "#9db7e8", "stroke-width": 1.2, class: "series" }));
+  svg.append(el("path", { d: bestPath, fill: "none", stroke: "#2f6fdf", "stroke-width": 2, class: "series" }));
+  for (const e of pts) svg.append(el("circle", { cx: x(e.episode), cy: y(e.record.reward), r: 2.2, fill: "#2f6fdf", class: "point" }));
+}
+
+function costOf(r, useLatency) { return useLatency ? r.latency_ms : r.macs; }
+
+function paretoFront(points) {
+  // Keep the points no other point beats on both lower cost and higher accuracy.
+  const sorted = [...points].sort((a, b) => a.cost - b.cost || b.acc - a.acc);
+  const front = []; let bestAcc = -Infinity;
+  for (const p of sorted) if (p.acc > bestAcc) { front.push(p); bestAcc = p.acc; }
+  return front;
+}
+
+function drawPareto(svg, eps) {
+  const useLatency = eps.length > 0 && eps.every((e) => typeof e.record.latency_ms === "number");
+  const pts = eps.filter((e) => typeof e.record.accuracy === "number" && typeof costOf(e.record, useLatency) === "number")
+    .map((e) => ({ ep: e.episode, acc: e.record.accuracy, cost: costOf(e.record, useLatency) }));
+  if (!pts.length) return note(svg, "waiting for the first episode…");
+  const { x, y } = frame(svg, extent(pts.map((p) => p.cost)), extent(pts.map((p) => p.acc)),
+    useLatency ? "latency (ms)" : "MACs", "accuracy", fmt, (v) => (100 * v).toFixed(1) + "%");
+  const front = paretoFront(pts);
+  for (const p of pts) {
+    const c = el("circle", { cx: x(p.cost), cy: y(p.acc), r: 3, fill: "#9db7e8", stroke: "#2f6fdf", "stroke-width": 0.6, class: "point" });
+    c.append(el("title", {}, `episode ${p.ep}: ${pct(p.acc)}, ${fmt(p.cost)}`));
+    svg.append(c);
+  }
+  svg.append(el("path", { d: front.map((p, i) => `${i ? "L" : "M"}${x(p.cost).toFixed(1)},${y(p.acc).toFixed(1)}`).join(""), fill: "none", stroke: "#c83232", "stroke-width": 1.6, class: "pareto" }));
+  for (const p of front) svg.append(el("circle", { cx: x(p.cost), cy: y(p.acc), r: 4, fill: "#c83232", class: "pareto-point" }));
+}
+
+function drawRatios(svg, best) {
+  const ratios = best && Array.isArray(best.ratios) ? best.ratios : [];
+  if (!ratios.length) return note(svg, "no policy yet");
+  const { y } = frame(svg, [0, ratios.length], [0, 1], "prunable layer", "preserve ratio", () => "", (v) => v.toFixed(1));
+  const bw = (W - M.l - M.r) / ratios.length;
+  ratios.forEach((r, i) => {
+    const b = el("rect", { x: M.l + i * bw + bw * 0.15, y: y(r), width: bw * 0.7, height: y(0) - y(r), fill: "#2f6fdf", class: "bar" });
+    b.append(el("title", {}, `layer ${i}: keep ${(100 * r).toFixed(0)}%`));
+    svg.append(b);
+    if (ratios.length <= 24) svg.append(el("text", { x: M.l + (i + 0.5) * bw, y: H - M.b + 14, "text-anchor": "middle" }, String(i)));
+  });
+}
+
+function drawLatency(svg, job, eps) {
+  const lat = (job.report && job.report.latency) || {};
+  const bars = [];
+  if (typeof lat.predicted_ms === "number") bars.push(["predicted", lat.predicted_ms, "#9db7e8"]);
+  if (typeof lat.measured_ms === "number") bars.push(["measured", lat.measured_ms, "#2f6fdf"]);
+  if (!bars.length && job.best && typeof job.best.latency_ms === "number") bars.push(["best so far (predicted)", job.best.latency_ms, "#9db7e8"]);
+  const perEp = eps.filter((e) => typeof e.record.latency_ms === "number");
+  if (!bars.length) {
+    return note(svg, job.state && FINISHED.has(job.state)
+      ? "no latency for this job (FLOPs/params target on the local device)"
+      : "latency appears when the job measures on a device");
+  }
+  const top = Math.max(...bars.map((b) => b[1])) * 1.15;
+  const { y } = frame(svg, [0, bars.length], [0, top], perEp.length ? `${perEp.length} episodes predicted` : "", "ms", () => "", (v) => v.toFixed(1));
+  const bw = (W - M.l - M.r) / bars.length;
+  bars.forEach(([name, v, color], i) => {
+    svg.append(el("rect", { x: M.l + i * bw + bw * 0.25, y: y(v), width: bw * 0.5, height: y(0) - y(v), fill: color, class: "bar" }));
+    svg.append(el("text", { x: M.l + (i + 0.5) * bw, y: y(v) - 4, "text-anchor": "middle" }, `${v.toFixed(2)} ms`));
+    svg.append(el("text", { x: M.l + (i + 0.5) * bw, y: H - M.b + 14, "text-anchor": "middle" }, name));
+  });
+}
+
+// ---- views ----------------------------------------------------------------------------------
+function bar(p) { return `<div class="bar"><div style="width:${(100 * p).toFixed(1)}%"></div></div>`; }
+
+async function refreshList() {
+  const data = await getJSON("/jobs?limit=200");
+  $("#counts").textContent = Object.entries(data.counts).map(([k, v]) => `${v} ${k}`).join(" · ") || "no jobs yet";
+  $("#jobs tbody").innerHTML = data.jobs.map((j) => `<tr data-id="${esc(j.id)}">
+    <td><a href="/ui/jobs/${esc(j.id)}" class="mono">${esc(j.id.slice(0, 8))}</a></td><td>${esc(j.model)}</td>
+    <td>${esc(j.target)}</td><td>${esc(j.strategy)}</td><td>${esc(j.device)}</td>
+    <td><span class="state ${esc(j.state)}">${esc(j.state)}</span></td>
+    <td>${bar(j.progress)}${j.episodes_done}/${j.episodes_total}</td><td>${pct(j.best_accuracy)}</td>
+    <td>${esc(new Date(j.created_at + "Z").toLocaleString())}</td></tr>`).join("");
+  return data.jobs.some((j) => !FINISHED.has(j.state));
+}
+
+async function refreshDevices() {
+  const devs = await getJSON("/devices");
+  $("#devices tbody").innerHTML = devs.map((d) => `<tr><td class="mono">${esc(d.spec)}</td><td>${esc(d.kind)}</td>
+    <td>${esc(d.name)}</td><td class="health-${esc(d.health)}">${esc(d.health)}</td><td>${esc(d.detail)}</td></tr>`).join("");
+}
+
+const jobView = { id: null, episodes: [], last: 0 };
+
+async function refreshJob() {
+  const job = await getJSON(`/jobs/${jobView.id}`);
+  const more = await getJSON(`/jobs/${jobView.id}/episodes?after=${jobView.last}`);
+  for (const e of more.episodes) { jobView.episodes.push(e); jobView.last = Math.max(jobView.last, e.episode); }
+  $("#job-id").textContent = job.id.slice(0, 8);
+  const st = $("#job-state"); st.textContent = job.state; st.className = `state ${job.state}`;
+  $("#job-phase").textContent = `${job.phase}: ${job.message}`;
+  $("#job-bar").style.width = `${(100 * job.progress).toFixed(1)}%`;
+  $("#job-progress").textContent = `${job.episodes_done} / ${job.episodes_total} episodes` +
+    (job.best ? ` · best so far: episode ${job.best.episode}, accuracy ${pct(job.best.accuracy)}, ${fmt(job.best.macs)} MACs` : "");
+  $("#job-spec").textContent = Object.entries(job.spec).map(([k, v]) => `${k}=${v}`).join("  ");
+  const err = $("#job-error"); err.hidden = !job.error; err.textContent = job.error ? `${job.error}  (log: ${job.links.log})` : "";
+  const rep = job.report;
+  $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs)} MACs →
+    pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs)} MACs (${fmt(rep.result.params)} params)</p>` : "";
+  $("#job-artifacts").innerHTML = job.state === "succeeded"
+    ? "Artifacts: " + Object.entries(job.links.artifacts).map(([n, u]) => `<a href="${esc(u)}">${esc(n)}</a>`).join(" · ") : "";
+  drawReward($("#chart-reward"), jobView.episodes);
+  drawPareto($("#chart-pareto"), jobView.episodes);
+  drawRatios($("#chart-ratios"), job.best);
+  drawLatency($("#chart-latency"), job, jobView.episodes);
+  return !FINISHED.has(job.state);
+}
+
+function poll(fn, ms) {
+  const live = $("#live");
+  const tick = async () => {
+    let again = true;
+    try { again = await fn(); live.className = "live"; live.textContent = again ? "live" : "finished"; }
+    catch (e) { live.className = "live off"; live.textContent = "offline, retrying"; }
+    setTimeout(tick, again ? ms : ms * 5);
+  };
+  tick();
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  const m = location.pathname.match(/^\/ui\/jobs\/([0-9a-f]+)/);
+  if (m) {
+    jobView.id = m[1];
+    $("#job-view").hidden = false;
+    poll(refreshJob, 1000);
+  } else {
+    $("#list-view").hidden = false;
+    poll(async () => { const busy = await refreshList(); await refreshDevices(); return busy; }, 2000);
+  }
+});
