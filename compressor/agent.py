@@ -191,8 +191,9 @@ class DDPGAgent:
         self.rng = np.random.default_rng(self.seed)
         self.torch_gen = torch.Generator().manual_seed(self.seed)
 
-        self.actor = Actor(state_dim, config.hidden)
-        self.critic = Critic(state_dim, config.hidden)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from the global RNG
+            self.actor = Actor(state_dim, config.hidden)
+            self.critic = Critic(state_dim, config.hidden)
         _init_linear_(self.actor, self.torch_gen)
         _init_linear_(self.critic, self.torch_gen)
         self.actor_target = copy.deepcopy(self.actor)  # hard copy at start
