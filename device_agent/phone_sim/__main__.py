@@ -1,0 +1,7 @@
+"""`python -m device_agent.phone_sim --port 0 --root DIR`: run one phone emulator."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,485 @@
+"""The device side of the ADB transport over TCP: handshake, RSA auth, and multiplexed streams.
+
+One thread per client connection reads messages and routes them; every opened stream runs its service
+in its own thread. Flow control follows the classic protocol: after each WRTE the sender waits for the
+peer's OKAY, and we send OKAY for a client's WRTE once the service has taken the data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import protocol as p
+from .auth import AdbPublicKey, AuthKeyError, load_allow_list
+from .sandbox import Sandbox
+from .services import SERVICES, StreamClosed, parse_service
+
+logger = logging.getLogger(__name__)
+
+# Advertised in CNXN. shell_v2 makes adb use `shell,v2,...:` (with exit status); stat_v2 makes it use
+# STA2/LST2 in sync. Anything advertised here is implemented in services.py.
+FEATURES = ("shell_v2", "cmd", "stat_v2", "fixed_push_mkdir")
+WRITE_ACK_TIMEOUT_S = 60.0
+MAX_INCOMING_DATA = 1024 * 1024
+
+
+class PhoneSimError(Exception):
+    """The emulator could not start (bad port, bad auth keys file, unusable root)."""
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    serial: str
+    model_name: str = "AMC PhoneSim"
+    abi: str = "arm64-v8a"
+    manufacturer: str = "AMC"
+    android_release: str = "14"
+    sdk: str = "34"
+
+    @property
+    def device(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", self.model_name.lower()).strip("_") or "phonesim"
+
+    def props(self) -> dict[str, str]:
+        return {
+            "ro.product.model": self.model_name,
+            "ro.product.name": self.device,
+            "ro.product.device": self.device,
+            "ro.product.brand": self.manufacturer,
+            "ro.product.manufacturer": self.manufacturer,
+            "ro.product.cpu.abi": self.abi,
+            "ro.product.cpu.abilist": self.abi,
+            "ro.serialno": self.serial,
+            "ro.build.version.release": self.android_release,
+            "ro.build.version.sdk": self.sdk,
+            "ro.hardware": "phonesim",
+        }
+
+    def banner(self) -> bytes:
+        return (
+            f"device::ro.product.name={self.device};ro.product.model={self.model_name};"
+            f"ro.product.device={self.device};features={','.join(FEATURES)}"
+        ).encode()
+
+
+class Stream:
+    """One OPENed stream: the service reads the client's WRTE payloads and writes its own."""
+
+    def __init__(self, conn: Connection, local_id: int, remote_id: int) -> None:
+        self.conn = conn
+        self.local_id = local_id
+        self.remote_id = remote_id
+        self._inbox: queue.Queue[bytes | None] = queue.Queue()
+        self._can_write = threading.Event()
+        self._can_write.set()
+        self._write_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._on_close: list[Callable[[], None]] = []
+
+    @property
+    def max_payload(self) -> int:
+        return self.conn.max_payload
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    # service side -----------------------------------------------------------------------------------
+
+    def read(self) -> bytes | None:
+        """Next payload the client wrote (acknowledged on return), or None once the stream is closed."""
+        if self.closed and self._inbox.empty():
+            return None
+        data = self._inbox.get()
+        if data is None:
+            return None
+        if not self.closed:
+            self.conn.send(p.Message(p.A_OKAY, self.local_id, self.remote_id), quiet=True)
+        return data
+
+    def write(self, data: bytes) -> None:
+        step = self.max_payload
+        with self._write_lock:
+            for start in range(0, len(data), step):
+                if not self._can_write.wait(WRITE_ACK_TIMEOUT_S):
+                    raise StreamClosed(f"client did not acknowledge data within {WRITE_ACK_TIMEOUT_S:.0f} s")
+                if self.closed:
+                    raise StreamClosed("stream closed by the client")
+                self._can_write.clear()
+                self.conn.send(p.Message(p.A_WRTE, self.local_id, self.remote_id, data[start : start + step]))
+
+    def close(self) -> None:
+        """Close from the device side (service finished)."""
+        if self._mark_closed():
+            self.conn.forget(self.local_id)
+            self.conn.send(p.Message(p.A_CLSE, self.local_id, self.remote_id), quiet=True)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+        if self.closed:
+            callback()
+
+    # connection side --------------------------------------------------------------------------------
+
+    def _mark_closed(self) -> bool:
+        if self._closed.is_set():
+            return False
+        self._closed.set()
+        self._inbox.put(None)
+        self._can_write.set()  # wake a writer so it sees the close
+        return True
+
+    def deliver(self, data: bytes) -> None:
+        self._inbox.put(data)
+
+    def acknowledged(self) -> None:
+        self._can_write.set()
+
+    def closed_by_client(self) -> None:
+        if self._mark_closed():
+            self.conn.send(p.Message(p.A_CLSE, self.local_id, self.remote_id), quiet=True)
+        for callback in self._on_close:
+            try:
+                callback()
+            except Exception:  # a failing cleanup must not take the connection down
+                logger.exception("stream close callback failed")
+
+
+@dataclass
+class Connection:
+    """One client (an adb server, or adb-shell) connected over TCP."""
+
+    sock: socket.socket
+    peer: str
+    sim: PhoneSimulator
+    version: int = p.A_VERSION
+    max_payload: int = p.MAX_PAYLOAD_LEGACY
+    online: bool = False
+    streams: dict[int, Stream] = field(default_factory=dict)
+    _send_lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _token: bytes = b""
+    _signature_failures: int = 0
+
+    def send(self, message: p.Message, *, quiet: bool = False) -> None:
+        logger.debug("%s <- %r", self.peer, message)
+        try:
+            with self._send_lock:
+                self.sock.sendall(message.pack())
+        except OSError as exc:
+            if not quiet:
+                raise StreamClosed(f"connection to {self.peer} lost: {exc}") from exc
+
+    def forget(self, local_id: int) -> None:
+        with self._lock:
+            self.streams.pop(local_id, None)
+
+    def _recv_exact(self, size: int) -> bytes | None:
+        chunks = bytearray()
+        while len(chunks) < size:
+            try:
+                data = self.sock.recv(size - len(chunks))
+            except OSError:
+                return None
+            if not data:
+                return None
+            chunks += data
+        return bytes(chunks)
+
+    def serve(self) -> None:
+        try:
+            while not self.sim.stopping:
+                header = self._recv_exact(p.HEADER_SIZE)
+                if header is None:
+                    return
+                command, arg0, arg1, length, _check = p.unpack_header(header)
+                if length > MAX_INCOMING_DATA:
+                    raise p.ProtocolError(f"message of {length} bytes exceeds {MAX_INCOMING_DATA}")
+                data = self._recv_exact(length) if length else b""
+                if data is None:
+                    return
+                message = p.Message(command, arg0, arg1, data)
+                logger.debug("%s -> %r", self.peer, message)
+                self._handle(message)
+        except p.ProtocolError as exc:
+            logger.warning("dropping %s: %s", self.peer, exc)
+        except StreamClosed:
+            pass
+        finally:
+            self._teardown()
+
+    def _teardown(self) -> None:
+        with self._lock:
+            streams = list(self.streams.values())
+            self.streams.clear()
+        for stream in streams:
+            stream.closed_by_client()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        logger.info("%s disconnected", self.peer)
+
+    # --- message handling ---------------------------------------------------------------------------
+
+    def _handle(self, message: p.Message) -> None:
+        handler = {
+            p.A_CNXN: self._on_cnxn,
+            p.A_AUTH: self._on_auth,
+            p.A_OPEN: self._on_open,
+            p.A_OKAY: self._on_okay,
+            p.A_WRTE: self._on_wrte,
+            p.A_CLSE: self._on_clse,
+        }.get(message.command)
+        if handler is None:
+            logger.debug("ignoring %r", message)
+            return
+        if message.command not in (p.A_CNXN, p.A_AUTH) and not self.online:
+            logger.debug("ignoring %r before the connection is authorised", message)
+            return
+        handler(message)
+
+    def _on_cnxn(self, message: p.Message) -> None:
+        if self.online:  # the client restarted the handshake: drop its old streams
+            self._teardown_streams()
+        self.online = False
+        self.version = max(p.A_VERSION_MIN, min(message.arg0, p.A_VERSION))
+        self.max_payload = max(p.MAX_PAYLOAD_LEGACY, min(message.arg1, p.MAX_PAYLOAD))
+        logger.info(
+            "%s CNXN version 0x%08x maxdata %d: %r", self.peer, message.arg0, message.arg1, message.data
+        )
+        if self.sim.allowed_keys is None:
+            self._go_online()
+        else:
+            self._send_token()
+
+    def _send_token(self) -> None:
+        self._token = os.urandom(p.TOKEN_SIZE)
+        self.send(p.Message(p.A_AUTH, p.AUTH_TOKEN, 0, self._token))
+
+    def _go_online(self) -> None:
+        self.online = True
+        self.send(p.Message(p.A_CNXN, self.version, self.max_payload, self.sim.identity.banner()))
+
+    def _on_auth(self, message: p.Message) -> None:
+        keys = self.sim.allowed_keys
+        if self.online or keys is None or not self._token:
+            logger.debug("ignoring unexpected %r", message)
+            return
+        if message.arg0 == p.AUTH_SIGNATURE:
+            token, self._token = self._token, b""
+            if any(key.verify(token, message.data) for key in keys):
+                logger.info("%s authenticated by signature", self.peer)
+                self._go_online()
+                return
+            self._signature_failures += 1
+            if self._signature_failures > 10:
+                raise p.ProtocolError("too many failed signatures")
+            self._send_token()  # the client tries its next key, then offers its public key
+        elif message.arg0 == p.AUTH_RSAPUBLICKEY:
+            try:
+                offered = AdbPublicKey.parse(message.data)
+            except AuthKeyError as exc:
+                raise p.ProtocolError(f"unusable public key offered: {exc}") from exc
+            if any(key.same_key(offered) for key in keys):
+                logger.info("%s authenticated by allow-listed public key %s", self.peer, offered.comment)
+                self._go_online()
+                return
+            # A phone would show the "Allow USB debugging?" dialog here; the emulator refuses.
+            raise p.ProtocolError(f"public key {offered.comment or '(no comment)'} is not in the allow-list")
+        else:
+            raise p.ProtocolError(f"unknown AUTH type {message.arg0}")
+
+    def _on_open(self, message: p.Message) -> None:
+        destination = message.data.rstrip(b"\x00").decode("utf-8", errors="replace")
+        name, options, argument = parse_service(destination)
+        service = SERVICES.get(name)
+        if service is None or message.arg0 == 0:
+            logger.info("%s refused service %r", self.peer, destination)
+            self.send(p.Message(p.A_CLSE, 0, message.arg0))
+            return
+        with self._lock:
+            local_id = next(self._ids)
+            stream = Stream(self, local_id, message.arg0)
+            self.streams[local_id] = stream
+        logger.info("%s opened %r as stream %d", self.peer, destination, local_id)
+        self.send(p.Message(p.A_OKAY, local_id, message.arg0))
+
+        def run() -> None:
+            try:
+                service(stream, options, argument, self.sim.sandbox)
+            except StreamClosed:
+                pass
+            except Exception:
+                logger.exception("service %r failed", destination)
+            finally:
+                stream.close()
+
+        threading.Thread(target=run, name=f"phone-sim-{name}-{local_id}", daemon=True).start()
+
+    def _stream(self, message: p.Message) -> Stream | None:
+        with self._lock:
+            stream = self.streams.get(message.arg1)
+        if stream is None or stream.remote_id != message.arg0:
+            return None
+        return stream
+
+    def _on_okay(self, message: p.Message) -> None:
+        stream = self._stream(message)
+        if stream is not None:
+            stream.acknowledged()
+
+    def _on_wrte(self, message: p.Message) -> None:
+        stream = self._stream(message)
+        if stream is None:
+            # adbd answers data for an unknown stream with CLSE so the client stops waiting for OKAY.
+            self.send(p.Message(p.A_CLSE, 0, message.arg0), quiet=True)
+            return
+        stream.deliver(message.data)
+
+    def _on_clse(self, message: p.Message) -> None:
+        with self._lock:
+            stream = self.streams.get(message.arg1)
+            if stream is not None and stream.remote_id == message.arg0:
+                del self.streams[message.arg1]
+            else:
+                stream = None
+        if stream is not None:
+            stream.closed_by_client()
+
+    def _teardown_streams(self) -> None:
+        with self._lock:
+            streams = list(self.streams.values())
+            self.streams.clear()
+        for stream in streams:
+            stream.closed_by_client()
+
+
+class PhoneSimulator:
+    """An emulated Android phone reachable as `adb connect HOST:PORT`; `start()` serves in threads."""
+
+    def __init__(
+        self,
+        port: int,
+        root: str | Path,
+        serial: str | None = None,
+        model_name: str = "AMC PhoneSim",
+        abi: str = "arm64-v8a",
+        auth_keys: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.host = host
+        self.requested_port = port
+        self.root = Path(root)
+        self._serial = serial
+        self.model_name = model_name
+        self.abi = abi
+        self.auth_keys_path = Path(auth_keys) if auth_keys else None
+        self.allowed_keys: list[AdbPublicKey] | None = None
+        self.stopping = False
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: list[Connection] = []
+        self._lock = threading.Lock()
+        self.sandbox: Sandbox
+        self.identity: DeviceIdentity
+
+    @property
+    def port(self) -> int:
+        if self._listener is None:
+            raise PhoneSimError("the phone emulator is not started")
+        return self._listener.getsockname()[1]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> PhoneSimulator:
+        if self.auth_keys_path is not None:
+            try:
+                self.allowed_keys = load_allow_list(self.auth_keys_path)
+            except AuthKeyError as exc:
+                raise PhoneSimError(str(exc)) from exc
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((self.host, self.requested_port))
+        except OSError as exc:
+            listener.close()
+            raise PhoneSimError(
+                f"cannot listen on {self.host}:{self.requested_port}: {exc}; choose another --port (0 picks a free one)"
+            ) from exc
+        listener.listen(16)
+        self._listener = listener
+        self.identity = DeviceIdentity(
+            serial=self._serial or f"PHONESIM{self.port}", model_name=self.model_name, abi=self.abi
+        )
+        try:
+            self.sandbox = Sandbox(self.root, props=self.identity.props())
+        except OSError as exc:
+            listener.close()
+            raise PhoneSimError(f"cannot use {self.root} as the phone's /data/local/tmp: {exc}") from exc
+        self._thread = threading.Thread(target=self._accept_loop, name=f"phone-sim-{self.port}", daemon=True)
+        self._thread.start()
+        logger.info(
+            "phone emulator %s (%s, %s) on %s, /data/local/tmp = %s, auth %s",
+            self.identity.serial,
+            self.model_name,
+            self.abi,
+            self.address,
+            self.sandbox.root,
+            "on" if self.allowed_keys is not None else "off",
+        )
+        return self
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self.stopping:
+            try:
+                sock, addr = self._listener.accept()
+            except OSError:
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(sock=sock, peer=f"{addr[0]}:{addr[1]}", sim=self)
+            with self._lock:
+                self._connections = [c for c in self._connections if c.sock.fileno() != -1]
+                self._connections.append(conn)
+            logger.info("connection from %s", conn.peer)
+            threading.Thread(target=conn.serve, name=f"phone-sim-conn-{addr[1]}", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
+            self._listener.close()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if hasattr(self, "sandbox"):
+            self.sandbox.cleanup()
+
+    def __enter__(self) -> PhoneSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
