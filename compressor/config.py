@@ -71,6 +71,8 @@ class SearchConfig:
     finetune_epochs: int = 0
     compare: bool = False
     measure_top: int = 3  # latency targets: best candidates measured on the real device
+    prune_residual: bool = False  # also prune channels coupled through residual additions
+    tflite: bool = False  # also export model.tflite (needs the `tflite` extra)
 
     def __post_init__(self) -> None:
         Target.parse(self.target)
@@ -90,6 +92,8 @@ class SearchConfig:
             raise ConfigError("warmup", f"must be >= 0, got {self.warmup}")
         if self.finetune_epochs < 0:
             raise ConfigError("finetune_epochs", f"must be >= 0, got {self.finetune_epochs}")
+        if self.measure_top < 1:
+            raise ConfigError("measure_top", f"must be >= 1, got {self.measure_top}")
         if self.reward_samples is not None and self.reward_samples < 1:
             raise ConfigError("reward_samples", f"must be >= 1, got {self.reward_samples}")
 

@@ -10,7 +10,7 @@ import sys
 
 # (module, sub-commands it registers). Modules are imported only when their command runs or for --help.
 COMMAND_MODULES: dict[str, str] = {
-    "compress": "compressor.cli",
+    "compress": "server.compress_cli",
     "bench": "profiler.cli",
     "devices": "profiler.cli",
     "lut": "profiler.cli",

@@ -1,0 +1,149 @@
+"""The AMC environment: one episode walks the prunable units in forward order; at each the agent
+sees an 11-feature state and answers a preserve ratio, which the action wall clamps so that the
+budget still holds even if every later unit were pruned to the minimum.
+
+State (as in AMC): (t, n, c, h, w, stride, k, FLOPs[t], reduced, rest, a_{t-1}) of the unit's root
+layer. The static features are min-max scaled across units; `reduced` and `rest` are fractions of the
+unpruned network's FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from compressor.config import Target
+from compressor.errors import BudgetInfeasible
+from compressor.pruning import Pruner
+
+STATE_DIM = 11
+
+CostFn = Callable[[Sequence[float]], float]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A limit on one cost of the pruned network (MACs, parameters or predicted milliseconds)."""
+
+    kind: str
+    limit: float
+    full: float  # the unpruned network's cost
+    cost: CostFn
+
+    def describe(self, value: float) -> str:
+        if self.kind == "latency-ms":
+            return f"{value:.3f} ms"
+        return f"{value / self.full:.4f} of the {self.kind.upper() if self.kind == 'flops' else self.kind}"
+
+
+def make_budget(target: Target, pruner: Pruner, *, latency_fn: CostFn | None = None) -> Budget:
+    """Turn `flops=0.5` / `params=0.3` / `latency-ms=4` into a limit with its cost function."""
+    cm = pruner.cost_model
+    full = cm.full
+    if target.kind == "flops":
+        return Budget("flops", target.value * cm.cost(full).macs, cm.cost(full).macs,
+                      lambda kept: cm.cost(kept).macs)
+    if target.kind == "params":
+        return Budget("params", target.value * cm.cost(full).params, cm.cost(full).params,
+                      lambda kept: cm.cost(kept).params)
+    if latency_fn is None:
+        raise BudgetInfeasible("a latency target needs a device (--device) whose latency table can answer")
+    return Budget("latency-ms", target.value, latency_fn(full), latency_fn)
+
+
+def check_feasible(budget: Budget, pruner: Pruner) -> None:
+    """Refuse a budget that even the smallest allowed network exceeds, saying what is reachable."""
+    smallest = budget.cost([u.candidates[0] for u in pruner.units])
+    if smallest <= budget.limit:
+        return
+    if budget.kind == "latency-ms":
+        raise BudgetInfeasible(
+            f"latency-ms={budget.limit:g} cannot be reached: with every prunable layer at its minimum the "
+            f"predicted latency is {smallest:.3f} ms. Ask for at least latency-ms={math.ceil(smallest * 1000) / 1000:g}, "
+            "or lower --a-min.", smallest=smallest)
+    frac = smallest / budget.full
+    raise BudgetInfeasible(
+        f"{budget.kind}={budget.limit / budget.full:g} cannot be reached: with every prunable layer at the "
+        f"minimum preserve ratio the network keeps {frac:.4f} of its {budget.kind} (layers that cannot be "
+        f"pruned included). The smallest reachable target is {budget.kind}={math.ceil(frac * 1000) / 1000:g}; "
+        "ask for at least that, or lower --a-min.", smallest=frac)
+
+
+class PruningEnv:
+    """Decides kept channel counts unit by unit; `kept` holds the episode's decisions so far."""
+
+    def __init__(self, pruner: Pruner, *, budget: Budget | None, a_min: float):
+        self.pruner = pruner
+        self.budget = budget
+        self.a_min = a_min
+        self.units = pruner.units
+        cm = pruner.cost_model
+        layers = {layer.name: layer for layer in cm.layers}
+        self.total_macs = float(cm.cost(cm.full).macs)
+        # FLOPs owned by each unit (the layers whose outputs it prunes), for `rest`.
+        macs, _ = cm.layer_costs(cm.full)
+        self._unit_macs = np.array([macs[cm.out_unit == u].sum() for u in range(len(self.units))])
+        static = []
+        for t, unit in enumerate(self.units):
+            root = layers[unit.name]
+            static.append([t, root.cout, root.cin, root.in_h, root.in_w, root.stride, root.kh, root.macs])
+        static = np.asarray(static, dtype=np.float64)
+        lo, hi = static.min(axis=0), static.max(axis=0)
+        self._static = (static - lo) / np.where(hi > lo, hi - lo, 1.0)
+        if budget is not None:
+            check_feasible(budget, pruner)
+        self.reset()
+
+    def reset(self) -> np.ndarray:
+        self.t = 0
+        self.kept: list[int] = []
+        self.prev_action = 1.0
+        return self._state()
+
+    @property
+    def done(self) -> bool:
+        return self.t >= len(self.units)
+
+    def _state(self) -> np.ndarray:
+        if self.done:
+            return np.zeros(STATE_DIM, dtype=np.float32)
+        full = [u.channels for u in self.units]
+        current = self.kept + full[self.t:]
+        reduced = (self.total_macs - self.pruner.cost_model.cost(current).macs) / self.total_macs
+        rest = self._unit_macs[self.t + 1:].sum() / self.total_macs
+        return np.concatenate([self._static[self.t], [reduced, rest, self.prev_action]]).astype(np.float32)
+
+    def max_kept(self) -> int:
+        """The action wall: the most channels unit t may keep with the budget still reachable."""
+        unit = self.units[self.t]
+        if self.budget is None:
+            return unit.candidates[-1]
+        mins = [u.candidates[0] for u in self.units[self.t + 1:]]
+        fits = lambda c: self.budget.cost(self.kept + [c] + mins) <= self.budget.limit  # noqa: E731
+        lo, hi = 0, len(unit.candidates) - 1
+        if not fits(unit.candidates[lo]):
+            return unit.candidates[0]  # only reachable through rounding; check_feasible rules it out
+        while lo < hi:  # largest candidate that fits; cost is monotone in the kept count
+            mid = (lo + hi + 1) // 2
+            if fits(unit.candidates[mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return unit.candidates[lo]
+
+    def step(self, action: float) -> tuple[np.ndarray, float, int]:
+        """Apply the preserve ratio `action` to unit t. Returns (next state, clamped action, kept)."""
+        if self.done:
+            raise RuntimeError("episode is over; call reset()")
+        unit = self.units[self.t]
+        action = float(min(max(action, self.a_min), 1.0))
+        wall = self.max_kept()
+        kept = min(unit.kept_for(action), wall)
+        action = min(action, wall / unit.channels)
+        self.kept.append(kept)
+        self.prev_action = action
+        self.t += 1
+        return self._state(), action, kept

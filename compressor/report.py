@@ -1,0 +1,66 @@
+"""report.md: the search's report for people (report.json holds the same numbers for programs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt_int(n: float | None) -> str:
+    return "—" if n is None else f"{int(n):,}"
+
+
+def _fmt_pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def _fmt_ms(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def comparison_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, summary) for baseline, the compared strategies and the search's result."""
+    rows = [("baseline (unpruned)", report["baseline"])]
+    for name, summary in (report.get("compare") or {}).items():
+        rows.append((name, summary))
+    rows.append((report["strategy"], report["result"]))
+    return rows
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    base = report["baseline"]
+    lines = [
+        f"# AMC report: {report['model']} on {report['data']}",
+        "",
+        f"- target: `{report['target']}`, reward: `{report['reward']}`, strategy: `{report['strategy']}`, "
+        f"episodes: {report['episodes']}, seed: {report['seed']}, device: `{report['device']}`",
+        f"- weights: {report['weights']}",
+        f"- reward computed on: {report['splits']['reward']}",
+        f"- accuracy reported on: {report['splits']['report']}",
+        f"- pruning: {report['granularity']}, a_min {report['a_min']}, channels rounded to multiples of "
+        f"{report['round_to']}, reconstruction {'on' if report['reconstruct'] else 'off'}, BN re-estimation "
+        f"{'on' if report['bn_recalibration'] else 'off'}, fine-tuning epochs {report['finetune_epochs']}",
+        f"- search time: {report['search_seconds']:.1f} s (best episode {report['best_episode']})",
+        "",
+        "| policy | MACs | MACs kept | params | params kept | accuracy | predicted ms | measured ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in comparison_rows(report):
+        lines.append(
+            f"| {name} | {_fmt_int(s['macs'])} | {s['macs'] / base['macs']:.3f} | {_fmt_int(s['params'])} | "
+            f"{s['params'] / base['params']:.3f} | {_fmt_pct(s['accuracy'])} | "
+            f"{_fmt_ms(s.get('latency_predicted_ms'))} | {_fmt_ms(s.get('latency_measured_ms'))} |")
+    budget = report.get("budget")
+    if budget:
+        lines += ["", f"Budget `{budget['kind']}` ≤ {budget['limit']:,.3f}: {'met' if budget['met'] else 'NOT met'}."]
+    timing = report.get("episode_timing") or {}
+    if timing:
+        lines += ["", "Mean time per episode (s): " + ", ".join(
+            f"{k.removesuffix('_s')} {v:.3f}" for k, v in timing.items())]
+    lines += ["", "## Per-layer preserve ratios", "", "| layer | channels | kept | ratio |", "|---|---:|---:|---:|"]
+    for unit in report["units"]:
+        name = unit["name"]
+        lines.append(f"| {name} | {unit['channels']} | {report['result']['channels'][name]} | "
+                     f"{report['result']['ratios'][name]:.3f} |")
+    if report.get("not_pruned"):
+        lines += ["", "Not pruned: " + "; ".join(report["not_pruned"])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,498 @@
+"""The search loop: load the model and data, walk episodes, checkpoint, report.
+
+`run_search(config, out_dir)` is what the CLI and the server call. Every episode is checkpointed
+(strategy state with its replay buffer and RNG, the episode log, the best so far) before its progress
+event is emitted, so a killed search resumes where it stopped (`resume=True`) and ends with the same
+result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor import zoo
+from compressor.config import SearchConfig
+from compressor.data import LOADERS, DataBundle, Split, load_dataset
+from compressor.env import Budget, PruningEnv, check_feasible, make_budget
+from compressor.errors import ConfigError, SearchCancelled
+from compressor.events import EventSink, SearchEvent, ignore
+from compressor.latency import LatencyOracle
+from compressor.pruning import PRUNERS, PrunedModel, Pruner
+from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
+from compressor.rewards import REWARDS
+from compressor.strategies import Strategy, make_strategy
+from compressor.training import evaluate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = Path("checkpoint") / "state.pt"
+CHECKPOINT_VERSION = 1
+RECONSTRUCTION_IMAGES = 500
+BN_IMAGES = 256
+EPISODE_FIELDS = ["episode", "reward", "accuracy", "macs", "params", "macs_ratio", "params_ratio", "latency_ms",
+                  "seconds", "prune_s", "reconstruct_s", "bn_s", "eval_s", "agent_s", "critic_loss", "actor_loss",
+                  "best_accuracy", "best_reward", "kept", "ratios"]
+
+
+# ----------------------------------------------------------------------------------------------- setup
+@dataclass
+class Problem:
+    """Everything a search needs, built once: model, data, pruner, budget, reward, caches."""
+
+    config: SearchConfig
+    entry: zoo.ModelEntry
+    model: nn.Module
+    bundle: DataBundle
+    example: torch.Tensor
+    pruner: Pruner
+    budget: Budget | None
+    oracle: LatencyOracle | None
+    reward_split: Split
+    bn_images: torch.Tensor | None
+    reconstructor: Reconstructor | None
+    weights: str
+    _cache: dict[tuple[int, ...], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def reward_name(self) -> str:
+        return self.config.reward or "err"
+
+    def latency_of(self, kept) -> float | None:
+        if self.oracle is None:
+            return None
+        return float(self.oracle.predict_ms(self.pruner.cost_model.kernels(kept)))
+
+    def build(self, kept: list[int], timings: dict[str, float] | None = None) -> PrunedModel:
+        """The pruned, re-fitted, re-calibrated network for `kept` channels per unit."""
+        timings = timings if timings is not None else {}
+        t0 = time.perf_counter()
+        pruned = self.pruner.apply(kept)
+        t1 = time.perf_counter()
+        if self.reconstructor is not None:
+            self.reconstructor.apply(pruned)
+        t2 = time.perf_counter()
+        if self.bn_images is not None:
+            recalibrate_batchnorm(pruned.model, self.bn_images)
+        pruned.model.eval()
+        t3 = time.perf_counter()
+        timings.update(prune_s=t1 - t0, reconstruct_s=t2 - t1, bn_s=t3 - t2)
+        return pruned
+
+    def score(self, kept: list[int]) -> dict[str, Any]:
+        """Accuracy on the reward split and cost of a policy (cached: a policy is evaluated once)."""
+        key = tuple(int(k) for k in kept)
+        if key in self._cache:
+            return dict(self._cache[key], prune_s=0.0, reconstruct_s=0.0, bn_s=0.0, eval_s=0.0)
+        timings: dict[str, float] = {}
+        pruned = self.build(list(key), timings)
+        t0 = time.perf_counter()
+        accuracy = evaluate(pruned.model, self.reward_split)
+        timings["eval_s"] = time.perf_counter() - t0
+        cost = self.pruner.cost_model.cost(key)
+        full = self.pruner.cost_model.cost(self.pruner.cost_model.full)
+        result = {"accuracy": accuracy, "macs": cost.macs, "params": cost.params,
+                  "macs_ratio": cost.macs / full.macs, "params_ratio": cost.params / full.params,
+                  "latency_ms": self.latency_of(key), **timings}
+        result["reward"] = REWARDS[self.reward_name](accuracy=accuracy, macs=cost.macs, params=cost.params,
+                                                     latency_ms=result["latency_ms"])
+        self._cache[key] = result
+        return dict(result)
+
+
+def _load_model(config: SearchConfig, emit: EventSink) -> tuple[nn.Module, zoo.ModelEntry, str]:
+    weights = config.weights
+    if weights is None and config.model == "demo-cnn":
+        from compressor.training import train_demo_cnn
+
+        emit(SearchEvent("phase", "load", "training demo-cnn on digits (cached after the first run)"))
+        weights = str(train_demo_cnn())
+    loaded = zoo.load_model(config.model, weights=weights)
+    if weights is None:
+        log.warning("%s has no weights (--weights): searching an untrained network", config.model)
+    return loaded.model, loaded.entry, weights or "none (randomly initialised)"
+
+
+def _load_data(config: SearchConfig, entry: zoo.ModelEntry) -> DataBundle:
+    is_zoo = config.model in zoo.MODELS
+    return load_dataset(config.data, input_shape=entry.input_shape,
+                        mean=entry.mean if is_zoo else None, std=entry.std if is_zoo else None, seed=0)
+
+
+def _make_budget(config: SearchConfig, pruner: Pruner, oracle: LatencyOracle | None) -> Budget | None:
+    """The action wall's budget; None in accuracy-guaranteed mode (a cost-aware reward, no clamp)."""
+    if config.reward not in (None, "err"):
+        return None
+    latency_fn = None
+    if oracle is not None:
+        latency_fn = lambda kept: float(oracle.predict_ms(pruner.cost_model.kernels(kept)))  # noqa: E731
+    return make_budget(config.parsed_target, pruner, latency_fn=latency_fn)
+
+
+def _check_oracle(config: SearchConfig, oracle: LatencyOracle | None) -> None:
+    needs = config.parsed_target.kind == "latency-ms" and config.reward in (None, "err") or config.reward == "latency"
+    if needs and oracle is None:
+        raise ConfigError("device", "a latency target or latency reward needs a device with a latency table "
+                                    "(e.g. --device local or --device adb:HOST:PORT)")
+
+
+def _make_pruner(config: SearchConfig, model: nn.Module, example: torch.Tensor) -> Pruner:
+    kwargs: dict[str, Any] = {"a_min": config.a_min, "round_to": config.round_to}
+    if config.granularity == "channel":
+        kwargs["prune_residual"] = config.prune_residual
+    return PRUNERS[config.granularity](model, example, **kwargs)
+
+
+def validate(config: SearchConfig, *, oracle: LatencyOracle | None = None) -> None:
+    """Check model, data, device and budget without training or evaluating anything."""
+    prefix = config.data.partition(":")[0]
+    if prefix not in LOADERS:
+        raise ConfigError("data", f"unknown dataset {config.data!r}; use one of "
+                                  f"{', '.join(p if p == 'digits' else p + ':PATH' for p in LOADERS)}")
+    if ":" in config.data and not Path(config.data.partition(":")[2]).expanduser().exists():
+        raise ConfigError("data", f"{config.data.partition(':')[2]} does not exist")
+    if config.weights is not None and not Path(config.weights).expanduser().is_file():
+        raise ConfigError("weights", f"{config.weights} is not a file")
+    try:
+        loaded = zoo.load_model(config.model)
+    except Exception as exc:  # noqa: BLE001 - any failure to build is the model field's fault
+        raise ConfigError("model", str(exc)) from exc
+    _check_oracle(config, oracle)
+    example = torch.zeros(1, *loaded.entry.input_shape)
+    pruner = _make_pruner(config, loaded.model, example)
+    budget = _make_budget(config, pruner, oracle)
+    if budget is not None:
+        check_feasible(budget, pruner)
+
+
+def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: EventSink = ignore) -> Problem:
+    _check_oracle(config, oracle)
+    emit(SearchEvent("phase", "load", f"loading {config.model} and {config.data}"))
+    model, entry, weights = _load_model(config, emit)
+    bundle = _load_data(config, entry)
+    example = bundle.search.x[:1].clone()
+    pruner = _make_pruner(config, model, example)
+    budget = _make_budget(config, pruner, oracle)
+    if budget is not None:
+        check_feasible(budget, pruner)
+    reward_split = bundle.search
+    if config.reward_samples is not None and config.reward_samples < len(reward_split):
+        reward_split = reward_split.subset(range(config.reward_samples),
+                                           f"{bundle.search.description}, first {config.reward_samples}")
+    reconstructor = None
+    if config.reconstruct and config.granularity == "channel":
+        emit(SearchEvent("phase", "load", "caching feature statistics for least-squares reconstruction"))
+        consumers = {name for unit in pruner.units for name in unit.in_layers}
+        reconstructor = Reconstructor(model, consumers, bundle.search.x[:RECONSTRUCTION_IMAGES], seed=config.seed)
+    bn_images = None
+    if config.bn_recalibration and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        bn_images = bundle.search.x[:BN_IMAGES]
+    return Problem(config=config, entry=entry, model=model, bundle=bundle, example=example, pruner=pruner,
+                   budget=budget, oracle=oracle, reward_split=reward_split, bn_images=bn_images,
+                   reconstructor=reconstructor, weights=weights)
+
+
+# ---------------------------------------------------------------------------------------- episodes
+def run_episode(problem: Problem, strategy: Strategy, env: PruningEnv, episode: int) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    state = env.reset()
+    transitions = []
+    agent_s = 0.0
+    while not env.done:
+        t0 = time.perf_counter()
+        action = strategy.act(state, episode=episode, step=env.t)
+        agent_s += time.perf_counter() - t0
+        next_state, clamped, _ = env.step(action)
+        transitions.append((state, clamped, next_state, env.done))
+        state = next_state
+    kept = list(env.kept)
+    row = problem.score(kept)
+    t0 = time.perf_counter()
+    losses = strategy.learn(transitions, row["reward"], episode=episode)
+    agent_s += time.perf_counter() - t0
+    units = problem.pruner.units
+    row.update(episode=episode + 1, kept=kept, ratios=[round(k / u.channels, 6) for k, u in zip(kept, units)],
+               agent_s=agent_s, critic_loss=losses.get("critic_loss"), actor_loss=losses.get("actor_loss"),
+               seconds=time.perf_counter() - t_start)
+    return row
+
+
+def _best_index(log_rows: list[dict[str, Any]]) -> int:
+    return max(range(len(log_rows)), key=lambda i: (log_rows[i]["reward"], -i))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_checkpoint(out_dir: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _atomic_write(out_dir / CHECKPOINT, buffer.getvalue())
+
+
+def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_episode_log(out_dir: Path) -> list[dict[str, Any]]:
+    """Episodes recorded in the checkpoint of `out_dir` (empty when there is none)."""
+    state = load_checkpoint(out_dir)
+    return list(state["log"]) if state else []
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON- and weights_only-safe copy of an episode row."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def _search_loop(problem: Problem, strategy_name: str, episodes: int, *, out_dir: Path | None, emit: EventSink,
+                 should_stop: Callable[[], bool], resume_state: dict[str, Any] | None, label: str,
+                 seed: int) -> tuple[list[dict[str, Any]], float]:
+    config = problem.config
+    env = PruningEnv(problem.pruner, budget=problem.budget, a_min=config.a_min)
+    strategy = make_strategy(strategy_name, pruner=problem.pruner, budget=problem.budget, a_min=config.a_min,
+                             warmup=config.warmup_episodes, seed=seed)
+    total = strategy.episodes(episodes)
+    rows: list[dict[str, Any]] = []
+    elapsed = 0.0
+    start = 0
+    if resume_state is not None:
+        strategy.load_state_dict(resume_state["strategy"])
+        rows = list(resume_state["log"])
+        elapsed = float(resume_state["elapsed"])
+        start = int(resume_state["next_episode"])
+        log.info("resuming %s at episode %d of %d", label, start + 1, total)
+    for episode in range(start, total):
+        if should_stop():
+            raise SearchCancelled(f"stopped before episode {episode + 1} of {total}; the checkpoint is intact")
+        row = _plain(run_episode(problem, strategy, env, episode))
+        elapsed += row["seconds"]
+        rows.append(row)
+        best = rows[_best_index(rows)]
+        row.update(best_accuracy=best["accuracy"], best_reward=best["reward"])
+        if out_dir is not None:
+            _save_checkpoint(out_dir, {"version": CHECKPOINT_VERSION, "config": config.to_dict(),
+                                       "next_episode": episode + 1, "strategy": strategy.state_dict(),
+                                       "log": rows, "elapsed": elapsed})
+        emit(SearchEvent("episode", label, episode=episode + 1, episodes=total, record=dict(row)))
+    return rows, elapsed
+
+
+# ------------------------------------------------------------------------------------------ results
+def _summary(problem: Problem, kept: list[int], model: nn.Module, *, search_row: dict | None) -> dict[str, Any]:
+    cost = problem.pruner.cost_model.cost(kept)
+    accuracy = evaluate(model, problem.bundle.report)
+    units = problem.pruner.units
+    out = {"macs": cost.macs, "params": cost.params, "accuracy": accuracy,
+           "channels": {u.name: int(k) for u, k in zip(units, kept)},
+           "ratios": {u.name: round(k / u.channels, 6) for u, k in zip(units, kept)},
+           "latency_predicted_ms": problem.latency_of(kept)}
+    if problem.config.granularity == "weight":
+        from compressor.pruning import count_nonzero_params
+
+        out["params_nonzero"] = count_nonzero_params(model)
+    if search_row is not None:
+        out["search_accuracy"] = search_row["accuracy"]
+        out["reward"] = search_row["reward"]
+    return out
+
+
+def _measure(problem: Problem, model: nn.Module) -> float | None:
+    if problem.oracle is None:
+        return None
+    return problem.oracle.measure_ms(model, problem.example)
+
+
+def _pick_final(problem: Problem, rows: list[dict[str, Any]], emit: EventSink) -> tuple[dict[str, Any], dict]:
+    """The best episode; for latency targets the best few are measured for real and the most accurate
+    one that meets the target as measured wins."""
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["reward"], i))
+    config = problem.config
+    latency_mode = problem.oracle is not None and (
+        config.parsed_target.kind == "latency-ms" or config.reward == "latency")
+    if not latency_mode:
+        return rows[order[0]], {}
+    emit(SearchEvent("phase", "measure", f"measuring the best {config.measure_top} candidates on {config.device}"))
+    measured: list[tuple[dict[str, Any], float | None]] = []
+    seen = set()
+    for i in order:
+        key = tuple(rows[i]["kept"])
+        if key in seen:
+            continue
+        seen.add(key)
+        model = problem.build(list(key)).model
+        measured.append((rows[i], _measure(problem, model)))
+        if len(measured) >= config.measure_top:
+            break
+    limit = config.parsed_target.value if config.parsed_target.kind == "latency-ms" else math.inf
+    meeting = [(r, m) for r, m in measured if m is not None and m <= limit]
+    row, ms = (meeting[0] if meeting else min(measured, key=lambda rm: rm[1] if rm[1] is not None else math.inf))
+    info = {"candidates": [{"episode": r["episode"], "predicted_ms": r["latency_ms"], "measured_ms": m}
+                           for r, m in measured],
+            "measured_ms": ms, "predicted_ms": row["latency_ms"], "target_met": bool(meeting)}
+    return row, info
+
+
+def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows: list[dict[str, Any]],
+                   model: nn.Module, kept: list[int]) -> None:
+    from compressor.export import export_model
+
+    config = problem.config
+    export = export_model("onnx", model, problem.example, out_dir / "model.onnx")
+    report["exports"] = {"onnx": {"max_abs_diff": export.max_abs_diff, "size_bytes": export.size_bytes}}
+    if config.tflite:
+        export = export_model("tflite", model, problem.example, out_dir / "model.tflite")
+        report["exports"]["tflite"] = {"max_abs_diff": export.max_abs_diff, "size_bytes": export.size_bytes}
+    buffer = io.BytesIO()
+    torch.save({"model": config.model, "granularity": config.granularity, "kept": [int(k) for k in kept],
+                "input_shape": list(problem.entry.input_shape), "state_dict": model.state_dict()}, buffer)
+    _atomic_write(out_dir / "model.pt", buffer.getvalue())
+    policy = [{"unit": u.name, "channels": u.channels, "kept": int(k), "ratio": round(k / u.channels, 6)}
+              for u, k in zip(problem.pruner.units, kept)]
+    _atomic_write(out_dir / "policy.json", json.dumps(policy, indent=2).encode())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=EPISODE_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()})
+    _atomic_write(out_dir / "episodes.csv", text.getvalue().encode())
+    from compressor.report import render_markdown
+
+    _atomic_write(out_dir / "report.md", render_markdown(report).encode())
+    _atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
+
+
+def load_pruned(path: str | Path, *, weights: str | None = None) -> nn.Module:
+    """Rebuild a pruned network from `model.pt` (weights_only: the file is never unpickled as code)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = zoo.load_model(saved["model"], weights=weights).model
+    example = torch.zeros(1, *saved["input_shape"])
+    pruner = PRUNERS[saved["granularity"]](model, example)
+    pruned = pruner.apply(saved["kept"]).model
+    pruned.load_state_dict(saved["state_dict"])
+    return pruned.eval()
+
+
+# ------------------------------------------------------------------------------------------- driver
+def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOracle | None = None,
+               on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
+               resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) a search and write its outputs into `out_dir`. Returns the report."""
+    out_dir = Path(out_dir)
+    emit = on_event or ignore
+    stop = should_stop or (lambda: False)
+    state = None
+    if resume:
+        state = load_checkpoint(out_dir)
+        if state is None:
+            raise ConfigError("resume", f"{out_dir} has no checkpoint to resume from ({CHECKPOINT})")
+        saved = SearchConfig.from_dict(state["config"])
+        if saved != config:
+            raise ConfigError("resume", f"{out_dir} holds a search with a different configuration: {saved}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    t_start = time.perf_counter()
+    problem = prepare(config, oracle=oracle, emit=emit)
+    setup_s = time.perf_counter() - t_start
+
+    emit(SearchEvent("phase", "baseline", "evaluating the unpruned network"))
+    full = problem.pruner.cost_model.full
+    baseline = _summary(problem, list(map(int, full)), problem.model, search_row=None)
+    baseline["search_accuracy"] = evaluate(problem.model, problem.reward_split)
+    baseline["latency_measured_ms"] = _measure(problem, problem.model) if problem.oracle else None
+
+    emit(SearchEvent("phase", "search", f"{config.strategy} search, {config.episodes} episodes"))
+    rows, search_s = _search_loop(problem, config.strategy, config.episodes, out_dir=out_dir, emit=emit,
+                                  should_stop=stop, resume_state=state, label="search", seed=config.seed)
+    best_row, latency = _pick_final(problem, rows, emit)
+    kept = list(best_row["kept"])
+    final = problem.build(kept).model
+    result = _summary(problem, kept, final, search_row=best_row)
+    if latency:
+        result["latency_measured_ms"] = latency["measured_ms"]
+
+    compare = {}
+    if config.compare:
+        for name in ("uniform", "random"):
+            if name == config.strategy:
+                continue
+            emit(SearchEvent("phase", "compare", f"{name} baseline at the same budget"))
+            other_rows, seconds = _search_loop(problem, name, config.episodes, out_dir=None, emit=emit,
+                                               should_stop=stop, resume_state=None, label=name,
+                                               seed=config.seed + 1)
+            other_best = other_rows[_best_index(other_rows)]
+            other_model = problem.build(list(other_best["kept"])).model
+            compare[name] = _summary(problem, list(other_best["kept"]), other_model, search_row=other_best)
+            compare[name]["episodes"] = len(other_rows)
+            compare[name]["search_seconds"] = seconds
+
+    if config.finetune_epochs > 0:
+        from compressor.finetune import finetune
+
+        emit(SearchEvent("phase", "finetune", f"fine-tuning for {config.finetune_epochs} epochs"))
+        result["accuracy_before_finetune"] = result["accuracy"]
+        final = finetune(final, problem.bundle, epochs=config.finetune_epochs, seed=config.seed)
+        final.eval()
+        result["accuracy"] = evaluate(final, problem.bundle.report)
+
+    timing = {k: float(np.mean([r[k] for r in rows])) for k in ("prune_s", "reconstruct_s", "bn_s", "eval_s",
+                                                                   "agent_s", "seconds")}
+    budget = problem.budget
+    report = {
+        "model": config.model, "weights": problem.weights, "data": config.data,
+        "splits": {"train": problem.bundle.train.description if problem.bundle.train else None,
+                   "reward": problem.reward_split.description, "report": problem.bundle.report.description},
+        "target": config.target, "reward": problem.reward_name, "strategy": config.strategy,
+        "episodes": len(rows), "seed": config.seed, "device": config.device,
+        "granularity": config.granularity, "a_min": config.a_min, "round_to": config.round_to,
+        "reconstruct": config.reconstruct, "bn_recalibration": config.bn_recalibration,
+        "finetune_epochs": config.finetune_epochs,
+        "budget": None if budget is None else {"kind": budget.kind, "limit": budget.limit, "full": budget.full,
+                                               "met": budget.cost(kept) <= budget.limit},
+        "units": [{"name": u.name, "channels": u.channels} for u in problem.pruner.units],
+        "not_pruned": list(getattr(problem.pruner, "skipped", [])),
+        "baseline": baseline, "result": result, "best_episode": best_row["episode"],
+        "search_seconds": search_s, "setup_seconds": setup_s, "episode_timing": timing,
+        "latency": latency or None, "config": config.to_dict(),
+    }
+    if compare:
+        report["compare"] = compare
+    emit(SearchEvent("phase", "export", "exporting and validating model.onnx"))
+    _write_outputs(out_dir, problem, report, rows, final, kept)
+    emit(SearchEvent("done", "done", "search finished", record=report))
+    return report
+

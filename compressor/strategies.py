@@ -1,0 +1,168 @@
+"""Search strategies behind one interface: `ddpg` (AMC), `random` (same episode count, actions
+uniform in [a_min, 1]) and `uniform` (one preserve ratio for every unit).
+
+A strategy proposes an action per step and learns (or not) from each finished episode. Its whole
+state goes into the search checkpoint, so a resumed search proposes exactly what an uninterrupted one
+would have.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from compressor.agent import AgentConfig, DDPGAgent
+from compressor.env import STATE_DIM, Budget
+from compressor.pruning import Pruner
+
+Transition = tuple[np.ndarray, float, np.ndarray, bool]
+
+
+class Strategy(Protocol):
+    name: str
+
+    def act(self, state: np.ndarray, *, episode: int, step: int) -> float: ...
+
+    def learn(self, transitions: list[Transition], reward: float, *, episode: int) -> dict[str, float]: ...
+
+    def episodes(self, requested: int) -> int: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class DDPGStrategy:
+    name = "ddpg"
+
+    def __init__(self, *, n_layers: int, a_min: float, warmup: int, seed: int):
+        self.n_layers = n_layers
+        self.warmup = warmup
+        config = AgentConfig(warmup=warmup, a_min=a_min, memory_size=100 * n_layers)
+        self.agent = DDPGAgent(state_dim=STATE_DIM, config=config, n_layers=n_layers, seed=seed)
+
+    def act(self, state, *, episode, step):
+        return self.agent.select_action(state, episode=episode)
+
+    def learn(self, transitions, reward, *, episode):
+        self.agent.observe(transitions, reward)
+        if episode < self.warmup:
+            return {}
+        losses = [self.agent.update() for _ in range(self.n_layers)]
+        losses = [x for x in losses if x is not None]
+        if not losses:
+            return {}
+        return {"critic_loss": float(np.mean([c for c, _ in losses])),
+                "actor_loss": float(np.mean([a for _, a in losses]))}
+
+    def episodes(self, requested):
+        return requested
+
+    def state_dict(self):
+        return {"agent": self.agent.state_dict()}
+
+    def load_state_dict(self, state):
+        self.agent.load_state_dict(state["agent"])
+
+
+class RandomStrategy:
+    name = "random"
+
+    def __init__(self, *, a_min: float, seed: int):
+        self.a_min = a_min
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, state, *, episode, step):
+        return float(self.rng.uniform(self.a_min, 1.0))
+
+    def learn(self, transitions, reward, *, episode):
+        return {}
+
+    def episodes(self, requested):
+        return requested
+
+    def state_dict(self):
+        return {"rng": _rng_state(self.rng)}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = _rng_restore(state["rng"])
+
+
+class UniformStrategy:
+    """One ratio for every unit. Under a budget: the largest ratio that meets it (bisection), one
+    episode. Without a budget (accuracy-guaranteed rewards): an even sweep of ratios in [a_min, 1]."""
+
+    name = "uniform"
+
+    def __init__(self, *, pruner: Pruner, budget: Budget | None, a_min: float):
+        self.a_min = a_min
+        self.budget = budget
+        self.ratio = 1.0
+        self._sweep: list[float] = []
+        if budget is not None:
+            self.ratio = uniform_ratio(pruner, budget, a_min=a_min)
+
+    def act(self, state, *, episode, step):
+        if self.budget is None:
+            return self._sweep[episode]
+        return self.ratio
+
+    def learn(self, transitions, reward, *, episode):
+        return {}
+
+    def episodes(self, requested):
+        if self.budget is not None:
+            return 1
+        self._sweep = list(np.linspace(self.a_min, 1.0, max(1, requested)))
+        return len(self._sweep)
+
+    def state_dict(self):
+        return {"ratio": self.ratio}
+
+    def load_state_dict(self, state):
+        self.ratio = float(state["ratio"])
+
+
+def uniform_ratio(pruner: Pruner, budget: Budget, *, a_min: float, iterations: int = 40) -> float:
+    """The largest single preserve ratio whose rounded channel counts meet the budget."""
+    def kept(r: float) -> list[int]:
+        return [u.kept_for(r) for u in pruner.units]
+
+    if budget.cost(kept(1.0)) <= budget.limit:
+        return 1.0
+    lo, hi = a_min, 1.0
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if budget.cost(kept(mid)) <= budget.limit:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    s = rng.bit_generator.state
+    return {"bit_generator": s["bit_generator"], "state": str(s["state"]["state"]), "inc": str(s["state"]["inc"]),
+            "has_uint32": int(s["has_uint32"]), "uinteger": int(s["uinteger"])}
+
+
+def _rng_restore(d: dict[str, Any]) -> dict[str, Any]:
+    return {"bit_generator": d["bit_generator"], "state": {"state": int(d["state"]), "inc": int(d["inc"])},
+            "has_uint32": d["has_uint32"], "uinteger": d["uinteger"]}
+
+
+StrategyFactory = Callable[..., Strategy]
+
+
+def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: float, warmup: int,
+                  seed: int) -> Strategy:
+    factories: dict[str, Callable[[], Strategy]] = {
+        "ddpg": lambda: DDPGStrategy(n_layers=len(pruner.units), a_min=a_min, warmup=warmup, seed=seed),
+        "random": lambda: RandomStrategy(a_min=a_min, seed=seed),
+        "uniform": lambda: UniformStrategy(pruner=pruner, budget=budget, a_min=a_min),
+    }
+    return factories[name]()
+
+
+STRATEGY_NAMES: Sequence[str] = ("ddpg", "random", "uniform")
