@@ -1,29 +1,39 @@
 """Turning a PyTorch module into a file a device can time. Uses the project's ONNX exporter
-(`compressor.export.onnx`, which validates outputs) when present, plain torch.onnx otherwise."""
+(`compressor.export.onnx`, which validates outputs against PyTorch) when present, plain
+`torch.onnx.export` otherwise. Single-kernel models for lookup tables skip validation (`validate=False`):
+they are built from random weights and timed, never used for their outputs."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-def export_onnx(model, example_input, path: Path | str, *, atol: float = 1e-3) -> Path:
-    """Export `model` (eval mode, BN folded by the exporter) to ONNX at `path`; return the path."""
+def _torch_export(model, example_input, path: Path) -> None:
     import torch
 
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example_input,), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"], do_constant_folding=True)
+
+
+def export_onnx(model, example_input, path: Path | str, *, validate: bool = True, atol: float = 1e-3) -> Path:
+    """Export `model` (eval mode; BatchNorm folded by constant folding) to ONNX at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     try:
-        from compressor.export.onnx import export as project_export
+        from compressor.export import onnx as project
     except ImportError:
-        project_export = None
-    if project_export is not None:
-        result = project_export(model, example_input, path, atol=atol)
-        return Path(getattr(result, "path", path))
-    with torch.no_grad():
-        torch.onnx.export(model, (example_input,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"])
+        project = None
+    if project is not None and validate and example_input.dim() == 4:
+        return Path(project.export(model, example_input, path, atol=atol).path)
+    if project is not None and hasattr(project, "convert"):
+        project.convert(model, example_input, path)
+    else:
+        _torch_export(model, example_input, path)
     return path

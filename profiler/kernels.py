@@ -1,0 +1,137 @@
+"""Kernels as the runtime executes them (conv+BN+ReLU fused into one), read from a PyTorch model, and
+the tiny single-kernel models the lookup table times.
+
+`extract_kernels` hooks Conv2d / Linear / BatchNorm / ReLU / pooling modules during one forward pass;
+a BatchNorm or ReLU applied to a conv's output is folded into that conv's kernel. Functional ops
+(`F.relu`, `x + y`) are invisible to hooks; the search's own kernel list (compressor.cost) is the
+authority, this is the fallback and the tool for tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from compressor.latency import KernelSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+_ACTS = ("ReLU", "ReLU6", "Hardtanh", "LeakyReLU", "Hardswish", "SiLU")
+
+
+def extract_kernels(model: torch.nn.Module, example_input: torch.Tensor) -> list[KernelSpec]:
+    """The model's fused kernels in forward order (a depthwise conv has groups == cin == cout)."""
+    import torch
+    from torch import nn
+
+    kernels: list[KernelSpec] = []
+    owner: dict[int, int] = {}  # id(output tensor) -> index of the kernel that produced it
+    hooks = []
+
+    def on_forward(module: nn.Module, inputs, output) -> None:
+        x = inputs[0] if inputs else None
+        if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
+            return
+        if isinstance(module, nn.Conv2d):
+            dw = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            kernels.append(KernelSpec("dwconv" if dw else "conv", module.in_channels, module.out_channels,
+                                      k=module.kernel_size[0], stride=module.stride[0],
+                                      h=int(x.shape[2]), w=int(x.shape[3])))
+        elif isinstance(module, nn.Linear):
+            kernels.append(KernelSpec("linear", module.in_features, module.out_features))
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            c, h, w = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
+            if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                k, s = 0, 1  # k = 0: global pooling
+            else:
+                k = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
+                s = module.stride if isinstance(module.stride, int) else (module.stride or (k,))[0]
+            kernels.append(KernelSpec("pool", c, c, k=int(k), stride=int(s), h=h, w=w))
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)) or type(module).__name__ in _ACTS:
+            # Folded into the kernel that produced its input (in-place ReLU returns the same tensor).
+            i = owner.get(id(x))
+            if i is None:
+                return
+            if type(module).__name__ in _ACTS:
+                kernels[i] = replace(kernels[i], relu=True)
+            owner[id(output)] = i
+            return
+        else:
+            return
+        owner[id(output)] = len(kernels) - 1
+
+    for module in model.modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(on_forward))
+    try:
+        with torch.inference_mode():
+            model.eval()(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return kernels
+
+
+def kernel_module(spec: KernelSpec) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A one-kernel network (conv+BN+ReLU, linear, add or pool) and an input for it."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if spec.op in ("conv", "dwconv"):
+        groups = spec.cin if spec.op == "dwconv" else 1
+        cout = spec.cin if spec.op == "dwconv" else spec.cout
+        layers: list[nn.Module] = [nn.Conv2d(spec.cin, cout, spec.k, stride=spec.stride, padding=spec.k // 2,
+                                             groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        if spec.relu:
+            layers.append(nn.ReLU())
+        return nn.Sequential(*layers), torch.randn(1, spec.cin, spec.h, spec.w)
+    if spec.op == "linear":
+        layers = [nn.Linear(spec.cin, spec.cout)] + ([nn.ReLU()] if spec.relu else [])
+        return nn.Sequential(*layers), torch.randn(1, spec.cin)
+    if spec.op == "add":
+        return _Add(spec.cin, spec.relu), torch.randn(1, spec.cin, spec.h, spec.w)
+    if spec.op == "pool":
+        pool = nn.AdaptiveAvgPool2d(1) if spec.k <= 0 or spec.k >= max(spec.h, spec.w) \
+            else nn.AvgPool2d(spec.k, stride=spec.stride)
+        return pool, torch.randn(1, spec.cin, spec.h, spec.w)
+    raise ValueError(f"unknown kernel op {spec.op!r}")
+
+
+def _add_module():
+    from torch import nn
+
+    class Add(nn.Module):
+        """A residual addition (one broadcast Add the runtime cannot fold away)."""
+
+        def __init__(self, channels: int, relu: bool):
+            super().__init__()
+            import torch
+
+            self.bias = nn.Parameter(torch.randn(1, channels, 1, 1))
+            self.relu = relu
+
+        def forward(self, x):
+            y = x + self.bias
+            return y.relu() if self.relu else y
+
+    return Add
+
+
+def _Add(channels: int, relu: bool):  # noqa: N802 - factory that looks like a class
+    return _add_module()(channels, relu)
+
+
+def kernel_macs(spec: KernelSpec) -> float:
+    """Multiply-accumulates of a kernel (elementwise ops count one per output element)."""
+    h_out = math.ceil(spec.h / max(spec.stride, 1))
+    w_out = math.ceil(spec.w / max(spec.stride, 1))
+    if spec.op == "conv":
+        return spec.k * spec.k * spec.cin * spec.cout * h_out * w_out
+    if spec.op == "dwconv":
+        return spec.k * spec.k * spec.cout * h_out * w_out
+    if spec.op == "linear":
+        return spec.cin * spec.cout * spec.h * spec.w
+    return spec.cin * spec.h * spec.w

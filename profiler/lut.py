@@ -1,0 +1,480 @@
+"""Per-device latency lookup tables (nn-Meter style): every fused kernel the search can produce is
+timed once as a tiny single-kernel model; a network's latency is predicted as the sum of its kernels'
+latencies (interpolated linearly between measured channel counts) passed through a calibration
+`measured ≈ a·sum + b`, fitted by least squares on real whole-model measurements and refined with
+every measurement made afterwards (`observe`).
+
+One table file per (device, runtime, threads) under the LUT folder, shared by every model measured
+on that device; calibrations are kept per network structure (the kernel sequence without channel
+counts), because the fixed overhead depends on how many kernels a network has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from compressor.latency import KernelSpec
+from profiler.cache import MeasurementCache
+from profiler.devices.base import Device
+from profiler.errors import ProfilerError
+from profiler.export import export_onnx
+from profiler.kernels import extract_kernels, kernel_macs, kernel_module
+from profiler.measure import measure
+from profiler.protocol import MeasureConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger(__name__)
+
+LUT_VERSION = 1
+# Progress callback: (done, total, message).
+Progress = Callable[[int, int, str], None]
+# Few runs per kernel: single kernels are tiny and their medians settle quickly.
+LUT_MEASURE = MeasureConfig(threads=1, warmup=3, runs=15)
+MAX_CALIBRATION_POINTS = 200
+
+
+class LutError(ProfilerError):
+    """A lookup table cannot answer (empty, wrong file, unknown kernel op)."""
+
+
+def shape_key(spec: KernelSpec) -> str:
+    """Everything about a kernel except its channel counts (and the fused activation, which costs
+    next to nothing and which kernel lists do not always agree on)."""
+    return f"{spec.op}|k{spec.k}|s{spec.stride}|{spec.h}x{spec.w}"
+
+
+def structure_key(kernels: Sequence[KernelSpec]) -> str:
+    """A network's structure without channel counts: pruned variants of one model share it."""
+    text = ";".join(shape_key(k) for k in kernels)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _channels(spec: KernelSpec) -> tuple[int, int]:
+    # Depthwise convs, adds and pools have one channel count.
+    if spec.op in ("dwconv", "add", "pool"):
+        return spec.cout if spec.op == "dwconv" else spec.cin, 0
+    return spec.cin, spec.cout
+
+
+def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear through (xs, ys) (xs ascending), extrapolating linearly from the end segments."""
+    if len(xs) == 1:
+        return ys[0]
+    i = bisect_left(xs, x)
+    if i < len(xs) and xs[i] == x:
+        return ys[i]
+    i = min(max(i, 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+@dataclass
+class Calibration:
+    """`measured ≈ a·sum + b`; least squares on (sum, measured) points, pulled gently towards a = 1 so
+    that one point or nearly equal sums cannot produce a wild slope."""
+
+    a: float = 1.0
+    b: float = 0.0
+    points: list[tuple[float, float]] = field(default_factory=list)
+
+    def apply(self, raw_sum: float) -> float:
+        return max(self.a * raw_sum + self.b, 0.0)
+
+    def add(self, raw_sum: float, measured: float) -> None:
+        self.points.append((float(raw_sum), float(measured)))
+        del self.points[:-MAX_CALIBRATION_POINTS]
+        self.fit()
+
+    def fit(self) -> None:
+        if not self.points:
+            self.a, self.b = 1.0, 0.0
+            return
+        s = np.array([p[0] for p in self.points])
+        m = np.array([p[1] for p in self.points])
+        scale = float(np.sqrt(np.mean(s * s))) or 1.0
+        rows = np.vstack([np.column_stack([s, np.ones_like(s)]), [[scale, 0.0]]])
+        target = np.concatenate([m, [scale]])
+        (a, b), *_ = np.linalg.lstsq(rows, target, rcond=None)
+        self.a, self.b = float(a), float(b)
+
+
+@dataclass
+class LatencyTable:
+    """Kernel latencies (ms) of one device/runtime/thread count, and calibrations per structure."""
+
+    device_id: str
+    runtime: str
+    threads: int
+    entries: dict[str, dict[tuple[int, int], float]] = field(default_factory=dict)
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+
+    # -- contents ---------------------------------------------------------------------------------
+    def add_entry(self, spec: KernelSpec, ms: float) -> None:
+        with self._lock:
+            self.entries.setdefault(shape_key(spec), {})[_channels(spec)] = float(ms)
+
+    def has(self, spec: KernelSpec) -> bool:
+        return _channels(spec) in self.entries.get(shape_key(spec), {})
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.entries.values())
+
+    def kernel_ms(self, spec: KernelSpec) -> float:
+        """One kernel's latency: exact, interpolated between measured channel counts, or (for a shape
+        never measured) scaled by MACs from kernels of the same op."""
+        points = self.entries.get(shape_key(spec))
+        if points:
+            return max(self._interpolate(points, *_channels(spec)), 0.0)
+        return self._by_macs(spec)
+
+    @staticmethod
+    def _interpolate(points: dict[tuple[int, int], float], cin: int, cout: int) -> float:
+        rows: dict[int, list[tuple[int, float]]] = {}
+        for (ci, co), ms in points.items():
+            rows.setdefault(ci, []).append((co, ms))
+        cins = sorted(rows)
+
+        def along_cout(ci: int) -> float:
+            row = sorted(rows[ci])
+            return _interp1([c for c, _ in row], [v for _, v in row], cout)
+
+        return _interp1(cins, [along_cout(ci) for ci in cins], cin)
+
+    def _by_macs(self, spec: KernelSpec) -> float:
+        same = [(k, v) for key, pts in self.entries.items() if key.startswith(spec.op + "|")
+                for k, v in self._specs_of(key, pts)]
+        pool = same or [(k, v) for key, pts in self.entries.items() for k, v in self._specs_of(key, pts)]
+        if not pool:
+            raise LutError(f"the lookup table for {self.device_id} is empty; run `amc lut build` first")
+        x = np.array([kernel_macs(k) for k, _ in pool], dtype=float)
+        y = np.array([v for _, v in pool], dtype=float)
+        if len(pool) >= 2 and np.ptp(x) > 0:
+            slope, icept = np.polyfit(x, y, 1)
+            est = float(slope * kernel_macs(spec) + icept)
+        else:
+            est = float(np.mean(y))
+        log.debug("kernel %s not in the table; estimated %.4f ms from MACs", spec, est)
+        return max(est, float(np.min(y)) * 0.5)
+
+    @staticmethod
+    def _specs_of(key: str, pts: dict[tuple[int, int], float]):
+        m = re.match(r"(\w+)\|k(-?\d+)\|s(\d+)\|(\d+)x(\d+)$", key)
+        if not m:
+            return []
+        op, k, s, h, w = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(5))
+        out = []
+        for (ci, co), v in pts.items():
+            cout = co if op in ("conv", "linear") else ci
+            out.append((KernelSpec(op, ci, cout, k=k, stride=s, h=h, w=w), v))  # type: ignore[arg-type]
+        return out
+
+    # -- prediction and calibration ---------------------------------------------------------------
+    def raw_sum(self, kernels: Sequence[KernelSpec]) -> float:
+        return float(sum(self.kernel_ms(k) for k in kernels))
+
+    def calibration(self, kernels: Sequence[KernelSpec]) -> Calibration:
+        return self.calibrations.get(structure_key(kernels)) or Calibration()
+
+    def predict_ms(self, kernels: Sequence[KernelSpec]) -> float:
+        """Predicted whole-network latency (ms)."""
+        with self._lock:
+            return self.calibration(kernels).apply(self.raw_sum(kernels))
+
+    def observe(self, kernels: Sequence[KernelSpec], measured_ms: float) -> None:
+        """Refine the calibration of this network structure with a real measurement."""
+        if not (math.isfinite(measured_ms) and measured_ms > 0):
+            return
+        with self._lock:
+            self.calibrations.setdefault(structure_key(kernels), Calibration()).add(
+                self.raw_sum(kernels), measured_ms)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": LUT_VERSION, "device_id": self.device_id, "runtime": self.runtime,
+            "threads": self.threads, "meta": self.meta,
+            "entries": [{"shape": key, "cin": ci, "cout": co, "ms": ms}
+                        for key, pts in sorted(self.entries.items()) for (ci, co), ms in sorted(pts.items())],
+            "calibrations": {key: asdict(cal) for key, cal in self.calibrations.items()},
+        }
+
+    def save(self, path: Path | None = None) -> Path:
+        path = Path(path or self.path or "")
+        if not path.name:
+            raise LutError("no path to save the lookup table to")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            text = json.dumps(self.to_dict(), indent=1)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)  # readers never see a half-written table
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> LatencyTable:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise LutError(f"cannot read lookup table {path}: {exc}; rebuild it with `amc lut build`") from exc
+        if data.get("version") != LUT_VERSION:
+            raise LutError(f"{path} has version {data.get('version')}, expected {LUT_VERSION}; rebuild it")
+        table = cls(data["device_id"], data["runtime"], int(data["threads"]), meta=data.get("meta", {}), path=path)
+        for e in data.get("entries", []):
+            table.entries.setdefault(e["shape"], {})[(int(e["cin"]), int(e["cout"]))] = float(e["ms"])
+        for key, cal in data.get("calibrations", {}).items():
+            table.calibrations[key] = Calibration(cal["a"], cal["b"], [tuple(p) for p in cal.get("points", [])])
+        return table
+
+
+def lut_path(lut_dir: Path, device_id: str, runtime: str, threads: int) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", device_id)
+    return Path(lut_dir) / f"{safe}__{runtime}__t{threads}.json"
+
+
+def load_or_new(lut_dir: Path, device_id: str, runtime: str, threads: int) -> LatencyTable:
+    path = lut_path(lut_dir, device_id, runtime, threads)
+    if path.is_file():
+        return LatencyTable.load(path)
+    return LatencyTable(device_id, runtime, threads, path=path)
+
+
+# -- which kernels to time -------------------------------------------------------------------------
+
+
+def _candidates(n: int, *, a_min: float, round_to: int) -> list[int]:
+    lowest = max(1, math.ceil(a_min * n - 1e-9))
+    lowest = min(n, max(round_to, math.ceil(lowest / round_to) * round_to))
+    return sorted(set(range(lowest, n, round_to)) | {n})
+
+
+def _spread(values: Sequence[int], max_points: int | None) -> list[int]:
+    """At most `max_points` of `values` (sorted), evenly spaced, always keeping both ends."""
+    values = sorted(set(values))
+    if max_points is None or len(values) <= max_points:
+        return values
+    if max_points < 2:
+        return [values[-1]]
+    idx = np.linspace(0, len(values) - 1, max_points).round().astype(int)
+    return [values[i] for i in sorted(set(idx.tolist()))]
+
+
+@dataclass
+class ModelKernels:
+    """A network's kernels at full width and, per kernel, the input/output channel counts pruning
+    can give it."""
+
+    kernels: list[KernelSpec]
+    cin_options: list[list[int]]
+    cout_options: list[list[int]]
+    sampler: Callable[[random.Random], tuple[list[KernelSpec], Any]] | None = None
+
+
+def model_kernels(model: torch.nn.Module, example_input: torch.Tensor, *, round_to: int = 8,
+                  a_min: float = 0.2) -> ModelKernels:
+    """Kernels of `model` and the channel counts the pruner allows. Uses the search's own pruner and
+    cost model (compressor.pruning) so the table covers exactly what the search will ask; falls back
+    to hooks (every width prunable except the input and the classifier output) when that fails."""
+    try:
+        from compressor.pruning import ChannelPruner
+
+        pruner = ChannelPruner(model, example_input, a_min=a_min, round_to=round_to)
+        cm = pruner.cost_model
+        full = [u.channels for u in pruner.units]
+        base = cm.kernels(full)
+        cins = [{k.cin} for k in base]
+        couts = [{k.cout} for k in base]
+        for u, unit in enumerate(pruner.units):
+            for c in unit.candidates:
+                kept = list(full)
+                kept[u] = c
+                for i, k in enumerate(cm.kernels(kept)):
+                    cins[i].add(k.cin)
+                    couts[i].add(k.cout)
+
+        def sample(rng: random.Random) -> tuple[list[KernelSpec], Any]:
+            kept = [rng.choice(unit.candidates) for unit in pruner.units]
+            return cm.kernels(kept), (lambda: pruner.apply(kept).model)
+
+        return ModelKernels(base, [sorted(s) for s in cins], [sorted(s) for s in couts], sample)
+    except Exception as exc:  # unsupported layers, torch-pruning limits: keep going with hooks
+        log.info("pruner-based kernel list unavailable (%s); using forward hooks", exc)
+    kernels = extract_kernels(model, example_input)
+    cin_opts, cout_opts = [], []
+    for i, k in enumerate(kernels):
+        cin_opts.append([k.cin] if i == 0 else _candidates(k.cin, a_min=a_min, round_to=round_to))
+        last = i == len(kernels) - 1
+        cout_opts.append([k.cout] if last else _candidates(k.cout, a_min=a_min, round_to=round_to))
+    return ModelKernels(kernels, cin_opts, cout_opts)
+
+
+def kernel_grid(mk: ModelKernels, *, max_points: int | None = None) -> list[KernelSpec]:
+    """Distinct kernels to time: per layer, its cin options × cout options (each thinned to
+    `max_points`, interpolation fills the gaps); layers with the same shape share measurements."""
+    seen: dict[tuple, KernelSpec] = {}
+    for k, cins, couts in zip(mk.kernels, mk.cin_options, mk.cout_options, strict=True):
+        if k.op in ("dwconv", "add", "pool"):
+            chans = _spread(sorted(set(cins) | set(couts)) if k.op == "dwconv" else cins, max_points)
+            for c in chans:
+                spec = KernelSpec(k.op, c, c, k=k.k, stride=k.stride, h=k.h, w=k.w, relu=k.relu or k.op != "pool")
+                seen.setdefault((shape_key(spec), _channels(spec)), spec)
+            continue
+        for ci in _spread(cins, max_points):
+            for co in _spread(couts, max_points):
+                spec = KernelSpec(k.op, ci, co, k=k.k, stride=k.stride, h=k.h, w=k.w, relu=k.op != "linear" or k.relu)
+                seen.setdefault((shape_key(spec), _channels(spec)), spec)
+    return list(seen.values())
+
+
+# -- building -------------------------------------------------------------------------------------
+
+
+def time_kernel(device: Device, spec: KernelSpec, *, runtime: str, config: MeasureConfig,
+                work_dir: Path, cache: MeasurementCache | None = None) -> float:
+    """Median ms of one kernel exported as its own ONNX model."""
+    module, x = kernel_module(spec)
+    name = f"{spec.op}_c{spec.cin}_{spec.cout}_k{spec.k}_s{spec.stride}_{spec.h}x{spec.w}_{int(spec.relu)}.onnx"
+    path = export_onnx(module, x, Path(work_dir) / name, validate=False)
+    return measure(device, path, config, runtime=runtime, cache=cache).median_ms
+
+
+def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, runtime: str = "onnxruntime",
+              config: MeasureConfig | None = None, lut_dir: Path | None = None,
+              table: LatencyTable | None = None, max_points: int | None = 4, round_to: int = 8,
+              a_min: float = 0.2, cache: MeasurementCache | None = None,
+              calibrate_with: Sequence[tuple[Sequence[KernelSpec], Path]] = (),
+              progress: Progress | None = None, work_dir: Path | None = None) -> LatencyTable:
+    """Time every kernel of the grid not yet in the table (device's table under `lut_dir`, or
+    `table`), then calibrate on `calibrate_with` (kernel list, exported whole model) pairs. Saves the
+    table when it has a path. A kernel that fails to time is skipped (interpolation covers it)."""
+    config = config or LUT_MEASURE
+    if isinstance(kernels, ModelKernels):
+        mk = kernels
+    else:
+        ks = list(kernels)
+        mk = ModelKernels(ks, [[k.cin] if i == 0 else _candidates(k.cin, a_min=a_min, round_to=round_to)
+                               for i, k in enumerate(ks)],
+                          [[k.cout] if i == len(ks) - 1 else _candidates(k.cout, a_min=a_min, round_to=round_to)
+                           for i, k in enumerate(ks)])
+    if table is None:
+        from profiler.paths import default_lut_dir
+
+        table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, config.threads)
+    grid = [k for k in kernel_grid(mk, max_points=max_points) if not table.has(k)]
+    total = len(grid) + len(calibrate_with)
+    start = time.monotonic()
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="amc-lut-", dir=work_dir) as tmp:
+        for i, spec in enumerate(grid):
+            if progress:
+                progress(i, total, f"{spec.op} {spec.cin}->{spec.cout} k{spec.k} s{spec.stride} {spec.h}x{spec.w}")
+            try:
+                table.add_entry(spec, time_kernel(device, spec, runtime=runtime, config=config,
+                                                  work_dir=Path(tmp), cache=cache))
+            except ProfilerError as exc:
+                failures.append(f"{spec}: {exc}")
+                log.warning("could not time kernel %s: %s", spec, exc)
+                if len(failures) >= 3 and not len(table):
+                    raise LutError(f"the first kernels all failed on {device.spec}: {failures[-1]}") from exc
+    if not len(table):
+        raise LutError(f"no kernel could be timed on {device.spec}: {failures[:1]}")
+    for j, (ks, path) in enumerate(calibrate_with):
+        if progress:
+            progress(len(grid) + j, total, f"calibrating on {Path(path).name}")
+        full_config = MeasureConfig(threads=config.threads, warmup=max(config.warmup, 5), runs=max(config.runs, 30))
+        table.observe(ks, measure(device, path, full_config, runtime=runtime, cache=cache).median_ms)
+    table.meta.update({"updated": time.time(), "round_to": round_to, "a_min": a_min, "max_points": max_points,
+                       "kernel_runs": config.runs, "device_spec": device.spec,
+                       "build_s": round(time.monotonic() - start, 2)})
+    if progress:
+        progress(total, total, f"{len(table)} kernels")
+    if table.path is not None:
+        table.save()
+    return table
+
+
+# -- checking -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LutCheck:
+    """How well the table predicts real measurements of random pruned variants."""
+
+    samples: list[dict[str, float]]
+    tolerance: float = 0.10
+
+    @property
+    def within(self) -> float:
+        """Share of samples predicted within ±tolerance of the measured latency."""
+        if not self.samples:
+            return 0.0
+        ok = [abs(s["predicted_ms"] - s["measured_ms"]) <= self.tolerance * s["measured_ms"] for s in self.samples]
+        return float(np.mean(ok))
+
+    @property
+    def mean_abs_rel_error(self) -> float:
+        if not self.samples:
+            return float("nan")
+        return float(np.mean([abs(s["predicted_ms"] - s["measured_ms"]) / s["measured_ms"] for s in self.samples]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"within": self.within, "tolerance": self.tolerance,
+                "mean_abs_rel_error": self.mean_abs_rel_error, "samples": self.samples}
+
+
+def random_variants(model: torch.nn.Module, example_input: torch.Tensor, n: int, *, seed: int = 0,
+                    round_to: int = 8, a_min: float = 0.2) -> list[tuple[list[KernelSpec], torch.nn.Module]]:
+    """`n` randomly pruned copies of `model` with their kernel lists (through the search's pruner)."""
+    mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min)
+    if mk.sampler is None:
+        raise LutError("random pruned variants need the channel pruner (compressor.pruning), which could not "
+                       "handle this model")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ks, build = mk.sampler(rng)
+        out.append((ks, build()))
+    return out
+
+
+def check_lut(table: LatencyTable, measure_fn: Callable[[torch.nn.Module, torch.Tensor], float | None],
+              model: torch.nn.Module, example_input: torch.Tensor, *, samples: int = 10, seed: int = 1,
+              round_to: int = 8, a_min: float = 0.2, tolerance: float = 0.10,
+              progress: Progress | None = None) -> LutCheck:
+    """Predict and measure `samples` random pruned variants; the table is not changed."""
+    result = LutCheck([], tolerance)
+    variants = random_variants(model, example_input, samples, seed=seed, round_to=round_to, a_min=a_min)
+    for i, (ks, variant) in enumerate(variants):
+        if progress:
+            progress(i, samples, f"variant {i + 1}")
+        measured = measure_fn(variant, example_input)
+        if measured is None:
+            continue
+        result.samples.append({"predicted_ms": table.predict_ms(ks), "measured_ms": float(measured)})
+    if progress:
+        progress(samples, samples, f"{result.within:.0%} within ±{tolerance:.0%}")
+    return result
