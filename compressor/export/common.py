@@ -1,0 +1,116 @@
+"""What the ONNX and TFLite exporters share: the result record, atomic writing, and the numeric check
+of an exported file against PyTorch on the example input plus a few random inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], np.ndarray]  # runs the exported file on one NCHW float32 input
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An exported, validated model file."""
+
+    path: Path
+    format: str
+    max_abs_diff: float  # largest |exported - PyTorch| over the validation inputs
+    seconds: float  # conversion + validation wall time
+    size_bytes: int
+
+
+def validation_inputs(example_input: torch.Tensor, *, n_random: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    """The example input and `n_random` standard-normal inputs of the same shape (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = example_input.detach().to(torch.float32).cpu()
+    return [x] + [torch.randn(x.shape, generator=gen) for _ in range(n_random)]
+
+
+def compare(
+    model: nn.Module,
+    run: Runner,
+    example_input: torch.Tensor,
+    *,
+    atol: float,
+    fmt: str,
+    path: Path,
+    n_random: int = 3,
+) -> float:
+    """Max |exported - PyTorch| over the validation inputs; ExportError when above `atol`."""
+    model.eval()
+    worst = 0.0
+    for i, x in enumerate(validation_inputs(example_input, n_random=n_random)):
+        with torch.inference_mode():
+            want = model(x).detach().cpu().numpy()
+        try:
+            got = np.asarray(run(x.numpy()))
+        except Exception as e:
+            raise ExportError(f"{fmt} model {path} could not be run: {type(e).__name__}: {e}") from e
+        if got.shape != want.shape:
+            raise ExportError(
+                f"{fmt} model {path} returns shape {got.shape}, PyTorch returns {want.shape} "
+                f"(validation input {i})"
+            )
+        diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
+        if not np.isfinite(diff):
+            diff = float("inf")
+        worst = max(worst, diff)
+    if worst > atol:
+        raise ExportError(
+            f"{fmt} model {path} disagrees with PyTorch: max abs difference {worst:.3g} > atol {atol:g} "
+            "over the example input and random inputs. The model may have data-dependent control flow "
+            "or an operator the converter mishandles"
+        )
+    return worst
+
+
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temp path next to `path`; renamed onto `path` when the block succeeds, removed when not."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        for extra in tmp.parent.glob(tmp.name + ".*"):  # e.g. external-data side files
+            extra.unlink(missing_ok=True)
+
+
+def check_inputs(model: nn.Module, example_input: torch.Tensor, fmt: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"{fmt} export needs a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input)
+        raise ExportError(f"{fmt} export needs an N x C x H x W example input tensor, got {shape}")
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
