@@ -187,6 +187,13 @@ class JobService:
             raise ArtifactNotFound(name)
         return path
 
+    def available_artifacts(self, job: Job) -> list[str]:
+        """The artifact files a job serves now (none until it has succeeded)."""
+        if job.job_state is not JobState.SUCCEEDED:
+            return []
+        folder = job_dir(self.settings, job.id)
+        return [name for name in ARTIFACTS if (folder / name).is_file()]
+
     def log_path(self, job_id: str) -> Path | None:
         self.store.get_job(job_id)
         path = job_dir(self.settings, job_id) / LOG_NAME

@@ -42,7 +42,7 @@ class JobLinks(BaseModel):
     cancel: str
     log: str
     page: str
-    artifacts: dict[str, str]
+    artifacts: dict[str, str] = Field(description="files the job serves now (empty until it has succeeded)")
 
 
 class JobOut(BaseModel):
@@ -134,20 +134,18 @@ def _progress(job: Job) -> float:
     return round(min(1.0, job.episodes_done / job.episodes_total), 4) if job.episodes_total else 0.0
 
 
-def job_links(job_id: str) -> JobLinks:
-    from server.jobs import ARTIFACTS
-
+def job_links(job_id: str, artifacts: list[str]) -> JobLinks:
     base = f"/jobs/{job_id}"
     return JobLinks(self=base, episodes=f"{base}/episodes", cancel=f"{base}/cancel", log=f"{base}/log",
-                    page=f"/ui/jobs/{job_id}", artifacts={n: f"{base}/artifacts/{n}" for n in ARTIFACTS})
+                    page=f"/ui/jobs/{job_id}", artifacts={n: f"{base}/artifacts/{n}" for n in artifacts})
 
 
-def job_out(job: Job, *, detail: bool = False) -> JobOut | JobDetail:
+def job_out(job: Job, *, artifacts: list[str] = (), detail: bool = False) -> JobOut | JobDetail:
     fields = dict(
         id=job.id, state=JobState(job.state), phase=job.phase, message=job.message, progress=_progress(job),
         episodes_done=job.episodes_done, episodes_total=job.episodes_total, best=job.best, spec=job.spec,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
-        attempts=job.attempts, links=job_links(job.id),
+        attempts=job.attempts, links=job_links(job.id, list(artifacts)),
     )
     return JobDetail(**fields, report=job.report) if detail else JobOut(**fields)
 

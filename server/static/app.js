@@ -34,8 +34,10 @@ function extent(vals, pad = 0.05) {
   return [lo - p, hi + p];
 }
 function ticks(lo, hi, n = 5) { const out = []; for (let i = 0; i <= n; i++) out.push(lo + ((hi - lo) * i) / n); return out; }
+const axisFmt = (v) => Math.abs(v) >= 1e3 ? fmt(v) : (+v.toPrecision(3)).toString();
+const intTicks = (lo, hi) => { const out = [], step = Math.max(1, Math.ceil((hi - lo) / 8)); for (let v = Math.ceil(lo); v <= hi; v += step) out.push(v); return out; };
 
-function frame(svg, xd, yd, xlabel, ylabel, xfmt = fmt, yfmt = fmt) {
+function frame(svg, xd, yd, xlabel, ylabel, xfmt = axisFmt, yfmt = axisFmt, xticks = null) {
   svg.replaceChildren();
   const x = scale(xd[0], xd[1], M.l, W - M.r), y = scale(yd[0], yd[1], H - M.b, M.t);
   svg.append(el("rect", { x: M.l, y: M.t, width: W - M.l - M.r, height: H - M.t - M.b, fill: "#fbfcfe", stroke: "#d9dde6" }));
@@ -43,7 +45,7 @@ function frame(svg, xd, yd, xlabel, ylabel, xfmt = fmt, yfmt = fmt) {
     svg.append(el("line", { x1: M.l, x2: W - M.r, y1: y(t), y2: y(t), stroke: "#eceef3" }));
     svg.append(el("text", { x: M.l - 4, y: y(t) + 3, "text-anchor": "end" }, yfmt(t)));
   }
-  for (const t of ticks(...xd, 5)) svg.append(el("text", { x: x(t), y: H - M.b + 14, "text-anchor": "middle" }, xfmt(t)));
+  for (const t of (xticks || ticks(...xd, 5))) svg.append(el("text", { x: x(t), y: H - M.b + 14, "text-anchor": "middle" }, xfmt(t)));
   svg.append(el("text", { x: (M.l + W - M.r) / 2, y: H - 6, "text-anchor": "middle" }, xlabel));
   svg.append(el("text", { x: 12, y: (M.t + H - M.b) / 2, transform: `rotate(-90 12 ${(M.t + H - M.b) / 2})`, "text-anchor": "middle" }, ylabel));
   return { x, y };
@@ -59,7 +61,7 @@ function drawReward(svg, eps) {
   const pts = eps.filter((e) => e.record.reward !== null && e.record.reward !== undefined);
   if (!pts.length) return note(svg, "waiting for the first episode…");
   const xs = pts.map((e) => e.episode), ys = pts.map((e) => e.record.reward);
-  const { x, y } = frame(svg, [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)], extent(ys), "episode", "reward", (v) => v.toFixed(0));
+  const { x, y } = frame(svg, [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)], extent(ys), "episode", "reward", (v) => String(v), axisFmt, intTicks(Math.min(...xs), Math.max(...xs)));
   let best = -Infinity, bestPath = "";
   pts.forEach((e, i) => { best = Math.max(best, e.record.reward); bestPath += `${i ? "L" : "M"}${x(e.episode).toFixed(1)},${y(best).toFixed(1)}`; });
   svg.append(el("path", { d: pts.map((e, i) => `${i ? "L" : "M"}${x(e.episode).toFixed(1)},${y(e.record.reward).toFixed(1)}`).join(""), fill: "none", stroke: "#9db7e8", "stroke-width": 1.2, class: "series" }));
@@ -83,7 +85,7 @@ function drawPareto(svg, eps) {
     .map((e) => ({ ep: e.episode, acc: e.record.accuracy, cost: costOf(e.record, useLatency) }));
   if (!pts.length) return note(svg, "waiting for the first episode…");
   const { x, y } = frame(svg, extent(pts.map((p) => p.cost)), extent(pts.map((p) => p.acc)),
-    useLatency ? "latency (ms)" : "MACs", "accuracy", fmt, (v) => (100 * v).toFixed(1) + "%");
+    useLatency ? "latency (ms)" : "MACs", "accuracy", axisFmt, (v) => (100 * v).toFixed(1) + "%");
   const front = paretoFront(pts);
   for (const p of pts) {
     const c = el("circle", { cx: x(p.cost), cy: y(p.acc), r: 3, fill: "#9db7e8", stroke: "#2f6fdf", "stroke-width": 0.6, class: "point" });
@@ -97,10 +99,10 @@ function drawPareto(svg, eps) {
 function drawRatios(svg, best) {
   const ratios = best && Array.isArray(best.ratios) ? best.ratios : [];
   if (!ratios.length) return note(svg, "no policy yet");
-  const { y } = frame(svg, [0, ratios.length], [0, 1], "prunable layer", "preserve ratio", () => "", (v) => v.toFixed(1));
+  const { y } = frame(svg, [0, ratios.length], [0, 1], "prunable layer", "preserve ratio", () => "", (v) => v.toFixed(2), []);
   const bw = (W - M.l - M.r) / ratios.length;
   ratios.forEach((r, i) => {
-    const b = el("rect", { x: M.l + i * bw + bw * 0.15, y: y(r), width: bw * 0.7, height: y(0) - y(r), fill: "#2f6fdf", class: "bar" });
+    const b = el("rect", { x: M.l + i * bw + bw * 0.15, y: y(r), width: bw * 0.7, height: y(0) - y(r), fill: "#2f6fdf", class: "vbar" });
     b.append(el("title", {}, `layer ${i}: keep ${(100 * r).toFixed(0)}%`));
     svg.append(b);
     if (ratios.length <= 24) svg.append(el("text", { x: M.l + (i + 0.5) * bw, y: H - M.b + 14, "text-anchor": "middle" }, String(i)));
@@ -120,10 +122,10 @@ function drawLatency(svg, job, eps) {
       : "latency appears when the job measures on a device");
   }
   const top = Math.max(...bars.map((b) => b[1])) * 1.15;
-  const { y } = frame(svg, [0, bars.length], [0, top], perEp.length ? `${perEp.length} episodes predicted` : "", "ms", () => "", (v) => v.toFixed(1));
+  const { y } = frame(svg, [0, bars.length], [0, top], perEp.length ? `${perEp.length} episodes predicted` : "", "ms", () => "", (v) => v.toFixed(1), []);
   const bw = (W - M.l - M.r) / bars.length;
   bars.forEach(([name, v, color], i) => {
-    svg.append(el("rect", { x: M.l + i * bw + bw * 0.25, y: y(v), width: bw * 0.5, height: y(0) - y(v), fill: color, class: "bar" }));
+    svg.append(el("rect", { x: M.l + i * bw + bw * 0.25, y: y(v), width: bw * 0.5, height: y(0) - y(v), fill: color, class: "vbar" }));
     svg.append(el("text", { x: M.l + (i + 0.5) * bw, y: y(v) - 4, "text-anchor": "middle" }, `${v.toFixed(2)} ms`));
     svg.append(el("text", { x: M.l + (i + 0.5) * bw, y: H - M.b + 14, "text-anchor": "middle" }, name));
   });
@@ -161,12 +163,12 @@ async function refreshJob() {
   $("#job-phase").textContent = `${job.phase}: ${job.message}`;
   $("#job-bar").style.width = `${(100 * job.progress).toFixed(1)}%`;
   $("#job-progress").textContent = `${job.episodes_done} / ${job.episodes_total} episodes` +
-    (job.best ? ` · best so far: episode ${job.best.episode}, accuracy ${pct(job.best.accuracy)}, ${fmt(job.best.macs)} MACs` : "");
+    (job.best ? ` · best so far: episode ${job.best.episode}, accuracy ${pct(job.best.accuracy)}, ${fmt(job.best.macs, 0)} MACs` : "");
   $("#job-spec").textContent = Object.entries(job.spec).map(([k, v]) => `${k}=${v}`).join("  ");
   const err = $("#job-error"); err.hidden = !job.error; err.textContent = job.error ? `${job.error}  (log: ${job.links.log})` : "";
   const rep = job.report;
-  $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs)} MACs →
-    pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs)} MACs (${fmt(rep.result.params)} params)</p>` : "";
+  $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs, 0)} MACs →
+    pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs, 0)} MACs (${fmt(rep.result.params, 0)} params)</p>` : "";
   $("#job-artifacts").innerHTML = job.state === "succeeded"
     ? "Artifacts: " + Object.entries(job.links.artifacts).map(([n, u]) => `<a href="${esc(u)}">${esc(n)}</a>`).join(" · ") : "";
   drawReward($("#chart-reward"), jobView.episodes);

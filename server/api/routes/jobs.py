@@ -49,10 +49,11 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobDetail)
-def get_job(job_id: str, store: StoreDep) -> JobDetail:
-    """A job's state, progress, best result so far and, once finished, its report."""
+def get_job(job_id: str, store: StoreDep, service: ServiceDep) -> JobDetail:
+    """A job's state, progress, best result so far and, once finished, its report and artifact links."""
     try:
-        return job_out(store.get_job(job_id), detail=True)
+        job = store.get_job(job_id)
+        return job_out(job, artifacts=service.available_artifacts(job), detail=True)
     except DOMAIN_ERRORS as exc:
         raise to_http(exc) from None
 

@@ -1,0 +1,67 @@
+"""The status page in a real browser (Debian chromium through Playwright): the job list shows the
+job's progress, the job page draws its four charts as non-empty SVG, and a screenshot is taken."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from test_server_harness import SMALL_JOB, ServerProcess, wait_for
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+_STANDIN = {"AMC_SEARCH_MODULE": "test_server_standin_search"}  # TEMPORARY until compressor.search lands
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_status_page_shows_progress_and_charts(browser, tmp_path):
+    server = ServerProcess(tmp_path / "data", env=_STANDIN).start()
+    try:
+        with server.client() as c:
+            job_id = c.post("/jobs", json={**SMALL_JOB, "episodes": 5}).json()["id"]
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            page.goto(server.url + "/")
+            row = page.locator(f"#jobs tr[data-id='{job_id}']")
+            row.wait_for(timeout=15_000)
+            assert "demo-cnn" in row.inner_text()
+            page.locator("#devices td", has_text="local").first.wait_for(timeout=15_000)
+            page.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
+
+            row.locator("a").click()
+            page.wait_for_url(f"**/ui/jobs/{job_id}")
+            # Live updates: the page follows the running job to the end without a reload.
+            page.locator("#job-state.succeeded").wait_for(timeout=120_000)
+            page.wait_for_function("document.querySelectorAll('#chart-reward circle.point').length >= 5",
+                                   timeout=15_000)
+            assert "5 / 5 episodes" in page.inner_text("#job-progress")
+            for chart in ("reward", "pareto", "ratios"):
+                n = page.locator(f"#chart-{chart} > *").count()
+                assert n > 5, f"chart {chart} is empty"
+            # A FLOPs target on `local` has no latency: the chart says so instead of drawing bars.
+            assert page.locator("#chart-latency rect.vbar").count() >= 1 or "no latency" in page.text_content("#chart-latency")
+            assert page.locator("#chart-pareto circle.pareto-point").count() >= 1
+            assert page.locator("#chart-ratios rect.vbar").count() == len(c.get(f"/jobs/{job_id}").json()["best"]["ratios"])
+            assert page.locator("#job-artifacts a", has_text="model.onnx").count() == 1
+            shot = tmp_path / "job.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            assert not errors, errors
+            wait_for(c, job_id, {"succeeded"})
+    finally:
+        server.stop()
