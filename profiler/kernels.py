@@ -135,3 +135,23 @@ def kernel_macs(spec: KernelSpec) -> float:
     if spec.op == "linear":
         return spec.cin * spec.cout * spec.h * spec.w
     return spec.cin * spec.h * spec.w
+
+
+def search_kernels(model: torch.nn.Module, example_input: torch.Tensor) -> list[KernelSpec]:
+    """The kernel list exactly as the search builds it (compressor.cost: conv/dwconv with fused BN and
+    ReLU, linear), so that calibrations learned from measured models match the search's predictions.
+    Falls back to `extract_kernels` when the cost tracer cannot read the model."""
+    try:
+        from compressor.cost import trace_layers
+
+        layers, _ = trace_layers(model, example_input)
+    except Exception:  # an unsupported layer: the hooks still give a usable list
+        return extract_kernels(model, example_input)
+    out: list[KernelSpec] = []
+    for layer in layers:
+        if layer.kind == "linear":
+            out.append(KernelSpec("linear", layer.cin, layer.cout))
+        elif layer.kind in ("conv", "dwconv"):
+            out.append(KernelSpec(layer.kind, layer.cin, layer.cout, k=layer.kh, stride=layer.stride,
+                                  h=layer.in_h, w=layer.in_w, relu=True))
+    return out

@@ -34,7 +34,7 @@ from profiler.cache import MeasurementCache
 from profiler.devices.base import Device
 from profiler.errors import ProfilerError
 from profiler.export import export_onnx
-from profiler.kernels import extract_kernels, kernel_macs, kernel_module
+from profiler.kernels import kernel_macs, kernel_module, search_kernels
 from profiler.measure import measure
 from profiler.protocol import MeasureConfig
 
@@ -323,7 +323,7 @@ def model_kernels(model: torch.nn.Module, example_input: torch.Tensor, *, round_
         return ModelKernels(base, [sorted(s) for s in cins], [sorted(s) for s in couts], sample)
     except Exception as exc:  # unsupported layers, torch-pruning limits: keep going with hooks
         log.info("pruner-based kernel list unavailable (%s); using forward hooks", exc)
-    kernels = extract_kernels(model, example_input)
+    kernels = search_kernels(model, example_input)
     cin_opts, cout_opts = [], []
     for i, k in enumerate(kernels):
         cin_opts.append([k.cin] if i == 0 else _candidates(k.cin, a_min=a_min, round_to=round_to))

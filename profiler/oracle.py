@@ -1,0 +1,101 @@
+"""The latency oracle the search asks (compressor.latency.LatencyOracle), backed by a device's lookup
+table for predictions and by the device pool for real measurements; every real measurement refines
+the table's calibration."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compressor.latency import KernelSpec, LatencyOracle
+from profiler.cache import MeasurementCache
+from profiler.devices import open_device, parse_device_spec
+from profiler.export import export_onnx
+from profiler.kernels import search_kernels
+from profiler.lut import LatencyTable, Progress, build_lut, load_or_new, model_kernels, structure_key
+from profiler.paths import default_cache_path, default_lut_dir
+from profiler.pool import DevicePool
+from profiler.protocol import MeasureConfig, check_runtime
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+class LutOracle:
+    """`predict_ms` from the lookup table (fast, used inside the search loop); `measure_ms` on a real
+    device through the pool (None when no device answers before the deadline), then `observe`."""
+
+    def __init__(self, table: LatencyTable, pool: DevicePool | None, *, runtime: str = "onnxruntime",
+                 config: MeasureConfig | None = None, deadline_s: float | None = 180.0,
+                 name: str | None = None, save: bool = True):
+        self.table = table
+        self.pool = pool
+        self.runtime = check_runtime(runtime)
+        self.config = config or MeasureConfig(threads=table.threads)
+        self.deadline_s = deadline_s
+        self.name = name or f"lut:{table.meta.get('device_spec', table.device_id)}:{runtime}"
+        self.save = save
+        self.measurements = 0
+
+    def predict_ms(self, kernels: Sequence[KernelSpec]) -> float:
+        return self.table.predict_ms(kernels)
+
+    def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor) -> float | None:
+        if self.pool is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="amc-measure-") as tmp:
+            path = export_onnx(model, example_input, Path(tmp) / "candidate.onnx")
+            result = self.pool.measure(path, self.config, runtime=self.runtime, deadline_s=self.deadline_s)
+        if result is None:
+            return None
+        self.measurements += 1
+        self.observe(search_kernels(model, example_input), result.median_ms)
+        return result.median_ms
+
+    def observe(self, kernels: Sequence[KernelSpec], measured_ms: float) -> None:
+        self.table.observe(kernels, measured_ms)
+        if self.save and self.table.path is not None:
+            self.table.save()
+
+
+def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int = 1,
+                lut_dir: Path | None = None, model: torch.nn.Module | None = None,
+                example_input: torch.Tensor | None = None, round_to: int = 8, a_min: float = 0.2,
+                max_points: int | None = 4, progress: Progress | None = None,
+                cache: MeasurementCache | None = None, pool: DevicePool | None = None,
+                kernel_config: MeasureConfig | None = None, device_options: dict | None = None) -> LatencyOracle:
+    """Turn `--device SPEC` into an oracle. With `model` and `example_input`, the device's table is
+    completed for that model's kernels (only kernels never timed before) and calibrated on the whole
+    model, once; later calls reuse the stored table. Raises ConfigError for a malformed spec."""
+    parse_device_spec(device_spec)
+    check_runtime(runtime)
+    cache = cache if cache is not None else MeasurementCache(default_cache_path())
+    device = open_device(device_spec, **(device_options or {}))
+    if pool is None:
+        pool = DevicePool([device], cache=cache)
+    table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, threads)
+    table.meta.setdefault("device_spec", device_spec)
+    config = kernel_config or MeasureConfig(threads=threads, warmup=3, runs=15)
+    if model is not None:
+        if example_input is None:
+            raise ValueError("make_oracle(model=...) needs example_input too")
+        mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min)
+        calibrate = []
+        tmp = None
+        if structure_key(mk.kernels) not in table.calibrations:
+            tmp = tempfile.TemporaryDirectory(prefix="amc-oracle-")
+            full = export_onnx(model, example_input, Path(tmp.name) / "full.onnx")
+            calibrate.append((mk.kernels, full))
+        try:
+            build_lut(device, mk, runtime=runtime, config=config, table=table, max_points=max_points,
+                      round_to=round_to, a_min=a_min, cache=cache, calibrate_with=calibrate, progress=progress)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+    return LutOracle(table, pool, runtime=runtime, config=MeasureConfig(threads=threads),
+                     name=f"lut:{device_spec}:{runtime}")
