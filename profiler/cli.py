@@ -1,0 +1,361 @@
+"""`amc bench`, `amc devices` and `amc lut build|check`: the profiler's command line (rich output for
+people, `--json` for scripts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUNTIME_CHOICES = ("onnxruntime", "litert", "tflite_runtime", "benchmark_model")
+
+
+def _device_args(p: argparse.ArgumentParser, *, default: str | None = "local") -> None:
+    p.add_argument("--device", default=default, required=default is None, metavar="SPEC",
+                   help="local | adb:HOST:PORT (TCP) | adb:SERIAL (USB)" + (f" (default {default})" if default else ""))
+    p.add_argument("--runtime", default="onnxruntime", choices=RUNTIME_CHOICES, help="runtime on the device")
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--python", default="python3", help="Python command on an ADB device (default python3)")
+    p.add_argument("--benchmark-binary", default=None, metavar="PATH",
+                   help="path of the stock TFLite benchmark_model binary on the device (--runtime benchmark_model)")
+    p.add_argument("--adb-key", type=Path, default=None, help="ADB private key (default ~/.config/amc/adbkey)")
+
+
+def _drop_stub(subparsers: argparse._SubParsersAction, name: str) -> None:
+    """Remove a placeholder parser the composer may have added for one of our commands."""
+    if name in subparsers.choices:
+        subparsers.choices.pop(name)
+        subparsers._choices_actions[:] = [a for a in subparsers._choices_actions if a.dest != name]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bench`, `devices` and `lut` to the `amc` command line."""
+    for name in ("bench", "devices", "lut"):
+        _drop_stub(subparsers, name)
+    bench = subparsers.add_parser("bench", help="measure a model's latency on a device",
+                                  description="Time a model (.onnx/.tflite file or zoo name) on a device: warm-up, "
+                                              "timed runs, median and p90. Results are cached per device and model.")
+    bench.add_argument("model", help="path to .onnx/.tflite, or a zoo model name (e.g. demo-cnn)")
+    _device_args(bench)
+    bench.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    bench.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
+    bench.add_argument("--cpu-mask", default=None, metavar="HEX", help="pin to these CPUs (e.g. f0)")
+    bench.add_argument("--cooldown", type=float, default=0.0, metavar="S", help="seconds of rest before timing")
+    bench.add_argument("--no-cache", action="store_true", help="measure even if this model was measured before")
+    bench.add_argument("--json", action="store_true", help="print the measurement as one JSON object")
+    bench.set_defaults(func=run_bench)
+
+    devices = subparsers.add_parser("devices", help="list devices (local, USB phones, registered TCP devices) with health",
+                                    description="List devices with health; `add HOST:PORT` / `remove HOST:PORT` "
+                                                "manage registered network devices.")
+    devices.add_argument("--json", action="store_true", help="print the list as JSON")
+    devices.add_argument("--no-health", action="store_true", help="list without contacting the devices")
+    dsub = devices.add_subparsers(dest="devices_action", metavar="ACTION")
+    add = dsub.add_parser("add", help="register a network device (HOST:PORT)")
+    add.add_argument("address", help="HOST:PORT (e.g. 192.168.1.20:5555)")
+    add.add_argument("--name", default=None, help="a label")
+    add.add_argument("--no-check", action="store_true", help="register without checking it answers")
+    rm = dsub.add_parser("remove", help="forget a registered network device")
+    rm.add_argument("address", help="HOST:PORT")
+    devices.set_defaults(func=run_devices)
+
+    lut = subparsers.add_parser("lut", help="build or check a per-device latency lookup table",
+                                description="Per-device latency lookup tables of fused kernels.")
+    lsub = lut.add_subparsers(dest="lut_action", metavar="ACTION", required=True)
+    build = lsub.add_parser("build", help="time the kernels a model's pruned variants can have")
+    _device_args(build, default=None)
+    build.add_argument("--model", required=True, help="zoo name or package.module:factory")
+    build.add_argument("--round-to", type=int, default=8, help="channel rounding of the search (default 8)")
+    build.add_argument("--a-min", type=float, default=0.2, help="smallest preserve ratio (default 0.2)")
+    build.add_argument("--max-points", type=int, default=4,
+                       help="channel counts timed per axis, the rest interpolated (0: all; default 4)")
+    build.add_argument("--runs", type=int, default=15, help="timed runs per kernel (default 15)")
+    build.add_argument("--out", type=Path, default=None, help="LUT folder (default ~/.cache/amc/lut)")
+    build.add_argument("--json", action="store_true", help="print a JSON summary")
+    build.set_defaults(func=run_lut_build)
+    check = lsub.add_parser("check", help="share of random pruned variants predicted within ±10%%")
+    _device_args(check, default=None)
+    check.add_argument("--model", required=True, help="zoo name or package.module:factory")
+    check.add_argument("--samples", type=int, default=10, help="random pruned variants (default 10)")
+    check.add_argument("--round-to", type=int, default=8)
+    check.add_argument("--a-min", type=float, default=0.2)
+    check.add_argument("--runs", type=int, default=50, help="timed runs per variant (default 50)")
+    check.add_argument("--out", type=Path, default=None, help="LUT folder (default ~/.cache/amc/lut)")
+    check.add_argument("--seed", type=int, default=1)
+    check.add_argument("--json", action="store_true", help="print a JSON summary")
+    check.set_defaults(func=run_lut_check)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> int:
+    _console(stderr=True).print(f"[red]error:[/red] {message}", markup=True)
+    return 1
+
+
+def _device_options(args: argparse.Namespace) -> dict[str, Any]:
+    from profiler.devices import parse_device_spec
+
+    opts: dict[str, Any] = {"benchmark_binary": args.benchmark_binary}
+    if parse_device_spec(args.device).kind != "local":
+        opts.update(python=args.python, key_path=args.adb_key)
+    return opts
+
+
+def _load_model(spec: str):
+    import torch
+
+    from compressor.zoo import load_model
+
+    loaded = load_model(spec)
+    example = torch.randn(1, *loaded.entry.input_shape)
+    return loaded.model.eval(), example
+
+
+@contextmanager
+def _model_file(spec: str):
+    """A path to time: the file itself, or a zoo model exported to a temporary ONNX file."""
+    path = Path(spec)
+    if path.suffix.lower() in (".onnx", ".tflite"):
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        yield path
+        return
+    from profiler.export import export_onnx
+
+    model, example = _load_model(spec)
+    with tempfile.TemporaryDirectory(prefix="amc-bench-") as tmp:
+        yield export_onnx(model, example, Path(tmp) / f"{spec.replace(':', '_')}.onnx")
+
+
+@contextmanager
+def _progress(enabled: bool, description: str):
+    """A rich progress bar; yields a `(done, total, message)` callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[msg]}"), console=_console(stderr=True)) as bar:
+        task = bar.add_task(description, total=None, msg="")
+
+        def update(done: int, total: int, message: str) -> None:
+            bar.update(task, completed=done, total=max(total, 1), msg=message)
+
+        yield update
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from compressor.errors import AmcError
+    from profiler.cache import MeasurementCache
+    from profiler.devices import open_device
+    from profiler.measure import measure
+    from profiler.paths import default_cache_path
+    from profiler.protocol import MeasureConfig
+
+    device = None
+    try:
+        config = MeasureConfig(threads=args.threads, warmup=args.warmup, runs=args.runs, cpu_mask=args.cpu_mask,
+                               cooldown_s=args.cooldown)
+        device = open_device(args.device, **_device_options(args))
+        cache = None if args.no_cache else MeasurementCache(default_cache_path())
+        with _model_file(args.model) as path:
+            result = measure(device, path, config, runtime=args.runtime, cache=cache)
+    except (AmcError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    finally:
+        if device is not None:
+            device.close()
+    if args.json:
+        data = result.raw if result.raw.get("kind") == "bench" else result.to_dict()
+        data = {**data, "device_id": result.device_id, "cached": result.cached}
+        print(json.dumps(data, indent=None))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{args.model} on {args.device} ({args.runtime}, {args.threads} thread"
+                        f"{'s' if args.threads > 1 else ''}){' [cached]' if result.cached else ''}")
+    for col in ("median ms", "p90 ms", "mean ms", "std ms", "min ms", "max ms", "runs", "load ms", "temp °C"):
+        table.add_column(col, justify="right")
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4g}"
+
+    table.add_row(f(result.median_ms), f(result.p90_ms), f(result.mean_ms), f(result.std_ms), f(result.min_ms),
+                  f(result.max_ms), str(result.runs), f(result.load_ms), f(result.temperature_c))
+    _console().print(table)
+    return 0
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    from compressor.errors import AmcError
+    from profiler.devices import open_device
+    from profiler.registry import DeviceRegistry, discover
+
+    registry = DeviceRegistry()
+    action = getattr(args, "devices_action", None)
+    try:
+        if action == "add":
+            spec = registry.add(args.address, name=args.name)
+            if not args.no_check:
+                device = open_device(spec)
+                try:
+                    health = device.health()
+                finally:
+                    device.close()
+                note = "healthy" if health.ok else f"registered, but not healthy now: {health.detail}"
+            else:
+                note = "registered"
+            _console().print(f"{spec}: {note}", markup=False)
+            return 0
+        if action == "remove":
+            removed = registry.remove(args.address)
+            _console().print(f"{args.address}: {'removed' if removed else 'was not registered'}", markup=False)
+            return 0 if removed else 1
+        found, notes = discover(registry=registry, health=not args.no_health)
+    except AmcError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps({"devices": [d.to_dict() for d in found], "notes": notes}))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="devices")
+    for col in ("spec", "source", "health", "model", "python", "detail"):
+        table.add_column(col)
+    for d in found:
+        health = "-" if d.ok is None else ("[green]ok[/green]" if d.ok else "[red]down[/red]")
+        table.add_row(d.spec, d.source, health, str(d.info.get("model") or d.info.get("machine") or ""),
+                      str(d.info.get("python") or ""), d.detail)
+    console = _console()
+    console.print(table)
+    for note in notes:
+        console.print(f"note: {note}", markup=False)
+    return 0
+
+
+def run_lut_build(args: argparse.Namespace) -> int:
+    from compressor.errors import AmcError
+    from profiler.cache import MeasurementCache
+    from profiler.devices import open_device
+    from profiler.export import export_onnx
+    from profiler.lut import build_lut, load_or_new, model_kernels
+    from profiler.paths import default_cache_path, default_lut_dir
+    from profiler.protocol import MeasureConfig
+
+    device = None
+    try:
+        device = open_device(args.device, **_device_options(args))
+        model, example = _load_model(args.model)
+        config = MeasureConfig(threads=args.threads, warmup=3, runs=args.runs)
+        table = load_or_new(args.out or default_lut_dir(), device.id, args.runtime, args.threads)
+        table.meta["device_spec"] = args.device
+        mk = model_kernels(model, example, round_to=args.round_to, a_min=args.a_min)
+        with tempfile.TemporaryDirectory(prefix="amc-lut-") as tmp:
+            full = export_onnx(model, example, Path(tmp) / "full.onnx")
+            with _progress(not args.json and sys.stderr.isatty() or not args.json, f"LUT {args.device}") as cb:
+                table = build_lut(device, mk, runtime=args.runtime, config=config, table=table,
+                                  max_points=args.max_points or None, round_to=args.round_to, a_min=args.a_min,
+                                  cache=MeasurementCache(default_cache_path()),
+                                  calibrate_with=[(mk.kernels, full)], progress=cb)
+    except AmcError as exc:
+        return _fail(str(exc))
+    finally:
+        if device is not None:
+            device.close()
+    cal = table.calibration(mk.kernels)
+    summary = {"path": str(table.path), "kernels": len(table), "device_id": table.device_id,
+               "runtime": table.runtime, "threads": table.threads, "predicted_full_ms": table.predict_ms(mk.kernels),
+               "calibration": {"a": cal.a, "b": cal.b, "points": len(cal.points)}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _console().print(f"lookup table {summary['path']}: {summary['kernels']} kernels; {args.model} predicted "
+                         f"{summary['predicted_full_ms']:.3f} ms (calibration a={cal.a:.3f}, b={cal.b:.4f} ms)",
+                         markup=False)
+    return 0
+
+
+def run_lut_check(args: argparse.Namespace) -> int:
+    from compressor.errors import AmcError
+    from profiler.cache import MeasurementCache
+    from profiler.devices import open_device
+    from profiler.lut import LatencyTable, check_lut, lut_path
+    from profiler.oracle import LutOracle
+    from profiler.paths import default_cache_path, default_lut_dir
+    from profiler.pool import DevicePool
+    from profiler.protocol import MeasureConfig
+
+    try:
+        device = open_device(args.device, **_device_options(args))
+        path = lut_path(args.out or default_lut_dir(), device.id, args.runtime, args.threads)
+        if not path.is_file():
+            return _fail(f"no lookup table for {args.device} at {path}; run `amc lut build --device {args.device} "
+                         f"--model {args.model}` first")
+        table = LatencyTable.load(path)
+        pool = DevicePool([device], cache=MeasurementCache(default_cache_path()))
+        oracle = LutOracle(table, pool, runtime=args.runtime,
+                           config=MeasureConfig(threads=args.threads, runs=args.runs), save=False)
+        model, example = _load_model(args.model)
+
+        def measure_fn(m, x):
+            # Measure without letting the check's own samples refine the calibration it is judging.
+            from profiler.export import export_onnx
+
+            with tempfile.TemporaryDirectory(prefix="amc-check-") as tmp:
+                result = pool.measure(export_onnx(m, x, Path(tmp) / "v.onnx"), oracle.config, runtime=args.runtime)
+            return None if result is None else result.median_ms
+
+        with _progress(not args.json, f"checking {args.device}") as cb:
+            report = check_lut(table, measure_fn, model, example, samples=args.samples, seed=args.seed,
+                               round_to=args.round_to, a_min=args.a_min, progress=cb)
+        pool.close()
+    except AmcError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    from rich.table import Table
+
+    table_out = Table(title=f"{args.model} on {args.device}: {report.within:.0%} within ±10% "
+                            f"(mean |error| {report.mean_abs_rel_error:.1%})")
+    for col in ("#", "predicted ms", "measured ms", "error"):
+        table_out.add_column(col, justify="right")
+    for i, s in enumerate(report.samples, 1):
+        err = (s["predicted_ms"] - s["measured_ms"]) / s["measured_ms"]
+        table_out.add_row(str(i), f"{s['predicted_ms']:.4f}", f"{s['measured_ms']:.4f}", f"{err:+.1%}")
+    _console().print(table_out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m profiler.cli ...`: the profiler's commands without the rest of `amc`."""
+    parser = argparse.ArgumentParser(prog="amc")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
