@@ -42,10 +42,15 @@ class Split:
     x: torch.Tensor
     y: torch.Tensor
     description: str
+    indices: torch.Tensor | None = None  # row numbers in the source dataset, when known
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
             raise DataError(f"{self.description}: {self.x.shape[0]} images but {self.y.shape[0]} labels")
+        if self.indices is not None and self.indices.shape[0] != self.y.shape[0]:
+            raise DataError(
+                f"{self.description}: {self.indices.shape[0]} indices for {self.y.shape[0]} images"
+            )
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -58,7 +63,12 @@ class Split:
     def subset(self, indices: Sequence[int] | torch.Tensor, description: str | None = None) -> Split:
         """A split holding the given rows of this one."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return Split(self.x[idx], self.y[idx], description or f"{self.description}, {len(idx)} of them")
+        return Split(
+            self.x[idx],
+            self.y[idx],
+            description or f"{self.description}, {len(idx)} of them",
+            None if self.indices is None else self.indices[idx],
+        )
 
 
 @dataclass
@@ -81,7 +91,8 @@ Loader = Callable[[str, tuple[int, int, int] | None, int], "RawData"]
 class RawData:
     """What a loader returns: [0, 1] float images per split and the dataset's default statistics."""
 
-    splits: dict[str, tuple[np.ndarray, np.ndarray, str] | None]  # name -> (x NCHW in [0,1], y, text)
+    # name -> (x NCHW uint8 or [0, 1] float, y, description, row indices in the source)
+    splits: dict[str, tuple[np.ndarray, np.ndarray, str, np.ndarray] | None]
     num_classes: int
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
@@ -143,8 +154,13 @@ def load_dataset(
             return None
         if id(item) in made:
             return made[id(item)]
-        x, y, text = item
-        split = Split(_normalise(x, mean_t, std_t), torch.as_tensor(y, dtype=torch.int64), text)
+        x, y, text, rows = item
+        split = Split(
+            _normalise(x, mean_t, std_t),
+            torch.as_tensor(y, dtype=torch.int64),
+            text,
+            torch.as_tensor(rows, dtype=torch.int64),
+        )
         made[id(item)] = split
         return split
 
@@ -217,26 +233,22 @@ def _load_digits(arg: str, input_shape: tuple[int, int, int] | None, seed: int) 
     x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
     y = d.target.astype(np.int64)
     tr, se, re = stratified_split(y, (0.6, 0.2, 0.2), seed)
-    name = f"scikit-learn digits (seed {seed})"
+    desc = f"scikit-learn digits, 1797 8x8 images, stratified 60/20/20 split (seed {seed})"
     return RawData(
         splits={
-            "train": (x[tr], y[tr], f"digits train split: {len(tr)} of 1797 images, stratified, seed {seed}"),
-            "search": (
-                x[se],
-                y[se],
-                f"digits search split: {len(se)} of 1797 images, stratified, seed {seed}",
-            ),
-            "report": (
-                x[re],
-                y[re],
-                f"digits report split: {len(re)} of 1797 images, stratified, seed {seed}",
-            ),
+            name: (
+                x[rows],
+                y[rows],
+                f"digits {name} split: {len(rows)} of 1797 images, stratified, seed {seed}",
+                rows,
+            )
+            for name, rows in (("train", tr), ("search", se), ("report", re))
         },
         num_classes=10,
         input_shape=(1, 8, 8),
         mean=(0.5,),
         std=(0.5,),
-        description=name,
+        description=desc,
     )
 
 
@@ -273,8 +285,8 @@ def _check_cifar_arrays(x: np.ndarray, y: np.ndarray, where: str) -> None:
 def _test_halves(x: np.ndarray, y: np.ndarray, source: str) -> tuple[tuple, tuple]:
     half = x.shape[0] // 2
     n = x.shape[0]
-    search = (x[:half], y[:half], f"{source} images 0-{half - 1}")
-    report = (x[half:], y[half:], f"{source} images {half}-{n - 1}")
+    search = (x[:half], y[:half], f"{source} images 0-{half - 1}", np.arange(half))
+    report = (x[half:], y[half:], f"{source} images {half}-{n - 1}", np.arange(half, n))
     return search, report
 
 
@@ -349,7 +361,8 @@ def _cifar_batches(folder: Path) -> RawData:
         parts = [_read_batch(f) for f in train_files]
         x = np.concatenate([p[0] for p in parts]).transpose(0, 3, 1, 2)
         y = np.concatenate([p[1] for p in parts])
-        train = (x, y, f"cifar10 training images from {', '.join(f.name for f in train_files)} ({len(y)})")
+        names = ", ".join(f.name for f in train_files)
+        train = (x, y, f"cifar10 training images from {names} ({len(y)})", np.arange(len(y)))
     return RawData(
         splits={"train": train if train is not None else search, "search": search, "report": report},
         num_classes=10,
@@ -411,11 +424,15 @@ def _load_imagefolder(arg: str, input_shape: tuple[int, int, int] | None, seed: 
     where = f"{root.name}"
     return RawData(
         splits={
-            "train": (x[tr], y[tr], f"{where} train split: {len(tr)} of {len(y)} images (seed {seed})")
-            if len(tr)
-            else None,
-            "search": (x[se], y[se], f"{where} search split: {len(se)} of {len(y)} images (seed {seed})"),
-            "report": (x[re], y[re], f"{where} report split: {len(re)} of {len(y)} images (seed {seed})"),
+            name: (
+                x[rows],
+                y[rows],
+                f"{where} {name} split: {len(rows)} of {len(y)} images (seed {seed})",
+                rows,
+            )
+            if len(rows)
+            else None
+            for name, rows in (("train", tr), ("search", se), ("report", re))
         },
         num_classes=len(classes),
         input_shape=(c, h, w),
