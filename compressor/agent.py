@@ -18,10 +18,20 @@ Follows the official AMC code (mit-han-lab/amc, `lib/agent.py`, `lib/memory.py`,
 - The batch is drawn uniformly with replacement from the replay buffer, as keras-rl's
   `SequentialMemory` that AMC uses does.
 
-Differences from the official code, on purpose: actions are bounded by `[a_min, a_max]` here (the
-official agent samples in [0, 1] and lets the environment clip to its lower bound); every random
-draw comes from the agent's own `numpy.random.Generator` and `torch.Generator`, so a search is
-reproducible from its seed and resumable bit-identically from `state_dict()`.
+Differences from the official code, on purpose:
+- Actions live in `[a_min, a_max]`: the actor's sigmoid is mapped affinely onto that interval and the
+  exploration noise is truncated to it. The official agent acts in [0, 1] and the environment clips
+  to its lower bound; with a plain sigmoid truncated to [a_min, a_max] the actor drifts below a_min,
+  where the critic has seen no action and its gradient is extrapolation (on a 3-layer toy problem
+  whose optimum is 0.35, 300 episodes, a layer ended stuck at a_min = 0.2 in 2 of 10 seeds, 4 of 6
+  with delta_decay = 0.98; with the mapping in none of 10).
+- Warm-up is `episode < warmup` (the official loop uses `<=`, one extra random episode).
+- Every random draw comes from the agent's own `numpy.random.Generator` and `torch.Generator` (the
+  global RNGs are left untouched), so a search is reproducible from its seed and resumable
+  bit-identically from `state_dict()`.
+
+The caller stores, per step, the action the agent proposed; the official loop stores that proposal
+(before the environment's action wall), so the critic learns Q of proposals.
 """
 
 from __future__ import annotations
