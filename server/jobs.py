@@ -45,7 +45,8 @@ ARTIFACTS: dict[str, str] = {
 LOG_NAME = "job.log"
 # Spec fields that go into SearchConfig unchanged.
 SPEC_TO_CONFIG = ("model", "data", "target", "reward", "strategy", "episodes", "device", "seed",
-                  "finetune_epochs", "compare", "granularity", "reward_samples", "warmup")
+                  "finetune_epochs", "compare", "granularity", "reward_samples", "warmup", "a_min", "round_to",
+                  "prune_residual", "tflite")
 
 
 class ArtifactNotFound(Exception):
@@ -97,6 +98,7 @@ class _Running:
     job_id: str
     process: Any  # multiprocessing.Process (spawn)
     stop: MpEvent
+    lifeline: Any  # write end of a pipe; the job process sees EOF the moment this server dies
     cancel_at: float | None = None
     killed_at: float | None = None
 
@@ -230,11 +232,12 @@ class JobService:
         stop = self._ctx.Event()
         if job.cancel_requested:
             stop.set()
+        lifeline_read, lifeline_write = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=run_job_process,
             name=f"amc-job-{job.id[:8]}",
             kwargs=dict(job_id=job.id, database_url=self.store.url, folder=str(folder), config=job.config,
-                        resume=job.resume, stop=stop, shutdown=self._shutdown,
+                        resume=job.resume, stop=stop, shutdown=self._shutdown, lifeline=lifeline_read,
                         search_module=self.settings.search_module, threads=self.settings.worker_threads),
             daemon=False,
         )
@@ -244,8 +247,11 @@ class JobService:
             log.exception("could not start a worker for job %s", job.id)
             self.store.finish(job.id, JobState.FAILED, error=f"could not start a worker process: {exc}")
             return
+        finally:
+            lifeline_read.close()  # only the child holds the read end
         with self._lock:
-            self._running[job.id] = _Running(job.id, proc, stop, cancel_at=time.monotonic() if stop.is_set() else None)
+            self._running[job.id] = _Running(job.id, proc, stop, lifeline_write,
+                                             cancel_at=time.monotonic() if stop.is_set() else None)
         log.info("job %s started in process %s (resume=%s)", job.id, proc.pid, job.resume)
 
     def _reap(self) -> None:
@@ -266,6 +272,7 @@ class JobService:
                     h.process.kill()
                 continue
             h.process.join(0)
+            h.lifeline.close()
             with self._lock:
                 self._running.pop(h.job_id, None)
             self._settle(h)
@@ -290,7 +297,7 @@ class JobService:
 # ---------------------------------------------------------------------------------- job process
 
 def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict[str, Any], resume: bool,
-                    stop: MpEvent, shutdown: MpEvent, search_module: str, threads: int) -> None:
+                    stop: MpEvent, shutdown: MpEvent, lifeline: Any, search_module: str, threads: int) -> None:
     """Entry point of a job's own process (spawn): run the search, record every event in the store."""
     out = Path(folder)
     handler = logging.FileHandler(out / LOG_NAME)
@@ -305,13 +312,14 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     lock = open(out / ".lock", "w")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(lock, fcntl.LOCK_EX)
 
-    parent = os.getppid()
     orphaned = threading.Event()
 
     def watch_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        log.warning("the server (pid %s) is gone; stopping at the next episode so a restart can resume", parent)
+        try:
+            lifeline.recv()  # the server never sends; EOF means it is gone (even after SIGKILL)
+        except (EOFError, OSError):
+            pass
+        log.warning("the server is gone; stopping at the next episode so a restart can resume")
         orphaned.set()
         time.sleep(60)  # an episode that never ends must not hold the folder forever
         log.error("still running 60 s after the server died; exiting (the checkpoint is intact)")
@@ -334,18 +342,20 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
         from compressor.events import SearchEvent
 
         cfg = SearchConfig.from_dict(config)
-        can_resume = resume and (out / "checkpoint").exists()
+        logged = search.load_episode_log(out) if resume else []
+        can_resume = bool(logged)  # killed before its first checkpoint: start over
         if can_resume:
             filled = 0
-            for record in search.load_episode_log(out):
-                filled += store.add_episode(job_id, int(record["episode"]), record, total=cfg.episodes)
+            for record in logged:
+                filled += store.add_episode(job_id, int(record["episode"]), _jsonable(record), total=cfg.episodes)
             log.info("resuming job %s from its checkpoint (%d episode(s) filled from it)", job_id, filled)
             store.set_phase(job_id, "resume", "resuming from the last checkpoint")
         oracle = _make_oracle(cfg)
 
         def on_event(ev: SearchEvent) -> None:
-            if ev.kind == "episode":
-                store.add_episode(job_id, ev.episode, ev.record, total=ev.episodes)
+            # Episodes of the compare baselines (phase uniform/random) are not the job's episodes.
+            if ev.kind == "episode" and ev.phase in ("search", ""):
+                store.add_episode(job_id, ev.episode, _jsonable(ev.record), total=ev.episodes)
             elif ev.kind == "phase":
                 store.set_phase(job_id, ev.phase, ev.message)
 

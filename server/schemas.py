@@ -33,7 +33,11 @@ class JobSpec(BaseModel):
     compare: bool = Field(False, description="also run the uniform and random baselines")
     granularity: Literal["channel", "weight"] | None = None
     reward_samples: int | None = Field(None, ge=1)
-    warmup: int | None = Field(None, ge=0)
+    warmup: int | None = Field(None, ge=0, description="DDPG warm-up episodes")
+    a_min: float | None = Field(None, gt=0, le=1, description="smallest preserve ratio per layer")
+    round_to: int | None = Field(None, ge=1, description="channels are kept in multiples of this")
+    prune_residual: bool | None = Field(None, description="also prune channels coupled through residual additions")
+    tflite: bool | None = Field(None, description="also export model.tflite")
 
 
 class JobLinks(BaseModel):

@@ -14,12 +14,10 @@ from test_server_harness import SMALL_JOB, TOKEN, ServerProcess, wait_for
 from server.core.config import Settings
 from server.core.security import InsecureBindError, check_bind, ensure_token
 
-_STANDIN = {"AMC_SEARCH_MODULE": "test_server_standin_search"}  # TEMPORARY until compressor.search lands
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("amc") / "data", env=_STANDIN).start()
+    srv = ServerProcess(tmp_path_factory.mktemp("amc") / "data").start()
     yield srv
     srv.stop()
 

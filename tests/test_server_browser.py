@@ -13,7 +13,6 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
-_STANDIN = {"AMC_SEARCH_MODULE": "test_server_standin_search"}  # TEMPORARY until compressor.search lands
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def browser():
 
 
 def test_status_page_shows_progress_and_charts(browser, tmp_path):
-    server = ServerProcess(tmp_path / "data", env=_STANDIN).start()
+    server = ServerProcess(tmp_path / "data").start()
     try:
         with server.client() as c:
             job_id = c.post("/jobs", json={**SMALL_JOB, "episodes": 5}).json()["id"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from test_server_harness import SMALL_JOB, ServerProcess, wait_for, wait_for_episodes
 
-_STANDIN = {"AMC_SEARCH_MODULE": "test_server_standin_search"}  # TEMPORARY until compressor.search lands
-
 
 def test_killed_server_resumes_the_job_without_losing_episodes(tmp_path):
     data = tmp_path / "data"
-    spec = {**SMALL_JOB, "episodes": 6, "seed": 1}
-    first = ServerProcess(data, env=_STANDIN).start()
+    # demo-cnn episodes take well under 0.1 s: enough of them that the kill lands mid-search.
+    spec = {**SMALL_JOB, "episodes": 40, "seed": 1}
+    first = ServerProcess(data).start()
     try:
         with first.client() as c:
             job_id = c.post("/jobs", json=spec).json()["id"]
@@ -22,7 +21,7 @@ def test_killed_server_resumes_the_job_without_losing_episodes(tmp_path):
         first.kill()
     assert before and before == list(range(1, len(before) + 1))
 
-    second = ServerProcess(data, port=first.port, env=_STANDIN).start()
+    second = ServerProcess(data, port=first.port).start()
     try:
         with second.client() as c:
             job = wait_for(c, job_id, {"succeeded", "failed", "cancelled"}, timeout=150)
