@@ -215,7 +215,7 @@ def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int) -> li
     bounds = np.cumsum(fractions)[:-1]
     for cls in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == cls))
-        cuts = np.round(bounds * len(idx)).astype(int)
+        cuts = np.floor(bounds * len(idx) + 0.5).astype(int)  # round half up, not to even
         for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
             part.append(chunk)
     return [np.sort(np.concatenate(p)) for p in parts]
