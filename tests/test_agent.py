@@ -16,6 +16,12 @@ from compressor.errors import ConfigError
 SMALL = AgentConfig(hidden=32, warmup=5, batch_size=8)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The networks are tiny: a second thread only adds synchronisation on a busy 2-core machine.
+    torch.set_num_threads(1)
+
+
 class LayerwiseToy:
     """T layers, one preserve ratio each; the reward is highest when every ratio equals `target`.
     State: one-hot layer index plus the previous action, like AMC's (t, ..., a_{t-1})."""
@@ -198,7 +204,6 @@ def test_soft_target_update_moves_targets_by_tau():
 
 
 def test_learns_a_one_step_problem():
-    torch.set_num_threads(1)
     env = LayerwiseToy(1, target=0.7)
     cfg = AgentConfig(hidden=64, warmup=50)
     agent = DDPGAgent(state_dim=env.state_dim, config=cfg, n_layers=1, seed=0)
@@ -210,7 +215,6 @@ def test_learns_a_one_step_problem():
 
 
 def test_learns_a_three_layer_problem():
-    torch.set_num_threads(1)
     env = LayerwiseToy(3, target=0.35)
     cfg = AgentConfig(hidden=64, warmup=50)
     agent = DDPGAgent(state_dim=env.state_dim, config=cfg, n_layers=3, seed=2)
