@@ -41,9 +41,11 @@ class LocalDevice(Device):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._agent_parent()), env.get("PYTHONPATH")]))
         # The agent picks its own threads; keep BLAS pools from oversubscribing.
         env.setdefault("OMP_NUM_THREADS", "1")
+        # `python -m` puts the working directory first on sys.path: run from the agent's folder.
+        cwd = self._agent_parent() if self._agent_parent().is_dir() else None
         try:
             proc = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
-                                  timeout=timeout_s, env=env, cwd=str(self._agent_parent()))
+                                  timeout=timeout_s, env=env, cwd=cwd)
         except subprocess.TimeoutExpired as exc:
             raise DeviceUnavailable(self.spec, f"command timed out after {timeout_s:.0f} s: {command[:120]}",
                                     hint="raise the timeout or lower --runs") from exc
