@@ -61,7 +61,7 @@ class Sandbox:
 
     def rewrite_command(self, command: str) -> str:
         # Longest first so /storage/emulated/0 is not half-rewritten.
-        replacements = [(DEVICE_TMP, str(self.root))]
+        replacements = [(DEVICE_TMP, str(self.root)), ("/system/bin/getprop", str(self.bin_dir / "getprop"))]
         replacements += [(mount, str(self.root / folder)) for mount, folder in DEVICE_MOUNTS.items()]
         for device, host in sorted(replacements, key=lambda pair: -len(pair[0])):
             command = re.sub(re.escape(device) + r"(?![\w.\-])", lambda _m, h=host: h, command)
@@ -70,7 +70,8 @@ class Sandbox:
     # --- shell environment ------------------------------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "ANDROID_"))}
+        # ANDROID_* (ANDROID_SERIAL, ANDROID_ADB_SERVER_PORT) belong to the host's adb, not to the phone.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ANDROID_")}
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
         env["HOME"] = str(self.root)
         env["TMPDIR"] = str(self.root)

@@ -430,6 +430,12 @@ class PhoneSimulator:
         except OSError as exc:
             listener.close()
             raise PhoneSimError(f"cannot use {self.root} as the phone's /data/local/tmp: {exc}") from exc
+        if self.allowed_keys is None and not self.host.startswith("127."):
+            logger.warning(
+                "phone emulator on %s runs any shell command without authentication; pass auth_keys "
+                "(--auth-keys) or listen on 127.0.0.1",
+                self.address,
+            )
         self._thread = threading.Thread(target=self._accept_loop, name=f"phone-sim-{self.port}", daemon=True)
         self._thread.start()
         logger.info(

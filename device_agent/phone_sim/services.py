@@ -8,11 +8,15 @@ is open; it talks to the client through the `Stream` (read/write/close) and retu
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import re
 import signal
 import stat
+import struct
 import subprocess
+import termios
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -55,29 +59,109 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode & 0xFF
 
 
-def _spawn(command: str, sandbox: Sandbox, *, split_stderr: bool) -> subprocess.Popen[bytes]:
+def _argv(command: str, sandbox: Sandbox) -> list[str]:
     if command.strip():
-        argv = ["/bin/sh", "-c", sandbox.rewrite_command(command)]
-    else:
-        argv = ["/bin/sh", "-i"]  # `adb shell` without a command: an interactive shell
-    logger.debug("spawn %s", argv)
-    return subprocess.Popen(
-        argv,
-        cwd=sandbox.root,
-        env=sandbox.environment(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
-        start_new_session=True,  # so closing the stream can kill the whole process group
-    )
+        return ["/bin/sh", "-c", sandbox.rewrite_command(command)]
+    return ["/bin/sh", "-i"]  # `adb shell` without a command: an interactive shell
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _make_controlling_tty() -> None:  # runs in the child, after setsid()
+    try:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    except OSError:
+        pass
+
+
+class Child:
+    """A shell command run for a stream, on pipes (raw) or on a pseudo-terminal (pty).
+
+    `outputs` lists (fd, shell v2 packet id) to pump; a pty has one output that carries stderr too.
+    """
+
+    def __init__(
+        self, command: str, sandbox: Sandbox, *, pty: bool, split_stderr: bool, term: str | None
+    ) -> None:
+        argv = _argv(command, sandbox)
+        env = sandbox.environment()
+        self._master: int | None = None
+        self._master_lock = threading.Lock()  # the fd must not be written after close (its number is reused)
+        self.is_pty = pty
+        logger.debug("spawn %s (pty=%s)", argv, pty)
+        if pty:
+            master, slave = os.openpty()
+            env["TERM"] = term or env.get("TERM", "xterm-256color")
+            try:
+                self.proc = subprocess.Popen(
+                    argv,
+                    cwd=sandbox.root,
+                    env=env,
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    start_new_session=True,
+                    preexec_fn=_make_controlling_tty,  # noqa: PLW1509 - only an ioctl, no locks
+                )
+            finally:
+                os.close(slave)
+            self._master = master
+            self.outputs = [(master, p.SHELL_STDOUT)]
+            return
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=sandbox.root,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
+            start_new_session=True,  # so closing the stream can kill the whole process group
+        )
+        assert self.proc.stdout is not None
+        self.outputs = [(self.proc.stdout.fileno(), p.SHELL_STDOUT)]
+        if self.proc.stderr is not None:
+            self.outputs.append((self.proc.stderr.fileno(), p.SHELL_STDERR))
+
+    def write_stdin(self, data: bytes) -> None:
+        if self.is_pty:
+            with self._master_lock:
+                if self._master is not None:
+                    os.write(self._master, data)
+        elif self.proc.stdin is not None:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+
+    def close_stdin(self) -> None:
+        if self.is_pty:
+            return  # a terminal has no end of input; the user types exit or ^D
+        if self.proc.stdin is not None:
+            _close_quietly(self.proc.stdin)
+
+    def resize(self, spec: bytes) -> None:
+        """Shell v2 window-size packet: b"ROWSxCOLS,XPIXELSxYPIXELS"."""
+        match = re.fullmatch(rb"(\d+)x(\d+),(\d+)x(\d+)\x00?", spec)
+        if not self.is_pty or match is None:
+            return
+        rows, cols, xpix, ypix = (int(v) for v in match.groups())
+        with self._master_lock:
+            if self._master is not None:
+                fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpix, ypix))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def wait(self) -> int:
+        status = _exit_status(self.proc.wait())
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                _close_quietly(pipe)
+        with self._master_lock:
+            if self._master is not None:
+                os.close(self._master)
+                self._master = None
+        return status
 
 
 def _pump_output(fd: int, chunk: int, sink: Callable[[bytes], None]) -> None:
@@ -87,7 +171,7 @@ def _pump_output(fd: int, chunk: int, sink: Callable[[bytes], None]) -> None:
             if not data:
                 return
             sink(data)
-    except (StreamClosed, OSError):
+    except (StreamClosed, OSError):  # EIO on a pty master once the shell has exited
         return
 
 
@@ -98,39 +182,59 @@ def _close_quietly(file: object) -> None:
         pass
 
 
+def _start(target: Callable[..., None], *args: object) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, name="phone-sim-io", daemon=True)
+    thread.start()
+    return thread
+
+
+def _pty_wanted(options: list[str], command: str) -> bool:
+    # adbd: an explicit raw/pty option wins; otherwise an interactive shell gets a pty and a command does not.
+    if "pty" in options:
+        return True
+    if "raw" in options:
+        return False
+    return not command.strip()
+
+
+def _term(options: list[str]) -> str | None:
+    return next((o.partition("=")[2] for o in options if o.startswith("TERM=")), None)
+
+
 # --- legacy shell and exec: raw bytes both ways, no exit status ---------------------------------------
 
 
 def raw_shell_service(stream: ServiceStream, options: list[str], command: str, sandbox: Sandbox) -> None:
-    proc = _spawn(command, sandbox, split_stderr=False)
-    stream.on_close(lambda: _kill(proc))
-    assert proc.stdin is not None and proc.stdout is not None
+    child = Child(
+        command, sandbox, pty=_pty_wanted(options, command), split_stderr=False, term=_term(options)
+    )
+    stream.on_close(child.kill)
 
     def feed_stdin() -> None:
-        stdin = proc.stdin
         while (data := stream.read()) is not None:
             try:
-                stdin.write(data)
-                stdin.flush()
-            except OSError:
+                child.write_stdin(data)
+            except (OSError, ValueError):
                 break
-        _close_quietly(stdin)
+        child.close_stdin()
 
-    threading.Thread(target=feed_stdin, name="phone-sim-stdin", daemon=True).start()
-    _pump_output(proc.stdout.fileno(), stream.max_payload, stream.write)
-    proc.wait()
-    _close_quietly(proc.stdout)
+    _start(feed_stdin)
+    (fd, _kind) = child.outputs[0]
+    _pump_output(fd, stream.max_payload, stream.write)
+    child.wait()
     stream.close()
+
+
+def exec_service(stream: ServiceStream, options: list[str], command: str, sandbox: Sandbox) -> None:
+    raw_shell_service(stream, ["raw", *options], command, sandbox)
 
 
 # --- shell protocol v2: framed stdin/stdout/stderr and the exit status --------------------------------
 
 
 def shell_v2_service(stream: ServiceStream, options: list[str], command: str, sandbox: Sandbox) -> None:
-    pty = "pty" in options  # a pty merges stderr into stdout; we do the same without a terminal
-    proc = _spawn(command, sandbox, split_stderr=not pty)
-    stream.on_close(lambda: _kill(proc))
-    assert proc.stdin is not None and proc.stdout is not None
+    child = Child(command, sandbox, pty=_pty_wanted(options, command), split_stderr=True, term=_term(options))
+    stream.on_close(child.kill)
     write_lock = threading.Lock()
     body = stream.max_payload - p.SHELL_HEADER.size
 
@@ -141,7 +245,6 @@ def shell_v2_service(stream: ServiceStream, options: list[str], command: str, sa
                 stream.write(p.SHELL_HEADER.pack(kind, len(piece)) + piece)
 
     def feed_stdin() -> None:
-        stdin = proc.stdin
         buffer = b""
         while (data := stream.read()) is not None:
             buffer += data
@@ -153,38 +256,23 @@ def shell_v2_service(stream: ServiceStream, options: list[str], command: str, sa
                 buffer = buffer[p.SHELL_HEADER.size + length :]
                 try:
                     if kind == p.SHELL_STDIN and payload:
-                        stdin.write(payload)
-                        stdin.flush()
+                        child.write_stdin(payload)
                     elif kind == p.SHELL_CLOSE_STDIN:
-                        stdin.close()
+                        child.close_stdin()
+                    elif kind == p.SHELL_WINDOW_SIZE:
+                        child.resize(payload)
                 except (OSError, ValueError):
                     pass  # the process stopped reading stdin; keep draining the client
-        _close_quietly(stdin)
+        child.close_stdin()
 
-    threading.Thread(target=feed_stdin, name="phone-sim-stdin", daemon=True).start()
+    _start(feed_stdin)
     pumps = [
-        threading.Thread(
-            target=_pump_output,
-            args=(proc.stdout.fileno(), body, lambda d: send_packet(p.SHELL_STDOUT, d)),
-            daemon=True,
-        )
+        _start(_pump_output, fd, body, lambda data, kind=kind: send_packet(kind, data))
+        for fd, kind in child.outputs
     ]
-    if proc.stderr is not None:
-        pumps.append(
-            threading.Thread(
-                target=_pump_output,
-                args=(proc.stderr.fileno(), body, lambda d: send_packet(p.SHELL_STDERR, d)),
-                daemon=True,
-            )
-        )
-    for pump in pumps:
-        pump.start()
     for pump in pumps:
         pump.join()
-    status = _exit_status(proc.wait())
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            _close_quietly(pipe)
+    status = child.wait()
     try:
         send_packet(p.SHELL_EXIT, bytes([status]))
     except StreamClosed:
@@ -422,7 +510,7 @@ def _message_service(message: str) -> Service:
 
 SERVICES: dict[str, Service] = {
     "shell": shell_service,
-    "exec": raw_shell_service,
+    "exec": exec_service,
     "sync": sync_service,
     "reboot": _message_service(""),
     "root": _message_service("adbd is already running as root\n"),
