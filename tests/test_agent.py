@@ -188,6 +188,23 @@ def test_update_waits_for_a_full_batch_and_buffer_wraps():
     assert math.isfinite(critic_loss) and math.isfinite(actor_loss)
 
 
+def test_baseline_follows_sampled_batch_rewards_as_the_official_code():
+    cfg = replace(SMALL, batch_size=4, memory_size=4, baseline_decay=0.5)
+    env = LayerwiseToy(2, target=0.5)
+    agent = DDPGAgent(state_dim=env.state_dim, config=cfg, n_layers=2, seed=0)
+    for _ in range(2):
+        agent.observe(env.episode(lambda s: 0.5)[0], reward=-0.4)
+    assert agent.baseline is None
+    agent.update()
+    assert agent.baseline == pytest.approx(-0.4)  # the first batch sets it
+    for _ in range(2):  # the buffer now holds only -0.2 rewards
+        agent.observe(env.episode(lambda s: 0.5)[0], reward=-0.2)
+    agent.update()
+    assert agent.baseline == pytest.approx(0.5 * -0.4 + 0.5 * -0.2)
+    agent.update()
+    assert agent.baseline == pytest.approx(0.5 * -0.3 + 0.5 * -0.2)
+
+
 def test_soft_target_update_moves_targets_by_tau():
     cfg = replace(SMALL, tau=0.25)
     env = LayerwiseToy(1, target=0.5)
