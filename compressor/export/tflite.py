@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,10 @@ def convert(model: nn.Module, example_input: torch.Tensor, path: Path) -> None:
         litert_torch.config.show_progress = False  # it prints to the terminal; we log instead
     model.eval()
     try:
-        edge_model = litert_torch.convert(model, (example_input.detach().to(torch.float32),))
-        edge_model.export(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch pytree deprecations inside the converter
+            edge_model = litert_torch.convert(model, (example_input.detach().to(torch.float32),))
+            edge_model.export(str(path))
     except ExportError:
         raise
     except Exception as e:
