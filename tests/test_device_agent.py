@@ -182,3 +182,22 @@ def test_cpu_mask_parsing() -> None:
     assert parse_cpu_mask("3") == {0, 1}
     with pytest.raises(UsageError):
         parse_cpu_mask("0x0")
+
+
+@pytest.mark.tflite
+def test_litert_runtime_times_a_tflite_model(device_dir: Path) -> None:
+    litert_torch = pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert.interpreter")
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    litert_torch.convert(model, (torch.randn(1, 3, 8, 8),)).export(str(device_dir / "tiny.tflite"))
+    rc, obj = run_agent(
+        device_dir, "bench", "tiny.tflite", "--runtime", "litert", "--runs", "5", "--warmup", "1"
+    )
+    assert rc == 0, obj
+    result = parse_result(json.dumps(obj))
+    assert result["runtime"] == "litert" and result["inputs"][0]["shape"] == [1, 3, 8, 8]
+    # The same file through onnxruntime is a clear load error, not a crash.
+    rc, obj = run_agent(device_dir, "bench", "tiny.tflite", "--runtime", "onnxruntime")
+    assert rc != 0 and obj["error_type"] == "ModelLoadError"

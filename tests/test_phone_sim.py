@@ -67,11 +67,14 @@ class AdbClient:
         self.env = {**os.environ, "HOME": str(home), "ANDROID_ADB_SERVER_PORT": str(self.server_port)}
         self.env.pop("ANDROID_SERIAL", None)
 
-    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [ADB or "adb", "-P", str(self.server_port), *args],
             env=self.env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -151,6 +154,10 @@ def test_adb_connect_shell_exit_status_push_pull(adb: AdbClient, sim_process, tm
     mixed = adb("-s", serial, "shell", "echo out; echo err >&2; exit 7")
     assert (mixed.returncode, mixed.stdout, mixed.stderr) == (7, "out\n", "err\n")
     assert adb("-s", serial, "shell", "getprop", "ro.product.model").stdout.strip() == "Pixel 7"
+    assert adb("-s", serial, "shell", "cat", input="from stdin\n").stdout == "from stdin\n"
+    # -t -t forces a pseudo-terminal even though our stdin is a pipe: an interactive shell session.
+    session = adb("-s", serial, "shell", "-t", "-t", input="tty; exit 3\n")
+    assert session.returncode == 3 and "/dev/pts/" in session.stdout
 
     local = random_file(tmp_path / "blob.bin")
     pushed = adb("-s", serial, "push", str(local), "/data/local/tmp/dir/blob.bin")
@@ -350,3 +357,15 @@ def test_emulator_process_parses_json_from_exec_out(sim: PhoneSimulator) -> None
     finally:
         device.close()
     assert json.loads(out)["exe"] == sys.executable
+
+
+def test_amc_phone_sim_help_through_the_amc_cli() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "phone-sim", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--auth-keys" in proc.stdout and "--model-name" in proc.stdout
