@@ -1,0 +1,196 @@
+"""Latency lookup tables: kernel extraction, interpolation and calibration arithmetic, and a real build
+on the local device for a tiny conv net (few runs per kernel), its predictions, observe(), the oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compressor.latency import KernelSpec, LatencyOracle
+from profiler.cache import MeasurementCache
+from profiler.devices import LocalDevice
+from profiler.export import export_onnx
+from profiler.kernels import extract_kernels, kernel_module
+from profiler.lut import (
+    Calibration,
+    LatencyTable,
+    build_lut,
+    check_lut,
+    kernel_grid,
+    model_kernels,
+    random_variants,
+)
+from profiler.measure import measure
+from profiler.oracle import LutOracle, make_oracle
+from profiler.protocol import MeasureConfig
+
+WHOLE = MeasureConfig(threads=1, warmup=5, runs=40)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AMC_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return TinyNet().eval(), torch.randn(1, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory) -> LatencyTable:
+    model, x = tiny
+    table = LatencyTable("local-test", "onnxruntime", 1)
+    return build_lut(LocalDevice(), model_kernels(model, x), table=table, max_points=3,
+                     work_dir=tmp_path_factory.mktemp("w"))
+
+
+# -- pure arithmetic ------------------------------------------------------------------------------
+
+
+def test_extract_kernels_folds_bn_and_relu() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8),  # depthwise, no activation
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5),
+    )
+    ks = extract_kernels(model, torch.randn(1, 3, 8, 8))
+    assert [k.op for k in ks] == ["conv", "dwconv", "pool", "linear"]
+    assert ks[0] == KernelSpec("conv", 3, 8, k=3, stride=1, h=8, w=8, relu=True)
+    assert ks[1].relu is False and ks[1].cin == ks[1].cout == 8
+    assert (ks[2].k, ks[2].stride, ks[2].h) == (2, 2, 8)
+    assert (ks[3].cin, ks[3].cout) == (128, 5)
+    for spec in ks:  # every kernel can be built as its own model
+        module, x = kernel_module(spec)
+        assert module(x).shape[0] == 1
+
+
+def test_interpolation_is_exact_for_bilinear_costs() -> None:
+    table = LatencyTable("synthetic", "onnxruntime", 1)
+    cost = lambda ci, co: 0.01 + 0.001 * ci * co  # noqa: E731 - bilinear in (cin, cout)
+    for ci in (8, 16, 32):
+        for co in (8, 16, 32):
+            table.add_entry(KernelSpec("conv", ci, co, k=3, h=8, w=8, relu=True), cost(ci, co))
+    for ci, co in ((8, 16), (24, 24), (12, 30), (40, 32)):  # exact, between, between, beyond
+        assert table.kernel_ms(KernelSpec("conv", ci, co, k=3, h=8, w=8)) == pytest.approx(cost(ci, co))
+    # A shape never timed is estimated from kernels of the same op by MACs: positive, same magnitude.
+    other = table.kernel_ms(KernelSpec("conv", 16, 16, k=3, h=16, w=16))
+    assert 0 < other < 10 * cost(32, 32)
+
+
+def test_calibration_fits_and_saves(tmp_path: Path) -> None:
+    cal = Calibration()
+    assert cal.apply(2.0) == 2.0  # identity before any measurement
+    rng = np.random.default_rng(0)
+    for s in np.linspace(1.0, 5.0, 20):
+        cal.add(s, 0.6 * s + 0.3 + rng.normal(0, 0.005))
+    assert cal.a == pytest.approx(0.6, abs=0.03) and cal.b == pytest.approx(0.3, abs=0.08)
+
+    table = LatencyTable("dev", "onnxruntime", 1)
+    ks = [KernelSpec("conv", 8, 8, k=3, h=8, w=8, relu=True), KernelSpec("linear", 8, 10)]
+    table.add_entry(ks[0], 0.05)
+    table.add_entry(ks[1], 0.01)
+    table.observe(ks, 0.04)
+    path = table.save(tmp_path / "t.json")
+    again = LatencyTable.load(path)
+    assert len(again) == 2 and again.predict_ms(ks) == pytest.approx(table.predict_ms(ks))
+    assert again.predict_ms(ks) == pytest.approx(0.04)  # one point: a = 1, b = measured - sum
+
+
+def test_grid_covers_the_allowed_channel_counts(tiny) -> None:
+    mk = model_kernels(*tiny)
+    assert [k.op for k in mk.kernels] == ["conv", "conv", "linear"]
+    assert mk.cin_options[0] == [3]  # the image channels are never pruned
+    assert mk.cout_options[0] == [8, 16] and mk.cout_options[-1] == [10]
+    grid = kernel_grid(mk)
+    assert len(grid) == 2 + 4 + 2
+    assert {(k.cin, k.cout) for k in grid if k.op == "linear"} == {(8, 10), (16, 10)}
+
+
+# -- on the local device --------------------------------------------------------------------------
+
+
+def _rel_errors(table: LatencyTable, pairs) -> list[float]:
+    return [abs(table.predict_ms(ks) - ms) / ms for ks, ms in pairs]
+
+
+def test_build_predict_and_observe(built: LatencyTable, tiny, tmp_path: Path) -> None:
+    model, x = tiny
+    assert len(built) == 8 and all(v > 0 for pts in built.entries.values() for v in pts.values())
+    device = LocalDevice()
+    variants = random_variants(model, x, 6, seed=3)
+    measured = []
+    for i, (ks, variant) in enumerate(variants):
+        path = export_onnx(variant, x, tmp_path / f"v{i}.onnx")
+        measured.append((ks, measure(device, path, WHOLE).median_ms))
+    # Uncalibrated: the sum of kernel latencies is within a sane factor of the real latency.
+    for ks, ms in measured:
+        assert 0.2 * ms < built.predict_ms(ks) < 5 * ms
+    before = float(np.mean(_rel_errors(built, measured[3:])))
+    for ks, ms in measured[:3]:
+        built.observe(ks, ms)
+    after = float(np.mean(_rel_errors(built, measured[3:])))
+    assert after < before
+    assert after < 0.5
+
+
+def test_oracle_builds_once_and_reuses(tiny, tmp_path: Path) -> None:
+    model, x = tiny
+    events: list[tuple[int, int, str]] = []
+    cache = MeasurementCache(tmp_path / "c.sqlite")
+    oracle = make_oracle("local", lut_dir=tmp_path / "lut", model=model, example_input=x, max_points=2,
+                         cache=cache, progress=lambda d, t, m: events.append((d, t, m)))
+    assert isinstance(oracle, LatencyOracle) and isinstance(oracle, LutOracle)
+    assert events and events[-1][0] == events[-1][1] > 0
+    kernels = model_kernels(model, x).kernels
+    predicted = oracle.predict_ms(kernels)
+    assert predicted > 0
+    stored = list((tmp_path / "lut").glob("*.json"))
+    assert len(stored) == 1
+
+    events.clear()
+    again = make_oracle("local", lut_dir=tmp_path / "lut", model=model, example_input=x, max_points=2,
+                        cache=cache, progress=lambda d, t, m: events.append((d, t, m)))
+    assert events[-1][1] == 0  # nothing left to time
+    assert again.predict_ms(kernels) == pytest.approx(predicted)
+
+    points = len(again.table.calibration(kernels).points)
+    ms = again.measure_ms(model, x)
+    assert ms is not None and ms > 0
+    assert len(again.table.calibration(kernels).points) == points + 1
+
+
+def test_check_lut_reports_a_share(built: LatencyTable, tiny) -> None:
+    model, x = tiny
+    device = LocalDevice()
+
+    def measure_fn(m, inp):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return measure(device, export_onnx(m, inp, Path(tmp) / "v.onnx"), WHOLE).median_ms
+
+    report = check_lut(built, measure_fn, model, x, samples=3, seed=5)
+    assert len(report.samples) == 3
+    assert 0.0 <= report.within <= 1.0
+    assert report.mean_abs_rel_error >= 0
