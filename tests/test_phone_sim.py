@@ -19,6 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from device_agent import AGENT_MODULES, agent_files
 from device_agent.phone_sim import PhoneSimulator
 from device_agent.schema import parse_result
 
@@ -196,9 +197,13 @@ def test_agent_runs_through_emulator_shell(adb: AdbClient, sim: PhoneSimulator, 
     serial = sim.address
     adb("connect", serial)
     assert adb("-s", serial, "wait-for-device", timeout=30).returncode == 0
+    # Only the agent's own modules go to the phone: they must be self-contained.
     agent = tmp_path / "upload" / "device_agent"
-    shutil.copytree(REPO / "device_agent", agent, ignore=shutil.ignore_patterns("__pycache__"))
+    agent.mkdir(parents=True)
+    for file in agent_files():
+        shutil.copy(file, agent / file.name)
     assert adb("-s", serial, "push", str(agent), "/data/local/tmp/").returncode == 0
+    assert sorted(p.name for p in (sim.sandbox.root / "device_agent").iterdir()) == sorted(AGENT_MODULES)
     model = make_onnx_model(tmp_path / "model.onnx")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(model.read_bytes()[:100] + b"\xffnot protobuf")

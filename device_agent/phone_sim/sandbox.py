@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 DEVICE_TMP = "/data/local/tmp"
 # Other well-known device folders, mapped to sub-folders of the sandbox.
-DEVICE_MOUNTS = {"/sdcard": "sdcard", "/storage/emulated/0": "sdcard"}
+DEVICE_MOUNTS = {"/sdcard": ".sdcard", "/storage/emulated/0": ".sdcard"}
 
 
 class SandboxError(PermissionError):
@@ -34,6 +34,8 @@ class Sandbox:
     def __init__(self, root: Path, *, props: dict[str, str]) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        for folder in set(DEVICE_MOUNTS.values()):
+            (self.root / folder).mkdir(exist_ok=True)
         self.props = dict(props)
         self.bin_dir = Path(tempfile.mkdtemp(prefix="phone-sim-bin-"))
         self._write_tools()
@@ -53,7 +55,6 @@ class Sandbox:
             if path == mount or path.startswith(mount + "/"):
                 rest = path[len(mount) :].lstrip("/")
                 base = self.root / folder
-                base.mkdir(exist_ok=True)
                 return base / rest if rest else base
         raise SandboxError(
             f"{device_path}: permission denied (the phone emulator exposes only {DEVICE_TMP} and /sdcard)"
