@@ -27,7 +27,7 @@ from typing import Any
 from compressor.config import SearchConfig
 from compressor.errors import ConfigError, SearchCancelled
 from server.core.config import Settings
-from server.devices import check_device
+from server.devices import DeviceDirectory
 from server.store import InvalidTransition, Job, JobState, Store
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class JobService:
     _thread: threading.Thread | None = None
     _shutdown: Any = None  # mp.Event shared with every job process
     _validated: dict[str, bool] = field(default_factory=dict)
+    devices: DeviceDirectory = field(default_factory=DeviceDirectory)
 
     # -- lifecycle
     def start(self) -> None:
@@ -150,7 +151,7 @@ class JobService:
     def validate(self, spec: dict[str, Any]) -> SearchConfig:
         """Everything that can be checked before accepting a job; ConfigError names the field."""
         config = build_config(spec, store=self.store, settings=self.settings)
-        check_device(self.store, config.device)
+        self.devices.check(config.device)
         key = json.dumps(config.to_dict(), sort_keys=True)
         if key not in self._validated:  # validate() is deterministic for one config
             search = load_search_module(self.settings.search_module)

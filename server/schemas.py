@@ -114,17 +114,21 @@ class UploadOut(BaseModel):
 
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    spec: str = Field(description="adb:HOST:PORT of a device (or phone emulator) reachable over TCP")
-    name: str = Field("", max_length=255)
+    spec: str = Field(description="HOST:PORT or adb:HOST:PORT of a device (or phone emulator) reachable over TCP")
+    name: str | None = Field(None, max_length=255)
 
 
 class DeviceOut(BaseModel):
     spec: str
-    kind: str
-    name: str
-    health: str
+    source: Literal["local", "usb", "registered"]
+    health: Literal["ok", "unhealthy", "unknown"]
     detail: str
-    registered: bool
+    info: dict[str, Any]
+
+
+class DeviceList(BaseModel):
+    devices: list[DeviceOut]
+    notes: list[str] = Field(description="why some devices could not be listed (e.g. no USB access)")
 
 
 class Health(BaseModel):

@@ -129,13 +129,6 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Device(Base):
-    __tablename__ = "devices"
-
-    spec: Mapped[str] = mapped_column(String(255), primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
@@ -148,7 +141,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # Many request threads plus the dispatcher: a pool as large as the thread pool avoids waits.
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               pool_size=20, max_overflow=30)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -159,7 +154,7 @@ BEST_FIELDS = ("episode", "reward", "accuracy", "macs", "params", "latency_ms", 
 
 
 class Store:
-    """CRUD over jobs, episodes, uploads and registered devices."""
+    """CRUD over jobs, episodes and uploads (registered devices live in the profiler's registry)."""
 
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
@@ -329,18 +324,3 @@ class Store:
     def get_upload(self, upload_id: str) -> Upload | None:
         with self.session() as s:
             return s.get(Upload, upload_id)
-
-    # ---- devices
-    def add_device(self, spec: str, name: str = "") -> Device:
-        with self.session() as s:
-            dev = s.get(Device, spec)
-            if dev is None:
-                dev = Device(spec=spec, name=name, created_at=utcnow())
-                s.add(dev)
-            elif name:
-                dev.name = name
-            return dev
-
-    def list_devices(self) -> list[Device]:
-        with self.session() as s:
-            return list(s.scalars(select(Device).order_by(Device.created_at)))

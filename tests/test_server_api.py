@@ -96,7 +96,7 @@ def test_changes_need_the_token(server):
         ({"model": "no-such-net"}, "model", "demo-cnn"),
         ({"target": "flops"}, "target", "flops=0.5"),
         ({"target": "flops=0.0001"}, "target", ""),
-        ({"device": "toaster"}, "device", "adb:HOST:PORT"),
+        ({"device": "toaster"}, "device", "local"),
         ({"device": "adb:10.1.2.3:5555"}, "device", "POST /devices"),
         ({"strategy": "genetic"}, "strategy", "ddpg"),
         ({"episodes": 0}, "episodes", ""),
@@ -138,15 +138,28 @@ def test_uploads_load_weights_only_and_refuse_pickles(server):
         assert r.status_code == 422 and ".onnx" in r.text
 
 
-def test_devices_register_a_tcp_device_with_health(server):
-    with server.client() as c:
-        assert c.get("/devices").json()[0]["spec"] == "local"
-        r = c.post("/devices", json={"spec": f"adb:127.0.0.1:{server.port}", "name": "reachable"})
-        assert r.status_code == 201 and r.json()["health"] == "ok"
-        r = c.post("/devices", json={"spec": "adb:SERIAL123"})
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "spec"
-        specs = {d["spec"]: d for d in c.get("/devices").json()}
-        assert specs[f"adb:127.0.0.1:{server.port}"]["registered"]
+def test_devices_register_the_phone_emulator_and_report_its_health(server, tmp_path):
+    from device_agent.phone_sim.server import PhoneSimulator
+
+    sim = PhoneSimulator(0, tmp_path / "phone", serial="SIM-SRV", model_name="Pixel 7").start()
+    try:
+        with server.client() as c:
+            listed = c.get("/devices").json()
+            assert listed["devices"][0]["spec"] == "local" and listed["devices"][0]["health"] == "ok"
+            r = c.post("/devices", json={"spec": sim.address, "name": "emulated Pixel 7"})
+            assert r.status_code == 201, r.text
+            dev = r.json()
+            assert dev["spec"] == f"adb:{sim.address}" and dev["source"] == "registered"
+            assert dev["health"] == "ok", dev
+            assert dev["info"].get("model") == "Pixel 7"
+            specs = [d["spec"] for d in c.get("/devices").json()["devices"]]
+            assert f"adb:{sim.address}" in specs
+            # A registered device is a valid job device; an unregistered one is refused, naming the field.
+            assert c.post("/jobs", json={**SMALL_JOB, "device": "adb:127.0.0.1:1"}).json()["detail"][0]["loc"] == ["body", "device"]
+            r = c.post("/devices", json={"spec": "adb:SERIAL123"})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "spec"
+    finally:
+        sim.stop()
 
 
 def test_generated_token_is_private_and_non_loopback_needs_a_token(tmp_path):

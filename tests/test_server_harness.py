@@ -37,6 +37,8 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "AMC_DATA_DIR": str(data_dir), "AMC_API_TOKEN": TOKEN,
                     "AMC_WORKER_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+                    # the profiler's device registry and ADB key: private to this test
+                    "AMC_CONFIG_DIR": str(data_dir.parent / "config"),
                     **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"uvicorn-{self.port}.log"

@@ -147,9 +147,11 @@ async function refreshList() {
 }
 
 async function refreshDevices() {
-  const devs = await getJSON("/devices");
-  $("#devices tbody").innerHTML = devs.map((d) => `<tr><td class="mono">${esc(d.spec)}</td><td>${esc(d.kind)}</td>
-    <td>${esc(d.name)}</td><td class="health-${esc(d.health)}">${esc(d.health)}</td><td>${esc(d.detail)}</td></tr>`).join("");
+  const data = await getJSON("/devices");
+  $("#devices tbody").innerHTML = data.devices.map((d) => `<tr><td class="mono">${esc(d.spec)}</td><td>${esc(d.source)}</td>
+    <td>${esc((d.info && (d.info.model || d.info.name)) || "")}</td><td class="health-${esc(d.health)}">${esc(d.health)}</td>
+    <td>${esc(d.detail)}</td></tr>`).join("");
+  $("#device-notes").textContent = data.notes.join(" ");
 }
 
 const jobView = { id: null, episodes: [], last: 0 };
@@ -197,6 +199,7 @@ window.addEventListener("DOMContentLoaded", () => {
     poll(refreshJob, 1000);
   } else {
     $("#list-view").hidden = false;
-    poll(async () => { const busy = await refreshList(); await refreshDevices(); return busy; }, 2000);
+    poll(refreshList, 2000);
+    poll(async () => { await refreshDevices(); return true; }, 15000);
   }
 });

@@ -1,29 +1,27 @@
-"""Devices: list with health, register a TCP device."""
+"""Devices: list with health, register a TCP device (the profiler's registry, shared with `amc devices`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, status
 
-from server import devices
-from server.api.deps import Authorized, StoreDep
+from server.api.deps import Authorized, ServiceDep
 from server.api.errors import DOMAIN_ERRORS, to_http
-from server.schemas import DeviceIn, DeviceOut
+from server.schemas import DeviceIn, DeviceList, DeviceOut
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 
-@router.get("", response_model=list[DeviceOut])
-async def list_devices(store: StoreDep) -> list[DeviceOut]:
-    """Devices a job can use (`local`, registered TCP devices, USB phones) with their health."""
-    found = await run_in_threadpool(devices.list_devices, store)
-    return [DeviceOut(**d.to_dict()) for d in found]
+@router.get("", response_model=DeviceList)
+def list_devices(service: ServiceDep, refresh: bool = Query(False, description="re-check health now")) -> DeviceList:
+    """Devices a job can use (`local`, USB phones, registered TCP devices) with their health."""
+    found, notes = service.devices.list(refresh=refresh)
+    return DeviceList(devices=[DeviceOut(**d.to_dict()) for d in found], notes=notes)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized], response_model=DeviceOut)
-def register_device(body: DeviceIn, store: StoreDep) -> DeviceOut:
-    """Register a device reachable over TCP (`adb:HOST:PORT`)."""
+def register_device(body: DeviceIn, service: ServiceDep) -> DeviceOut:
+    """Register a device reachable over TCP (`adb:HOST:PORT`), e.g. a phone with `adb tcpip` or `amc phone-sim`."""
     try:
-        return DeviceOut(**devices.register_device(store, body.spec, body.name).to_dict())
+        return DeviceOut(**service.devices.register(body.spec, body.name).to_dict())
     except DOMAIN_ERRORS as exc:
         raise to_http(exc) from None
