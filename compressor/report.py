@@ -19,7 +19,7 @@ def _fmt_ms(x: float | None) -> str:
 
 def comparison_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(name, summary) for baseline, the compared strategies and the search's result."""
-    rows = [("baseline (unpruned)", report["baseline"])]
+    rows = [("baseline", report["baseline"])]
     for name, summary in (report.get("compare") or {}).items():
         rows.append((name, summary))
     rows.append((report["strategy"], report["result"]))

@@ -84,7 +84,7 @@ def make_oracle(config: SearchConfig):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)
     try:
         config = config_from_args(args)
         out_dir = Path(args.resume or args.out)
