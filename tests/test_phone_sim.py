@@ -374,3 +374,50 @@ def test_amc_phone_sim_help_through_the_amc_cli() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "--auth-keys" in proc.stdout and "--model-name" in proc.stdout
+
+
+def test_device_vanishes_and_comes_back(sim: PhoneSimulator) -> None:
+    from adb_shell.adb_device import AdbDeviceTcp
+
+    device = AdbDeviceTcp("127.0.0.1", sim.port, default_transport_timeout_s=3)
+    device.connect(auth_timeout_s=5)
+    assert device.shell("echo before") == "before\n"
+    assert sim.disconnect_all() == 1  # the cable is pulled mid-session
+    with pytest.raises(Exception):  # noqa: B017 - adb-shell raises a transport-level error
+        device.shell("echo after", read_timeout_s=2)
+    device.close()
+
+    port = sim.port
+    sim.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    sim.start()  # the phone reboots and comes back at the same address
+    assert sim.port == port
+    again = AdbDeviceTcp("127.0.0.1", port, default_transport_timeout_s=5)
+    again.connect(auth_timeout_s=5)
+    assert again.shell("echo after") == "after\n"
+    again.close()
+
+
+def test_commands_die_with_their_connection(sim: PhoneSimulator) -> None:
+    from adb_shell.adb_device import AdbDeviceTcp
+
+    device = AdbDeviceTcp("127.0.0.1", sim.port, default_transport_timeout_s=3)
+    device.connect(auth_timeout_s=5)
+    with pytest.raises(Exception):  # noqa: B017 - adb-shell's read timeout
+        device.shell("echo $$ > /data/local/tmp/pid; exec sleep 300", read_timeout_s=1, timeout_s=1)
+    device.close()
+    pid = int((sim.sandbox.root / "pid").read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        # A killed child stays a zombie until reaped; treat that as dead too.
+        status = Path(f"/proc/{pid}/stat")
+        if status.exists() and status.read_text().split(")")[-1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the shell command (pid {pid}) outlived its connection")

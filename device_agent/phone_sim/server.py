@@ -389,6 +389,7 @@ class PhoneSimulator:
         self.allowed_keys: list[AdbPublicKey] | None = None
         self.stopping = False
         self._listener: socket.socket | None = None
+        self._port: int | None = None
         self._thread: threading.Thread | None = None
         self._connections: list[Connection] = []
         self._lock = threading.Lock()
@@ -397,15 +398,18 @@ class PhoneSimulator:
 
     @property
     def port(self) -> int:
-        if self._listener is None:
-            raise PhoneSimError("the phone emulator is not started")
-        return self._listener.getsockname()[1]
+        if self._port is None:
+            raise PhoneSimError("the phone emulator has not been started")
+        return self._port
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def start(self) -> PhoneSimulator:
+        if self._listener is not None and not self.stopping:
+            raise PhoneSimError(f"the phone emulator is already running on {self.address}")
+        self.stopping = False
         if self.auth_keys_path is not None:
             try:
                 self.allowed_keys = load_allow_list(self.auth_keys_path)
@@ -413,15 +417,18 @@ class PhoneSimulator:
                 raise PhoneSimError(str(exc)) from exc
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # A restarted emulator comes back on the port it had, like a phone reconnecting.
+        port = self._port if self._port is not None else self.requested_port
         try:
-            listener.bind((self.host, self.requested_port))
+            listener.bind((self.host, port))
         except OSError as exc:
             listener.close()
             raise PhoneSimError(
-                f"cannot listen on {self.host}:{self.requested_port}: {exc}; choose another --port (0 picks a free one)"
+                f"cannot listen on {self.host}:{port}: {exc}; choose another --port (0 picks a free one)"
             ) from exc
         listener.listen(16)
         self._listener = listener
+        self._port = listener.getsockname()[1]
         self.identity = DeviceIdentity(
             serial=self._serial or f"PHONESIM{self.port}", model_name=self.model_name, abi=self.abi
         )
@@ -464,7 +471,19 @@ class PhoneSimulator:
             logger.info("connection from %s", conn.peer)
             threading.Thread(target=conn.serve, name=f"phone-sim-conn-{addr[1]}", daemon=True).start()
 
+    def disconnect_all(self) -> int:
+        """Drop every client connection (like pulling the cable) but keep listening; returns how many."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)  # its serve thread then kills the running commands
+            except OSError:
+                pass
+        return len(connections)
+
     def stop(self) -> None:
+        """Stop listening, drop all connections and kill their commands. `start()` may be called again."""
         self.stopping = True
         if self._listener is not None:
             try:
@@ -472,13 +491,7 @@ class PhoneSimulator:
             except OSError:
                 pass
             self._listener.close()
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.disconnect_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if hasattr(self, "sandbox"):
