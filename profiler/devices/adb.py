@@ -195,6 +195,27 @@ class AdbDevice(Device):
         return health
 
 
+def _eof_aware_transport_class():
+    from adb_shell.exceptions import AdbConnectionError
+    from adb_shell.transport.tcp_transport import TcpTransport
+
+    class EofAwareTcpTransport(TcpTransport):
+        """adb-shell's TCP transport treats a closed socket as "no data yet" and spins until its read
+        timeout (minutes during a long measurement); a vanished device should fail at once."""
+
+        def bulk_read(self, numbytes, transport_timeout_s):
+            data = super().bulk_read(numbytes, transport_timeout_s)
+            if not data:
+                raise AdbConnectionError("the device closed the connection")
+            return data
+
+    return EofAwareTcpTransport
+
+
+def _EofAwareTcpTransport(host: str, port: int):  # noqa: N802 - builds the class lazily (adb-shell import)
+    return _eof_aware_transport_class()(host, port)
+
+
 class AdbTcpDevice(AdbDevice):
     """`adb:HOST:PORT`: a phone with `adb tcpip` enabled, or the phone emulator."""
 
@@ -203,7 +224,7 @@ class AdbTcpDevice(AdbDevice):
         self.host, self.port = host, port
 
     def _make_adb(self) -> Any:
-        from adb_shell.adb_device import AdbDeviceTcp
+        from adb_shell.adb_device import AdbDevice as AdbDevice_
 
         try:  # fail fast with a clear message when nothing listens
             socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s).close()
@@ -211,7 +232,8 @@ class AdbTcpDevice(AdbDevice):
             raise DeviceUnavailable(self.spec, f"nothing answers on {self.host}:{self.port} ({exc})",
                                     hint="is the phone on the network with `adb tcpip` enabled, "
                                          "or `amc phone-sim` running?") from exc
-        return AdbDeviceTcp(self.host, self.port, default_transport_timeout_s=self.connect_timeout_s)
+        return AdbDevice_(_EofAwareTcpTransport(self.host, self.port),
+                          default_transport_timeout_s=self.connect_timeout_s)
 
 
 class AdbUsbDevice(AdbDevice):

@@ -1,0 +1,156 @@
+"""Phones over ADB, played by the project's phone emulator on loopback: measurements agree with the
+local device, models and the agent are pushed once, RSA auth, and an emulator killed mid-measurement
+gives a retry on another device or a clear DeviceUnavailable."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from device_agent.phone_sim.server import PhoneSimulator
+from profiler.devices import AdbTcpDevice, LocalDevice, open_device
+from profiler.devices.keys import ensure_adb_key
+from profiler.errors import DeviceUnavailable
+from profiler.export import export_onnx
+from profiler.pool import DevicePool
+from profiler.protocol import MeasureConfig
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AMC_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    return ensure_adb_key(tmp_path / "config" / "adbkey")
+
+
+@pytest.fixture
+def phone(tmp_path: Path, key: Path):
+    """An emulated phone that trusts our key; its /data/local/tmp is `sim.root`."""
+    sim = PhoneSimulator(port=0, root=tmp_path / "phone", serial="SIMA", auth_keys=str(key) + ".pub").start()
+    yield sim
+    sim.stop()
+
+
+def _device(sim: PhoneSimulator, key: Path, **kw) -> AdbTcpDevice:
+    device = open_device(f"adb:127.0.0.1:{sim.port}", key_path=key, **kw)
+    assert isinstance(device, AdbTcpDevice)
+    return device
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    return export_onnx(model, torch.randn(1, 3, 16, 16), tmp_path_factory.mktemp("m") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def few_ms_onnx(tmp_path_factory) -> Path:
+    """A model that takes a few milliseconds on one thread."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 48, 3, padding=1), nn.BatchNorm2d(48), nn.ReLU(),
+                          nn.Conv2d(48, 48, 3, padding=1), nn.ReLU())
+    return export_onnx(model, torch.randn(1, 16, 32, 32), tmp_path_factory.mktemp("m") / "few_ms.onnx")
+
+
+def test_health_and_identity(phone: PhoneSimulator, key: Path) -> None:
+    device = _device(phone, key)
+    health = device.health()
+    assert health.ok, health.detail
+    assert health.info["model"] == "AMC PhoneSim" and health.info["python"]
+    device.close()
+
+
+def test_emulator_agrees_with_local(phone: PhoneSimulator, key: Path, few_ms_onnx: Path) -> None:
+    config = MeasureConfig(threads=1, warmup=10, runs=60)
+    device, local = _device(phone, key), LocalDevice()
+    sim_ms, local_ms = [], []
+    for _ in range(3):  # interleaved, so load from other processes hits both alike
+        sim_ms.append(device.measure(few_ms_onnx, config).median_ms)
+        local_ms.append(local.measure(few_ms_onnx, config).median_ms)
+    s, lo = statistics.median(sim_ms), statistics.median(local_ms)
+    assert abs(s - lo) / lo < 0.15, (sim_ms, local_ms)
+    m = device.measure(few_ms_onnx, config)
+    assert m.min_ms <= m.median_ms <= m.p90_ms <= m.max_ms
+    assert m.device_info["serial"] == "SIMA"
+    device.close()
+
+
+def test_model_and_agent_are_pushed_once(phone: PhoneSimulator, key: Path, tiny_onnx: Path) -> None:
+    config = MeasureConfig(warmup=1, runs=5)
+    device = _device(phone, key)
+    device.measure(tiny_onnx, config)
+    device.measure(tiny_onnx, MeasureConfig(warmup=1, runs=6))
+    assert (device.model_pushes, device.agent_pushes) == (1, 1)
+    device.close()
+    # A new connection (another host process) finds both already on the phone.
+    again = _device(phone, key)
+    again.measure(tiny_onnx, config)
+    assert (again.model_pushes, again.agent_pushes) == (0, 0)
+    models = list((Path(phone.sandbox.root) / "amc" / "models").iterdir())
+    assert [p.name for p in models] == [f"{again.measure(tiny_onnx, config).model_sha256}.onnx"]
+    assert (Path(phone.sandbox.root) / "amc" / "device_agent" / "__main__.py").is_file()
+    assert not (Path(phone.sandbox.root) / "amc" / "device_agent" / "phone_sim").exists()
+    again.close()
+
+
+def test_untrusted_key_is_refused(tmp_path: Path, key: Path, tiny_onnx: Path) -> None:
+    other = ensure_adb_key(tmp_path / "other" / "adbkey")
+    sim = PhoneSimulator(port=0, root=tmp_path / "strict", auth_keys=str(other) + ".pub").start()
+    try:
+        device = _device(sim, key, auth_timeout_s=2.0, connect_timeout_s=3.0)
+        with pytest.raises(DeviceUnavailable):
+            device.measure(tiny_onnx, MeasureConfig(warmup=1, runs=3))
+        assert not device.health().ok
+    finally:
+        sim.stop()
+
+
+def test_nothing_listening_is_device_unavailable(tiny_onnx: Path, key: Path) -> None:
+    device = open_device("adb:127.0.0.1:1", key_path=key)
+    with pytest.raises(DeviceUnavailable, match="nothing answers"):
+        device.measure(tiny_onnx, MeasureConfig(warmup=1, runs=3))
+
+
+def _kill_soon(sim: PhoneSimulator, delay_s: float) -> threading.Thread:
+    t = threading.Thread(target=lambda: (time.sleep(delay_s), sim.stop()), daemon=True)
+    t.start()
+    return t
+
+
+def test_killed_emulator_is_retried_on_another(tmp_path: Path, key: Path, few_ms_onnx: Path) -> None:
+    a = PhoneSimulator(port=0, root=tmp_path / "a", serial="SIMA", auth_keys=str(key) + ".pub").start()
+    b = PhoneSimulator(port=0, root=tmp_path / "b", serial="SIMB", auth_keys=str(key) + ".pub").start()
+    try:
+        dev_a, dev_b = _device(a, key), _device(b, key)
+        dev_a.ensure_agent()  # so the kill lands during the timed runs, not the install
+        pool = DevicePool([dev_a, dev_b], quarantine_after=1, cooloff_s=60)
+        killer = _kill_soon(a, 1.0)
+        m = pool.measure(few_ms_onnx, MeasureConfig(warmup=5, runs=2000), deadline_s=120)
+        killer.join()
+        assert m is not None and m.device_id == dev_b.id
+        assert pool.state(dev_a.spec).failures == 1 and pool.is_quarantined(dev_a.spec)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_killed_emulator_alone_is_device_unavailable(phone: PhoneSimulator, key: Path, few_ms_onnx: Path) -> None:
+    device = _device(phone, key)
+    device.ensure_agent()
+    killer = _kill_soon(phone, 1.0)
+    with pytest.raises(DeviceUnavailable) as err:
+        device.measure(few_ms_onnx, MeasureConfig(warmup=5, runs=2000))
+    killer.join()
+    assert err.value.device == device.spec
+    assert not device.health().ok
