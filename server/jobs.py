@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.config import SearchConfig
 from compressor.errors import ConfigError, SearchCancelled
 from server.core.config import Settings
-from server.devices import DeviceDirectory
 from server.store import InvalidTransition, Job, JobState, Store
+
+if TYPE_CHECKING:  # the job processes import this module; they need no device code
+    from server.devices import DeviceDirectory
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,15 @@ class JobService:
     _thread: threading.Thread | None = None
     _shutdown: Any = None  # mp.Event shared with every job process
     _validated: dict[str, bool] = field(default_factory=dict)
-    devices: DeviceDirectory = field(default_factory=DeviceDirectory)
+    _devices: DeviceDirectory | None = None
+
+    @property
+    def devices(self) -> DeviceDirectory:
+        if self._devices is None:
+            from server.devices import DeviceDirectory
+
+            self._devices = DeviceDirectory()
+        return self._devices
 
     # -- lifecycle
     def start(self) -> None:
@@ -128,6 +138,9 @@ class JobService:
             log.warning("resuming %d job(s) interrupted by a restart: %s", len(resumed), ", ".join(resumed))
         self._thread = threading.Thread(target=self._loop, name="amc-dispatcher", daemon=True)
         self._thread.start()
+        # Import the search (torch) now rather than in the first POST /jobs.
+        threading.Thread(target=load_search_module, args=(self.settings.search_module,), name="amc-warmup",
+                         daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop dispatching; running jobs stop at their next episode and resume on the next start."""

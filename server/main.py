@@ -9,7 +9,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from server.api.routes import devices, health, jobs, pages, uploads
@@ -48,6 +49,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    upload_limit = int(settings.max_upload_mb * 1024 * 1024) + 64 * 1024  # + multipart framing
+
+    @app.middleware("http")
+    async def refuse_oversized_uploads(request: Request, call_next) -> Response:  # noqa: ANN001
+        # Refuse before the body is read and spooled; the streaming check in save_upload catches
+        # uploads that send no Content-Length.
+        length = request.headers.get("content-length")
+        if request.url.path == "/uploads" and length and length.isdigit() and int(length) > upload_limit:
+            return JSONResponse({"detail": f"the upload is larger than this server's limit of "
+                                           f"{settings.max_upload_mb:g} MB (AMC_MAX_UPLOAD_MB)"}, status_code=413)
+        return await call_next(request)
+
     for module in (jobs, devices, uploads, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -138,6 +138,17 @@ def test_uploads_load_weights_only_and_refuse_pickles(server):
         assert r.status_code == 422 and ".onnx" in r.text
 
 
+def test_uploads_are_size_limited(tmp_path):
+    srv = ServerProcess(tmp_path / "data", env={"AMC_MAX_UPLOAD_MB": "0.01"}).start()  # 10 kB
+    try:
+        with srv.client() as c:
+            r = c.post("/uploads", files={"file": ("big.onnx", b"\0" * 200_000)})
+            assert r.status_code == 413 and "AMC_MAX_UPLOAD_MB" in r.text
+            assert not list((tmp_path / "data" / "uploads").iterdir())  # nothing kept
+    finally:
+        srv.stop()
+
+
 def test_devices_register_the_phone_emulator_and_report_its_health(server, tmp_path):
     from device_agent.phone_sim.server import PhoneSimulator
 
