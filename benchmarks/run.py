@@ -1,0 +1,89 @@
+"""`make bench`: run the benchmarks and write their results into docs/BENCHMARKS.md.
+
+Each benchmark is a module with `main(argv) -> int` that prints a markdown section on stdout (progress
+goes to stderr). Its section in docs/BENCHMARKS.md is replaced between markers, together with the exact
+command and the date, so the file always says what produced each number.
+
+    python -m benchmarks.run                  # all
+    python -m benchmarks.run search server    # some
+    python -m benchmarks.run search -- --episodes 100   # extra arguments for the (single) benchmark
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib
+import io
+import platform
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "BENCHMARKS.md"
+
+BENCHMARKS = {
+    "search": ("benchmarks.bench_search", "Search quality and time per episode (issue: search engine)"),
+    "latency": ("benchmarks.bench_latency", "Latency lookup table, measurement noise, ADB overhead"),
+    "server": ("benchmarks.bench_server", "Orchestrator under load"),
+}
+
+HEADER = """# Benchmarks
+
+Every number below was produced by the command shown with it, on the machine named with it.
+`make bench` re-runs all of them and rewrites the sections (`python -m benchmarks.run NAME` for one).
+"""
+
+
+def _section(name: str, body: str, command: str) -> str:
+    title = BENCHMARKS[name][1]
+    machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}"
+    return (f"<!-- bench:{name} -->\n## {title}\n\n`{command}` — {dt.date.today().isoformat()}, {machine}\n\n"
+            f"{body.strip()}\n<!-- /bench:{name} -->\n")
+
+
+def write_section(name: str, body: str, command: str) -> None:
+    text = DOC.read_text() if DOC.is_file() else HEADER
+    section = _section(name, body, command)
+    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    status = 0
+    for name in names:
+        module_name = BENCHMARKS[name][0]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            print(f"{name}: not available ({exc})", file=sys.stderr)
+            continue
+        print(f"== {name} ==", file=sys.stderr, flush=True)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = module.main(extra)
+        body = out.getvalue()
+        print(body)
+        if rc != 0 or not body.strip():
+            print(f"{name}: exited {rc} without results; docs/BENCHMARKS.md left as it was", file=sys.stderr)
+            status = status or rc or 1
+            continue
+        command = f"python -m {module_name}" + (" " + " ".join(extra) if extra else "")
+        write_section(name, body, command)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
