@@ -74,8 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--model", required=True, help="zoo name or package.module:factory")
     build.add_argument("--round-to", type=int, default=8, help="channel rounding of the search (default 8)")
     build.add_argument("--a-min", type=float, default=0.2, help="smallest preserve ratio (default 0.2)")
-    build.add_argument("--max-points", type=int, default=4,
-                       help="channel counts timed per axis, the rest interpolated (0: all; default 4)")
+    build.add_argument("--max-points", type=int, default=3,
+                       help="channel counts timed per axis, the rest interpolated (0: all; default 3)")
+    build.add_argument("--calibration-variants", type=int, default=3,
+                       help="pruned variants measured whole, besides the full model, to calibrate (default 3)")
     build.add_argument("--runs", type=int, default=15, help="timed runs per kernel (default 15)")
     build.add_argument("--out", type=Path, default=None, help="LUT folder (default ~/.cache/amc/lut)")
     build.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -256,8 +258,7 @@ def run_lut_build(args: argparse.Namespace) -> int:
     from compressor.errors import AmcError
     from profiler.cache import MeasurementCache
     from profiler.devices import open_device
-    from profiler.export import export_onnx
-    from profiler.lut import build_lut, load_or_new, model_kernels
+    from profiler.lut import build_lut, calibration_set, load_or_new, model_kernels
     from profiler.paths import default_cache_path, default_lut_dir
     from profiler.protocol import MeasureConfig
 
@@ -270,12 +271,13 @@ def run_lut_build(args: argparse.Namespace) -> int:
         table.meta["device_spec"] = args.device
         mk = model_kernels(model, example, round_to=args.round_to, a_min=args.a_min)
         with tempfile.TemporaryDirectory(prefix="amc-lut-") as tmp:
-            full = export_onnx(model, example, Path(tmp) / "full.onnx")
-            with _progress(not args.json and sys.stderr.isatty() or not args.json, f"LUT {args.device}") as cb:
+            calibrate = calibration_set(model, example, Path(tmp), variants=args.calibration_variants,
+                                        round_to=args.round_to, a_min=args.a_min)
+            with _progress(not args.json, f"LUT {args.device}") as cb:
                 table = build_lut(device, mk, runtime=args.runtime, config=config, table=table,
                                   max_points=args.max_points or None, round_to=args.round_to, a_min=args.a_min,
                                   cache=MeasurementCache(default_cache_path()),
-                                  calibrate_with=[(mk.kernels, full)], progress=cb)
+                                  calibrate_with=calibrate, progress=cb)
     except AmcError as exc:
         return _fail(str(exc))
     finally:

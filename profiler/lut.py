@@ -295,7 +295,8 @@ class ModelKernels:
     kernels: list[KernelSpec]
     cin_options: list[list[int]]
     cout_options: list[list[int]]
-    sampler: Callable[[random.Random], tuple[list[KernelSpec], Any]] | None = None
+    # rng -> (kernels, build) of a random pruned variant; rng None gives the narrowest one.
+    sampler: Callable[[random.Random | None], tuple[list[KernelSpec], Any]] | None = None
 
 
 def model_kernels(model: torch.nn.Module, example_input: torch.Tensor, *, round_to: int = 8,
@@ -320,8 +321,9 @@ def model_kernels(model: torch.nn.Module, example_input: torch.Tensor, *, round_
                     cins[i].add(k.cin)
                     couts[i].add(k.cout)
 
-        def sample(rng: random.Random) -> tuple[list[KernelSpec], Any]:
-            kept = [rng.choice(unit.candidates) for unit in pruner.units]
+        def sample(rng: random.Random | None) -> tuple[list[KernelSpec], Any]:
+            # rng None: the narrowest network (every unit at its smallest count).
+            kept = [rng.choice(u.candidates) if rng else u.candidates[0] for u in pruner.units]
             return cm.kernels(kept), (lambda: pruner.apply(kept).model)
 
         return ModelKernels(base, [sorted(s) for s in cins], [sorted(s) for s in couts], sample)
@@ -368,7 +370,7 @@ def time_kernel(device: Device, spec: KernelSpec, *, runtime: str, config: Measu
 
 def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, runtime: str = "onnxruntime",
               config: MeasureConfig | None = None, lut_dir: Path | None = None,
-              table: LatencyTable | None = None, max_points: int | None = 4, round_to: int = 8,
+              table: LatencyTable | None = None, max_points: int | None = 3, round_to: int = 8,
               a_min: float = 0.2, cache: MeasurementCache | None = None,
               calibrate_with: Sequence[tuple[Sequence[KernelSpec], Path]] = (),
               progress: Progress | None = None, work_dir: Path | None = None) -> LatencyTable:
@@ -451,7 +453,8 @@ class LutCheck:
 
 
 def random_variants(model: torch.nn.Module, example_input: torch.Tensor, n: int, *, seed: int = 0,
-                    round_to: int = 8, a_min: float = 0.2) -> list[tuple[list[KernelSpec], torch.nn.Module]]:
+                    round_to: int = 8, a_min: float = 0.2,
+                    include_smallest: bool = False) -> list[tuple[list[KernelSpec], torch.nn.Module]]:
     """`n` randomly pruned copies of `model` with their kernel lists (through the search's pruner)."""
     mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min)
     if mk.sampler is None:
@@ -459,9 +462,22 @@ def random_variants(model: torch.nn.Module, example_input: torch.Tensor, n: int,
                        "handle this model")
     rng = random.Random(seed)
     out = []
-    for _ in range(n):
-        ks, build = mk.sampler(rng)
+    for i in range(n):
+        ks, build = mk.sampler(None if include_smallest and i == 0 else rng)
         out.append((ks, build()))
+    return out
+
+
+def calibration_set(model: torch.nn.Module, example_input: torch.Tensor, work_dir: Path, *, variants: int = 3,
+                    round_to: int = 8, a_min: float = 0.2, seed: int = 0) -> list[tuple[list[KernelSpec], Path]]:
+    """Whole models to calibrate a table on: the full model, the narrowest variant and random ones,
+    exported to ONNX. The spread of widths pins down the calibration's slope, not only its offset."""
+    mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min)
+    out = [(mk.kernels, export_onnx(model, example_input, Path(work_dir) / "full.onnx"))]
+    if mk.sampler is not None and variants > 0:
+        for i, (ks, variant) in enumerate(random_variants(model, example_input, variants, seed=seed,
+                                                          round_to=round_to, a_min=a_min, include_smallest=True)):
+            out.append((ks, export_onnx(variant, example_input, Path(work_dir) / f"variant{i}.onnx")))
     return out
 
 

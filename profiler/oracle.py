@@ -15,7 +15,15 @@ from profiler.cache import MeasurementCache
 from profiler.devices import open_device, parse_device_spec
 from profiler.export import export_onnx
 from profiler.kernels import search_kernels
-from profiler.lut import LatencyTable, Progress, build_lut, load_or_new, model_kernels, structure_key
+from profiler.lut import (
+    LatencyTable,
+    Progress,
+    build_lut,
+    calibration_set,
+    load_or_new,
+    model_kernels,
+    structure_key,
+)
 from profiler.paths import default_cache_path, default_lut_dir
 from profiler.pool import DevicePool
 from profiler.protocol import MeasureConfig, check_runtime
@@ -66,7 +74,7 @@ class LutOracle:
 def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int = 1,
                 lut_dir: Path | None = None, model: torch.nn.Module | None = None,
                 example_input: torch.Tensor | None = None, round_to: int = 8, a_min: float = 0.2,
-                max_points: int | None = 4, progress: Progress | None = None,
+                max_points: int | None = 3, calibration_variants: int = 3, progress: Progress | None = None,
                 cache: MeasurementCache | None = None, pool: DevicePool | None = None,
                 kernel_config: MeasureConfig | None = None, device_options: dict | None = None) -> LatencyOracle:
     """Turn `--device SPEC` into an oracle. With `model` and `example_input`, the device's table is
@@ -89,8 +97,8 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
         tmp = None
         if structure_key(mk.kernels) not in table.calibrations:
             tmp = tempfile.TemporaryDirectory(prefix="amc-oracle-")
-            full = export_onnx(model, example_input, Path(tmp.name) / "full.onnx")
-            calibrate.append((mk.kernels, full))
+            calibrate = calibration_set(model, example_input, Path(tmp.name), variants=calibration_variants,
+                                        round_to=round_to, a_min=a_min)
         try:
             build_lut(device, mk, runtime=runtime, config=config, table=table, max_points=max_points,
                       round_to=round_to, a_min=a_min, cache=cache, calibrate_with=calibrate, progress=progress)
