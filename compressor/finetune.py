@@ -23,6 +23,7 @@ def finetune(
     batch_size: int = 64,
     weight_decay: float = 5e-4,
     progress: ProgressFn | None = None,
+    num_threads: int | None = None,
 ) -> nn.Module:
     """Fine-tune `model` in place for `epochs` epochs and return it (eval mode).
 
@@ -40,4 +41,5 @@ def finetune(
         seed=seed,
         weight_decay=weight_decay,
         progress=progress,
+        num_threads=num_threads,
     )
