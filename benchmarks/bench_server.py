@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         with Server(Path(tmp) / "api") as srv:
             specs = [("POST", "/jobs", {**SPEC, "seed": i}) for i in range(args.posts)]
             lat, wall, bodies = asyncio.run(hammer(srv.url, specs, args.clients))
-            lines.append(row(f"POST /jobs ({args.clients} clients)", lat, wall))
+            lines.append(row(f"POST /jobs ({args.clients} clients, a search running)", lat, wall))
             ids = [b["id"] for b in bodies]
             gets = [("GET", f"/jobs/{ids[i % len(ids)]}", None) for i in range(args.gets)]
             lat, wall, _ = asyncio.run(hammer(srv.url, gets, args.clients))
-            lines.append(row(f"GET /jobs/{{id}} ({args.clients} clients)", lat, wall))
+            lines.append(row(f"GET /jobs/{{id}} ({args.clients} clients, a search running)", lat, wall))
             with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
                 for job_id in ids:  # do not leave 200 searches running
                     c.post(f"/jobs/{job_id}/cancel")
@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                              timed_gets(srv.url, "/jobs?limit=200", 50)))
             lines.append(row(f"GET /jobs?limit=1000 ({args.jobs} jobs)", timed_gets(srv.url, "/jobs?limit=1000", 20)))
             some = f"/jobs/{args.jobs // 2:032x}"
+            gets = [("GET", f"/jobs/{i % args.jobs:032x}", None) for i in range(args.gets)]
+            lat, wall, _ = asyncio.run(hammer(srv.url, gets, args.clients))
+            lines.append(row(f"GET /jobs/{{id}} ({args.clients} clients, idle workers)", lat, wall))
+            lines.append(row("GET /jobs/{id} (1 client)", timed_gets(srv.url, some, 200)))
             lines.append(row("GET /jobs/{id}/episodes (20 episodes)", timed_gets(srv.url, some + "/episodes", 100)))
 
     print(f"Server benchmark on loopback ({os.cpu_count()} CPUs, 1 uvicorn worker, SQLite WAL; "
