@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cpu-mask", default=None, help="pin to CPUs, hexadecimal mask such as 0xf0 (Linux)")
     bench.add_argument("--cooldown", type=float, default=0.0, help="seconds to idle before timing")
     bench.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    bench.add_argument("--samples", action="store_true", help="also report every timed run (samples_ms)")
 
     sub.add_parser("info", help="print what the device says about itself")
     return parser
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_mask=args.cpu_mask,
             cooldown_s=args.cooldown,
             seed=args.seed,
+            keep_samples=args.samples,
         )
         _emit(dict(run_bench(config)))
         return 0

@@ -28,6 +28,7 @@ class BenchConfig:
     cpu_mask: str | None = None
     cooldown_s: float = 0.0
     seed: int = 0
+    keep_samples: bool = False
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -121,7 +122,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         samples.append((clock() - t0) / 1e6)
     temp_after, _ = deviceinfo.temperature()
 
-    return {
+    result: BenchResult = {
         "schema": SCHEMA_VERSION,
         "kind": "bench",
         "ok": True,
@@ -142,3 +143,6 @@ def run_bench(config: BenchConfig) -> BenchResult:
         "temperature_before_c": temp_before,
         "temperature_after_c": temp_after,
     }
+    if config.keep_samples:
+        result["samples_ms"] = samples
+    return result

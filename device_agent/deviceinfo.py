@@ -42,8 +42,8 @@ def _read_text(path: Path | str) -> str | None:
         return None
 
 
-def cpu_governor() -> str | None:
-    return _read_text(GOVERNOR_PATH)
+def cpu_governor(path: Path = GOVERNOR_PATH) -> str | None:
+    return _read_text(path)
 
 
 def _zone_temperature(zone: str) -> float | None:
@@ -59,10 +59,10 @@ def _zone_temperature(zone: str) -> float | None:
     return round(celsius, 2)
 
 
-def temperature() -> tuple[float | None, str | None]:
+def temperature(zones_glob: str = THERMAL_GLOB) -> tuple[float | None, str | None]:
     """(°C, zone type) of the most CPU-like readable thermal zone, or (None, None)."""
     readings: list[tuple[str, float]] = []
-    for zone in sorted(glob.glob(THERMAL_GLOB)):
+    for zone in sorted(glob.glob(zones_glob)):
         value = _zone_temperature(zone)
         if value is None:
             continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 SCHEMA_VERSION = 1
 
@@ -38,7 +38,10 @@ class InputInfo(TypedDict):
 
 
 class BenchResult(TypedDict):
-    """One benchmark run: timings in milliseconds over `runs` timed inferences after `warmup` untimed ones."""
+    """One benchmark run: timings in milliseconds over `runs` timed inferences after `warmup` untimed ones.
+
+    `samples_ms` (every timed run, in order) is present only when the agent ran with `--samples`.
+    """
 
     schema: int
     kind: Literal["bench"]
@@ -64,6 +67,7 @@ class BenchResult(TypedDict):
     device: DeviceInfo
     temperature_before_c: float | None
     temperature_after_c: float | None
+    samples_ms: NotRequired[list[float]]
 
 
 class InfoResult(TypedDict):
@@ -273,6 +277,13 @@ def parse_result(text: str) -> dict[str, Any]:
             raise ResultParseError(
                 f"{name} = {obj[name]} lies outside [min_ms, max_ms] = [{lo}, {hi}]", text=text
             )
+    samples = obj.get("samples_ms")
+    if samples is not None and (
+        not isinstance(samples, list)
+        or len(samples) != obj["runs"]
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in samples)
+    ):
+        raise ResultParseError(f"samples_ms must be a list of {obj['runs']} numbers", text=text)
     for spec in obj["inputs"]:
         if not (isinstance(spec, dict) and isinstance(spec.get("shape"), list)):
             raise ResultParseError(f"input entry {spec!r} lacks a shape list", text=text)

@@ -82,6 +82,33 @@ def test_bench_prints_valid_result_from_copied_folder(device_dir: Path) -> None:
     assert result["runtime_version"]
 
 
+def test_samples_are_reported_on_request(device_dir: Path) -> None:
+    rc, obj = run_agent(device_dir, "bench", "model.onnx", "--runs", "7", "--warmup", "0", "--samples")
+    assert rc == 0
+    result = parse_result(json.dumps(obj))
+    samples = result["samples_ms"]
+    assert len(samples) == 7
+    assert result["min_ms"] == min(samples) and result["max_ms"] == max(samples)
+    assert result["median_ms"] == pytest.approx(float(np.median(samples)))
+
+
+def test_temperature_prefers_the_cpu_zone(tmp_path: Path) -> None:
+    from device_agent.deviceinfo import cpu_governor, temperature
+
+    for index, (zone_type, millideg) in enumerate(
+        [("battery", "30000"), ("cpu-0-0-usr", "45500"), ("gpu", "x")]
+    ):
+        zone = tmp_path / f"thermal_zone{index}"
+        zone.mkdir()
+        (zone / "type").write_text(zone_type + "\n")
+        (zone / "temp").write_text(millideg + "\n")
+    assert temperature(str(tmp_path / "thermal_zone*")) == (45.5, "cpu-0-0-usr")
+    assert temperature(str(tmp_path / "absent*")) == (None, None)
+    (tmp_path / "scaling_governor").write_text("schedutil\n")
+    assert cpu_governor(tmp_path / "scaling_governor") == "schedutil"
+    assert cpu_governor(tmp_path / "missing") is None
+
+
 def test_cpu_mask_pins_the_process(device_dir: Path) -> None:
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no sched_setaffinity on this platform")
@@ -163,6 +190,7 @@ def test_parse_result_accepts_noise_around_the_json() -> None:
         lambda r: r.update(schema=99),
         lambda r: r["device"].pop("cores"),
         lambda r: r.update(kind="other"),
+        lambda r: r.update(samples_ms=[1.0]),  # runs is 3
     ],
 )
 def test_parse_result_rejects_malformed(mutate) -> None:
