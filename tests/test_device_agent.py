@@ -229,3 +229,13 @@ def test_litert_runtime_times_a_tflite_model(device_dir: Path) -> None:
     # The same file through onnxruntime is a clear load error, not a crash.
     rc, obj = run_agent(device_dir, "bench", "tiny.tflite", "--runtime", "onnxruntime")
     assert rc != 0 and obj["error_type"] == "ModelLoadError"
+
+
+def test_runtime_not_installed_is_a_json_error(device_dir: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tflite_runtime") is not None:
+        pytest.skip("tflite_runtime is installed here")
+    rc, obj = run_agent(device_dir, "bench", "model.onnx", "--runtime", "tflite_runtime")
+    assert rc != 0 and obj["error_type"] == "RuntimeUnavailable"
+    assert "not installed" in obj["error"] and "litert" in obj["error"]
