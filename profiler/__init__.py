@@ -1,2 +1,19 @@
 """Latency truth: devices (local CPU, ADB over USB/TCP), device pool, measurement protocol,
-result cache, per-device latency lookup tables and parsers for stock benchmark tools."""
+result cache, per-device latency lookup tables and parsers for stock benchmark tools.
+
+Map of the package (each layer only looks down):
+
+- `protocol`   `MeasureConfig` (threads, warm-up, runs, CPU mask, cool-down) and `Measurement`.
+- `devices/`   `Device` ABC and the `DEVICE_KINDS` registry: `local` (the agent as a subprocess),
+               `adb:HOST:PORT` / `adb:SERIAL` (adb-shell; agent and models pushed once, by hash);
+               `parse_device_spec`, `open_device`; `keys` (the host's ADB RSA key, 0600).
+- `benchmark_model`  driver and parser for the stock TFLite `benchmark_model` binary.
+- `cache`      SQLite (WAL) cache keyed by device id, runtime, threads, CPU mask and model sha256;
+               `measure.measure(device, path, config, cache=...)` goes through it.
+- `pool`       `DevicePool`: leasing, retries on another device, quarantine, deadlines.
+- `registry`   registered TCP devices and `discover()` for `amc devices`.
+- `kernels`    fused kernels of a PyTorch model, single-kernel models for timing.
+- `lut`        lookup tables: `build_lut`, interpolation, calibration (`observe`), `check_lut`.
+- `oracle`     `LutOracle` (compressor.latency.LatencyOracle) and `make_oracle(device_spec, ...)`.
+- `cli`        `amc bench`, `amc devices`, `amc lut build|check`.
+"""
