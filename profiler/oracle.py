@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compressor.latency import KernelSpec, LatencyOracle
 from profiler.cache import MeasurementCache
-from profiler.devices import open_device, parse_device_spec
+from profiler.devices import Device, open_device, parse_device_spec
 from profiler.export import export_onnx
 from profiler.kernels import search_kernels
 from profiler.lut import (
     LatencyTable,
+    ModelKernels,
     Progress,
+    _candidates,
     build_lut,
     calibration_set,
     load_or_new,
     model_kernels,
+    shape_key,
     structure_key,
 )
 from profiler.paths import default_cache_path, default_lut_dir
@@ -40,7 +44,10 @@ class LutOracle:
 
     def __init__(self, table: LatencyTable, pool: DevicePool | None, *, runtime: str = "onnxruntime",
                  config: MeasureConfig | None = None, deadline_s: float | None = 180.0,
-                 name: str | None = None, save: bool = True):
+                 name: str | None = None, save: bool = True, builder: Device | None = None,
+                 kernel_config: MeasureConfig | None = None, cache: MeasurementCache | None = None,
+                 round_to: int = 8, a_min: float = 0.2, max_points: int | None = 3,
+                 progress: Progress | None = None):
         self.table = table
         self.pool = pool
         self.runtime = check_runtime(runtime)
@@ -49,9 +56,36 @@ class LutOracle:
         self.name = name or f"lut:{table.meta.get('device_spec', table.device_id)}:{runtime}"
         self.save = save
         self.measurements = 0
+        # With a builder device, kernel shapes the table has never seen are timed on first use.
+        self.builder = builder
+        self._build_args = {"config": kernel_config or MeasureConfig(threads=table.threads, warmup=3, runs=15),
+                            "cache": cache, "round_to": round_to, "a_min": a_min, "max_points": max_points,
+                            "progress": progress}
+        self._lock = threading.Lock()
 
     def predict_ms(self, kernels: Sequence[KernelSpec]) -> float:
+        if self.builder is not None:
+            missing = [k for k in kernels if shape_key(k) not in self.table.entries]
+            if missing:
+                self._complete(missing)
         return self.table.predict_ms(kernels)
+
+    def _complete(self, missing: list[KernelSpec]) -> None:
+        with self._lock:
+            missing = [k for k in missing if shape_key(k) not in self.table.entries]
+            if not missing:
+                return
+            log.info("timing %d kernel shape(s) %s has not seen", len({shape_key(k) for k in missing}),
+                     self.table.device_id)
+            a = self._build_args
+            # Which widths the search may give these kernels is unknown here: every count the
+            # rounding allows up to the width seen (wider ones extrapolate).
+            mk = ModelKernels(missing,
+                              [_candidates(k.cin, a_min=a["a_min"], round_to=a["round_to"]) for k in missing],
+                              [_candidates(k.cout, a_min=a["a_min"], round_to=a["round_to"]) for k in missing])
+            build_lut(self.builder, mk, runtime=self.runtime, config=a["config"], table=self.table,
+                      max_points=a["max_points"], round_to=a["round_to"], a_min=a["a_min"], cache=a["cache"],
+                      progress=a["progress"])
 
     def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor) -> float | None:
         if self.pool is None:
@@ -106,4 +140,5 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
             if tmp is not None:
                 tmp.cleanup()
     return LutOracle(table, pool, runtime=runtime, config=MeasureConfig(threads=threads),
-                     name=f"lut:{device_spec}:{runtime}")
+                     name=f"lut:{device_spec}:{runtime}", builder=device, kernel_config=config, cache=cache,
+                     round_to=round_to, a_min=a_min, max_points=max_points, progress=progress)

@@ -194,3 +194,18 @@ def test_check_lut_reports_a_share(built: LatencyTable, tiny) -> None:
     assert len(report.samples) == 3
     assert 0.0 <= report.within <= 1.0
     assert report.mean_abs_rel_error >= 0
+
+
+def test_oracle_without_model_times_unseen_kernels_on_first_use(tiny, tmp_path: Path) -> None:
+    # The server builds oracles from a device spec alone; the first prediction completes the table.
+    model, x = tiny
+    oracle = make_oracle("local", lut_dir=tmp_path / "lut", cache=MeasurementCache(tmp_path / "c.sqlite"),
+                         max_points=2)
+    assert len(oracle.table) == 0
+    kernels = model_kernels(model, x).kernels
+    first = oracle.predict_ms(kernels)
+    assert first > 0 and len(oracle.table) > 0
+    size = len(oracle.table)
+    assert oracle.predict_ms(kernels) == pytest.approx(first)
+    assert len(oracle.table) == size  # nothing timed twice
+    assert list((tmp_path / "lut").glob("*.json"))
