@@ -19,7 +19,6 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -99,8 +98,7 @@ def build_config(spec: dict[str, Any], *, store: Store, settings: Settings) -> S
 class _Running:
     job_id: str
     process: Any  # multiprocessing.Process (spawn)
-    stop: MpEvent
-    lifeline: Any  # write end of a pipe; the job process sees EOF the moment this server dies
+    lifeline: Any  # write end of a pipe: "cancel" messages; EOF tells the job process the server is gone
     cancel_at: float | None = None
     killed_at: float | None = None
 
@@ -117,7 +115,6 @@ class JobService:
     _wake: threading.Event = field(default_factory=threading.Event)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _shutdown: Any = None  # mp.Event shared with every job process
     _validated: dict[str, bool] = field(default_factory=dict)
     _devices: DeviceDirectory | None = None
 
@@ -132,7 +129,6 @@ class JobService:
     # -- lifecycle
     def start(self) -> None:
         self.settings.prepare_dirs()
-        self._shutdown = self._ctx.Event()
         resumed = self.store.requeue_interrupted()
         if resumed:
             log.warning("resuming %d job(s) interrupted by a restart: %s", len(resumed), ", ".join(resumed))
@@ -146,8 +142,9 @@ class JobService:
         """Stop dispatching; running jobs stop at their next episode and resume on the next start."""
         self._stopping.set()
         self._wake.set()
-        if self._shutdown is not None:
-            self._shutdown.set()
+        with self._lock:
+            for h in self._running.values():
+                h.lifeline.close()  # the job pauses at its next episode, exactly as if the server died
         deadline = time.monotonic() + timeout
         with self._lock:
             handles = list(self._running.values())
@@ -186,9 +183,8 @@ class JobService:
         if job.job_state is JobState.RUNNING:
             with self._lock:
                 h = self._running.get(job_id)
-                if h is not None and h.cancel_at is None:
-                    h.stop.set()
-                    h.cancel_at = time.monotonic()
+            if h is not None:
+                self._signal_cancel(h)
             self._wake.set()
         return job
 
@@ -243,15 +239,12 @@ class JobService:
     def _launch(self, job: Job) -> None:
         folder = job_dir(self.settings, job.id)
         folder.mkdir(parents=True, exist_ok=True)
-        stop = self._ctx.Event()
-        if job.cancel_requested:
-            stop.set()
         lifeline_read, lifeline_write = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=run_job_process,
             name=f"amc-job-{job.id[:8]}",
             kwargs=dict(job_id=job.id, database_url=self.store.url, folder=str(folder), config=job.config,
-                        resume=job.resume, stop=stop, shutdown=self._shutdown, lifeline=lifeline_read,
+                        resume=job.resume, lifeline=lifeline_read,
                         search_module=self.settings.search_module, threads=self.settings.worker_threads),
             daemon=False,
         )
@@ -264,9 +257,19 @@ class JobService:
         finally:
             lifeline_read.close()  # only the child holds the read end
         with self._lock:
-            self._running[job.id] = _Running(job.id, proc, stop, lifeline_write,
-                                             cancel_at=time.monotonic() if stop.is_set() else None)
+            self._running[job.id] = h = _Running(job.id, proc, lifeline_write)
+        if job.cancel_requested:
+            self._signal_cancel(h)
         log.info("job %s started in process %s (resume=%s)", job.id, proc.pid, job.resume)
+
+    def _signal_cancel(self, h: _Running) -> None:
+        if h.cancel_at is not None:
+            return
+        h.cancel_at = time.monotonic()
+        try:
+            h.lifeline.send("cancel")
+        except (OSError, ValueError):  # the process is already gone; _reap settles it
+            pass
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -275,8 +278,7 @@ class JobService:
         for h in handles:
             if h.process.is_alive():
                 if h.cancel_at is None and self.store.get_job(h.job_id).cancel_requested:
-                    h.stop.set()
-                    h.cancel_at = now
+                    self._signal_cancel(h)
                 if h.cancel_at is not None and h.killed_at is None and now - h.cancel_at > self.settings.cancel_grace_s:
                     log.warning("job %s did not stop within %.1f s of its cancel; terminating it",
                                 h.job_id, self.settings.cancel_grace_s)
@@ -286,7 +288,8 @@ class JobService:
                     h.process.kill()
                 continue
             h.process.join(0)
-            h.lifeline.close()
+            if not h.lifeline.closed:
+                h.lifeline.close()
             with self._lock:
                 self._running.pop(h.job_id, None)
             self._settle(h)
@@ -311,7 +314,7 @@ class JobService:
 # ---------------------------------------------------------------------------------- job process
 
 def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict[str, Any], resume: bool,
-                    stop: MpEvent, shutdown: MpEvent, lifeline: Any, search_module: str, threads: int) -> None:
+                    lifeline: Any, search_module: str, threads: int) -> None:
     """Entry point of a job's own process (spawn): run the search, record every event in the store."""
     out = Path(folder)
     handler = logging.FileHandler(out / LOG_NAME)
@@ -327,10 +330,14 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     fcntl.flock(lock, fcntl.LOCK_EX)
 
     orphaned = threading.Event()
+    cancelled = threading.Event()
 
     def watch_parent() -> None:
+        # The server sends "cancel"; EOF means it is gone (SIGKILL included) or shutting down.
         try:
-            lifeline.recv()  # the server never sends; EOF means it is gone (even after SIGKILL)
+            while True:
+                if lifeline.recv() == "cancel":
+                    cancelled.set()
         except (EOFError, OSError):
             pass
         log.warning("the server is gone; stopping at the next episode so a restart can resume")
@@ -342,7 +349,7 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     threading.Thread(target=watch_parent, daemon=True).start()
 
     def interrupted() -> bool:
-        return orphaned.is_set() or shutdown.is_set()
+        return orphaned.is_set()
 
     try:
         job = store.get_job(job_id)
@@ -374,11 +381,11 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
                 store.set_phase(job_id, ev.phase, ev.message)
 
         report = search.run_search(cfg, out, oracle=oracle, on_event=on_event,
-                                   should_stop=lambda: stop.is_set() or interrupted(), resume=can_resume)
+                                   should_stop=lambda: cancelled.is_set() or interrupted(), resume=can_resume)
         store.finish(job_id, JobState.SUCCEEDED, report=_jsonable(report), message="finished")
         log.info("job %s succeeded", job_id)
     except Exception as exc:
-        if isinstance(exc, SearchCancelled) and interrupted() and not stop.is_set():
+        if isinstance(exc, SearchCancelled) and interrupted() and not cancelled.is_set():
             log.warning("job %s paused by a server shutdown; it resumes on the next start", job_id)
             return
         try:
