@@ -159,3 +159,18 @@ def test_adb_key_is_generated_private(tmp_path: Path) -> None:
     assert key.is_file() and Path(str(key) + ".pub").is_file()
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert load_signer(key).GetPublicKey()
+
+
+@pytest.mark.tflite
+def test_local_measures_tflite_with_litert(tmp_path: Path) -> None:
+    from compressor.export import tflite
+
+    if not tflite.available():
+        pytest.skip("litert-torch is not installed: pip install 'amc-service[tflite]'")
+    export_tflite = tflite.export
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    path = export_tflite(model, torch.randn(1, 3, 16, 16), tmp_path / "tiny.tflite", atol=1e-3).path
+    m = LocalDevice().measure(path, FAST, runtime="litert")
+    assert m.runtime == "litert" and m.min_ms <= m.median_ms <= m.p90_ms <= m.max_ms
