@@ -209,3 +209,25 @@ def test_oracle_without_model_times_unseen_kernels_on_first_use(tiny, tmp_path: 
     assert oracle.predict_ms(kernels) == pytest.approx(first)
     assert len(oracle.table) == size  # nothing timed twice
     assert list((tmp_path / "lut").glob("*.json"))
+
+
+def test_cli_lut_build_and_check(tmp_path: Path, capsys) -> None:
+    import json
+
+    from profiler.cli import main
+
+    out = tmp_path / "lut"
+    assert main(["lut", "build", "--device", "local", "--model", "demo-cnn", "--out", str(out),
+                 "--max-points", "2", "--calibration-variants", "1", "--runs", "8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kernels"] > 0 and summary["predicted_full_ms"] > 0
+    assert summary["calibration"]["points"] == 2
+    assert Path(summary["path"]).is_file()
+    assert main(["lut", "check", "--device", "local", "--model", "demo-cnn", "--out", str(out),
+                 "--samples", "2", "--runs", "20", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["samples"]) == 2 and 0.0 <= report["within"] <= 1.0
+    # Checking a device that has no table says how to build one.
+    assert main(["lut", "check", "--device", "local", "--model", "demo-cnn", "--out", str(tmp_path / "none"),
+                 "--samples", "1"]) == 1
+    assert "amc lut build" in capsys.readouterr().err
