@@ -16,7 +16,7 @@ from torch import nn
 from device_agent.phone_sim.server import PhoneSimulator
 from profiler.devices import AdbTcpDevice, LocalDevice, open_device
 from profiler.devices.keys import ensure_adb_key
-from profiler.errors import DeviceUnavailable
+from profiler.errors import DeviceUnavailable, MeasurementError
 from profiler.export import export_onnx
 from profiler.pool import DevicePool
 from profiler.protocol import MeasureConfig
@@ -155,3 +155,22 @@ def test_killed_emulator_alone_is_device_unavailable(phone: PhoneSimulator, key:
     killer.join()
     assert err.value.device == device.spec
     assert not device.health().ok
+
+
+def test_corrupted_model_copy_is_detected_and_pushed_again(phone: PhoneSimulator, key: Path, tiny_onnx: Path,
+                                                           tmp_path: Path) -> None:
+    config = MeasureConfig(warmup=1, runs=5)
+    device = _device(phone, key)
+    first = device.measure(tiny_onnx, config)
+    remote = Path(phone.sandbox.root) / "amc" / "models" / f"{first.model_sha256}.onnx"
+    other = tmp_path / "other.onnx"
+    torch.manual_seed(1)
+    export_onnx(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)),
+                torch.randn(1, 3, 16, 16), other)
+    remote.write_bytes(other.read_bytes()[: remote.stat().st_size].ljust(remote.stat().st_size, b"\0"))
+    with pytest.raises(MeasurementError, match="different file"):
+        device.measure(tiny_onnx, MeasureConfig(warmup=1, runs=6))
+    assert not remote.exists()
+    again = device.measure(tiny_onnx, MeasureConfig(warmup=1, runs=7))
+    assert again.model_sha256 == first.model_sha256 and device.model_pushes == 2
+    device.close()

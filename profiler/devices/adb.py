@@ -148,6 +148,12 @@ class AdbDevice(Device):
         log.info("pushed %s to %s:%s", model_path, self.spec, remote)
         return remote
 
+    def forget_model(self, remote: str) -> None:
+        try:
+            self.run(f"rm -f {shlex.quote(remote)}", timeout_s=30)
+        except DeviceUnavailable as exc:
+            log.warning("could not remove %s from %s: %s", remote, self.spec, exc)
+
     def ensure_agent(self) -> str:
         """Install device_agent under <root>/device_agent once per version of its sources."""
         root = agent_source_dir()

@@ -142,6 +142,9 @@ class Device(ABC):
     def agent_command(self) -> str:
         """Shell prefix that starts the agent (`python -m device_agent`), installing it if needed."""
 
+    def forget_model(self, remote: str) -> None:  # noqa: B027 - devices that copy models override it
+        """Delete a model copy on the device (after it turned out to be corrupt)."""
+
     def health(self) -> Health:
         start = time.monotonic()
         try:
@@ -180,13 +183,12 @@ class Device(ABC):
             remote = self.model_path_on_device(model_path, sha)
             if config.cooldown_s:
                 time.sleep(config.cooldown_s)
-            temperature = self.temperature_c()
             if runtime == "benchmark_model":
                 measurement = self._measure_benchmark_model(remote, config, sha, timeout_s)
             else:
                 measurement = self._measure_agent(remote, config, runtime, sha, timeout_s)
-        if measurement.temperature_c is None:
-            measurement.temperature_c = temperature
+            if measurement.temperature_c is None:  # the agent reads it itself; benchmark_model does not
+                measurement.temperature_c = self.temperature_c()
         try:
             return measurement.check()
         except ValueError as exc:
@@ -202,6 +204,12 @@ class Device(ABC):
         command = f"{self.agent_command()} {shlex.join(args)}"
         res = self.run(command, timeout_s=timeout_s)
         data = self._agent_result(res)
+        if data.get("model_sha256") not in (None, sha):
+            # The file on the device is not the model we meant (a corrupted or interrupted copy).
+            self.forget_model(remote)
+            raise MeasurementError(self.spec, f"the device timed a different file than {sha[:12]} "
+                                              f"(it has {str(data.get('model_sha256'))[:12]}); removed it",
+                                   hint="measure again: the model will be pushed afresh")
         try:
             return Measurement(
                 device_id=self.id, runtime=runtime, threads=config.threads, model_sha256=sha,
