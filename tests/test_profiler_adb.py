@@ -174,3 +174,11 @@ def test_corrupted_model_copy_is_detected_and_pushed_again(phone: PhoneSimulator
     again = device.measure(tiny_onnx, MeasureConfig(warmup=1, runs=7))
     assert again.model_sha256 == first.model_sha256 and device.model_pushes == 2
     device.close()
+
+
+def test_absent_usb_phone_is_device_unavailable(tiny_onnx: Path, key: Path) -> None:
+    device = open_device("adb:NOSUCHSERIAL0", key_path=key)
+    with pytest.raises(DeviceUnavailable) as err:
+        device.measure(tiny_onnx, MeasureConfig(warmup=1, runs=3))
+    assert "NOSUCHSERIAL0" in str(err.value) or "USB" in str(err.value)
+    assert not device.health().ok
