@@ -123,6 +123,7 @@ def _load_model(spec: str):
 
     from compressor.zoo import load_model
 
+    torch.manual_seed(0)  # the same zoo name exports to the same file, so the cache recognises it
     loaded = load_model(spec)
     example = torch.randn(1, *loaded.entry.input_shape)
     return loaded.model.eval(), example
