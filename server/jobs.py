@@ -9,6 +9,7 @@ has but the store missed.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import importlib
 import json
@@ -165,7 +166,13 @@ class JobService:
         key = json.dumps(config.to_dict(), sort_keys=True)
         if key not in self._validated:  # validate() is deterministic for one config
             search = load_search_module(self.settings.search_module)
-            search.validate(config, oracle=None)
+            if needs_latency(config):
+                # The latency budget needs the device's lookup table, which the job builds (timing
+                # kernels on the device can take minutes): check everything else now; the job checks
+                # the budget after building the table and fails with the same message if it is out of reach.
+                search.validate(dataclasses.replace(config, target="flops=1", reward=None), oracle=None)
+            else:
+                search.validate(config, oracle=None)
             if len(self._validated) > 1024:
                 self._validated.clear()
             self._validated[key] = True
@@ -371,6 +378,8 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
                 filled += store.add_episode(job_id, int(record["episode"]), _jsonable(record), total=cfg.episodes)
             log.info("resuming job %s from its checkpoint (%d episode(s) filled from it)", job_id, filled)
             store.set_phase(job_id, "resume", "resuming from the last checkpoint")
+        if needs_latency(cfg):
+            store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
         oracle = _make_oracle(cfg)
 
         def on_event(ev: SearchEvent) -> None:
@@ -402,14 +411,24 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
         store.close()
 
 
+def needs_latency(cfg: SearchConfig) -> bool:
+    """A latency budget (action wall) or a latency reward: the search needs the device's latency oracle."""
+    return (cfg.parsed_target.kind == "latency-ms" and cfg.reward in (None, "err")) or cfg.reward == "latency"
+
+
 def _make_oracle(cfg: SearchConfig) -> Any:
-    """The latency oracle for the job's device; `local` with a FLOPs/params target needs none."""
-    needs_latency = cfg.parsed_target.kind == "latency-ms" or cfg.reward == "latency"
-    if cfg.device == "local" and not needs_latency:
+    """The device's latency oracle (its lookup table completed for this model), when the search needs one."""
+    if not needs_latency(cfg):
         return None
+    import torch
+
+    from compressor import zoo
     from profiler.oracle import make_oracle  # imported here: only latency jobs pay for it
 
-    return make_oracle(cfg.device)
+    loaded = zoo.load_model(cfg.model)
+    example = torch.zeros(1, *loaded.entry.input_shape)
+    return make_oracle(cfg.device, model=loaded.model, example_input=example, round_to=cfg.round_to,
+                       a_min=cfg.a_min)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -30,7 +30,11 @@ def test_status_page_shows_progress_and_charts(browser, tmp_path):
     server = ServerProcess(tmp_path / "data").start()
     try:
         with server.client() as c:
-            job_id = c.post("/jobs", json={**SMALL_JOB, "episodes": 5}).json()["id"]
+            # A latency reward on `local`: the job completes the CPU's lookup table, searches, then
+            # measures its best candidates, so every chart has something to draw.
+            r = c.post("/jobs", json={**SMALL_JOB, "episodes": 5, "reward": "latency"})
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -45,15 +49,17 @@ def test_status_page_shows_progress_and_charts(browser, tmp_path):
             row.locator("a").click()
             page.wait_for_url(f"**/ui/jobs/{job_id}")
             # Live updates: the page follows the running job to the end without a reload.
-            page.locator("#job-state.succeeded").wait_for(timeout=120_000)
+            page.locator("#job-state.succeeded").wait_for(timeout=150_000)
             page.wait_for_function("document.querySelectorAll('#chart-reward circle.point').length >= 5",
                                    timeout=15_000)
             assert "5 / 5 episodes" in page.inner_text("#job-progress")
             for chart in ("reward", "pareto", "ratios"):
                 n = page.locator(f"#chart-{chart} > *").count()
                 assert n > 5, f"chart {chart} is empty"
-            # A FLOPs target on `local` has no latency: the chart says so instead of drawing bars.
-            assert page.locator("#chart-latency rect.vbar").count() >= 1 or "no latency" in page.text_content("#chart-latency")
+            measured = c.get(f"/jobs/{job_id}").json()["report"]["latency"]["candidates"]
+            assert page.locator("#chart-latency circle.point").count() == len(measured) >= 1
+            assert page.locator("#chart-latency line.diagonal").count() == 1
+            assert "ms measured" in page.inner_text("#job-result")
             assert page.locator("#chart-pareto circle.pareto-point").count() >= 1
             assert page.locator("#chart-ratios rect.vbar").count() == len(c.get(f"/jobs/{job_id}").json()["best"]["ratios"])
             assert page.locator("#job-artifacts a", has_text="model.onnx").count() == 1

@@ -2,7 +2,7 @@
 "use strict";
 
 const NS = "http://www.w3.org/2000/svg";
-const W = 480, H = 260, M = { l: 52, r: 14, t: 12, b: 36 };
+const W = 480, H = 260, M = { l: 58, r: 24, t: 12, b: 36 };
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 
 const $ = (sel) => document.querySelector(sel);
@@ -111,24 +111,35 @@ function drawRatios(svg, best) {
 
 function drawLatency(svg, job, eps) {
   const lat = (job.report && job.report.latency) || {};
-  const bars = [];
-  if (typeof lat.predicted_ms === "number") bars.push(["predicted", lat.predicted_ms, "#9db7e8"]);
-  if (typeof lat.measured_ms === "number") bars.push(["measured", lat.measured_ms, "#2f6fdf"]);
-  if (!bars.length && job.best && typeof job.best.latency_ms === "number") bars.push(["best so far (predicted)", job.best.latency_ms, "#9db7e8"]);
-  const perEp = eps.filter((e) => typeof e.record.latency_ms === "number");
-  if (!bars.length) {
-    return note(svg, job.state && FINISHED.has(job.state)
-      ? "no latency for this job (FLOPs/params target on the local device)"
-      : "latency appears when the job measures on a device");
+  const cands = (lat.candidates || []).filter((c) => typeof c.predicted_ms === "number" && typeof c.measured_ms === "number");
+  if (cands.length) {
+    // The best candidates, measured on the device after the search: predicted (x) vs measured (y).
+    const d = extent(cands.flatMap((c) => [c.predicted_ms, c.measured_ms]), 0.2);
+    const { x, y } = frame(svg, d, d, "predicted by the lookup table (ms)", "measured (ms)");
+    svg.append(el("line", { x1: x(d[0]), y1: y(d[0]), x2: x(d[1]), y2: y(d[1]), stroke: "#aab", "stroke-dasharray": "4 3", class: "diagonal" }));
+    const err = cands.reduce((s, c) => s + Math.abs(c.predicted_ms - c.measured_ms) / c.measured_ms, 0) / cands.length;
+    svg.append(el("text", { x: M.l + 6, y: M.t + 14 }, `${cands.length} measured · mean |error| ${(100 * err).toFixed(1)}% · dashed: exact`));
+    for (const c of cands) {
+      const chosen = c.measured_ms === lat.measured_ms && c.predicted_ms === lat.predicted_ms;
+      const p = el("circle", { cx: x(c.predicted_ms), cy: y(c.measured_ms), r: chosen ? 5 : 3.5, fill: chosen ? "#c83232" : "#2f6fdf", class: "point" });
+      p.append(el("title", {}, `episode ${c.episode}: predicted ${c.predicted_ms.toFixed(3)} ms, measured ${c.measured_ms.toFixed(3)} ms`));
+      svg.append(p);
+    }
+    return;
   }
-  const top = Math.max(...bars.map((b) => b[1])) * 1.15;
-  const { y } = frame(svg, [0, bars.length], [0, top], perEp.length ? `${perEp.length} episodes predicted` : "", "ms", () => "", (v) => v.toFixed(1), []);
-  const bw = (W - M.l - M.r) / bars.length;
-  bars.forEach(([name, v, color], i) => {
-    svg.append(el("rect", { x: M.l + i * bw + bw * 0.25, y: y(v), width: bw * 0.5, height: y(0) - y(v), fill: color, class: "vbar" }));
-    svg.append(el("text", { x: M.l + (i + 0.5) * bw, y: y(v) - 4, "text-anchor": "middle" }, `${v.toFixed(2)} ms`));
-    svg.append(el("text", { x: M.l + (i + 0.5) * bw, y: H - M.b + 14, "text-anchor": "middle" }, name));
-  });
+  const perEp = eps.filter((e) => typeof e.record.latency_ms === "number");
+  if (perEp.length) {
+    // While searching only predictions exist; the best candidates are measured at the end.
+    const xs = perEp.map((e) => e.episode), ys = perEp.map((e) => e.record.latency_ms);
+    const { x, y } = frame(svg, [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)], extent(ys), "episode (measured after the search)",
+      "predicted ms", (v) => String(v), axisFmt, intTicks(Math.min(...xs), Math.max(...xs)));
+    svg.append(el("path", { d: perEp.map((e, i) => `${i ? "L" : "M"}${x(e.episode).toFixed(1)},${y(e.record.latency_ms).toFixed(1)}`).join(""), fill: "none", stroke: "#9db7e8", class: "series" }));
+    for (const e of perEp) svg.append(el("circle", { cx: x(e.episode), cy: y(e.record.latency_ms), r: 2.5, fill: "#2f6fdf", class: "point" }));
+    return;
+  }
+  note(svg, job.state && FINISHED.has(job.state)
+    ? "no latency for this job (FLOPs/params target, no latency reward)"
+    : "latency appears when the job uses a device's latency table");
 }
 
 // ---- views ----------------------------------------------------------------------------------
@@ -169,8 +180,9 @@ async function refreshJob() {
   $("#job-spec").textContent = Object.entries(job.spec).map(([k, v]) => `${k}=${v}`).join("  ");
   const err = $("#job-error"); err.hidden = !job.error; err.textContent = job.error ? `${job.error}  (log: ${job.links.log})` : "";
   const rep = job.report;
-  $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs, 0)} MACs →
-    pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs, 0)} MACs (${fmt(rep.result.params, 0)} params)</p>` : "";
+  const ms = (r) => (r && typeof r.latency_measured_ms === "number") ? `, ${r.latency_measured_ms.toFixed(3)} ms measured` : "";
+  $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs, 0)} MACs${ms(rep.baseline)} →
+    pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs, 0)} MACs (${fmt(rep.result.params, 0)} params)${ms(rep.result)}</p>` : "";
   $("#job-artifacts").innerHTML = job.state === "succeeded"
     ? "Artifacts: " + Object.entries(job.links.artifacts).map(([n, u]) => `<a href="${esc(u)}">${esc(n)}</a>`).join(" · ") : "";
   drawReward($("#chart-reward"), jobView.episodes);
