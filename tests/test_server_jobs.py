@@ -98,3 +98,15 @@ def test_amc_serve_generates_a_private_token_once(tmp_path):
                               "--data-dir", str(data)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2
     assert "AMC_API_TOKEN" in refused.stdout + refused.stderr
+
+
+def test_unreachable_latency_budget_fails_the_job_naming_the_smallest_target(server):
+    # The budget needs the device's latency table, which the job completes; it then refuses the
+    # budget with the same message `amc compress` gives.
+    with server.client() as c:
+        r = c.post("/jobs", json={**SMALL_JOB, "target": "latency-ms=0.000001"})
+        assert r.status_code == 201, r.text
+        job = wait_for(c, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
+        assert job["state"] == "failed"
+        assert job["error"].startswith("BudgetInfeasible") and "latency-ms=" in job["error"], job["error"]
+        assert job["episodes_done"] == 0
