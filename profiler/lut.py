@@ -49,6 +49,8 @@ Progress = Callable[[int, int, str], None]
 # Few runs per kernel: single kernels are tiny and their medians settle quickly.
 LUT_MEASURE = MeasureConfig(threads=1, warmup=3, runs=15)
 MAX_CALIBRATION_POINTS = 200
+# A one-op model on one value: what a runtime costs per inference whatever the network.
+OVERHEAD_PROBE = KernelSpec("add", 1, 1, h=1, w=1)
 
 
 class LutError(ProfilerError):
@@ -196,8 +198,16 @@ class LatencyTable:
         return out
 
     # -- prediction and calibration ---------------------------------------------------------------
+    @property
+    def overhead_ms(self) -> float:
+        """The runtime's fixed cost per inference (a one-op model), paid once per network but
+        contained in every single-kernel measurement."""
+        return float(self.meta.get("overhead_ms") or 0.0)
+
     def raw_sum(self, kernels: Sequence[KernelSpec]) -> float:
-        return float(sum(self.kernel_ms(k) for k in kernels))
+        """Sum of kernel latencies, with the per-inference overhead counted once, not per kernel."""
+        total = float(sum(self.kernel_ms(k) for k in kernels))
+        return max(total - max(len(kernels) - 1, 0) * self.overhead_ms, 0.0)
 
     def calibration(self, kernels: Sequence[KernelSpec]) -> Calibration:
         return self.calibrations.get(structure_key(kernels)) or Calibration()
@@ -395,6 +405,12 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
     start = time.monotonic()
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="amc-lut-", dir=work_dir) as tmp:
+        if grid and "overhead_ms" not in table.meta:
+            try:
+                table.meta["overhead_ms"] = time_kernel(device, OVERHEAD_PROBE, runtime=runtime, config=config,
+                                                        work_dir=Path(tmp), cache=cache)
+            except ProfilerError as exc:
+                log.warning("could not time the runtime overhead on %s: %s", device.spec, exc)
         for i, spec in enumerate(grid):
             if progress:
                 progress(i, total, f"{spec.op} {spec.cin}->{spec.cout} k{spec.k} s{spec.stride} {spec.h}x{spec.w}")
