@@ -54,6 +54,14 @@ class DevicePool:
         for d in devices:
             self.add(d)
 
+    @classmethod
+    def from_specs(cls, specs: Sequence[str], *, device_options: dict[str, Any] | None = None,
+                   **kwargs: Any) -> DevicePool:
+        """A pool of the devices named by `specs` (ConfigError for a malformed one)."""
+        from profiler.devices import open_device
+
+        return cls([open_device(spec, **(device_options or {})) for spec in specs], **kwargs)
+
     # -- membership -------------------------------------------------------------------------------
     def add(self, device: Device) -> None:
         with self._cond:

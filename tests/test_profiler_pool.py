@@ -126,3 +126,12 @@ def test_pool_answers_from_the_cache(tiny_onnx: Path, tmp_path: Path) -> None:
     second = pool.measure(tiny_onnx, FAST)
     assert first is not None and second is not None and second.cached
     assert device.measure_calls == 1
+
+
+def test_pool_from_specs_rejects_a_malformed_spec() -> None:
+    from compressor.errors import ConfigError
+
+    pool = DevicePool.from_specs(["local"])
+    assert [d.spec for d in pool.devices] == ["local"]
+    with pytest.raises(ConfigError):
+        DevicePool.from_specs(["local", "adb:"])
