@@ -298,6 +298,8 @@ def _cifar_npz(path: Path) -> RawData:
                     f"{path} holds arrays {sorted(d.files)}; expected 'x' (images) and 'y' (labels)"
                 )
             x, y = d["x"], d["y"].astype(np.int64)
+        if y.ndim == 2 and y.shape[1] == 1:  # Keras-style (N, 1) labels
+            y = y[:, 0]
     except DataError:
         raise
     except (OSError, ValueError) as e:

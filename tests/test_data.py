@@ -101,6 +101,8 @@ def test_cifar_npz(tmp_path):
     # NHWC uint8 -> NCHW, ImageNet statistics by default
     want = (x[21, 5, 7, 2] / 255.0 - IMAGENET_MEAN[2]) / IMAGENET_STD[2]
     assert b.report.x[1, 2, 5, 7].item() == pytest.approx(want, abs=1e-5)
+    np.savez(tmp_path / "keras.npz", x=x, y=y[:, None].astype(np.uint8))  # (N, 1) uint8 labels
+    assert torch.equal(load_dataset(f"cifar10:{tmp_path / 'keras.npz'}").report.y, torch.from_numpy(y[20:]))
     custom = load_dataset(f"cifar10:{tmp_path / 'c.npz'}", mean=(0.0,), std=(1.0,))
     assert custom.search.x[0, 0, 0, 0].item() == pytest.approx(x[0, 0, 0, 0] / 255.0, abs=1e-6)
 

@@ -32,6 +32,7 @@ def available() -> bool:
 
 def convert(model: nn.Module, example_input: torch.Tensor, path: Path) -> None:
     """Write `model` as a float32 TFLite flatbuffer to `path`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines on import
     try:
         import litert_torch
     except Exception as e:
