@@ -51,6 +51,10 @@ SPEC_TO_CONFIG = ("model", "data", "target", "reward", "strategy", "episodes", "
                   "prune_residual", "tflite")
 
 
+class DataDirInUse(RuntimeError):
+    """Another server already runs on this data dir (it would resume, and so duplicate, its jobs)."""
+
+
 class ArtifactNotFound(Exception):
     def __init__(self, name: str):
         super().__init__(f"no artifact {name!r}; a finished job serves: {', '.join(ARTIFACTS)}")
@@ -127,9 +131,26 @@ class JobService:
             self._devices = DeviceDirectory()
         return self._devices
 
+    _dir_lock: Any = None
+
     # -- lifecycle
     def start(self) -> None:
         self.settings.prepare_dirs()
+        # One server per data dir: a second one would take the first one's running jobs for
+        # interrupted ones and run them twice. The kernel drops the lock when the process dies.
+        lock_path = self.settings.data_dir / "server.lock"
+        self._dir_lock = open(lock_path, "a+")  # noqa: SIM115 - held while the service runs
+        try:
+            fcntl.flock(self._dir_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._dir_lock.seek(0)
+            holder = self._dir_lock.read().strip() or "another process"
+            self._dir_lock.close()
+            raise DataDirInUse(f"{self.settings.data_dir} is in use by a running server ({holder}); stop it, or "
+                               "give this one its own --data-dir") from None
+        self._dir_lock.truncate(0)
+        self._dir_lock.write(f"pid {os.getpid()}\n")
+        self._dir_lock.flush()
         resumed = self.store.requeue_interrupted()
         if resumed:
             log.warning("resuming %d job(s) interrupted by a restart: %s", len(resumed), ", ".join(resumed))
@@ -156,6 +177,8 @@ class JobService:
                 h.process.join(2)
         if self._thread is not None:
             self._thread.join(2)
+        if self._dir_lock is not None:
+            self._dir_lock.close()
         # A job still marked running resumes on the next start (requeue_interrupted).
 
     # -- API

@@ -110,3 +110,9 @@ def test_unreachable_latency_budget_fails_the_job_naming_the_smallest_target(ser
         assert job["state"] == "failed"
         assert job["error"].startswith("BudgetInfeasible") and "latency-ms=" in job["error"], job["error"]
         assert job["episodes_done"] == 0
+
+
+def test_a_second_server_on_the_same_data_dir_refuses_to_start(server):
+    with pytest.raises(RuntimeError, match="in use by a running server"):
+        ServerProcess(server.data_dir).start(timeout=30)
+    assert server.client().get("/healthz").status_code == 200  # the first one is unaffected
