@@ -32,16 +32,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amc", description="AMC Service: fit neural networks onto phones.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    done: set[str] = set()
-    for name, module_name in COMMAND_MODULES.items():
-        if only is not None and name != only:
+    owner = COMMAND_MODULES.get(only) if only is not None else None
+    for module_name in dict.fromkeys(COMMAND_MODULES.values()):
+        if only is None or module_name == owner:
+            importlib.import_module(module_name).register(sub)  # may register several commands
+    for name in COMMAND_MODULES:
+        if name not in sub.choices:  # listed in help without importing its module
             sub.add_parser(name, help=SUMMARIES[name], add_help=False)
-            continue
-        if module_name in done:
-            continue
-        module = importlib.import_module(module_name)
-        module.register(sub)
-        done.add(module_name)
     return parser
 
 
