@@ -8,9 +8,11 @@ would have.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from compressor.agent import AgentConfig, DDPGAgent
 from compressor.env import STATE_DIM, Budget
@@ -33,6 +35,18 @@ class Strategy(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The agent's networks are tiny: with several intra-op threads they spend their time waiting for
+    each other (20x slower on a busy 2-core machine), so they run on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class DDPGStrategy:
     name = "ddpg"
 
@@ -43,13 +57,15 @@ class DDPGStrategy:
         self.agent = DDPGAgent(state_dim=STATE_DIM, config=config, n_layers=n_layers, seed=seed)
 
     def act(self, state, *, episode, step):
-        return self.agent.select_action(state, episode=episode)
+        with _one_thread():
+            return self.agent.select_action(state, episode=episode)
 
     def learn(self, transitions, reward, *, episode):
         self.agent.observe(transitions, reward)
         if episode < self.warmup:
             return {}
-        losses = [self.agent.update() for _ in range(self.n_layers)]
+        with _one_thread():
+            losses = [self.agent.update() for _ in range(self.n_layers)]
         losses = [x for x in losses if x is not None]
         if not losses:
             return {}
