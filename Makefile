@@ -53,7 +53,7 @@ bench: install
 	$(BIN)/python -m benchmarks.run
 
 lint: install
-	$(BIN)/ruff check compressor profiler device_agent server tests
+	$(BIN)/ruff check compressor profiler device_agent server tests benchmarks
 
 serve: install
 	$(BIN)/amc serve

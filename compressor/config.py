@@ -28,7 +28,7 @@ class Target:
     value: float
 
     @classmethod
-    def parse(cls, text: str) -> "Target":
+    def parse(cls, text: str) -> Target:
         kind, sep, raw = text.partition("=")
         kind = kind.strip().lower()
         if not sep or kind not in TARGET_KINDS:
@@ -111,7 +111,7 @@ class SearchConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchConfig":
+    def from_dict(cls, data: dict) -> SearchConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:

@@ -3,8 +3,9 @@ devices); the search never imports device code."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,6 +41,6 @@ class LatencyOracle(Protocol):
         """Fast prediction (lookup table) for a network given as its kernel list, in milliseconds."""
         ...
 
-    def measure_ms(self, model: "torch.nn.Module", example_input: "torch.Tensor") -> float | None:
+    def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor) -> float | None:
         """Real measurement (median ms) of a PyTorch model, or None when no device could answer."""
         ...

@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -164,7 +165,7 @@ class ChannelPruner:
         return type(grad_fn).__name__ if grad_fn is not None else ""
 
     def _unprunable(self, group, names: dict[int, str], n: int, prune_residual: bool) -> str | None:
-        for dep, idxs in group:
+        for dep, _ in group:
             op = self._op_name(dep)
             if any(o in op for o in _OPAQUE_OPS):
                 return f"coupled through {op}, whose channel mapping is unknown"

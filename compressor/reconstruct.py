@@ -11,7 +11,7 @@ systems — no feature maps are recomputed.
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

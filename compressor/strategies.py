@@ -9,7 +9,8 @@ would have.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch

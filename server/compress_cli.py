@@ -14,6 +14,7 @@ from typing import Any
 
 from compressor.config import REWARD_KINDS, STRATEGIES, SearchConfig
 from compressor.errors import AmcError, ConfigError
+from server.latency import make_oracle, needs_latency
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,19 +67,16 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         compare=args.compare, prune_residual=args.prune_residual, tflite=args.tflite)
 
 
-def make_oracle(config: SearchConfig):
-    """The device's latency oracle when the search needs latency, else None."""
-    needs = config.reward == "latency" or (config.parsed_target.kind == "latency-ms" and config.reward in (None, "err"))
-    if not needs:
-        return None
-    from compressor import zoo
-    from profiler.oracle import make_oracle as profiler_oracle
+def _lut_progress(console):
+    """A progress callback for building the device's lookup table (done once per device and model)."""
+    state = {"last": -1}
 
-    import torch
-
-    loaded = zoo.load_model(config.model)
-    example = torch.zeros(1, *loaded.entry.input_shape)
-    return profiler_oracle(config.device, model=loaded.model, example_input=example, round_to=config.round_to)
+    def progress(done: int, total: int, what: str) -> None:
+        step = int(10 * done / max(total, 1))
+        if step != state["last"] or done == total:
+            state["last"] = step
+            console.log(f"latency table: {done}/{total} {what}")
+    return progress
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         out_dir = Path(args.resume or args.out)
-        oracle = make_oracle(config)
+        if needs_latency(config):
+            console.log(f"latency: preparing the lookup table of {config.device} for {config.model}")
+        oracle = make_oracle(config, progress=_lut_progress(console))
         report = _run_with_progress(config, out_dir, oracle=oracle, resume=bool(args.resume), console=console)
     except AmcError as exc:
         console.print(f"[bold red]error:[/] {exc}")

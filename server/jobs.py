@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from compressor.config import SearchConfig
 from compressor.errors import ConfigError, SearchCancelled
 from server.core.config import Settings
+from server.latency import make_oracle, needs_latency
 from server.store import InvalidTransition, Job, JobState, Store
 
 if TYPE_CHECKING:  # the job processes import this module; they need no device code
@@ -403,7 +404,7 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
             store.set_phase(job_id, "resume", "resuming from the last checkpoint")
         if needs_latency(cfg):
             store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
-        oracle = _make_oracle(cfg)
+        oracle = make_oracle(cfg)
 
         def on_event(ev: SearchEvent) -> None:
             # Episodes of the compare baselines (phase uniform/random) are not the job's episodes.
@@ -432,26 +433,6 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     finally:
         handler.flush()
         store.close()
-
-
-def needs_latency(cfg: SearchConfig) -> bool:
-    """A latency budget (action wall) or a latency reward: the search needs the device's latency oracle."""
-    return (cfg.parsed_target.kind == "latency-ms" and cfg.reward in (None, "err")) or cfg.reward == "latency"
-
-
-def _make_oracle(cfg: SearchConfig) -> Any:
-    """The device's latency oracle (its lookup table completed for this model), when the search needs one."""
-    if not needs_latency(cfg):
-        return None
-    import torch
-
-    from compressor import zoo
-    from profiler.oracle import make_oracle  # imported here: only latency jobs pay for it
-
-    loaded = zoo.load_model(cfg.model)
-    example = torch.zeros(1, *loaded.entry.input_shape)
-    return make_oracle(cfg.device, model=loaded.model, example_input=example, round_to=cfg.round_to,
-                       a_min=cfg.a_min)
 
 
 def _jsonable(obj: Any) -> Any:

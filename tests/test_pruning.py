@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import INPUT, TINY_MODELS, randomize_bn
 from torch import nn
 
 from compressor.cost import measure
 from compressor.pruning import ChannelPruner, MagnitudePruner, candidate_counts, count_nonzero_params
 from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
-from tiny_models import INPUT, TINY_MODELS, randomize_bn
 
 
 @pytest.fixture(params=sorted(TINY_MODELS))

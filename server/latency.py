@@ -1,0 +1,30 @@
+"""Turning a search's device into a latency oracle: shared by `amc compress` and the job workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from compressor.config import SearchConfig
+from compressor.latency import LatencyOracle
+
+
+def needs_latency(config: SearchConfig) -> bool:
+    """Whether the search asks a device: a latency target (with the action wall) or the latency reward."""
+    return config.reward == "latency" or (
+        config.parsed_target.kind == "latency-ms" and config.reward in (None, "err"))
+
+
+def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], None] | None = None
+                ) -> LatencyOracle | None:
+    """The device's latency oracle, its lookup table completed for this model, when the search needs one."""
+    if not needs_latency(config):
+        return None
+    import torch
+
+    from compressor import zoo
+    from profiler.oracle import make_oracle as profiler_oracle  # only latency searches pay for it
+
+    loaded = zoo.load_model(config.model)
+    example = torch.zeros(1, *loaded.entry.input_shape)
+    return profiler_oracle(config.device, model=loaded.model, example_input=example, round_to=config.round_to,
+                           a_min=config.a_min, progress=progress)
