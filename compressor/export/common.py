@@ -124,3 +124,27 @@ class Timer:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+
+Converter = Callable[[nn.Module, torch.Tensor, Path], None]
+
+
+def validate_file(model: nn.Module, path: str | Path, example_input: torch.Tensor, *, runner: Callable[[Path], Runner],
+                  fmt: str, atol: float) -> float:
+    """Max |exported - PyTorch| on the example and random inputs; ExportError above tolerance."""
+    path = Path(path)
+    return compare(model, runner(path), example_input, atol=atol, fmt=fmt, path=path)
+
+
+def export_file(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, convert: Converter,
+                runner: Callable[[Path], Runner], fmt: str, atol: float) -> ExportResult:
+    """Convert, check against PyTorch, then move into place (nothing is written on failure)."""
+    check_inputs(model, example_input, fmt)
+    path = Path(path)
+    timer = Timer()
+    with atomic_target(path) as tmp:
+        convert(model, example_input, tmp)
+        diff = compare(model, runner(tmp), example_input, atol=atol, fmt=fmt, path=path)
+    result = ExportResult(path, fmt, diff, timer.seconds, path.stat().st_size)
+    log.info("exported %s (%d bytes, max abs diff %.2g, %.1f s)", path, result.size_bytes, diff, result.seconds)
+    return result

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from compressor.errors import ExportError
-from compressor.export.common import ExportResult, Runner, Timer, atomic_target, check_inputs, compare
+from compressor.export.common import ExportResult, Runner, export_file, validate_file
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +82,9 @@ def runner(path: Path) -> Runner:
 def validate(model: nn.Module, path: str | Path, example_input: torch.Tensor, *, atol: float = 1e-4) -> float:
     """Max |LiteRT - PyTorch| on the example and random inputs; ExportError above tolerance
     (`atol`, scaled by the output magnitude when that exceeds 1)."""
-    path = Path(path)
-    return compare(model, runner(path), example_input, atol=atol, fmt=FORMAT, path=path)
+    return validate_file(model, path, example_input, runner=runner, fmt=FORMAT, atol=atol)
 
 
-def export(
-    model: nn.Module, example_input: torch.Tensor, path: str | Path, *, atol: float = 1e-4
-) -> ExportResult:
-    """Export to TFLite, check it against PyTorch, then move it into place (nothing written on failure)."""
-    check_inputs(model, example_input, FORMAT)
-    path = Path(path)
-    timer = Timer()
-    with atomic_target(path) as tmp:
-        convert(model, example_input, tmp)
-        diff = compare(model, runner(tmp), example_input, atol=atol, fmt=FORMAT, path=path)
-    result = ExportResult(path, FORMAT, diff, timer.seconds, path.stat().st_size)
-    log.info(
-        "exported %s (%d bytes, max abs diff %.2g, %.1f s)", path, result.size_bytes, diff, result.seconds
-    )
-    return result
+def export(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, atol: float = 1e-4) -> ExportResult:
+    """Export, check it against PyTorch, then move it into place (nothing written on failure)."""
+    return export_file(model, example_input, path, convert=convert, runner=runner, fmt=FORMAT, atol=atol)
