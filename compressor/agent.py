@@ -78,6 +78,11 @@ class AgentConfig:
     baseline_decay: float = 0.5  # official `moving_alpha = 0.5`
     a_min: float = 0.2
     a_max: float = 1.0
+    # Exploration prior (ours, not in AMC): when set, warm-up actions are drawn around it with
+    # sigma `prior_sigma` instead of uniformly, the actor starts out proposing it, and exploration
+    # noise after warm-up starts at `prior_sigma`. The search sets it to the uniform policy's ratio.
+    prior: float | None = None
+    prior_sigma: float = 0.15
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, expected: str) -> None:
@@ -107,6 +112,9 @@ class AgentConfig:
         check("a_max", finite(self.a_max) and 0 < self.a_max <= 1, "in (0, 1] (the largest preserve ratio)")
         if self.a_min > self.a_max:
             raise ConfigError("a_min", f"{self.a_min} is larger than a_max={self.a_max}; need a_min <= a_max")
+        check("prior", self.prior is None or (finite(self.prior) and self.a_min <= self.prior <= self.a_max),
+              "None or a preserve ratio in [a_min, a_max]")
+        check("prior_sigma", finite(self.prior_sigma) and self.prior_sigma > 0, "a positive number")
 
 
 class Actor(nn.Module):
@@ -206,6 +214,8 @@ class DDPGAgent:
             self.critic = Critic(state_dim, config.hidden)
         _init_linear_(self.actor, self.torch_gen)
         _init_linear_(self.critic, self.torch_gen)
+        if config.prior is not None:
+            self._start_actor_at(config.prior)
         self.actor_target = copy.deepcopy(self.actor)  # hard copy at start
         self.critic_target = copy.deepcopy(self.critic)
         for target in (self.actor_target, self.critic_target):
@@ -225,16 +235,31 @@ class DDPGAgent:
         log.debug("DDPG agent: state_dim=%d, n_layers=%d, replay buffer %d, %s",
                   state_dim, n_layers, self.capacity, config)
 
+    def _start_actor_at(self, ratio: float) -> None:
+        """Make the actor propose `ratio` in every state: tiny last-layer weights (as the official
+        code's 3e-3 init) and the bias at the sigmoid's inverse of `ratio`."""
+        cfg = self.config
+        p = (ratio - cfg.a_min) / max(cfg.a_max - cfg.a_min, 1e-9)
+        p = min(max(p, 0.01), 0.99)
+        last = self.actor.net[-2]
+        with torch.no_grad():
+            last.weight.uniform_(-3e-3, 3e-3, generator=self.torch_gen)
+            last.bias.fill_(math.log(p / (1 - p)))
+
     # ----------------------------------------------------------------------------------- acting
     def noise_sigma(self, episode: int) -> float:
-        """Exploration sigma after warm-up: init_delta * delta_decay^(episode - warmup)."""
+        """Exploration sigma after warm-up: init_delta (or prior_sigma) * delta_decay^(episode - warmup)."""
         cfg = self.config
-        return cfg.init_delta * cfg.delta_decay ** max(episode - cfg.warmup, 0)
+        start = cfg.prior_sigma if cfg.prior is not None else cfg.init_delta
+        return start * cfg.delta_decay ** max(episode - cfg.warmup, 0)
 
     def select_action(self, state: np.ndarray, *, episode: int) -> float:
         """The preserve ratio to take in `state` during training episode `episode` (0-based)."""
         cfg = self.config
         if episode < cfg.warmup:
+            if cfg.prior is not None:
+                return sample_truncated_normal(self.rng, mean=cfg.prior, sigma=cfg.prior_sigma,
+                                               low=cfg.a_min, high=cfg.a_max)
             return float(self.rng.uniform(cfg.a_min, cfg.a_max))
         mean = self._actor_output(state)
         return sample_truncated_normal(self.rng, mean=mean, sigma=self.noise_sigma(episode),

@@ -67,6 +67,9 @@ class SearchConfig:
     reconstruct: bool = True
     bn_recalibration: bool = True
     warmup: int | None = None  # DDPG warm-up episodes; None: 100, capped at a quarter of the episodes
+    # Explore around the uniform policy's ratio (DDPG warm-up, actor start, random search) instead of
+    # uniformly over [a_min, 1] as AMC does. Only under a budget.
+    uniform_prior: bool = True
     reward_samples: int | None = None  # images of the search split used for the reward; None: all
     finetune_epochs: int = 0
     compare: bool = False

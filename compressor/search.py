@@ -287,7 +287,7 @@ def _search_loop(problem: Problem, strategy_name: str, episodes: int, *, out_dir
     config = problem.config
     env = PruningEnv(problem.pruner, budget=problem.budget, a_min=config.a_min)
     strategy = make_strategy(strategy_name, pruner=problem.pruner, budget=problem.budget, a_min=config.a_min,
-                             warmup=config.warmup_episodes, seed=seed)
+                             warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior)
     total = strategy.episodes(episodes)
     rows: list[dict[str, Any]] = []
     elapsed = 0.0
@@ -483,6 +483,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         "episodes": len(rows), "seed": config.seed, "device": config.device,
         "granularity": config.granularity, "a_min": config.a_min, "round_to": config.round_to,
         "reconstruct": config.reconstruct, "bn_recalibration": config.bn_recalibration,
+        "uniform_prior": config.uniform_prior,
         "finetune_epochs": config.finetune_epochs,
         "budget": None if budget is None else {"kind": budget.kind, "limit": budget.limit, "full": budget.full,
                                                "met": budget.cost(kept) <= budget.limit},

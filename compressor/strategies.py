@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from compressor.agent import AgentConfig, DDPGAgent
+from compressor.agent import AgentConfig, DDPGAgent, sample_truncated_normal
 from compressor.env import STATE_DIM, Budget
 from compressor.pruning import Pruner
 
@@ -51,10 +51,10 @@ def _one_thread() -> Iterator[None]:
 class DDPGStrategy:
     name = "ddpg"
 
-    def __init__(self, *, n_layers: int, a_min: float, warmup: int, seed: int):
+    def __init__(self, *, n_layers: int, a_min: float, warmup: int, seed: int, prior: float | None = None):
         self.n_layers = n_layers
         self.warmup = warmup
-        config = AgentConfig(warmup=warmup, a_min=a_min, memory_size=100 * n_layers)
+        config = AgentConfig(warmup=warmup, a_min=a_min, memory_size=100 * n_layers, prior=prior)
         self.agent = DDPGAgent(state_dim=STATE_DIM, config=config, n_layers=n_layers, seed=seed)
 
     def act(self, state, *, episode, step):
@@ -84,13 +84,21 @@ class DDPGStrategy:
 
 
 class RandomStrategy:
+    """Random search. With a prior, actions are drawn around it exactly as DDPG's warm-up draws them,
+    so DDPG and random search explore from the same distribution and differ only by learning."""
+
     name = "random"
 
-    def __init__(self, *, a_min: float, seed: int):
+    def __init__(self, *, a_min: float, seed: int, prior: float | None = None, prior_sigma: float = 0.15):
         self.a_min = a_min
+        self.prior = prior
+        self.prior_sigma = prior_sigma
         self.rng = np.random.default_rng(seed)
 
     def act(self, state, *, episode, step):
+        if self.prior is not None:
+            return sample_truncated_normal(self.rng, mean=self.prior, sigma=self.prior_sigma, low=self.a_min,
+                                           high=1.0)
         return float(self.rng.uniform(self.a_min, 1.0))
 
     def learn(self, transitions, reward, *, episode):
@@ -173,10 +181,14 @@ StrategyFactory = Callable[..., Strategy]
 
 
 def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: float, warmup: int,
-                  seed: int) -> Strategy:
+                  seed: int, uniform_prior: bool = False) -> Strategy:
+    """`uniform_prior`: DDPG and random search explore around the uniform policy's ratio (under a
+    budget) instead of uniformly over [a_min, 1]."""
+    prior = uniform_ratio(pruner, budget, a_min=a_min) if uniform_prior and budget is not None else None
     factories: dict[str, Callable[[], Strategy]] = {
-        "ddpg": lambda: DDPGStrategy(n_layers=len(pruner.units), a_min=a_min, warmup=warmup, seed=seed),
-        "random": lambda: RandomStrategy(a_min=a_min, seed=seed),
+        "ddpg": lambda: DDPGStrategy(n_layers=len(pruner.units), a_min=a_min, warmup=warmup, seed=seed,
+                                     prior=prior),
+        "random": lambda: RandomStrategy(a_min=a_min, seed=seed, prior=prior),
         "uniform": lambda: UniformStrategy(pruner=pruner, budget=budget, a_min=a_min),
     }
     return factories[name]()

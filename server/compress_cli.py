@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--warmup", type=int, default=None,
                    help="DDPG warm-up episodes (default: 100, at most a quarter of --episodes)")
+    p.add_argument("--no-uniform-prior", action="store_true",
+                   help="explore uniformly over [a-min, 1] as AMC does, instead of around the uniform policy")
     p.add_argument("--device", default="local", help="local | adb:SERIAL | adb:HOST:PORT (latency targets)")
     p.add_argument("--out", default="runs/latest", help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -64,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         granularity=args.granularity, a_min=args.a_min, round_to=args.round_to,
         reconstruct=not args.no_reconstruct, bn_recalibration=not args.no_bn_recalibration,
         warmup=args.warmup, reward_samples=args.reward_samples, finetune_epochs=args.finetune_epochs,
-        compare=args.compare, prune_residual=args.prune_residual, tflite=args.tflite)
+        compare=args.compare, prune_residual=args.prune_residual, tflite=args.tflite,
+        uniform_prior=not args.no_uniform_prior)
 
 
 def _lut_progress(console):

@@ -291,3 +291,24 @@ def test_bad_observations_are_rejected_with_the_reason():
         agent.greedy_action(np.array([0, 0, np.nan, 0, 0]))
     with pytest.raises(AgentStateError, match="reward"):
         agent.observe([(np.zeros(5), 0.5, np.zeros(5), True)], reward=float("inf"))
+
+
+def test_prior_centres_warmup_and_the_initial_actor():
+    """With a prior, warm-up explores around it and the untrained actor already proposes it."""
+    config = AgentConfig(warmup=50, a_min=0.2, prior=0.4, prior_sigma=0.1, hidden=32)
+    agent = DDPGAgent(state_dim=11, config=config, n_layers=5, seed=0)
+    warm = [agent.select_action(np.random.default_rng(i).random(11), episode=0) for i in range(400)]
+    assert all(0.2 <= a <= 1.0 for a in warm)
+    assert abs(float(np.mean(warm)) - 0.4) < 0.03
+    assert 0.07 < float(np.std(warm)) < 0.12
+    greedy = [agent.greedy_action(np.random.default_rng(100 + i).random(11)) for i in range(20)]
+    assert max(abs(g - 0.4) for g in greedy) < 0.01
+    assert agent.noise_sigma(50) == pytest.approx(0.1)
+    plain = DDPGAgent(state_dim=11, config=AgentConfig(warmup=50, hidden=32), n_layers=5, seed=0)
+    assert float(np.std([plain.select_action(np.zeros(11), episode=0) for _ in range(400)])) > 0.2
+
+
+def test_prior_must_be_a_ratio_in_range():
+    with pytest.raises(ConfigError) as info:
+        AgentConfig(prior=0.1, a_min=0.2)
+    assert info.value.field == "prior"
