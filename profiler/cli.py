@@ -74,11 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--model", required=True, help="zoo name or package.module:factory")
     build.add_argument("--round-to", type=int, default=8, help="channel rounding of the search (default 8)")
     build.add_argument("--a-min", type=float, default=0.2, help="smallest preserve ratio (default 0.2)")
-    build.add_argument("--max-points", type=int, default=3,
-                       help="channel counts timed per axis, the rest interpolated (0: all; default 3)")
-    build.add_argument("--calibration-variants", type=int, default=3,
-                       help="pruned variants measured whole, besides the full model, to calibrate (default 3)")
-    build.add_argument("--runs", type=int, default=15, help="timed runs per kernel (default 15)")
+    build.add_argument("--max-points", type=int, default=8,
+                       help="channel counts timed per axis, the rest interpolated (0: all; default 8)")
+    build.add_argument("--calibration-variants", type=int, default=10,
+                       help="pruned variants measured whole, besides the full model, to calibrate (default 10)")
+    build.add_argument("--runs", type=int, default=50, help="timed runs per kernel (default 50, as for whole models)")
     build.add_argument("--out", type=Path, default=None, help="LUT folder (default ~/.cache/amc/lut)")
     build.add_argument("--json", action="store_true", help="print a JSON summary")
     build.set_defaults(func=run_lut_build)
@@ -267,7 +267,7 @@ def run_lut_build(args: argparse.Namespace) -> int:
     try:
         device = open_device(args.device, **_device_options(args))
         model, example = _load_model(args.model)
-        config = MeasureConfig(threads=args.threads, warmup=3, runs=args.runs)
+        config = MeasureConfig(threads=args.threads, runs=args.runs)
         table = load_or_new(args.out or default_lut_dir(), device.id, args.runtime, args.threads)
         table.meta["device_spec"] = args.device
         mk = model_kernels(model, example, round_to=args.round_to, a_min=args.a_min)

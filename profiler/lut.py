@@ -46,9 +46,19 @@ log = logging.getLogger(__name__)
 LUT_VERSION = 1
 # Progress callback: (done, total, message).
 Progress = Callable[[int, int, str], None]
-# Few runs per kernel: single kernels are tiny and their medians settle quickly.
-LUT_MEASURE = MeasureConfig(threads=1, warmup=3, runs=15)
+# Kernels are timed under the same protocol as whole models (10 warm-up, 50 runs, median): a kernel
+# timed with fewer runs settles less (worse under load), and the agent's start, not the runs,
+# dominates the cost of timing a tiny kernel anyway.
+LUT_MEASURE = MeasureConfig(threads=1)
 MAX_CALIBRATION_POINTS = 200
+# Channel counts timed per kernel axis (the rest interpolated). Measured on MobileNet-V2 (CIFAR):
+# 3 points leave interpolation errors the calibration cannot remove; 8 points cost ~340 kernels.
+DEFAULT_MAX_POINTS = 8
+# Pruned variants measured whole (besides the full model) when a table is calibrated for a model:
+# enough points for a slope per op group and for leaving out a measurement taken during a burst.
+DEFAULT_CALIBRATION_VARIANTS = 10
+# How many points' worth of pull towards the common slope each op group's own slope gets.
+GROUP_PRIOR = 1.0
 # A one-op model on one value: what a runtime costs per inference whatever the network.
 OVERHEAD_PROBE = KernelSpec("add", 1, 1, h=1, w=1)
 
@@ -88,29 +98,74 @@ def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
+def op_group(spec: KernelSpec) -> str:
+    """Which calibration slope a kernel shares: its op and kernel size (`conv1`, `conv3`, `dwconv3`,
+    `linear`, ...). Isolated timings of 1×1 convs, 3×3 convs and depthwise convs drift from their
+    in-network cost by different factors (data reuse, memory-bound vs compute-bound)."""
+    return f"{spec.op}{spec.k}" if spec.op in ("conv", "dwconv") else spec.op
+
+
 @dataclass
 class Calibration:
     """`measured ≈ a·sum + b`; least squares on (sum, measured) points, pulled gently towards a = 1 so
-    that one point or nearly equal sums cannot produce a wild slope."""
+    that one point or nearly equal sums cannot produce a wild slope. Points far off the fit (a
+    measurement taken during a burst of load) are left out of it.
+
+    With per-op-group sums recorded for its points (`parts`) and enough points, a slope per op group
+    (`slopes`, `measured ≈ Σ_g slopes[g]·sum_g + intercept`) is fitted too, each pulled towards the
+    common slope `a` so that a group the points barely vary in keeps the common slope."""
 
     a: float = 1.0
     b: float = 0.0
     points: list[tuple[float, float]] = field(default_factory=list)
+    parts: list[dict[str, float]] = field(default_factory=list)
+    slopes: dict[str, float] = field(default_factory=dict)
+    intercept: float = 0.0
+    outliers: int = 0
 
-    def apply(self, raw_sum: float) -> float:
+    def apply(self, raw_sum: float, parts: dict[str, float] | None = None) -> float:
+        if self.slopes and parts is not None and set(parts) <= set(self.slopes):
+            return max(sum(self.slopes[g] * v for g, v in parts.items()) + self.intercept, 0.0)
         return max(self.a * raw_sum + self.b, 0.0)
 
-    def add(self, raw_sum: float, measured: float) -> None:
+    def add(self, raw_sum: float, measured: float, parts: dict[str, float] | None = None) -> None:
+        if len(self.parts) != len(self.points):  # points from before parts were recorded
+            self.parts = []
+        if parts is not None and len(self.parts) == len(self.points):
+            self.parts.append({g: float(v) for g, v in parts.items()})
+        else:
+            self.parts = []
         self.points.append((float(raw_sum), float(measured)))
         del self.points[:-MAX_CALIBRATION_POINTS]
+        del self.parts[:-MAX_CALIBRATION_POINTS]
         self.fit()
 
     def fit(self) -> None:
+        self.slopes, self.intercept, self.outliers = {}, 0.0, 0
         if not self.points:
             self.a, self.b = 1.0, 0.0
             return
         s = np.array([p[0] for p in self.points])
         m = np.array([p[1] for p in self.points])
+        keep = np.ones(len(s), dtype=bool)
+        self.a, self.b = self._fit_global(s, m)
+        with_parts = len(self.parts) == len(self.points)
+        if with_parts:
+            self._fit_groups(keep, m)
+        if len(s) >= 6:
+            # One robust pass: a point more than 3 robust sigmas (and 2%) off the fit is noise.
+            fitted = [self.apply(s[i], self.parts[i] if with_parts else None) for i in range(len(s))]
+            resid = m - np.array(fitted)
+            mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+            keep = np.abs(resid - np.median(resid)) <= max(3 * mad, 0.02 * float(np.median(m)))
+            if keep.sum() >= 3 and not keep.all():
+                self.outliers = int((~keep).sum())
+                self.a, self.b = self._fit_global(s[keep], m[keep])
+                if with_parts:
+                    self._fit_groups(keep, m)
+
+    @staticmethod
+    def _fit_global(s: np.ndarray, m: np.ndarray) -> tuple[float, float]:
         # The prior row weighs like a point at a tenth of the typical sum: it decides the slope when
         # the sums barely differ (one model's pruned variants early in a search) and fades otherwise.
         prior = 0.1 * (float(np.sqrt(np.mean(s * s))) or 1.0)
@@ -119,7 +174,42 @@ class Calibration:
         (a, b), *_ = np.linalg.lstsq(rows, target, rcond=None)
         if a <= 0:  # more kernels can never make a network faster: fall back to a pure offset
             a, b = 1.0, float(np.mean(m - s))
-        self.a, self.b = float(a), float(b)
+        return float(a), float(b)
+
+    def _fit_groups(self, keep: np.ndarray, m: np.ndarray) -> None:
+        self.slopes, self.intercept = {}, 0.0
+        groups = sorted({g for p in self.parts for g in p})
+        x = np.array([[p.get(g, 0.0) for g in groups] for p in self.parts])[keep]
+        y = m[keep]
+        # A group (nearly) constant across the points (the stem conv, a classifier) says nothing about
+        # its own slope: it keeps the common one and the intercept absorbs the rest.
+        spread = np.std(x, axis=0)
+        free = spread > 0.02 * np.sqrt(np.mean(x * x, axis=0))
+        if free.sum() < 2 or len(y) < free.sum() + 3:
+            return
+        y = y - x[:, ~free] @ np.full((~free).sum(), self.a)
+        xf = x[:, free]
+        # Only a group's variation across the points says anything about its slope: the ridge towards
+        # the common slope weighs like GROUP_PRIOR points' worth of that variation.
+        scale = spread[free]
+        prior = np.zeros((len(scale), len(scale) + 1))
+        prior[np.arange(len(scale)), np.arange(len(scale))] = GROUP_PRIOR * scale
+        rows = np.vstack([np.column_stack([xf, np.ones(len(y))]), prior])
+        target = np.concatenate([y, GROUP_PRIOR * scale * self.a])
+        coef, *_ = np.linalg.lstsq(rows, target, rcond=None)
+        if np.any(coef[:-1] <= 0):  # a group that makes a network faster: not a model to trust
+            return
+        fitted = iter(coef[:-1])
+        self.slopes = {g: (float(next(fitted)) if f else self.a) for g, f in zip(groups, free)}
+        self.intercept = float(coef[-1])
+
+    def describe(self) -> str:
+        """One line for reports: the slopes, offset and number of points."""
+        text = f"a={self.a:.3f}, b={self.b:.4f} ms"
+        if self.slopes:
+            text += "; per op group " + ", ".join(f"{g}: {v:.3f}" for g, v in self.slopes.items())
+            text += f" + {self.intercept:.4f} ms"
+        return text + f" ({len(self.points)} points, {self.outliers} left out as outliers)"
 
 
 @dataclass
@@ -209,13 +299,24 @@ class LatencyTable:
         total = float(sum(self.kernel_ms(k) for k in kernels))
         return max(total - max(len(kernels) - 1, 0) * self.overhead_ms, 0.0)
 
+    def group_sums(self, kernels: Sequence[KernelSpec]) -> dict[str, float]:
+        """Kernel latencies summed per op group (`op_group`), each kernel without the per-inference
+        overhead (paid once per network; the calibration's intercept holds it)."""
+        out: dict[str, float] = {}
+        for k in kernels:
+            g = op_group(k)
+            out[g] = out.get(g, 0.0) + self.kernel_ms(k) - self.overhead_ms
+        return out
+
     def calibration(self, kernels: Sequence[KernelSpec]) -> Calibration:
         return self.calibrations.get(structure_key(kernels)) or Calibration()
 
     def predict_ms(self, kernels: Sequence[KernelSpec]) -> float:
         """Predicted whole-network latency (ms)."""
         with self._lock:
-            return self.calibration(kernels).apply(self.raw_sum(kernels))
+            cal = self.calibration(kernels)
+            parts = self.group_sums(kernels) if cal.slopes else None
+            return cal.apply(self.raw_sum(kernels), parts)
 
     def observe(self, kernels: Sequence[KernelSpec], measured_ms: float) -> None:
         """Refine the calibration of this network structure with a real measurement."""
@@ -223,7 +324,7 @@ class LatencyTable:
             return
         with self._lock:
             self.calibrations.setdefault(structure_key(kernels), Calibration()).add(
-                self.raw_sum(kernels), measured_ms)
+                self.raw_sum(kernels), measured_ms, self.group_sums(kernels))
 
     # -- persistence ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -261,7 +362,11 @@ class LatencyTable:
         for e in data.get("entries", []):
             table.entries.setdefault(e["shape"], {})[(int(e["cin"]), int(e["cout"]))] = float(e["ms"])
         for key, cal in data.get("calibrations", {}).items():
-            table.calibrations[key] = Calibration(cal["a"], cal["b"], [tuple(p) for p in cal.get("points", [])])
+            table.calibrations[key] = Calibration(cal["a"], cal["b"], [tuple(p) for p in cal.get("points", [])],
+                                                  parts=[dict(p) for p in cal.get("parts", [])],
+                                                  slopes=dict(cal.get("slopes", {})),
+                                                  intercept=float(cal.get("intercept", 0.0)),
+                                                  outliers=int(cal.get("outliers", 0)))
         return table
 
 
@@ -380,7 +485,7 @@ def time_kernel(device: Device, spec: KernelSpec, *, runtime: str, config: Measu
 
 def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, runtime: str = "onnxruntime",
               config: MeasureConfig | None = None, lut_dir: Path | None = None,
-              table: LatencyTable | None = None, max_points: int | None = 3, round_to: int = 8,
+              table: LatencyTable | None = None, max_points: int | None = DEFAULT_MAX_POINTS, round_to: int = 8,
               a_min: float = 0.2, cache: MeasurementCache | None = None,
               calibrate_with: Sequence[tuple[Sequence[KernelSpec], Path]] = (),
               progress: Progress | None = None, work_dir: Path | None = None) -> LatencyTable:
@@ -427,8 +532,10 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
     for j, (ks, path) in enumerate(calibrate_with):
         if progress:
             progress(len(grid) + j, total, f"calibrating on {Path(path).name}")
-        full_config = MeasureConfig(threads=config.threads, warmup=max(config.warmup, 5), runs=max(config.runs, 30))
-        table.observe(ks, measure(device, path, full_config, runtime=runtime, cache=cache).median_ms)
+        # Exactly as the oracle measures candidates, so a calibration point and a later measurement
+        # of the same model agree (and share a cache entry).
+        whole = MeasureConfig(threads=config.threads, cpu_mask=config.cpu_mask)
+        table.observe(ks, measure(device, path, whole, runtime=runtime, cache=cache).median_ms)
     table.meta.update({"updated": time.time(), "round_to": round_to, "a_min": a_min, "max_points": max_points,
                        "kernel_runs": config.runs, "device_spec": device.spec,
                        "build_s": round(time.monotonic() - start, 2)})

@@ -17,6 +17,8 @@ from profiler.devices import Device, open_device, parse_device_spec
 from profiler.export import export_onnx
 from profiler.kernels import search_kernels
 from profiler.lut import (
+    DEFAULT_CALIBRATION_VARIANTS,
+    DEFAULT_MAX_POINTS,
     LatencyTable,
     ModelKernels,
     Progress,
@@ -46,7 +48,7 @@ class LutOracle:
                  config: MeasureConfig | None = None, deadline_s: float | None = 180.0,
                  name: str | None = None, save: bool = True, builder: Device | None = None,
                  kernel_config: MeasureConfig | None = None, cache: MeasurementCache | None = None,
-                 round_to: int = 8, a_min: float = 0.2, max_points: int | None = 3,
+                 round_to: int = 8, a_min: float = 0.2, max_points: int | None = DEFAULT_MAX_POINTS,
                  progress: Progress | None = None):
         self.table = table
         self.pool = pool
@@ -58,7 +60,7 @@ class LutOracle:
         self.measurements = 0
         # With a builder device, kernel shapes the table has never seen are timed on first use.
         self.builder = builder
-        self._build_args = {"config": kernel_config or MeasureConfig(threads=table.threads, warmup=3, runs=15),
+        self._build_args = {"config": kernel_config or MeasureConfig(threads=table.threads),
                             "cache": cache, "round_to": round_to, "a_min": a_min, "max_points": max_points,
                             "progress": progress}
         self._lock = threading.Lock()
@@ -108,7 +110,8 @@ class LutOracle:
 def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int = 1,
                 lut_dir: Path | None = None, model: torch.nn.Module | None = None,
                 example_input: torch.Tensor | None = None, round_to: int = 8, a_min: float = 0.2,
-                max_points: int | None = 3, calibration_variants: int = 3, progress: Progress | None = None,
+                max_points: int | None = DEFAULT_MAX_POINTS,
+                calibration_variants: int = DEFAULT_CALIBRATION_VARIANTS, progress: Progress | None = None,
                 cache: MeasurementCache | None = None, pool: DevicePool | None = None,
                 kernel_config: MeasureConfig | None = None, device_options: dict | None = None) -> LatencyOracle:
     """Turn `--device SPEC` into an oracle. With `model` and `example_input`, the device's table is
@@ -122,7 +125,7 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
         pool = DevicePool([device], cache=cache)
     table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, threads)
     table.meta.setdefault("device_spec", device_spec)
-    config = kernel_config or MeasureConfig(threads=threads, warmup=3, runs=15)
+    config = kernel_config or MeasureConfig(threads=threads)
     if model is not None:
         if example_input is None:
             raise ValueError("make_oracle(model=...) needs example_input too")

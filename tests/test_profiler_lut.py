@@ -23,6 +23,7 @@ from profiler.lut import (
     kernel_grid,
     model_kernels,
     random_variants,
+    structure_key,
 )
 from profiler.measure import measure
 from profiler.oracle import LutOracle, make_oracle
@@ -115,6 +116,73 @@ def test_calibration_fits_and_saves(tmp_path: Path) -> None:
     again = LatencyTable.load(path)
     assert len(again) == 2 and again.predict_ms(ks) == pytest.approx(table.predict_ms(ks))
     assert again.predict_ms(ks) == pytest.approx(0.04)  # one point: a = 1, b = measured - sum
+
+
+def test_calibration_leaves_out_a_measurement_taken_during_a_burst() -> None:
+    cal = Calibration()
+    rng = np.random.default_rng(1)
+    for s in np.linspace(1.0, 3.0, 12):
+        cal.add(s, 0.8 * s + 0.2 + rng.normal(0, 0.003))
+    cal.add(2.0, 1.4 * (0.8 * 2.0 + 0.2))  # 40% slow: the machine was busy
+    assert cal.outliers == 1
+    assert cal.a == pytest.approx(0.8, abs=0.02) and cal.b == pytest.approx(0.2, abs=0.04)
+    assert len(cal.points) == 13  # kept on record, only left out of the fit
+
+
+def _two_group_table() -> tuple[LatencyTable, list[list[KernelSpec]]]:
+    """A table with 1×1 convs and depthwise convs, and pruned variants of one 4-kernel structure."""
+    table = LatencyTable("synthetic", "onnxruntime", 1, meta={"overhead_ms": 0.004})
+    for c in range(8, 65, 8):
+        for co in (16, 32):
+            table.add_entry(KernelSpec("conv", 16, c, k=1, h=8, w=8), 0.004 + 0.0002 * c * co / 16)
+            table.add_entry(KernelSpec("conv", c, co, k=1, h=8, w=8), 0.004 + 0.0002 * c * co / 16)
+        table.add_entry(KernelSpec("dwconv", c, c, k=3, h=8, w=8), 0.004 + 0.001 * c)
+    rng = np.random.default_rng(2)
+    variants = []
+    for _ in range(40):
+        a, b = (int(v) for v in rng.choice(np.arange(8, 65, 8), 2))
+        variants.append([KernelSpec("conv", 16, a, k=1, h=8, w=8), KernelSpec("dwconv", a, a, k=3, h=8, w=8),
+                         KernelSpec("conv", a, 32, k=1, h=8, w=8), KernelSpec("dwconv", b, b, k=3, h=8, w=8)])
+    return table, variants
+
+
+def test_calibration_learns_a_slope_per_op_group(tmp_path: Path) -> None:
+    # In the network, 1×1 convs run at 0.6× and depthwise convs at 1.5× their isolated timings.
+    table, variants = _two_group_table()
+
+    def truth(ks: list[KernelSpec]) -> float:
+        parts = table.group_sums(ks)
+        return 0.6 * parts["conv1"] + 1.5 * parts["dwconv3"] + 0.01
+
+    assert len({structure_key(v) for v in variants}) == 1  # one structure, one calibration
+    for ks in variants[:30]:
+        table.observe(ks, truth(ks))
+    cal = table.calibration(variants[0])
+    # Pulled a little towards the common slope (the ridge), but clearly apart.
+    assert cal.slopes["conv1"] == pytest.approx(0.6, abs=0.1) and cal.slopes["dwconv3"] == pytest.approx(1.5, abs=0.1)
+    held_out = [abs(table.predict_ms(ks) - truth(ks)) / truth(ks) for ks in variants[30:]]
+    assert max(held_out) < 0.015
+    # One common slope cannot do this: the per-group fit is what predicts the held-out variants.
+    common = [abs(cal.apply(table.raw_sum(ks)) - truth(ks)) / truth(ks) for ks in variants[30:]]
+    assert float(np.mean(common)) > 2 * float(np.mean(held_out))
+    again = LatencyTable.load(table.save(tmp_path / "t.json"))
+    assert again.calibration(variants[0]).slopes == pytest.approx(cal.slopes)
+    assert again.predict_ms(variants[35]) == pytest.approx(table.predict_ms(variants[35]))
+
+
+def test_table_without_group_sums_still_loads_and_predicts(tmp_path: Path) -> None:
+    import json
+
+    table, variants = _two_group_table()
+    data = table.to_dict()
+    data["calibrations"] = {structure_key(variants[0]): {"a": 0.9, "b": 0.05, "points": [[1.0, 0.95]]}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = LatencyTable.load(path)
+    assert old.predict_ms(variants[0]) == pytest.approx(0.9 * old.raw_sum(variants[0]) + 0.05)
+    old.observe(variants[1], 0.3)  # a point with group sums after points without: still a plain fit
+    cal = old.calibration(variants[0])
+    assert len(cal.points) == 2 and not cal.slopes
 
 
 def test_grid_covers_the_allowed_channel_counts(tiny) -> None:
