@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoint") / "state.pt"
 CHECKPOINT_VERSION = 1
 RECONSTRUCTION_IMAGES = 500
-BN_IMAGES = 256
+BN_IMAGES = 128  # EagleEye-style re-estimation; a forward pass in train mode, so kept small
 EPISODE_FIELDS = ["episode", "reward", "accuracy", "macs", "params", "macs_ratio", "params_ratio", "latency_ms",
                   "seconds", "prune_s", "reconstruct_s", "bn_s", "eval_s", "agent_s", "critic_loss", "actor_loss",
                   "best_accuracy", "best_reward", "kept", "ratios"]
