@@ -2,12 +2,14 @@
 
 Reward on the first `--reward-samples` images of the search split (test images 0-4999); final accuracy
 on the report split (test images 5000-9999), before fine-tuning. Runs:
-  - DDPG with reconstruction and BN re-estimation, with uniform and random (same episodes) beside it;
-  - DDPG without reconstruction;
+  - DDPG exploring around the uniform policy (our default), with uniform and random search (same
+    episodes, same exploration distribution) beside it;
+  - DDPG and random search exploring uniformly over [a_min, 1] as AMC does;
+  - DDPG (default exploration) without reconstruction;
   - the uniform policy under all four combinations of reconstruction and BN re-estimation.
 Prints a markdown section (and the per-episode time split) on stdout.
 
-    python -m benchmarks.bench_search --episodes 300 --reward-samples 1000
+    python -m benchmarks.bench_search --episodes 120 --reward-samples 1000
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _progress(label: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--episodes", type=int, default=120)
     parser.add_argument("--reward-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     runs = {}
     runs["ddpg"] = run_search(_config(args, compare=True), out / "ddpg", on_event=_progress("ddpg"))
+    runs["ddpg-amc"] = run_search(_config(args, compare=True, uniform_prior=False), out / "ddpg-amc",
+                                  on_event=_progress("ddpg-amc"))
     runs["ddpg-norec"] = run_search(_config(args, reconstruct=False), out / "ddpg-norec",
                                     on_event=_progress("ddpg-norec"))
     uniform = {}
@@ -94,9 +98,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for (rec, bn), report in uniform.items():
         row("uniform", rec, bn, report["result"])
-    row(f"random ({a['compare']['random']['episodes']} episodes)", True, True, a["compare"]["random"])
-    row(f"DDPG ({args.episodes} episodes)", True, True, a["result"])
-    row(f"DDPG ({args.episodes} episodes)", False, True, runs["ddpg-norec"]["result"])
+    amc = runs["ddpg-amc"]
+    row(f"random, AMC exploration ({amc['compare']['random']['episodes']} episodes)", True, True,
+        amc["compare"]["random"])
+    row(f"DDPG, AMC exploration ({args.episodes} episodes)", True, True, amc["result"])
+    row(f"random, around uniform ({a['compare']['random']['episodes']} episodes)", True, True,
+        a["compare"]["random"])
+    row(f"**DDPG, around uniform ({args.episodes} episodes)**", True, True, a["result"])
+    row(f"DDPG, around uniform ({args.episodes} episodes)", False, True, runs["ddpg-norec"]["result"])
     t = a["episode_timing"]
     other = t["prune_s"] + t["reconstruct_s"] + t["bn_s"] + t["agent_s"]
     lines += [
