@@ -86,15 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Channels rounded to multiples of 8, a_min 0.2, block-internal channels pruned (option-A shortcuts "
         f"make the residual stream unprunable). Total wall time {total / 60:.1f} min.",
         "",
-        "| policy | reconstruction | BN re-estimation | MACs kept | params kept | accuracy (report split) |",
-        "|---|---|---|---:|---:|---:|",
-        f"| unpruned | | | 1.000 | 1.000 | {100 * base['accuracy']:.2f}% |",
+        "| policy | reconstruction | BN re-estimation | MACs kept | params kept | accuracy (reward images) "
+        "| accuracy (report split) |",
+        "|---|---|---|---:|---:|---:|---:|",
+        f"| unpruned | | | 1.000 | 1.000 | {100 * base['search_accuracy']:.2f}% | {100 * base['accuracy']:.2f}% |",
     ]
 
     def row(name, rec, bn, s):
         lines.append(f"| {name} | {'yes' if rec else 'no'} | {'yes' if bn else 'no'} | "
                      f"{s['macs'] / base['macs']:.3f} | {s['params'] / base['params']:.3f} | "
-                     f"{100 * s['accuracy']:.2f}% |")
+                     f"{100 * s['search_accuracy']:.2f}% | {100 * s['accuracy']:.2f}% |")
 
     for (rec, bn), report in uniform.items():
         row("uniform", rec, bn, report["result"])
