@@ -20,6 +20,7 @@ FLOPs-targeted one at the same measured latency.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -88,6 +89,11 @@ def lut_accuracy(name: str, *, samples: int, calibration: int, max_points: int |
 
     pruner = ChannelPruner(model, x)
     device = LocalDevice()
+    # The unpruned model was a calibration point; measured again before and after scoring, it shows
+    # how far the machine's speed drifts while the variants are measured.
+    full_path = export_onnx(model, x, work / f"{name}-full.onnx", validate=False)
+    full_kernels = pruner.cost_model.kernels([u.channels for u in pruner.units])
+    full_before = measure(device, full_path, MeasureConfig(threads=1), cache=None).median_ms
     rng = random.Random(seed)
     pred, raw, meas, pred_online, skipped = [], [], [], [], 0
     t0 = time.perf_counter()
@@ -107,6 +113,8 @@ def lut_accuracy(name: str, *, samples: int, calibration: int, max_points: int |
         online.observe(kernels, m)
         if len(meas) % 20 == 0:
             _log(f"  [{name}] {len(meas)}/{samples} scored, {_within(pred, meas):.0%} within ±10% so far")
+    full_after = measure(device, full_path, MeasureConfig(threads=1), cache=None).median_ms
+    half = len(meas) // 2
     err = _rel_errors(pred, meas)
     raw_err = _rel_errors(raw, meas)
     online_err = _rel_errors(pred_online, meas)
@@ -117,7 +125,9 @@ def lut_accuracy(name: str, *, samples: int, calibration: int, max_points: int |
             "mean_err": float(err.mean()), "max_err": float(err.max()),
             "raw_within": _within(raw, meas), "raw_mean_err": float(raw_err.mean()),
             "meas_min": min(meas), "meas_max": max(meas), "pred": pred, "meas": meas, "raw": raw,
-            "pred_online": pred_online,
+            "pred_online": pred_online, "full_pred": oracle.predict_ms(full_kernels), "full_before": full_before,
+            "full_after": full_after, "first_half": _within(pred[:half], meas[:half]),
+            "second_half": _within(pred[half:], meas[half:]),
             "calibration": table.calibration(pruner.cost_model.kernels([u.channels for u in pruner.units]))}
 
 
@@ -225,7 +235,8 @@ def searches(*, data_dir: Path, episodes: int, reward_samples: int, seed: int, w
     x_ms = measured(work / "search-flops" / "model.onnx")[0]
     t0 = time.perf_counter()
     lat_cfg = SearchConfig(target=f"latency-ms={x_ms:.4f}", **base)
-    lat = run_search(lat_cfg, work / "search-latency", oracle=make_oracle(lat_cfg), on_event=progress("latency"))
+    oracle = make_oracle(lat_cfg)
+    lat = run_search(lat_cfg, work / "search-latency", oracle=oracle, on_event=progress("latency"))
     lat_s = time.perf_counter() - t0
     # Re-measure both final models and the unpruned one the same way, interleaved.
     from compressor import zoo
@@ -236,8 +247,16 @@ def searches(*, data_dir: Path, episodes: int, reward_samples: int, seed: int, w
                             validate=False)
     full_ms, flops_ms, latency_ms = measured(full_path, work / "search-flops" / "model.onnx",
                                              work / "search-latency" / "model.onnx")
+    # The lookup table's view of both results (one table, no drift between them).
+    from compressor.pruning import ChannelPruner
+
+    pruner = ChannelPruner(full.model.eval(), torch.zeros(1, *full.entry.input_shape))
+    predicted = {}
+    for key, report in (("flops", flops), ("latency", lat)):
+        kept = [report["result"]["channels"].get(u.name, u.channels) for u in pruner.units]
+        predicted[key] = oracle.predict_ms(pruner.cost_model.kernels(kept)) if oracle is not None else None
     return {"target_ms": x_ms, "full_ms": full_ms, "flops": flops, "latency": lat,
-            "flops_ms": flops_ms, "latency_ms": latency_ms,
+            "flops_ms": flops_ms, "latency_ms": latency_ms, "predicted": predicted,
             "flops_s": flops_s, "latency_s": lat_s, "episodes": episodes, "reward_samples": reward_samples}
 
 
@@ -298,6 +317,14 @@ def _lut_markdown(args, acc: list[dict]) -> list[str]:
               "*Refined online*: the same variants, each predicted before its own measurement is added to the "
               "calibration (`LutOracle.measure_ms` does that during a search). *Plain kernel sum*: Σ kernel "
               "latencies with the runtime's per-inference overhead counted once, no calibration."]
+    lines += ["", "Drift: the unpruned model (a calibration point) measured again right before and right after "
+              "the variants were scored, and the share within ±10% in the first and second half of the scoring "
+              "order:", "",
+              "| model | unpruned: predicted | measured before | measured after | within ±10%: first half "
+              "| second half |", "|---|---|---|---|---|---|"]
+    for r in acc:
+        lines.append(f"| {r['model']} | {r['full_pred']:.3f} ms | {r['full_before']:.3f} ms | {r['full_after']:.3f} ms "
+                     f"({r['full_after'] / r['full_before'] - 1:+.1%}) | {r['first_half']:.0%} | {r['second_half']:.0%} |")
     lines += ["", "Calibration learned (per model structure; `measured ≈ a·Σ kernels + b` per op group):", ""]
     for r in acc:
         lines.append(f"- {r['model']}: {r['calibration'].describe()}")
@@ -332,16 +359,19 @@ def _rest_markdown(args, adb: dict | None, search: dict | None) -> list[str]:
             "best 3 candidates measured). Latencies below are medians of 5 fresh measurements of each "
             "final `model.onnx`, taken afterwards in interleaved rounds (the machine's speed drifts by a few "
             "percent over minutes).",
-            "", "| search | accuracy (report split) | MACs | measured latency | speed-up | search time |",
-            "|---|---|---|---|---|---|",
+            "", "| search | accuracy (report split) | MACs | measured latency | speed-up | LUT-predicted latency "
+            "| search time |",
+            "|---|---|---|---|---|---|---|",
             f"| unpruned | {s['flops']['baseline']['accuracy']:.2%} | {s['flops']['baseline']['macs'] / 1e6:.1f} M | "
-            f"{s['full_ms']:.3f} ms | 1.00× | |",
+            f"{s['full_ms']:.3f} ms | 1.00× | | |",
         ]
         for label, key, ms in (("FLOPs-targeted (`flops=0.5`)", "flops", s["flops_ms"]),
                                ("latency-targeted", "latency", s["latency_ms"])):
             r = s[key]["result"]
+            pred = s["predicted"].get(key)
             lines.append(f"| {label} | {r['accuracy']:.2%} | {r['macs'] / 1e6:.1f} M | {ms:.3f} ms | "
-                         f"{s['full_ms'] / ms:.2f}× | {s[key + '_s'] / 60:.1f} min |")
+                         f"{s['full_ms'] / ms:.2f}× | {'–' if pred is None else f'{pred:.3f} ms'} | "
+                         f"{s[key + '_s'] / 60:.1f} min |")
         lat = s["latency"].get("latency") or {}
         if lat:
             lines.append("")
@@ -393,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
             search = searches(data_dir=Path(args.data_dir), episodes=args.episodes,
                               reward_samples=args.reward_samples, seed=0, work=work)
         print(_markdown(args, acc, noi, adb, search, time.perf_counter() - start))
+    if acc:  # the scored samples in the order they were measured, for a closer look
+        out = REPO / "runs" / "bench_latency"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "lut_samples.json").write_text(json.dumps(
+            [{k: r[k] for k in ("model", "pred", "pred_online", "raw", "meas")} for r in acc]))
+        _log(f"samples written to {out / 'lut_samples.json'}")
     return 0
 
 
