@@ -41,7 +41,7 @@ def test_latency_target_is_met_as_measured_on_an_emulated_phone(tmp_path, phone)
     target = round(0.7 * baseline_ms, 5)
 
     run = _amc(["compress", "--model", "demo-cnn", "--data", "digits", "--target", f"latency-ms={target}",
-                "--device", phone, "--episodes", "8", "--warmup", "2", "--out", str(tmp_path / "out"),
+                "--device", phone, "--episodes", "16", "--warmup", "4", "--out", str(tmp_path / "out"),
                 "--json"], env)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
