@@ -29,7 +29,7 @@ from compressor import zoo
 from compressor.config import SearchConfig
 from compressor.data import LOADERS, DataBundle, Split, load_dataset
 from compressor.env import Budget, PruningEnv, check_feasible, make_budget
-from compressor.errors import ConfigError, SearchCancelled
+from compressor.errors import ConfigError, ModelLoadError, SearchCancelled
 from compressor.events import EventSink, SearchEvent, ignore
 from compressor.latency import LatencyOracle
 from compressor.pruning import PRUNERS, PrunedModel, Pruner
@@ -171,6 +171,11 @@ def validate(config: SearchConfig, *, oracle: LatencyOracle | None = None) -> No
         loaded = zoo.load_model(config.model)
     except Exception as exc:  # noqa: BLE001 - any failure to build is the model field's fault
         raise ConfigError("model", str(exc)) from exc
+    if config.weights is not None:
+        try:
+            zoo.load_weights(loaded.model, config.weights)
+        except ModelLoadError as exc:
+            raise ConfigError("weights", str(exc)) from exc
     _check_oracle(config, oracle)
     example = torch.zeros(1, *loaded.entry.input_shape)
     pruner = _make_pruner(config, loaded.model, example)

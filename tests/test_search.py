@@ -182,6 +182,20 @@ def test_bad_specs_name_the_field(field, kwargs):
     assert info.value.field == field
 
 
+def test_weights_that_do_not_fit_the_model_are_refused_up_front(tmp_path):
+    wrong = tmp_path / "resnet20.pt"
+    torch.save(load_model_state("resnet20"), wrong)
+    with pytest.raises(ConfigError) as info:
+        validate(SearchConfig(model="demo-cnn", data="digits", weights=str(wrong)))
+    assert info.value.field == "weights"
+
+
+def load_model_state(name: str) -> dict:
+    from compressor.zoo import load_model
+
+    return load_model(name).model.state_dict()
+
+
 def test_weight_granularity_search(tmp_path):
     config = SearchConfig(model="demo-cnn", data="digits", target="params=0.3", granularity="weight",
                           episodes=4, warmup=1, a_min=0.05)

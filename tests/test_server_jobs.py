@@ -51,18 +51,23 @@ def test_queue_limit_and_cancel_within_seconds(server):
         assert c.get("/healthz").json()["running"] == []
 
 
-def test_failed_job_keeps_its_log_and_says_why(server):
+def test_failed_job_keeps_its_log_and_says_why(server, tmp_path):
+    import numpy as np
     import torch
 
     buf = io.BytesIO()
     torch.save({"not.a.layer.of.demo_cnn": torch.zeros(3, 3)}, buf)  # valid weights file, wrong model
+    bad_data = tmp_path / "bad.npz"
+    np.savez(bad_data, x=np.zeros((4, 5), dtype=np.uint8), y=np.zeros(4, dtype=np.int64))  # exists, wrong shape
     with server.client() as c:
         up = c.post("/uploads", files={"file": ("wrong.pt", buf.getvalue())}).json()
         r = c.post("/jobs", json={**SMALL_JOB, "weights": up["id"]})
-        assert r.status_code == 201, r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "weights"], r.text
+        r = c.post("/jobs", json={**SMALL_JOB, "data": f"cifar10:{bad_data}"})
+        assert r.status_code == 201, r.text  # only loading the file shows what is wrong with it
         job = wait_for(c, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=90)
         assert job["state"] == "failed"
-        assert job["error"].startswith("ModelLoadError"), job["error"]  # what went wrong, by type and message
+        assert job["error"].startswith("DataError"), job["error"]  # what went wrong, by type and message
         log = c.get(job["links"]["log"]).text
         assert "Traceback" in log and "failed" in log
         assert c.get(f"/jobs/{job['id']}/artifacts/model.onnx").status_code == 409
