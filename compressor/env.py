@@ -54,6 +54,14 @@ def make_budget(target: Target, pruner: Pruner, *, latency_fn: CostFn | None = N
     return Budget("latency-ms", target.value, latency_fn(full), latency_fn)
 
 
+def _ceil_sig(x: float, digits: int = 4) -> float:
+    """`x` rounded up to `digits` significant digits (a reachable budget, however small)."""
+    if x <= 0:
+        return x
+    scale = 10 ** (digits - 1 - math.floor(math.log10(x)))
+    return math.ceil(x * scale) / scale
+
+
 def check_feasible(budget: Budget, pruner: Pruner) -> None:
     """Refuse a budget that even the smallest allowed network exceeds, saying what is reachable."""
     smallest = budget.cost([u.candidates[0] for u in pruner.units])
@@ -62,7 +70,7 @@ def check_feasible(budget: Budget, pruner: Pruner) -> None:
     if budget.kind == "latency-ms":
         raise BudgetInfeasible(
             f"latency-ms={budget.limit:g} cannot be reached: with every prunable layer at its minimum the "
-            f"predicted latency is {smallest:.3f} ms. Ask for at least latency-ms={math.ceil(smallest * 1000) / 1000:g}, "
+            f"predicted latency is {smallest:.5g} ms. Ask for at least latency-ms={_ceil_sig(smallest):g}, "
             "or lower --a-min.", smallest=smallest)
     frac = smallest / budget.full
     raise BudgetInfeasible(
