@@ -66,6 +66,7 @@ class Problem:
     bn_images: torch.Tensor | None
     reconstructor: Reconstructor | None
     weights: str
+    predictions: Predictions | None = None
     _cache: dict[tuple[int, ...], dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -73,9 +74,7 @@ class Problem:
         return self.config.reward or "err"
 
     def latency_of(self, kept) -> float | None:
-        if self.oracle is None:
-            return None
-        return float(self.oracle.predict_ms(self.pruner.cost_model.kernels(kept)))
+        return None if self.predictions is None else self.predictions(kept)
 
     def build(self, kept: list[int], timings: dict[str, float] | None = None) -> PrunedModel:
         """The pruned, re-fitted, re-calibrated network for `kept` channels per unit."""
@@ -133,14 +132,31 @@ def _load_data(config: SearchConfig, entry: zoo.ModelEntry) -> DataBundle:
                         mean=entry.mean if is_zoo else None, std=entry.std if is_zoo else None, seed=0)
 
 
-def _make_budget(config: SearchConfig, pruner: Pruner, oracle: LatencyOracle | None) -> Budget | None:
+class Predictions:
+    """The oracle's predicted latency of each kept-channel configuration, asked once and remembered.
+
+    A device's table can change while a search runs (it times kernel shapes on first use; real
+    measurements recalibrate it). The action wall's guarantee — every episode within budget as
+    predicted — needs one answer per policy, so the search asks each policy once.
+    """
+
+    def __init__(self, oracle: LatencyOracle, pruner: Pruner):
+        self.oracle = oracle
+        self.pruner = pruner
+        self._memo: dict[tuple[int, ...], float] = {}
+
+    def __call__(self, kept) -> float:
+        key = tuple(int(k) for k in kept)
+        if key not in self._memo:
+            self._memo[key] = float(self.oracle.predict_ms(self.pruner.cost_model.kernels(key)))
+        return self._memo[key]
+
+
+def _make_budget(config: SearchConfig, pruner: Pruner, predictions: Predictions | None) -> Budget | None:
     """The action wall's budget; None in accuracy-guaranteed mode (a cost-aware reward, no clamp)."""
     if config.reward not in (None, "err"):
         return None
-    latency_fn = None
-    if oracle is not None:
-        latency_fn = lambda kept: float(oracle.predict_ms(pruner.cost_model.kernels(kept)))  # noqa: E731
-    return make_budget(config.parsed_target, pruner, latency_fn=latency_fn)
+    return make_budget(config.parsed_target, pruner, latency_fn=predictions)
 
 
 def _check_oracle(config: SearchConfig, oracle: LatencyOracle | None) -> None:
@@ -179,7 +195,7 @@ def validate(config: SearchConfig, *, oracle: LatencyOracle | None = None) -> No
     _check_oracle(config, oracle)
     example = torch.zeros(1, *loaded.entry.input_shape)
     pruner = _make_pruner(config, loaded.model, example)
-    budget = _make_budget(config, pruner, oracle)
+    budget = _make_budget(config, pruner, Predictions(oracle, pruner) if oracle is not None else None)
     if budget is not None:
         check_feasible(budget, pruner)
 
@@ -191,7 +207,8 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
     bundle = _load_data(config, entry)
     example = bundle.search.x[:1].clone()
     pruner = _make_pruner(config, model, example)
-    budget = _make_budget(config, pruner, oracle)
+    predictions = Predictions(oracle, pruner) if oracle is not None else None
+    budget = _make_budget(config, pruner, predictions)
     if budget is not None:
         check_feasible(budget, pruner)
     reward_split = bundle.search
@@ -208,7 +225,7 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
         bn_images = bundle.search.x[:BN_IMAGES]
     return Problem(config=config, entry=entry, model=model, bundle=bundle, example=example, pruner=pruner,
                    budget=budget, oracle=oracle, reward_split=reward_split, bn_images=bn_images,
-                   reconstructor=reconstructor, weights=weights)
+                   reconstructor=reconstructor, weights=weights, predictions=predictions)
 
 
 # ---------------------------------------------------------------------------------------- episodes
