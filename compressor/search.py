@@ -409,7 +409,7 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
         export = export_model("tflite", model, problem.example, out_dir / "model.tflite")
         report["exports"]["tflite"] = {"max_abs_diff": export.max_abs_diff, "size_bytes": export.size_bytes}
     buffer = io.BytesIO()
-    torch.save({"model": config.model, "granularity": config.granularity, "kept": [int(k) for k in kept],
+    torch.save({"config": config.to_dict(), "kept": [int(k) for k in kept],
                 "input_shape": list(problem.entry.input_shape), "state_dict": model.state_dict()}, buffer)
     _atomic_write(out_dir / "model.pt", buffer.getvalue())
     policy = [{"unit": u.name, "channels": u.channels, "kept": int(k), "ratio": round(k / u.channels, 6)}
@@ -427,12 +427,15 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
     _atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
 
 
-def load_pruned(path: str | Path, *, weights: str | None = None) -> nn.Module:
-    """Rebuild a pruned network from `model.pt` (weights_only: the file is never unpickled as code)."""
+def load_pruned(path: str | Path) -> nn.Module:
+    """Rebuild a pruned network from `model.pt` (weights_only: the file is never unpickled as code).
+
+    The architecture is rebuilt with the search's own pruning settings (a_min, round_to, granularity,
+    prune_residual), then the pruned weights are loaded into it."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = zoo.load_model(saved["model"], weights=weights).model
-    example = torch.zeros(1, *saved["input_shape"])
-    pruner = PRUNERS[saved["granularity"]](model, example)
+    config = SearchConfig.from_dict(saved["config"])
+    model = zoo.load_model(config.model).model
+    pruner = _make_pruner(config, model, torch.zeros(1, *saved["input_shape"]))
     pruned = pruner.apply(saved["kept"]).model
     pruned.load_state_dict(saved["state_dict"])
     return pruned.eval()

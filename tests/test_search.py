@@ -74,7 +74,7 @@ def test_every_episode_meets_the_budget_in_the_log(demo_run):
 
 def test_onnx_export_matches_pytorch_and_reloads(demo_run):
     _, out, report, _ = demo_run
-    model = load_pruned(out / "model.pt", weights=report["weights"])
+    model = load_pruned(out / "model.pt")
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     for seed in range(3):  # the phone model has a static batch of 1
         x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
@@ -194,6 +194,22 @@ def load_model_state(name: str) -> dict:
     from compressor.zoo import load_model
 
     return load_model(name).model.state_dict()
+
+
+def test_pruned_model_reloads_with_the_search_settings(tmp_path):
+    """model.pt rebuilds with the search's own rounding and minimum ratio, not the defaults."""
+    config = SearchConfig(model="demo-cnn", data="digits", target="flops=0.45", episodes=3, warmup=1,
+                          round_to=4, a_min=0.3)
+    report = run_search(config, tmp_path)
+    model = load_pruned(tmp_path / "model.pt")
+    channels = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert channels == list(report["result"]["channels"].values())
+    assert any(c % 8 for c in channels), "round_to=4 should give a count that is not a multiple of 8"
+    x = torch.randn(1, 1, 8, 8)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        want = model(x).numpy()
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-4
 
 
 def test_weight_granularity_search(tmp_path):
