@@ -13,10 +13,12 @@ TargetKind = Literal["flops", "params", "latency-ms"]
 RewardKind = Literal["err", "flops", "params", "latency"]
 StrategyName = Literal["ddpg", "random", "uniform"]
 Granularity = Literal["channel", "weight"]
+FinetuneMethod = Literal["distill", "plain"]
 
 TARGET_KINDS: tuple[str, ...] = ("flops", "params", "latency-ms")
 REWARD_KINDS: tuple[str, ...] = ("err", "flops", "params", "latency")
 STRATEGIES: tuple[str, ...] = ("ddpg", "random", "uniform")
+FINETUNE_METHODS: tuple[str, ...] = ("distill", "plain")
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,15 @@ class SearchConfig:
     uniform_prior: bool = True
     reward_samples: int | None = None  # images of the search split used for the reward; None: all
     finetune_epochs: int = 0
+    # distill: learn the unpruned network's outputs and pooled features (few images suffice);
+    # plain: cross-entropy on the labels alone.
+    finetune_method: FinetuneMethod = "distill"
     compare: bool = False
     measure_top: int = 3  # latency targets: best candidates measured on the real device
     prune_residual: bool = False  # also prune channels coupled through residual additions
+    # Residual blocks may be removed whole (a preserve ratio below a_min on a block's inner channels
+    # turns the block into its shortcut). Depth is what costs time on a CPU or phone.
+    prune_blocks: bool = False
     tflite: bool = False  # also export model.tflite (needs the `tflite` extra)
 
     def __post_init__(self) -> None:
@@ -95,6 +103,11 @@ class SearchConfig:
             raise ConfigError("warmup", f"must be >= 0, got {self.warmup}")
         if self.finetune_epochs < 0:
             raise ConfigError("finetune_epochs", f"must be >= 0, got {self.finetune_epochs}")
+        if self.finetune_method not in FINETUNE_METHODS:
+            raise ConfigError("finetune_method", f"{self.finetune_method!r} is unknown; choose one of "
+                                                 f"{', '.join(FINETUNE_METHODS)}")
+        if self.prune_blocks and self.granularity != "channel":
+            raise ConfigError("prune_blocks", "removing blocks needs granularity 'channel'")
         if self.measure_top < 1:
             raise ConfigError("measure_top", f"must be >= 1, got {self.measure_top}")
         if self.reward_samples is not None and self.reward_samples < 1:
