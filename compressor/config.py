@@ -1,11 +1,15 @@
 """Typed configuration of a search. The same strings are used on the command line and in the
-REST job spec (`flops=0.5`, `latency-ms=4.0`, `demo-cnn`, `digits`)."""
+REST job spec (`flops=0.5`, `latency-ms=4.0`, `demo-cnn`, `digits`).
+
+Each SearchConfig field carries an `Option` (help text, choices, bounds, spelling): `amc compress`'s
+flags, the REST job spec and the job worker are generated from them (`server/options.py`), so a new
+field with its Option needs nothing else to reach the command line and the API."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import Field, asdict, dataclass, field, fields
+from typing import Any, Literal
 
 from compressor.errors import ConfigError
 
@@ -19,6 +23,52 @@ TARGET_KINDS: tuple[str, ...] = ("flops", "params", "latency-ms")
 REWARD_KINDS: tuple[str, ...] = ("err", "flops", "params", "latency")
 STRATEGIES: tuple[str, ...] = ("ddpg", "random", "uniform")
 FINETUNE_METHODS: tuple[str, ...] = ("distill", "plain")
+GRANULARITIES: tuple[str, ...] = ("channel", "weight")
+
+
+class _FieldDefault:
+    def __repr__(self) -> str:
+        return "FIELD_DEFAULT"
+
+
+FIELD_DEFAULT: Any = _FieldDefault()  # Option.spec_default: the job spec uses the field's own default
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a SearchConfig field is offered to users, on the command line and in the REST job spec.
+
+    `choices`: a closed set (the names the search validates against). `ge`/`gt`/`le` and
+    `min_length`/`max_length`: what the REST job spec accepts and the OpenAPI document shows;
+    SearchConfig checks its own ranges in `__post_init__`, and the CLI relies on that. `flag`: the CLI
+    spelling when it is not `--field-name` (`--no-field-name` for a bool that defaults to True, with
+    `flag_help` saying what turning it off does). `spec_help`/`spec_default`: the job spec's description
+    and default where they differ from the CLI's; a `spec_default` of None means "the search's default"."""
+
+    help: str
+    choices: tuple[str, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    flag: str | None = None
+    flag_help: str | None = None
+    spec_help: str | None = None
+    spec_default: Any = FIELD_DEFAULT
+
+
+def option(help: str, **kwargs: Any) -> dict[str, Option]:
+    """`dataclasses.field` metadata holding a field's Option."""
+    return {"option": Option(help, **kwargs)}
+
+
+def search_options() -> tuple[tuple[Field[Any], Option], ...]:
+    """SearchConfig's fields with their Option, in declaration order."""
+    missing = [f.name for f in fields(SearchConfig) if "option" not in f.metadata]
+    if missing:
+        raise TypeError(f"SearchConfig fields without an Option (metadata=option(...)): {', '.join(missing)}")
+    return tuple((f, f.metadata["option"]) for f in fields(SearchConfig))
 
 
 @dataclass(frozen=True)
@@ -54,36 +104,69 @@ class Target:
 class SearchConfig:
     """Everything that defines a search; two searches with equal configs give equal results."""
 
-    model: str
-    data: str
-    target: str = "flops=0.5"
-    strategy: StrategyName = "ddpg"
-    episodes: int = 100
-    seed: int = 0
-    reward: RewardKind | None = None  # None: resource-constrained search (reward -error, action wall)
-    device: str = "local"
-    weights: str | None = None
-    granularity: Granularity = "channel"
-    a_min: float = 0.2
-    round_to: int = 8
-    reconstruct: bool = True
-    bn_recalibration: bool = True
-    warmup: int | None = None  # DDPG warm-up episodes; None: 100, capped at a quarter of the episodes
+    model: str = field(metadata=option(
+        "zoo name (demo-cnn, resnet56, mobilenet-v2, ...) or package.module:factory",
+        min_length=1, max_length=300))
+    data: str = field(metadata=option(
+        "digits | cifar10:PATH | imagefolder:PATH", min_length=1, max_length=1000, spec_default="digits"))
+    target: str = field(default="flops=0.5", metadata=option(
+        "flops=F | params=F (fractions to keep) | latency-ms=MS"))
+    strategy: StrategyName = field(default="ddpg", metadata=option(
+        "ddpg (AMC), random (same episodes, random actions) or uniform (one preserve ratio for all layers)",
+        choices=STRATEGIES))
+    episodes: int = field(default=100, metadata=option("search episodes", ge=1, le=100_000))
+    seed: int = field(default=0, metadata=option("random seed; equal configs give equal results"))
+    # None: resource-constrained search (reward -error, action wall)
+    reward: RewardKind | None = field(default=None, metadata=option(
+        "accuracy-guaranteed mode: trade error against cost instead of clamping to the target; "
+        "omit for a resource-constrained search", choices=REWARD_KINDS))
+    device: str = field(default="local", metadata=option(
+        "local | adb:SERIAL | adb:HOST:PORT (latency targets)",
+        spec_help="local | adb:SERIAL | adb:HOST:PORT (registered with POST /devices)"))
+    weights: str | None = field(default=None, metadata=option(
+        "weights file (state dict; loaded with weights_only=True) or .safetensors",
+        spec_help="id of PyTorch weights uploaded with POST /uploads"))
+    granularity: Granularity = field(default="channel", metadata=option(
+        "channel pruning shrinks the network; weight is fine-grained magnitude pruning (size only)",
+        choices=GRANULARITIES, spec_default=None))
+    a_min: float = field(default=0.2, metadata=option(
+        "smallest preserve ratio of a layer", gt=0, le=1, spec_default=None))
+    round_to: int = field(default=8, metadata=option(
+        "kept channels are multiples of this", ge=1, spec_default=None))
+    reconstruct: bool = field(default=True, metadata=option(
+        "least-squares reconstruction of each pruned layer from the search images",
+        flag_help="skip least-squares reconstruction"))
+    bn_recalibration: bool = field(default=True, metadata=option(
+        "re-estimate BatchNorm statistics on search images after pruning",
+        flag_help="skip BatchNorm re-estimation"))
+    warmup: int | None = field(default=None, metadata=option(
+        "DDPG warm-up episodes (default: 100, at most a quarter of the episodes)", ge=0))
     # Explore around the uniform policy's ratio (DDPG warm-up, actor start, random search) instead of
     # uniformly over [a_min, 1] as AMC does. Only under a budget.
-    uniform_prior: bool = True
-    reward_samples: int | None = None  # images of the search split used for the reward; None: all
-    finetune_epochs: int = 0
-    # distill: learn the unpruned network's outputs and pooled features (few images suffice);
-    # plain: cross-entropy on the labels alone.
-    finetune_method: FinetuneMethod = "distill"
-    compare: bool = False
-    measure_top: int = 3  # latency targets: best candidates measured on the real device
-    prune_residual: bool = False  # also prune channels coupled through residual additions
-    # Residual blocks may be removed whole (a preserve ratio below a_min on a block's inner channels
-    # turns the block into its shortcut). Depth is what costs time on a CPU or phone.
-    prune_blocks: bool = False
-    tflite: bool = False  # also export model.tflite (needs the `tflite` extra)
+    uniform_prior: bool = field(default=True, metadata=option(
+        "under a budget, explore around the uniform policy's preserve ratio instead of uniformly over "
+        "[a_min, 1]",
+        flag_help="explore uniformly over [a-min, 1] as AMC does, instead of around the uniform policy"))
+    reward_samples: int | None = field(default=None, metadata=option(
+        "images of the search split used for the reward (default: all)", ge=1))
+    finetune_epochs: int = field(default=0, metadata=option(
+        "fine-tuning epochs after the search", ge=0, le=1000))
+    finetune_method: FinetuneMethod = field(default="distill", metadata=option(
+        "distill: learn the unpruned network's outputs and pooled features (few images suffice); "
+        "plain: cross-entropy on the labels alone",
+        choices=FINETUNE_METHODS))
+    compare: bool = field(default=False, metadata=option(
+        "also run uniform and random baselines at the same budget and episode count"))
+    measure_top: int = field(default=3, metadata=option(
+        "latency targets: how many of the best candidates are measured on the real device", ge=1))
+    prune_residual: bool = field(default=False, metadata=option(
+        "also prune channels coupled through residual additions", spec_default=None))
+    # Depth is what costs time on a CPU or phone.
+    prune_blocks: bool = field(default=False, metadata=option(
+        "residual blocks may be removed whole (a preserve ratio below a_min on a block's inner channels "
+        "keeps only its shortcut); needs granularity channel"))
+    tflite: bool = field(default=False, metadata=option(
+        "also export model.tflite (needs the tflite extra)", spec_default=None))
 
     def __post_init__(self) -> None:
         Target.parse(self.target)

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compressor.config import REWARD_KINDS, STRATEGIES, SearchConfig
-from compressor.errors import AmcError, ConfigError
+from compressor.config import SearchConfig
+from compressor.errors import AmcError
 from server.latency import make_oracle, needs_latency
+from server.options import add_search_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,51 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Prune a CNN layer by layer with AMC (DDPG) under a FLOPs, parameter or latency budget. "
                     "Writes report.json, report.md, model.onnx, model.pt, policy.json and episodes.csv into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", help="zoo name (demo-cnn, resnet56, mobilenet-v2, ...) or package.module:factory")
-    p.add_argument("--weights", help="weights file (state dict; loaded with weights_only=True) or .safetensors")
-    p.add_argument("--data", help="digits | cifar10:PATH | imagefolder:PATH")
-    p.add_argument("--target", default="flops=0.5", help="flops=F | params=F (fractions to keep) | latency-ms=MS")
-    p.add_argument("--reward", choices=REWARD_KINDS, default=None,
-                   help="accuracy-guaranteed mode: trade error against cost instead of clamping to --target")
-    p.add_argument("--strategy", choices=STRATEGIES, default="ddpg")
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=None,
-                   help="DDPG warm-up episodes (default: 100, at most a quarter of --episodes)")
-    p.add_argument("--no-uniform-prior", action="store_true",
-                   help="explore uniformly over [a-min, 1] as AMC does, instead of around the uniform policy")
-    p.add_argument("--device", default="local", help="local | adb:SERIAL | adb:HOST:PORT (latency targets)")
+    add_search_arguments(p)  # one flag per SearchConfig field
     p.add_argument("--out", default="runs/latest", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--granularity", choices=("channel", "weight"), default="channel")
-    p.add_argument("--a-min", type=float, default=0.2, help="smallest preserve ratio of a layer")
-    p.add_argument("--round-to", type=int, default=8, help="kept channels are multiples of this")
-    p.add_argument("--no-reconstruct", action="store_true", help="skip least-squares reconstruction")
-    p.add_argument("--no-bn-recalibration", action="store_true", help="skip BatchNorm re-estimation")
-    p.add_argument("--prune-residual", action="store_true",
-                   help="also prune channels coupled through residual additions")
-    p.add_argument("--reward-samples", type=int, default=None,
-                   help="images of the search split used for the reward (default: all)")
-    p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--compare", action="store_true",
-                   help="also run uniform and random baselines at the same budget and episode count")
-    p.add_argument("--tflite", action="store_true", help="also export model.tflite (needs the tflite extra)")
     p.add_argument("--resume", metavar="DIR", help="resume the killed search in DIR (same options)")
     p.add_argument("--json", action="store_true", help="print report.json instead of tables")
     p.set_defaults(func=run)
-
-
-def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    missing = [name for name in ("model", "data") if getattr(args, name) is None]
-    if missing:
-        raise ConfigError(missing[0], f"--{missing[0]} is required")
-    return SearchConfig(
-        model=args.model, data=args.data, target=args.target, strategy=args.strategy, episodes=args.episodes,
-        seed=args.seed, reward=args.reward, device=args.device, weights=args.weights,
-        granularity=args.granularity, a_min=args.a_min, round_to=args.round_to,
-        reconstruct=not args.no_reconstruct, bn_recalibration=not args.no_bn_recalibration,
-        warmup=args.warmup, reward_samples=args.reward_samples, finetune_epochs=args.finetune_epochs,
-        compare=args.compare, prune_residual=args.prune_residual, tflite=args.tflite,
-        uniform_prior=not args.no_uniform_prior)
 
 
 def _lut_progress(console):

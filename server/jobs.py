@@ -28,6 +28,7 @@ from compressor.config import SearchConfig
 from compressor.errors import ConfigError, SearchCancelled
 from server.core.config import Settings
 from server.latency import make_oracle, needs_latency
+from server.options import config_values
 from server.store import InvalidTransition, Job, JobState, Store
 
 if TYPE_CHECKING:  # the job processes import this module; they need no device code
@@ -46,10 +47,6 @@ ARTIFACTS: dict[str, str] = {
     "episodes.csv": "text/csv; charset=utf-8",
 }
 LOG_NAME = "job.log"
-# Spec fields that go into SearchConfig unchanged.
-SPEC_TO_CONFIG = ("model", "data", "target", "reward", "strategy", "episodes", "device", "seed",
-                  "finetune_epochs", "compare", "granularity", "reward_samples", "warmup", "a_min", "round_to",
-                  "prune_residual", "tflite")
 
 
 class DataDirInUse(RuntimeError):
@@ -78,7 +75,7 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 def build_config(spec: dict[str, Any], *, store: Store, settings: Settings) -> SearchConfig:
     """Turn a job spec (the same strings as `amc compress`) into a SearchConfig, resolving uploads."""
-    values = {k: spec[k] for k in SPEC_TO_CONFIG if spec.get(k) is not None}
+    values = config_values(spec)
     model = str(values.get("model", ""))
     if model.startswith("upload:"):
         up = store.get_upload(model.removeprefix("upload:"))

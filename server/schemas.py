@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.options import job_spec_model
 from server.store import Episode, Job, JobState
 
-
-class JobSpec(BaseModel):
-    """A search to run. The strings are the ones `amc compress` takes."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"model": "demo-cnn", "data": "digits", "target": "flops=0.5",
-                                         "strategy": "ddpg", "episodes": 20, "device": "local", "seed": 0}]},
-    )
-
-    model: str = Field(min_length=1, max_length=300, description="zoo name (e.g. demo-cnn, resnet56) or package.module:factory")
-    data: str = Field("digits", min_length=1, max_length=1000, description="digits | cifar10:PATH | imagefolder:PATH")
-    target: str = Field("flops=0.5", description="flops=FRACTION | params=FRACTION | latency-ms=MS")
-    reward: Literal["err", "flops", "params", "latency"] | None = Field(
-        None, description="accuracy-guaranteed reward; omit for a resource-constrained search")
-    strategy: Literal["ddpg", "random", "uniform"] = "ddpg"
-    episodes: int = Field(100, ge=1, le=100_000)
-    device: str = Field("local", description="local | adb:SERIAL | adb:HOST:PORT (registered with POST /devices)")
-    seed: int = 0
-    weights: str | None = Field(None, description="id of PyTorch weights uploaded with POST /uploads")
-    finetune_epochs: int = Field(0, ge=0, le=1000, description="fine-tuning epochs after the search")
-    compare: bool = Field(False, description="also run the uniform and random baselines")
-    granularity: Literal["channel", "weight"] | None = None
-    reward_samples: int | None = Field(None, ge=1)
-    warmup: int | None = Field(None, ge=0, description="DDPG warm-up episodes")
-    a_min: float | None = Field(None, gt=0, le=1, description="smallest preserve ratio per layer")
-    round_to: int | None = Field(None, ge=1, description="channels are kept in multiples of this")
-    prune_residual: bool | None = Field(None, description="also prune channels coupled through residual additions")
-    tflite: bool | None = Field(None, description="also export model.tflite")
+if TYPE_CHECKING:
+    JobSpec = BaseModel
+else:
+    JobSpec = job_spec_model()  # SearchConfig's fields (server/options.py)
 
 
 class JobLinks(BaseModel):

@@ -1,6 +1,8 @@
-"""Shared helpers of the server tests: a real uvicorn process on a free loopback port.
+"""Shared helpers of the server tests: the app in this process (`in_process_app`, fast: most API
+tests) and a real uvicorn process on a free loopback port (`ServerProcess`: worker processes, restarts,
+the browser page).
 
-No tests live here; test_server_*.py import it (pytest puts tests/ on sys.path).
+No tests live here; test_server_*.py and test_api_*.py import it (pytest puts tests/ on sys.path).
 """
 
 from __future__ import annotations
@@ -11,15 +13,74 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789abcdef"
 # A small real search: demo-cnn on digits, a handful of episodes.
 SMALL_JOB = {"model": "demo-cnn", "data": "digits", "target": "flops=0.5", "strategy": "ddpg",
              "episodes": 4, "device": "local", "seed": 0}
+
+
+@dataclass
+class InProcessApp:
+    app: Any  # fastapi.FastAPI
+    client: Any  # fastapi.testclient.TestClient, sending the token
+    store: Any  # server.store.Store
+    service: Any  # server.jobs.JobService, never started
+    settings: Any  # server.core.config.Settings
+
+
+@contextmanager
+def in_process_app(data_dir: Path, **settings: Any) -> Iterator[InProcessApp]:
+    """The app without its lifespan: `app.dependency_overrides` hand the routes a store and a job
+    service of the test's own. The service is never started, so a submitted job stays queued (and
+    POST /jobs still validates fully). The profiler's device registry and ADB key are private."""
+    from fastapi.testclient import TestClient
+
+    from server.api import deps
+    from server.core.config import Settings
+    from server.jobs import JobService
+    from server.main import create_app
+    from server.store import Store
+
+    config = Settings(data_dir=data_dir, api_token=TOKEN, **settings)
+    config.prepare_dirs()
+    store = Store(config.db_url)
+    service = JobService(store=store, settings=config)
+    app = create_app(config)
+    app.dependency_overrides.update({
+        deps.get_settings: lambda: config, deps.get_store: lambda: store,
+        deps.get_service: lambda: service, deps.get_token: lambda: TOKEN,
+    })
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AMC_CONFIG_DIR", str(data_dir.parent / "config"))
+        client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+        try:
+            yield InProcessApp(app, client, store, service, config)
+        finally:
+            client.close()
+            store.close()
+
+
+def other_value(f: Any) -> Any:
+    """A valid value of a search field (server.options.SearchOption) other than its default."""
+    if f.type is bool:
+        return not f.default
+    if f.choices:
+        return next(c for c in reversed(f.choices) if c != f.default)
+    if f.type is int:
+        return (f.default if isinstance(f.default, int) else 0) + 2
+    if f.type is float:
+        return round(f.default + 0.1, 6)
+    return {"model": "resnet20", "data": "cifar10:/tmp/x.npz", "target": "params=0.4"}.get(f.name, f"{f.name}-x")
 
 
 def free_port() -> int:

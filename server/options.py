@@ -1,0 +1,144 @@
+"""The search surface: SearchConfig's fields as `amc compress` flags and as the REST job spec.
+
+Both are generated from the fields and their `Option` (compressor/config.py), and a job spec turns
+back into a SearchConfig by the same list, so a field added there reaches the command line, POST /jobs
+and the job worker with no other change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from compressor.config import FIELD_DEFAULT, Option, SearchConfig, search_options
+from compressor.errors import ConfigError
+
+if TYPE_CHECKING:  # `amc compress` needs no pydantic
+    from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class SearchOption:
+    """One SearchConfig field as users see it: its value type, closed set, default and Option."""
+
+    name: str
+    type: type  # str, int, float or bool
+    choices: tuple[str, ...] | None
+    nullable: bool  # None is a value of the field
+    default: Any  # dataclasses.MISSING: required
+    option: Option
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+    @property
+    def negated(self) -> bool:
+        """A bool that defaults to True is offered as a `--no-...` flag that turns it off."""
+        return self.type is bool and self.default is True
+
+    @property
+    def flag(self) -> str:
+        return self.option.flag or ("--no-" if self.negated else "--") + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return f"no_{self.name}" if self.negated else self.name
+
+
+def _value_type(hint: Any) -> tuple[type, tuple[str, ...] | None, bool]:
+    """(value type, Literal choices, nullable) of a field's annotation."""
+    nullable = False
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        nullable = len(args) < len(get_args(hint))
+        if len(args) != 1:
+            raise TypeError(f"a search option has one value type, not {hint}")
+        hint = args[0]
+    if get_origin(hint) is Literal:
+        choices = tuple(get_args(hint))
+        return type(choices[0]), choices, nullable
+    if hint not in (str, int, float, bool):
+        raise TypeError(f"a search option is a str, int, float, bool or Literal, not {hint}")
+    return hint, None, nullable
+
+
+@cache
+def search_fields() -> tuple[SearchOption, ...]:
+    """Every SearchConfig field, in declaration order."""
+    hints = get_type_hints(SearchConfig)
+    out = []
+    for f, opt in search_options():
+        value_type, literal, nullable = _value_type(hints[f.name])
+        out.append(SearchOption(name=f.name, type=value_type, choices=opt.choices or literal, nullable=nullable,
+                                default=f.default, option=opt))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per SearchConfig field (`--a-min`, `--no-reconstruct`, ...)."""
+    for f in search_fields():
+        text = f.option.flag_help or f.option.help
+        if f.type is bool:
+            parser.add_argument(f.flag, dest=f.dest, action="store_true", help=text)
+        else:
+            parser.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices,
+                                default=None if f.required else f.default, help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    """The SearchConfig of parsed `amc compress` arguments; ConfigError names a missing required flag."""
+    values: dict[str, Any] = {}
+    for f in search_fields():
+        value = getattr(args, f.dest)
+        if f.required and value is None:
+            raise ConfigError(f.name, f"{f.flag} is required")
+        values[f.name] = not value if f.negated else value
+    return SearchConfig(**values)
+
+
+# ------------------------------------------------------------------------------------------ REST
+
+def _spec_field(f: SearchOption) -> tuple[Any, Any]:
+    from pydantic import Field
+
+    opt = f.option
+    default = f.default if opt.spec_default is FIELD_DEFAULT else opt.spec_default
+    value_type: Any = Literal[f.choices] if f.choices else f.type  # type: ignore[valid-type]
+    if f.nullable or default is None:
+        value_type = value_type | None
+    description = opt.spec_help or opt.help
+    if default is None and f.default not in (None, MISSING):
+        description += f" (omitted: {str(f.default).lower() if f.type is bool else f.default})"
+    bounds = {k: getattr(opt, k) for k in ("ge", "gt", "le", "min_length", "max_length")
+              if getattr(opt, k) is not None}
+    return value_type, Field(... if default is MISSING else default, description=description, **bounds)
+
+
+def job_spec_model() -> type[BaseModel]:
+    """The REST job spec (`JobSpec`): one field per SearchConfig field, with its description,
+    choices and bounds in the OpenAPI document; unknown fields are refused."""
+    from pydantic import ConfigDict, create_model
+
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "JobSpec",
+        __module__="server.schemas",
+        __doc__="A search to run. The strings are the ones `amc compress` takes.",
+        __config__=ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [{"model": "demo-cnn", "data": "digits", "target": "flops=0.5",
+                                             "strategy": "ddpg", "episodes": 20, "device": "local", "seed": 0}]},
+        ),
+        **{f.name: _spec_field(f) for f in search_fields()},
+    )
+
+
+def config_values(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The SearchConfig values a job spec sets (a field omitted or null keeps the search's default)."""
+    return {f.name: spec[f.name] for f in search_fields() if spec.get(f.name) is not None}
