@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from server.api.errors import add_error_handlers
 from server.api.routes import devices, health, jobs, pages, uploads
 from server.api.routes.pages import STATIC
 from server.core.config import Settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                            f"{settings.max_upload_mb:g} MB (AMC_MAX_UPLOAD_MB)"}, status_code=413)
         return await call_next(request)
 
+    add_error_handlers(app)
     for module in (jobs, devices, uploads, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

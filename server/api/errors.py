@@ -1,40 +1,55 @@
-"""Domain errors -> HTTP errors, in one place. 422 bodies have FastAPI's own shape
-(`{"detail": [{"loc": ["body", FIELD], "msg": ..., "type": ...}]}`) so clients parse one format."""
+"""Domain errors -> HTTP errors, in one place: exception handlers registered on the app, so routes
+raise nothing HTTP-specific and nothing below them knows about HTTP.
+
+422 bodies have FastAPI's own shape (`{"detail": [{"loc": ["body", FIELD], "msg": ..., "type": ...}]}`)
+so clients parse one format; the others are `{"detail": MESSAGE}`."""
 
 from __future__ import annotations
 
-from fastapi import HTTPException, status
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
 
-from compressor.errors import ConfigError
+from compressor.errors import AmcError, ConfigError
+from profiler.errors import DeviceUnavailable, MeasurementError
 from server.jobs import ArtifactNotFound, ArtifactNotReady
 from server.store import InvalidTransition, JobNotFound
 from server.uploads import UploadRejected, UploadTooLarge
 
-
-def unprocessable(exc: ConfigError, *, where: str = "body") -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": [where, exc.field], "msg": exc.message, "type": type(exc).__name__}],
-    )
-
-
-def to_http(exc: Exception) -> HTTPException:
-    """The HTTP error for a domain error (re-raise anything else)."""
-    match exc:
-        case ConfigError():
-            return unprocessable(exc)
-        case JobNotFound() | ArtifactNotFound():
-            return HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc))
-        case InvalidTransition() | ArtifactNotReady():
-            return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
-        case UploadTooLarge():
-            return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc))
-        case UploadRejected():
-            return HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=[{"loc": ["body", "file"], "msg": str(exc), "type": "UploadRejected"}],
-            )
-    raise exc
+# The most specific class of a raised error picks its status (Starlette walks the MRO).
+STATUS: dict[type[Exception], int] = {
+    JobNotFound: status.HTTP_404_NOT_FOUND,
+    ArtifactNotFound: status.HTTP_404_NOT_FOUND,
+    InvalidTransition: status.HTTP_409_CONFLICT,
+    ArtifactNotReady: status.HTTP_409_CONFLICT,
+    UploadTooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
+    DeviceUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+    MeasurementError: status.HTTP_502_BAD_GATEWAY,
+    AmcError: status.HTTP_500_INTERNAL_SERVER_ERROR,  # a domain error no route expects; say what it was
+}
 
 
-DOMAIN_ERRORS = (ConfigError, JobNotFound, ArtifactNotFound, InvalidTransition, ArtifactNotReady, UploadRejected)
+def _unprocessable(field: str, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"detail": [{"loc": ["body", field], "msg": message, "type": kind}]},
+                        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _config_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ConfigError)
+    return _unprocessable(exc.field, exc.message, type(exc).__name__)
+
+
+async def _upload_rejected(request: Request, exc: Exception) -> JSONResponse:
+    return _unprocessable("file", str(exc), "UploadRejected")
+
+
+async def _with_status(request: Request, exc: Exception) -> JSONResponse:
+    code = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+    return JSONResponse({"detail": str(exc)}, status_code=code)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Register the domain errors' handlers on `app`."""
+    app.add_exception_handler(ConfigError, _config_error)
+    app.add_exception_handler(UploadRejected, _upload_rejected)
+    for cls in STATUS:
+        app.add_exception_handler(cls, _with_status)

@@ -1,1 +1,2 @@
-"""Thin routes; each translates domain errors into HTTP errors."""
+"""Thin routes: they call the service and return its result; domain errors become HTTP errors in
+server/api/errors.py."""

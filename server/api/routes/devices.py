@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, status
 
 from server.api.deps import Authorized, ServiceDep
-from server.api.errors import DOMAIN_ERRORS, to_http
 from server.schemas import DeviceIn, DeviceList, DeviceOut
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -21,7 +20,4 @@ def list_devices(service: ServiceDep, refresh: bool = Query(False, description="
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized], response_model=DeviceOut)
 def register_device(body: DeviceIn, service: ServiceDep) -> DeviceOut:
     """Register a device reachable over TCP (`adb:HOST:PORT`), e.g. a phone with `adb tcpip` or `amc phone-sim`."""
-    try:
-        return DeviceOut(**service.devices.register(body.spec, body.name).to_dict())
-    except DOMAIN_ERRORS as exc:
-        raise to_http(exc) from None
+    return DeviceOut(**service.devices.register(body.spec, body.name).to_dict())

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from server.api.deps import Authorized, ServiceDep, StoreDep
-from server.api.errors import DOMAIN_ERRORS, to_http
 from server.jobs import ARTIFACTS
 from server.schemas import (
     EpisodeList,
@@ -28,10 +27,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized], response_model=JobOut)
 def submit_job(spec: JobSpec, service: ServiceDep, response: Response) -> JobOut:
     """Validate a job spec fully (model, data, target, device, budget) and queue it."""
-    try:
-        job = service.submit(spec.model_dump(exclude_none=True))
-    except DOMAIN_ERRORS as exc:
-        raise to_http(exc) from None
+    job = service.submit(spec.model_dump(exclude_none=True))
     response.headers["Location"] = f"/jobs/{job.id}"
     return job_out(job)
 
@@ -51,40 +47,28 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobDetail)
 def get_job(job_id: str, store: StoreDep, service: ServiceDep) -> JobDetail:
     """A job's state, progress, best result so far and, once finished, its report and artifact links."""
-    try:
-        job = store.get_job(job_id)
-        return job_out(job, artifacts=service.available_artifacts(job), detail=True)
-    except DOMAIN_ERRORS as exc:
-        raise to_http(exc) from None
+    job = store.get_job(job_id)
+    return job_out(job, artifacts=service.available_artifacts(job), detail=True)
 
 
 @router.get("/{job_id}/episodes", response_model=EpisodeList)
 def list_episodes(job_id: str, store: StoreDep, after: Annotated[int, Query(ge=0)] = 0) -> EpisodeList:
     """Every finished episode (reward, accuracy, cost, per-layer ratios); `after` for incremental polling."""
-    try:
-        job = store.get_job(job_id)
-        episodes = store.list_episodes(job_id, after=after)
-    except DOMAIN_ERRORS as exc:
-        raise to_http(exc) from None
+    job = store.get_job(job_id)
+    episodes = store.list_episodes(job_id, after=after)
     return EpisodeList(job_id=job_id, state=JobState(job.state), episodes=[episode_out(e) for e in episodes])
 
 
 @router.post("/{job_id}/cancel", dependencies=[Authorized], response_model=JobOut)
 def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
     """Cancel a queued or running job (a running one stops within seconds)."""
-    try:
-        return job_out(service.cancel(job_id))
-    except DOMAIN_ERRORS as exc:
-        raise to_http(exc) from None
+    return job_out(service.cancel(job_id))
 
 
 @router.get("/{job_id}/log", response_class=PlainTextResponse)
 def job_log(job_id: str, service: ServiceDep) -> PlainTextResponse:
     """The job process's log (kept for failed jobs)."""
-    try:
-        path = service.log_path(job_id)
-    except DOMAIN_ERRORS as exc:
-        raise to_http(exc) from None
+    path = service.log_path(job_id)
     return PlainTextResponse(path.read_text(errors="replace")[-1_000_000:] if path else "")
 
 
@@ -92,8 +76,5 @@ def job_log(job_id: str, service: ServiceDep) -> PlainTextResponse:
             responses={404: {"description": "unknown artifact"}, 409: {"description": "job not succeeded"}})
 def get_artifact(job_id: str, name: str, service: ServiceDep) -> FileResponse:
     """A finished job's file: model.onnx, model.tflite, model.pt, report.json, report.md, policy.json, episodes.csv."""
-    try:
-        path = service.artifact_path(job_id, name)
-    except DOMAIN_ERRORS as exc:
-        raise to_http(exc) from None
+    path = service.artifact_path(job_id, name)
     return FileResponse(path, media_type=ARTIFACTS[name], filename=f"{job_id[:8]}-{name}")
