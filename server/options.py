@@ -110,7 +110,7 @@ def _spec_field(f: SearchOption) -> tuple[Any, Any]:
 
     opt = f.option
     default = f.default if opt.spec_default is FIELD_DEFAULT else opt.spec_default
-    value_type: Any = Literal[f.choices] if f.choices else f.type  # type: ignore[valid-type]
+    value_type: Any = Literal[f.choices] if f.choices else f.type
     if f.nullable or default is None:
         value_type = value_type | None
     description = opt.spec_help or opt.help
@@ -126,7 +126,7 @@ def job_spec_model() -> type[BaseModel]:
     choices and bounds in the OpenAPI document; unknown fields are refused."""
     from pydantic import ConfigDict, create_model
 
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    return create_model(
         "JobSpec",
         __module__="server.schemas",
         __doc__="A search to run. The strings are the ones `amc compress` takes.",
