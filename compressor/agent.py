@@ -108,7 +108,8 @@ class AgentConfig:
               "None (100 x number of layers) or a positive integer")
         check("baseline_decay", finite(self.baseline_decay) and 0 <= self.baseline_decay < 1,
               "in [0, 1) (official: 0.5)")
-        check("a_min", finite(self.a_min) and 0 < self.a_min <= 1, "in (0, 1] (the smallest preserve ratio)")
+        # 0 is allowed: where whole blocks may be removed, the agent's lowest actions mean "remove".
+        check("a_min", finite(self.a_min) and 0 <= self.a_min <= 1, "in [0, 1] (the smallest preserve ratio)")
         check("a_max", finite(self.a_max) and 0 < self.a_max <= 1, "in (0, 1] (the largest preserve ratio)")
         if self.a_min > self.a_max:
             raise ConfigError("a_min", f"{self.a_min} is larger than a_max={self.a_max}; need a_min <= a_max")

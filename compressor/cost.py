@@ -135,11 +135,12 @@ class CostModel:
     `out_unit[i]` names the unit whose kept channels scale layer i's output channels (or -1);
     `in_dims[i, u]` is how many of layer i's input dimensions unit u owns (a layer after a
     concatenation takes input from several units; a Linear after a flatten owns C·H·W dimensions).
-    A depthwise convolution's cost depends on its output channels only.
+    A depthwise convolution's cost depends on its output channels only. `gate_unit[i]` names the unit
+    whose kept count 0 removes layer i altogether (a residual block turned into its shortcut), or -1.
     """
 
     def __init__(self, layers: Sequence[Layer], *, other_params: int, full: Sequence[int],
-                 out_unit: Sequence[int], in_dims: np.ndarray):
+                 out_unit: Sequence[int], in_dims: np.ndarray, gate_unit: Sequence[int] | None = None):
         self.layers = list(layers)
         self.other_params = int(other_params)
         self.full = np.asarray(full, dtype=np.float64)
@@ -148,6 +149,7 @@ class CostModel:
         self._cin = np.array([layer.cin for layer in self.layers], dtype=np.float64)
         self._cout = np.array([layer.cout for layer in self.layers], dtype=np.float64)
         self._fixed_in = self._cin - self.in_dims.sum(axis=1)
+        self.gate_unit = np.asarray([-1] * len(self.layers) if gate_unit is None else gate_unit, dtype=np.int64)
         self.layer_macs = np.array([layer.macs for layer in self.layers], dtype=np.float64)
         self.layer_params = np.array([layer.params for layer in self.layers], dtype=np.float64)
 
@@ -158,12 +160,18 @@ class CostModel:
         cout = self._cout * np.append(r, 1.0)[self.out_unit]  # index -1 -> ratio 1
         return cin, cout
 
+    def present(self, kept: Sequence[float]) -> np.ndarray:
+        """Per layer: whether it still exists (False inside a removed block)."""
+        alive = np.append(np.asarray(kept, dtype=np.float64) > 0, True)
+        return alive[self.gate_unit]  # index -1 -> True
+
     def layer_costs(self, kept: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer (macs, params) with the given kept channels per unit."""
         cin, cout = self._channels(kept)
+        on = self.present(kept)
         macs = np.array([layer.macs_at(cin=ci, cout=co) for layer, ci, co in zip(self.layers, cin, cout)])
         params = np.array([layer.params_at(cin=ci, cout=co) for layer, ci, co in zip(self.layers, cin, cout)])
-        return macs, params
+        return macs * on, params * on
 
     def cost(self, kept: Sequence[float]) -> Cost:
         macs, params = self.layer_costs(kept)
@@ -177,8 +185,8 @@ class CostModel:
         """The network's compute kernels with the given kept channels (BN is fused into its conv)."""
         cins, couts = self._channels(kept)
         out: list[KernelSpec] = []
-        for layer, ci, co in zip(self.layers, cins, couts):
-            if layer.kind == "bn":
+        for layer, ci, co, on in zip(self.layers, cins, couts, self.present(kept)):
+            if layer.kind == "bn" or not on:
                 continue
             cin, cout = int(round(ci)), int(round(co))
             if layer.kind == "linear":

@@ -4,7 +4,9 @@ budget still holds even if every later unit were pruned to the minimum.
 
 State (as in AMC): (t, n, c, h, w, stride, k, FLOPs[t], reduced, rest, a_{t-1}) of the unit's root
 layer. The static features are min-max scaled across units; `reduced` and `rest` are fractions of the
-unpruned network's FLOPs.
+unpruned network's FLOPs. When some units are whole residual blocks that may be removed
+(`prune_blocks`), a 12th feature says whether unit t is one (1) or not (0); for such a unit a preserve
+ratio below a_min removes the block, so the agent's actions then span [0, 1].
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from compressor.config import Target
 from compressor.errors import BudgetInfeasible
 from compressor.pruning import Pruner
 
-STATE_DIM = 11
+STATE_DIM = 11  # AMC's features; +1 (removable) when blocks may be removed
+
+
+def state_dim(pruner: Pruner) -> int:
+    return STATE_DIM + (1 if any(u.removable for u in pruner.units) else 0)
+
+
+def action_floor(pruner: Pruner, a_min: float) -> float:
+    """The smallest action a strategy proposes: 0 where a block may be removed, else a_min."""
+    return 0.0 if any(u.removable for u in pruner.units) else a_min
 
 CostFn = Callable[[Sequence[float]], float]
 
@@ -101,6 +112,10 @@ class PruningEnv:
         static = np.asarray(static, dtype=np.float64)
         lo, hi = static.min(axis=0), static.max(axis=0)
         self._static = (static - lo) / np.where(hi > lo, hi - lo, 1.0)
+        self.state_dim = state_dim(pruner)
+        if self.state_dim > STATE_DIM:
+            flags = np.array([[1.0 if u.removable else 0.0] for u in self.units])
+            self._static = np.concatenate([self._static, flags], axis=1)
         if budget is not None:
             check_feasible(budget, pruner)
         self.reset()
@@ -117,40 +132,42 @@ class PruningEnv:
 
     def _state(self) -> np.ndarray:
         if self.done:
-            return np.zeros(STATE_DIM, dtype=np.float32)
+            return np.zeros(self.state_dim, dtype=np.float32)
+        static = self._static[self.t]
         full = [u.channels for u in self.units]
         current = self.kept + full[self.t:]
         reduced = (self.total_macs - self.pruner.cost_model.cost(current).macs) / self.total_macs
         rest = self._unit_macs[self.t + 1:].sum() / self.total_macs
-        return np.concatenate([self._static[self.t], [reduced, rest, self.prev_action]]).astype(np.float32)
+        return np.concatenate([static[:8], [reduced, rest, self.prev_action], static[8:]]).astype(np.float32)
+
+    def _fits(self, count: int) -> bool:
+        mins = [u.candidates[0] for u in self.units[self.t + 1:]]
+        return self.budget is None or self.budget.cost(self.kept + [count] + mins) <= self.budget.limit
 
     def max_kept(self) -> int:
         """The action wall: the most channels unit t may keep with the budget still reachable."""
-        unit = self.units[self.t]
-        if self.budget is None:
-            return unit.candidates[-1]
-        mins = [u.candidates[0] for u in self.units[self.t + 1:]]
-        fits = lambda c: self.budget.cost(self.kept + [c] + mins) <= self.budget.limit  # noqa: E731
-        lo, hi = 0, len(unit.candidates) - 1
-        if not fits(unit.candidates[lo]):
-            return unit.candidates[0]  # only reachable through rounding; check_feasible rules it out
-        while lo < hi:  # largest candidate that fits; cost is monotone in the kept count
-            mid = (lo + hi + 1) // 2
-            if fits(unit.candidates[mid]):
-                lo = mid
-            else:
-                hi = mid - 1
-        return unit.candidates[lo]
+        return self.fitting(self.units[self.t].candidates[-1])
+
+    def fitting(self, wanted: int) -> int:
+        """The largest candidate count <= `wanted` that keeps the budget reachable, checking each one
+        (a latency table need not be monotone in channel counts, so no bisection). The smallest
+        candidate always fits: the previous steps chose counts that fit with every later unit at its
+        smallest, and check_feasible made sure the first step can."""
+        cands = [c for c in self.units[self.t].candidates if c <= wanted] or self.units[self.t].candidates[:1]
+        for c in reversed(cands):
+            if self._fits(c):
+                return c
+        return cands[0]
 
     def step(self, action: float) -> tuple[np.ndarray, float, int]:
         """Apply the preserve ratio `action` to unit t. Returns (next state, clamped action, kept)."""
         if self.done:
             raise RuntimeError("episode is over; call reset()")
         unit = self.units[self.t]
-        action = float(min(max(action, self.a_min), 1.0))
-        wall = self.max_kept()
-        kept = min(unit.kept_for(action), wall)
-        action = min(action, wall / unit.channels)
+        action = float(min(max(action, 0.0 if unit.removable else self.a_min), 1.0))
+        kept = self.fitting(unit.kept_for(action))
+        if kept < unit.kept_for(action):  # clamped by the wall: report the ratio actually taken
+            action = min(action, kept / unit.channels)
         self.kept.append(kept)
         self.prev_action = action
         self.t += 1

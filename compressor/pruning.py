@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -47,9 +47,20 @@ class Unit:
     out_layers: list[str] = field(default_factory=list)
     in_layers: list[str] = field(default_factory=list)
     residual: bool = False
+    # The residual block this unit is the inside of, when it may be removed whole (kept count 0);
+    # a preserve ratio below `drop_below` (the search's a_min) removes it.
+    block: str | None = None
+    drop_below: float = 0.0
+
+    @property
+    def removable(self) -> bool:
+        return self.block is not None
 
     def kept_for(self, ratio: float) -> int:
-        """The smallest allowed count that keeps at least `ratio` of the channels."""
+        """The smallest allowed count that keeps at least `ratio` of the channels (0 — the block
+        removed — for a removable unit whose ratio is below `drop_below`)."""
+        if self.removable and ratio < self.drop_below - 1e-9:
+            return 0
         want = ratio * self.channels - 1e-9
         for c in self.candidates:
             if c >= want:
@@ -64,6 +75,17 @@ class PrunedModel:
     # per layer name: removed input / output indices (in the unpruned numbering)
     removed_in: dict[str, list[int]] = field(default_factory=dict)
     removed_out: dict[str, list[int]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # residual blocks turned into their shortcut
+
+
+@runtime_checkable
+class RemovableBlock(Protocol):
+    """A residual block that can become its shortcut (zoo.BasicBlock, zoo.InvertedResidual). A user's
+    model opts in by giving its blocks these two methods; `drop_branch` deletes the branch's layers."""
+
+    def can_drop(self) -> bool: ...
+
+    def drop_branch(self) -> None: ...
 
 
 class Pruner(Protocol):
@@ -92,7 +114,7 @@ class ChannelPruner:
     granularity = "channel"
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, *, a_min: float = 0.2,
-                 round_to: int = 8, prune_residual: bool = False):
+                 round_to: int = 8, prune_residual: bool = False, prune_blocks: bool = False):
         self.model = model.eval()
         self.example_input = example_input
         self.layers, other = trace_layers(model, example_input)
@@ -147,13 +169,35 @@ class ChannelPruner:
         for i, owned in enumerate(in_dims):
             for u, d in owned.items():
                 dims[i, remap[u]] = d
+        gate = self._find_blocks(model, a_min) if prune_blocks else [-1] * len(self.layers)
         self.cost_model = CostModel(self.layers, other_params=other,
                                     full=[u.channels for u in self.units],
-                                    out_unit=out_unit, in_dims=dims)
+                                    out_unit=out_unit, in_dims=dims, gate_unit=gate)
         if not self.units:
             raise UnsupportedLayerError(
                 "found no prunable channels in this model (every group touches the output, an opaque op "
                 f"or a residual connection): {'; '.join(skipped) or 'no Conv2d/Linear layers'}")
+
+    def _find_blocks(self, model: nn.Module, a_min: float) -> list[int]:
+        """Mark the units that are the whole inside of a removable block; returns, per layer, the unit
+        whose kept count 0 removes it (-1: none). A block qualifies when exactly one unit's layers
+        all lie inside it, so removing the block is that unit's limit of pruning."""
+        gate = [-1] * len(self.layers)
+        for block_name, module in model.named_modules():
+            if not block_name or not isinstance(module, RemovableBlock) or not module.can_drop():
+                continue
+            prefix = block_name + "."
+            inside = [u for u in self.units
+                      if all(n.startswith(prefix) for n in u.out_layers + u.in_layers) and u.out_layers]
+            if len(inside) != 1:
+                continue
+            unit = inside[0]
+            unit.block, unit.drop_below = block_name, a_min
+            unit.candidates = [0] + [c for c in unit.candidates if c > 0]
+            for i, layer in enumerate(self.layers):
+                if layer.name.startswith(prefix):
+                    gate[i] = unit.index
+        return gate
 
     def _order_units_by_forward(self, layer_index: dict[str, int]) -> None:
         self._unit_order = sorted(range(len(self.units)),
@@ -206,8 +250,9 @@ class ChannelPruner:
         # Indices are gathered in the unpruned numbering and each (layer, dimension) is cut once:
         # a layer fed by a concatenation is cut by several units.
         cuts: dict[tuple[str, object], tuple[object, object, set[int]]] = {}
+        dropped = [unit.block for unit, k in zip(self.units, kept) if k == 0 and unit.block is not None]
         for unit, (root, handler), k in zip(self.units, self._roots, kept):
-            if k >= unit.channels:
+            if k >= unit.channels or (k == 0 and unit.block is not None):
                 continue
             if k not in unit.candidates:
                 raise ValueError(f"unit {unit.name}: {k} channels is not an allowed count {unit.candidates}")
@@ -221,8 +266,13 @@ class ChannelPruner:
         for (name, _), (handler, pruning_dim, idxs) in cuts.items():
             handler.__self__.pruning_dim = pruning_dim
             handler(by_name[name], sorted(idxs))
+            if any(name.startswith(b + ".") for b in dropped):
+                continue  # deleted below: nothing to reconstruct
             target = result.removed_out if self._graph.is_out_channel_pruning_fn(handler) else result.removed_in
             target.setdefault(name, []).extend(sorted(idxs))
+        for block in dropped:
+            by_name[block].drop_branch()
+        result.dropped = dropped
         return result
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from compressor.agent import AgentConfig, DDPGAgent, sample_truncated_normal
-from compressor.env import STATE_DIM, Budget
+from compressor.env import STATE_DIM, Budget, action_floor, state_dim
 from compressor.pruning import Pruner
 
 Transition = tuple[np.ndarray, float, np.ndarray, bool]
@@ -51,11 +51,12 @@ def _one_thread() -> Iterator[None]:
 class DDPGStrategy:
     name = "ddpg"
 
-    def __init__(self, *, n_layers: int, a_min: float, warmup: int, seed: int, prior: float | None = None):
+    def __init__(self, *, n_layers: int, a_min: float, warmup: int, seed: int, prior: float | None = None,
+                 state_dim: int = STATE_DIM):
         self.n_layers = n_layers
         self.warmup = warmup
         config = AgentConfig(warmup=warmup, a_min=a_min, memory_size=100 * n_layers, prior=prior)
-        self.agent = DDPGAgent(state_dim=STATE_DIM, config=config, n_layers=n_layers, seed=seed)
+        self.agent = DDPGAgent(state_dim=state_dim, config=config, n_layers=n_layers, seed=seed)
 
     def act(self, state, *, episode, step):
         with _one_thread():
@@ -185,10 +186,13 @@ def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: fl
     """`uniform_prior`: DDPG and random search explore around the uniform policy's ratio (under a
     budget) instead of uniformly over [a_min, 1]."""
     prior = uniform_ratio(pruner, budget, a_min=a_min) if uniform_prior and budget is not None else None
+    # Where blocks may be removed, actions reach down to 0 (below a_min removes a block; the
+    # environment lifts other units to a_min).
+    floor = action_floor(pruner, a_min)
     factories: dict[str, Callable[[], Strategy]] = {
-        "ddpg": lambda: DDPGStrategy(n_layers=len(pruner.units), a_min=a_min, warmup=warmup, seed=seed,
-                                     prior=prior),
-        "random": lambda: RandomStrategy(a_min=a_min, seed=seed, prior=prior),
+        "ddpg": lambda: DDPGStrategy(n_layers=len(pruner.units), a_min=floor, warmup=warmup, seed=seed,
+                                     prior=prior, state_dim=state_dim(pruner)),
+        "random": lambda: RandomStrategy(a_min=floor, seed=seed, prior=prior),
         "uniform": lambda: UniformStrategy(pruner=pruner, budget=budget, a_min=a_min),
     }
     return factories[name]()

@@ -137,7 +137,22 @@ class BasicBlock(nn.Module):
         if residual and (stride != 1 or in_planes != planes):
             self.shortcut = PadShortcut(planes // 4, planes // 4, stride=stride)
 
+        self.dropped = False
+
+    def can_drop(self) -> bool:
+        return self.residual and not self.dropped
+
+    def drop_branch(self) -> None:
+        """Remove the two convolutions: the block becomes its shortcut. The final ReLU goes too: the
+        block's input is a ReLU output, and the shortcut (identity, or subsample + zero-pad) keeps it
+        non-negative."""
+        for name in ("conv1", "bn1", "conv2", "bn2"):
+            delattr(self, name)
+        self.dropped = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropped:
+            return self.shortcut(x)
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
@@ -248,8 +263,19 @@ class InvertedResidual(nn.Module):
             nn.BatchNorm2d(cout),
         ]
         self.conv = nn.Sequential(*layers)
+        self.dropped = False
+
+    def can_drop(self) -> bool:
+        return self.use_residual and not self.dropped
+
+    def drop_branch(self) -> None:
+        """Remove the expansion, depthwise and projection layers: the block becomes the identity."""
+        del self.conv
+        self.dropped = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropped:
+            return x
         return x + self.conv(x) if self.use_residual else self.conv(x)
 
 

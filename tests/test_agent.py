@@ -73,7 +73,7 @@ def greedy_policy(agent: DDPGAgent, env: LayerwiseToy) -> list[float]:
     ("field", "value"),
     [("hidden", 0), ("actor_lr", 0.0), ("critic_lr", -1.0), ("tau", 1.5), ("batch_size", 0),
      ("discount", 1.2), ("warmup", -1), ("init_delta", 0.0), ("delta_decay", 1.1), ("memory_size", 0),
-     ("baseline_decay", 1.0), ("a_min", 0.0), ("a_max", 1.5), ("actor_lr", float("nan"))],
+     ("baseline_decay", 1.0), ("a_min", -0.1), ("a_max", 1.5), ("actor_lr", float("nan"))],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ConfigError) as info:

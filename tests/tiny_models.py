@@ -26,8 +26,19 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = PadShortcut(cout // 4) if stride != 1 or cin != cout else nn.Identity()
+        self.dropped = False
+
+    # The two methods a user's block needs for `prune_blocks` (compressor.pruning.RemovableBlock).
+    def can_drop(self):
+        return not self.dropped
+
+    def drop_branch(self):
+        del self.conv1, self.bn1, self.conv2, self.bn2
+        self.dropped = True
 
     def forward(self, x):
+        if self.dropped:
+            return self.shortcut(x)
         y = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
 
@@ -58,8 +69,18 @@ class InvertedResidual(nn.Module):
             nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
             nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.dropped = False
+
+    def can_drop(self):
+        return self.use_res and not self.dropped
+
+    def drop_branch(self):
+        del self.conv
+        self.dropped = True
 
     def forward(self, x):
+        if self.dropped:
+            return x
         return x + self.conv(x) if self.use_res else self.conv(x)
 
 
