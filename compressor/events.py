@@ -13,10 +13,12 @@ class SearchEvent:
 
     - `phase`: a stage started (`phase` = load | baseline | search | compare | finetune | export | done);
     - `episode`: an episode finished; `episode` counts from 1, `record` is the row of episodes.csv;
+    - `epoch`: a recovery (fine-tuning) epoch finished; `episode`/`episodes` count epochs, `record`
+      holds epoch, loss, holdout_accuracy and seconds;
     - `done`: the search finished; `record` holds the report.
     """
 
-    kind: Literal["phase", "episode", "done"]
+    kind: Literal["phase", "episode", "epoch", "done"]
     phase: str = ""
     message: str = ""
     episode: int = 0

@@ -1,45 +1,280 @@
-"""Fine-tuning a pruned model to recover accuracy: a short SGD + cosine run on the bundle's train
-split (or its search split when the dataset has no training set; never on the report split)."""
+"""Recovery after pruning: a short training run that brings the pruned network's accuracy back.
+
+Two methods (`SearchConfig.finetune_method`):
+
+- `distill` (default): the unpruned network is always at hand, so the pruned one learns to imitate
+  it — the teacher's temperature-softened outputs (Hinton et al. 2015) and its pooled features before
+  the classifier (MiR-style mimicking) — on augmented images (padded random crops, flips for RGB
+  input). With only a few thousand images the teacher's answers on each new augmented view are worth
+  far more than the labels.
+- `plain`: cross-entropy on the labels, the same augmentation.
+
+Both train on the bundle's training split (its search split when the dataset has none; never the
+report split), hold out a seeded slice of it to pick the best epoch, and use SGD with Nesterov
+momentum and a per-step cosine schedule. The defaults come from measurements written down in
+docs/BENCHMARKS.md ("Recovery").
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from compressor.data import DataBundle
-from compressor.training import ProgressFn, train
+from compressor.data import DataBundle, Split
+from compressor.training import _threads, evaluate
 
 log = logging.getLogger(__name__)
 
+Method = Literal["distill", "plain"]
 
-def finetune(
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """How a pruned network is trained back. `lr` None picks the method's default."""
+
+    epochs: int
+    method: Method = "distill"
+    lr: float | None = None
+    batch_size: int = 64
+    weight_decay: float = 5e-4
+    temperature: float = 4.0
+    feature_weight: float = 1.0  # distill: weight of the pooled-feature mimicking term
+    label_weight: float = 0.0  # distill: weight of cross-entropy on the labels
+    holdout: float = 0.1  # fraction of the training split held out to pick the best epoch
+    augment: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.method not in ("distill", "plain"):
+            raise ValueError(f"method must be distill or plain, got {self.method!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.temperature <= 0 or self.batch_size < 2:
+            raise ValueError("temperature must be positive and batch_size at least 2")
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return DEFAULT_LR[self.method]
+
+
+# Chosen by measurement (docs/BENCHMARKS.md, "Recovery"): the pruned weights start close to a good
+# solution, and a large rate throws that away on a few thousand images.
+DEFAULT_LR: dict[str, float] = {"distill": 0.01, "plain": 0.01}
+
+
+@dataclass
+class EpochStats:
+    """One finished epoch, as the progress callback and the report see it."""
+
+    epoch: int  # from 1
+    epochs: int
+    loss: float
+    holdout_accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class RecoveryResult:
+    """What recovery did: the chosen epoch, its held-out accuracy, and every epoch's numbers."""
+
+    method: str
+    epochs: int
+    best_epoch: int  # 0: the starting point was best
+    holdout_accuracy_before: float | None
+    holdout_accuracy: float | None
+    holdout: str | None
+    train: str
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "epochs": self.epochs, "best_epoch": self.best_epoch,
+                "holdout_accuracy_before": self.holdout_accuracy_before,
+                "holdout_accuracy": self.holdout_accuracy, "holdout": self.holdout, "train": self.train,
+                "seconds": self.seconds, "history": self.history}
+
+
+ProgressFn = Callable[[EpochStats], None]
+
+
+def _classifier(model: nn.Module) -> nn.Linear | None:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+class _Features:
+    """Captures the input of a model's last Linear layer (the pooled features before the classifier)."""
+
+    def __init__(self, model: nn.Module):
+        self.value: torch.Tensor | None = None
+        head = _classifier(model)
+        self._handle = head.register_forward_hook(self._hook) if head is not None else None
+
+    def _hook(self, _module, inputs, _output) -> None:
+        self.value = inputs[0]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, *, flip: bool) -> torch.Tensor:
+    """Padded random crops (an eighth of the side, zero padding = the mean colour after
+    normalisation) and, when `flip`, random horizontal flips; one draw per image."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n × h
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n × w
+    out = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1),
+                 rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    if flip:
+        mask = torch.rand(n, generator=gen) < 0.5
+        out[mask] = out[mask].flip(3)
+    return out
+
+
+def split_holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+    """(train part, held-out part) of `split`; the held-out part is a seeded random `fraction`."""
+    n = len(split)
+    k = int(round(fraction * n))
+    if k < 1 or n - k < 2:
+        return split, None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    held, kept = order[:k].sort().values, order[k:].sort().values
+    return (split.subset(kept, f"{split.description}, {n - k} of them (held out: {k})"),
+            split.subset(held, f"{k} held-out images of {split.description}"))
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) on temperature-softened outputs, times T² (Hinton et al. 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def recover(
     model: nn.Module,
     bundle: DataBundle,
+    config: RecoveryConfig,
     *,
-    epochs: int,
-    lr: float = 0.01,
-    seed: int = 0,
-    batch_size: int = 64,
-    weight_decay: float = 5e-4,
+    teacher: nn.Module | None = None,
     progress: ProgressFn | None = None,
     num_threads: int | None = None,
-) -> nn.Module:
-    """Fine-tune `model` in place for `epochs` epochs and return it (eval mode).
+) -> tuple[nn.Module, RecoveryResult]:
+    """Train `model` (in place) back towards the accuracy it had before pruning; returns it in eval
+    mode with the weights of its best held-out epoch, and what happened. `teacher` is required for
+    `distill` (the unpruned network)."""
+    if config.method == "distill" and teacher is None:
+        raise ValueError("distill needs the unpruned network as teacher")
+    source = bundle.train if bundle.train is not None else bundle.search
+    train_split, held = split_holdout(source, config.holdout, config.seed)
+    t_start = time.perf_counter()
+    before = evaluate(model, held, num_threads=num_threads) if held is not None else None
+    best_acc, best_epoch, best_state = before, 0, copy.deepcopy(model.state_dict())
+    history: list[dict[str, Any]] = []
+    log.info("recovery (%s) for %d epochs, lr %g, on %s", config.method, config.epochs, config.learning_rate,
+             train_split.description)
+    with _threads(model, num_threads):
+        for stats in _epochs(model, train_split, config, teacher=teacher):
+            if held is not None:
+                stats.holdout_accuracy = evaluate(model, held, num_threads=num_threads)
+                if best_acc is None or stats.holdout_accuracy >= best_acc:  # later wins ties: more trained
+                    best_acc, best_epoch = stats.holdout_accuracy, stats.epoch
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                best_epoch, best_state = stats.epoch, None
+            history.append({"epoch": stats.epoch, "loss": stats.loss, "holdout_accuracy": stats.holdout_accuracy,
+                            "seconds": stats.seconds})
+            if progress is not None:
+                progress(stats)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result = RecoveryResult(method=config.method, epochs=config.epochs, best_epoch=best_epoch,
+                            holdout_accuracy_before=before, holdout_accuracy=best_acc,
+                            holdout=held.description if held is not None else None,
+                            train=train_split.description, seconds=time.perf_counter() - t_start,
+                            history=history)
+    return model, result
 
-    The learning rate is small by default (0.01, cosine to zero): the weights already sit close to
-    a good solution and only have to adapt to the removed channels.
-    """
-    split = bundle.train if bundle.train is not None else bundle.search
-    log.info("fine-tuning for %d epochs (lr %g) on %s", epochs, lr, split.description)
-    return train(
-        model,
-        split,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        weight_decay=weight_decay,
-        progress=progress,
-        num_threads=num_threads,
-    )
+
+def _epochs(model: nn.Module, split: Split, config: RecoveryConfig, *, teacher: nn.Module | None):
+    """Train epoch by epoch, yielding each epoch's stats (the caller evaluates between epochs)."""
+    n = len(split)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    lr = config.learning_rate
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    steps = max(1, config.epochs * math.ceil(n / config.batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    flip = split.x.shape[1] == 3  # mirror images of photos are photos; of digits, not
+    distill = config.method == "distill"
+    s_feat = _Features(model) if distill and config.feature_weight > 0 else None
+    t_feat = _Features(teacher) if s_feat is not None and teacher is not None else None
+    if teacher is not None:
+        teacher.eval()
+    try:
+        for epoch in range(config.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            order = torch.randperm(n, generator=gen)
+            loss_sum, seen = 0.0, 0
+            for i in range(0, n, config.batch_size):
+                idx = order[i:i + config.batch_size]
+                if len(idx) < 2:
+                    continue  # a batch of one breaks BatchNorm's statistics
+                x, y = split.x[idx], split.y[idx]
+                if config.augment:
+                    x = augment(x, gen, flip=flip)
+                out = model(x)
+                if distill:
+                    with torch.no_grad():
+                        target = teacher(x)  # type: ignore[misc]
+                    loss = distillation_loss(out, target, temperature=config.temperature)
+                    if s_feat is not None and t_feat is not None and s_feat.value is not None \
+                            and t_feat.value is not None and s_feat.value.shape == t_feat.value.shape:
+                        loss = loss + config.feature_weight * F.mse_loss(s_feat.value, t_feat.value)
+                    if config.label_weight > 0:
+                        loss = loss + config.label_weight * F.cross_entropy(out, y)
+                else:
+                    loss = F.cross_entropy(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            yield EpochStats(epoch=epoch + 1, epochs=config.epochs, loss=loss_sum / max(seen, 1),
+                             holdout_accuracy=None, seconds=time.perf_counter() - t0)
+    finally:
+        for f in (s_feat, t_feat):
+            if f is not None:
+                f.close()
+
+
+def finetune(model: nn.Module, bundle: DataBundle, *, epochs: int, lr: float = 0.01, seed: int = 0,
+             batch_size: int = 64, weight_decay: float = 5e-4, teacher: nn.Module | None = None,
+             method: Method = "plain", num_threads: int | None = None) -> nn.Module:
+    """Shorthand for `recover` that returns only the model."""
+    config = RecoveryConfig(epochs=epochs, method=method, lr=lr, batch_size=batch_size,
+                            weight_decay=weight_decay, seed=seed)
+    return recover(model, bundle, config, teacher=teacher, num_threads=num_threads)[0]

@@ -38,7 +38,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- accuracy reported on: {report['splits']['report']}",
         f"- pruning: {report['granularity']}, a_min {report['a_min']}, channels rounded to multiples of "
         f"{report['round_to']}, reconstruction {'on' if report['reconstruct'] else 'off'}, BN re-estimation "
-        f"{'on' if report['bn_recalibration'] else 'off'}, fine-tuning epochs {report['finetune_epochs']}",
+        f"{'on' if report['bn_recalibration'] else 'off'}, whole blocks removable: "
+        f"{'yes' if report.get('prune_blocks') else 'no'}",
         f"- search time: {report['search_seconds']:.1f} s (best episode {report['best_episode']})",
         "",
         "| policy | MACs | MACs kept | params | params kept | accuracy | predicted ms | measured ms |",
@@ -49,6 +50,19 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {_fmt_int(s['macs'])} | {s['macs'] / base['macs']:.3f} | {_fmt_int(s['params'])} | "
             f"{s['params'] / base['params']:.3f} | {_fmt_pct(s['accuracy'])} | "
             f"{_fmt_ms(s.get('latency_predicted_ms'))} | {_fmt_ms(s.get('latency_measured_ms'))} |")
+    recovery = report.get("recovery")
+    if recovery:
+        held = recovery.get("holdout_accuracy")
+        lines += ["", f"Recovery: `{recovery['method']}` for {recovery['epochs']} epochs on {recovery['train']} "
+                      f"({recovery['seconds']:.0f} s); accuracy before {_fmt_pct(report['result'].get('accuracy_before_finetune'))}, "
+                      f"after {_fmt_pct(report['result']['accuracy'])}. Best epoch {recovery['best_epoch']}, chosen on "
+                      f"{recovery['holdout'] or 'no held-out images (the last epoch is kept)'}"
+                      + (f" (held-out accuracy {_fmt_pct(recovery['holdout_accuracy_before'])} → {_fmt_pct(held)})."
+                         if held is not None else ".")]
+    dropped = [u.get("block") or u["name"] for u in report["units"] if report["result"]["channels"].get(u["name"]) == 0]
+    if dropped:
+        lines += ["", f"Residual blocks removed ({len(dropped)}, each now its shortcut): "
+                      + ", ".join(f"`{d}`" for d in dropped) + "."]
     budget = report.get("budget")
     if budget:
         lines += ["", f"Budget `{budget['kind']}` ≤ {budget['limit']:,.3f}: {'met' if budget['met'] else 'NOT met'}."]

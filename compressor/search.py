@@ -169,7 +169,7 @@ def _check_oracle(config: SearchConfig, oracle: LatencyOracle | None) -> None:
 def _make_pruner(config: SearchConfig, model: nn.Module, example: torch.Tensor) -> Pruner:
     kwargs: dict[str, Any] = {"a_min": config.a_min, "round_to": config.round_to}
     if config.granularity == "channel":
-        kwargs["prune_residual"] = config.prune_residual
+        kwargs.update(prune_residual=config.prune_residual, prune_blocks=config.prune_blocks)
     return PRUNERS[config.granularity](model, example, **kwargs)
 
 
@@ -355,6 +355,24 @@ def _summary(problem: Problem, kept: list[int], model: nn.Module, *, search_row:
     return out
 
 
+def _recover(problem: Problem, model: nn.Module, emit: EventSink) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the pruned network back (distilling from the unpruned one, or on the labels); one
+    `epoch` event per epoch. Returns the model with its best held-out epoch's weights."""
+    from compressor.finetune import EpochStats, RecoveryConfig, recover
+
+    config = problem.config
+    recovery = RecoveryConfig(epochs=config.finetune_epochs, method=config.finetune_method, seed=config.seed)
+    emit(SearchEvent("phase", "finetune", f"recovery: {config.finetune_method}, {config.finetune_epochs} epochs"))
+
+    def progress(stats: EpochStats) -> None:
+        emit(SearchEvent("epoch", "finetune", episode=stats.epoch, episodes=stats.epochs,
+                         record={"epoch": stats.epoch, "loss": stats.loss, "holdout_accuracy": stats.holdout_accuracy,
+                                 "seconds": stats.seconds}))
+
+    model, result = recover(model, problem.bundle, recovery, teacher=problem.model, progress=progress)
+    return model, result.to_dict()
+
+
 def _measure(problem: Problem, model: nn.Module) -> float | None:
     if problem.oracle is None:
         return None
@@ -412,7 +430,8 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
     torch.save({"config": config.to_dict(), "kept": [int(k) for k in kept],
                 "input_shape": list(problem.entry.input_shape), "state_dict": model.state_dict()}, buffer)
     _atomic_write(out_dir / "model.pt", buffer.getvalue())
-    policy = [{"unit": u.name, "channels": u.channels, "kept": int(k), "ratio": round(k / u.channels, 6)}
+    policy = [{"unit": u.name, "channels": u.channels, "kept": int(k), "ratio": round(k / u.channels, 6),
+               **({"block": u.block, "removed": k == 0} if u.block else {})}
               for u, k in zip(problem.pruner.units, kept)]
     _atomic_write(out_dir / "policy.json", json.dumps(policy, indent=2).encode())
     text = io.StringIO()
@@ -496,13 +515,10 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
             compare[name]["episodes"] = len(other_rows)
             compare[name]["search_seconds"] = seconds
 
+    recovery = None
     if config.finetune_epochs > 0:
-        from compressor.finetune import finetune
-
-        emit(SearchEvent("phase", "finetune", f"fine-tuning for {config.finetune_epochs} epochs"))
+        final, recovery = _recover(problem, final, emit)
         result["accuracy_before_finetune"] = result["accuracy"]
-        final = finetune(final, problem.bundle, epochs=config.finetune_epochs, seed=config.seed)
-        final.eval()
         result["accuracy"] = evaluate(final, problem.bundle.report)
 
     evaluated = [r for r in rows if r["eval_s"] > 0] or rows  # repeated policies are cache hits
@@ -518,10 +534,11 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         "granularity": config.granularity, "a_min": config.a_min, "round_to": config.round_to,
         "reconstruct": config.reconstruct, "bn_recalibration": config.bn_recalibration,
         "uniform_prior": config.uniform_prior,
-        "finetune_epochs": config.finetune_epochs,
+        "finetune_epochs": config.finetune_epochs, "finetune_method": config.finetune_method,
+        "recovery": recovery, "prune_blocks": config.prune_blocks,
         "budget": None if budget is None else {"kind": budget.kind, "limit": budget.limit, "full": budget.full,
                                                "met": budget.cost(kept) <= budget.limit},
-        "units": [{"name": u.name, "channels": u.channels} for u in problem.pruner.units],
+        "units": [{"name": u.name, "channels": u.channels, "block": u.block} for u in problem.pruner.units],
         "not_pruned": list(getattr(problem.pruner, "skipped", [])),
         "baseline": baseline, "result": result, "best_episode": best_row["episode"],
         "search_seconds": search_s, "setup_seconds": setup_s, "episode_timing": timing,
