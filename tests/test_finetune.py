@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from compressor.data import DataBundle, load_dataset
-from compressor.finetune import finetune
+from compressor.finetune import RecoveryConfig, augment, distillation_loss, finetune, recover, split_holdout
+from compressor.pruning import ChannelPruner
 from compressor.training import DEMO_WEIGHTS_NAME, evaluate, train, train_demo_cnn
 from compressor.zoo import load_model
 
@@ -97,9 +98,74 @@ def test_finetune_without_train_split_uses_search_split(demo_weights, digits):
     bundle = dataclasses.replace(digits, train=None)
     model_before = copy.deepcopy(model)
     calls = []
-    finetune(model, bundle, epochs=1, lr=0.01, seed=0, progress=lambda e, loss, acc: calls.append((e, acc)))
-    assert len(calls) == 1 and calls[0][1] > 0.9  # it trained on the (learnable) search images
+    _, result = recover(model, bundle, RecoveryConfig(epochs=1, method="plain", lr=0.01, holdout=0.0),
+                        progress=lambda stats: calls.append(stats))
+    assert len(calls) == 1 and calls[0].loss < 1.0  # (chance: 2.3) it trained on the (learnable) search images
+    assert result.train == bundle.search.description and result.holdout is None and result.best_epoch == 1
     assert any(
         not torch.equal(a, b) for a, b in zip(model.parameters(), model_before.parameters(), strict=True)
     )
     assert torch.equal(digits.report.x, report_before)
+
+
+def _kl(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> float:
+    student.eval()
+    with torch.inference_mode():
+        return float(distillation_loss(student(x), teacher(x), temperature=4.0))
+
+
+def _pruned_demo(demo_weights):
+    teacher = load_model("demo-cnn", weights=demo_weights).model.eval()
+    x = torch.zeros(1, 1, 8, 8)
+    pruner = ChannelPruner(teacher, x)
+    kept = [u.candidates[len(u.candidates) // 3] for u in pruner.units]
+    return teacher, pruner.apply(kept).model
+
+
+def test_distillation_lowers_the_teacher_student_divergence(demo_weights, digits):
+    teacher, student = _pruned_demo(demo_weights)
+    probe = digits.search.x[:256]
+    before = _kl(student, teacher, probe)
+    small = dataclasses.replace(digits, train=digits.train.subset(range(256)))
+    recover(student, small, RecoveryConfig(epochs=3, method="distill", holdout=0.0), teacher=teacher)
+    after = _kl(student, teacher, probe)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_recovery_keeps_the_best_held_out_epoch(demo_weights, digits):
+    teacher, student = _pruned_demo(demo_weights)
+    seen = []
+    model, result = recover(student, digits, RecoveryConfig(epochs=3, method="distill", holdout=0.2, seed=1),
+                            teacher=teacher, progress=seen.append)
+    assert [s.epoch for s in seen] == [1, 2, 3] and all(s.epochs == 3 and s.loss > 0 for s in seen)
+    scores = [result.holdout_accuracy_before] + [h["holdout_accuracy"] for h in result.history]
+    assert result.holdout_accuracy == max(scores)
+    assert scores[result.best_epoch] == max(scores) and result.best_epoch == max(
+        i for i, s in enumerate(scores) if s == max(scores))  # ties go to the more trained epoch
+    train_part, held = split_holdout(digits.train, 0.2, 1)
+    assert len(held) == round(0.2 * len(digits.train)) and len(train_part) + len(held) == len(digits.train)
+    assert set(held.indices.tolist()).isdisjoint(train_part.indices.tolist())
+    assert evaluate(model, held) == result.holdout_accuracy  # the returned weights are the chosen epoch's
+    assert not model.training
+
+
+def test_distill_needs_a_teacher_and_config_is_checked(digits):
+    with pytest.raises(ValueError, match="teacher"):
+        recover(load_model("demo-cnn").model, digits, RecoveryConfig(epochs=1, method="distill"))
+    for bad in ({"epochs": -1}, {"epochs": 1, "method": "magic"}, {"epochs": 1, "lr": 0.0},
+                {"epochs": 1, "holdout": 1.0}):
+        with pytest.raises(ValueError):
+            RecoveryConfig(**bad)
+
+
+def test_augmentation_crops_and_flips_only_rgb():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    out = augment(x, gen, flip=True)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    # Each output row is a (shifted, maybe mirrored) piece of the input or zero padding.
+    values = set(x.flatten().tolist()) | {0.0}
+    assert set(out.flatten().tolist()) <= values
+    gray = torch.ones(4, 1, 8, 8)
+    shifted = augment(gray, torch.Generator().manual_seed(1), flip=False)
+    assert shifted.shape == gray.shape and shifted.sum() <= gray.sum()
