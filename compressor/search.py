@@ -9,6 +9,7 @@ result as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -72,6 +73,14 @@ class Problem:
     @property
     def reward_name(self) -> str:
         return self.config.reward or "err"
+
+    def retarget(self, config: SearchConfig) -> Problem:
+        """The same problem (model, data, statistics, latency table, scored policies) under another
+        target: a frontier's searches share everything but the budget."""
+        budget = _make_budget(config, self.pruner, self.predictions)
+        if budget is not None:
+            check_feasible(budget, self.pruner)
+        return dataclasses.replace(self, config=config, budget=budget)
 
     def latency_of(self, kept) -> float | None:
         return None if self.predictions is None else self.predictions(kept)
@@ -463,8 +472,11 @@ def load_pruned(path: str | Path) -> nn.Module:
 # ------------------------------------------------------------------------------------------- driver
 def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOracle | None = None,
                on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
-               resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) a search and write its outputs into `out_dir`. Returns the report."""
+               resume: bool = False, problem: Problem | None = None) -> dict[str, Any]:
+    """Run (or resume) a search and write its outputs into `out_dir`. Returns the report.
+
+    `problem` (from `prepare`, possibly for another target) skips the setup: model and data loading,
+    reconstruction statistics and the latency table are shared, and so are already scored policies."""
     out_dir = Path(out_dir)
     emit = on_event or ignore
     stop = should_stop or (lambda: False)
@@ -479,7 +491,10 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()
-    problem = prepare(config, oracle=oracle, emit=emit)
+    if problem is None:
+        problem = prepare(config, oracle=oracle, emit=emit)
+    elif problem.config != config:
+        problem = problem.retarget(config)
     setup_s = time.perf_counter() - t_start
 
     emit(SearchEvent("phase", "baseline", "evaluating the unpruned network"))
@@ -497,8 +512,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
     kept = list(best_row["kept"])
     final = problem.build(kept).model
     result = _summary(problem, kept, final, search_row=best_row)
-    if latency:
-        result["latency_measured_ms"] = latency["measured_ms"]
+    result["latency_measured_ms"] = latency["measured_ms"] if latency else _measure(problem, final)
 
     compare = {}
     if config.compare:

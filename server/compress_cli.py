@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.config import SearchConfig
-from compressor.errors import AmcError
+from compressor.errors import AmcError, ConfigError
 from server.latency import make_oracle, needs_latency
 from server.options import add_search_arguments, config_from_args
 
@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Prune a CNN layer by layer with AMC (DDPG) under a FLOPs, parameter or latency budget. "
                     "Writes report.json, report.md, model.onnx, model.pt, policy.json and episodes.csv into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_search_arguments(p)  # one flag per SearchConfig field
+    add_search_arguments(p, repeatable=("target",))  # one flag per SearchConfig field
+    p.add_argument("--reference", action="append", default=[], metavar="NAME=WEIGHTS|FILE.onnx",
+                   help="a model a user could pick instead (zoo name with its weights, or an ONNX file), "
+                        "scored on the same split and timed on the same device; with several --target, "
+                        "shown on the frontier (repeatable)")
     p.add_argument("--out", default="runs/latest", help="output folder")
     p.add_argument("--resume", metavar="DIR", help="resume the killed search in DIR (same options)")
     p.add_argument("--json", action="store_true", help="print report.json instead of tables")
@@ -48,11 +52,27 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True, log_path=False)
     try:
+        targets = list(dict.fromkeys(args.target or ["flops=0.5"]))
+        args.target = targets[0]
         config = config_from_args(args)
         out_dir = Path(args.resume or args.out)
-        if needs_latency(config):
+        frontier = len(targets) > 1 or bool(args.reference)
+        if frontier and args.resume:
+            raise ConfigError("resume", "a frontier (several --target or --reference) cannot be resumed yet; "
+                                        "resume each target's folder on its own")
+        # A frontier is judged on measured latency, so it asks the device even for FLOPs targets.
+        wants_device = frontier or any(t.lower().startswith("latency-ms") for t in targets)
+        if needs_latency(config) or wants_device:
             console.log(f"latency: preparing the lookup table of {config.device} for {config.model}")
-        oracle = make_oracle(config, progress=_lut_progress(console))
+        oracle = make_oracle(config, progress=_lut_progress(console), force=wants_device)
+        if frontier:
+            result = _run_with_progress(config, out_dir, oracle=oracle, resume=False, console=console,
+                                        targets=targets, references=args.reference)
+            if args.json:
+                print(json.dumps(result, indent=2))
+            else:
+                print_frontier(result, out_dir)
+            return 0
         report = _run_with_progress(config, out_dir, oracle=oracle, resume=bool(args.resume), console=console)
     except AmcError as exc:
         console.print(f"[bold red]error:[/] {exc}")
@@ -67,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: bool, console) -> dict[str, Any]:
+def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: bool, console,
+                       targets: list[str] | None = None, references: list[str] | None = None) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from compressor.events import SearchEvent
@@ -88,8 +109,22 @@ def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: b
             info = (f"reward {r['reward']:.4f}  acc {r['accuracy']:.3f}  best {r['best_accuracy']:.3f}  "
                     f"MACs {r['macs_ratio']:.3f}" + (f"  {r['latency_ms']:.2f} ms" if r.get("latency_ms") else ""))
             progress.update(tasks[event.phase], completed=event.episode, total=event.episodes, info=info)
+        elif event.kind == "epoch":  # recovery after the search
+            r = event.record
+            name = event.phase.replace("finetune", "recovery", 1)
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=event.episodes, info="")
+            held = r.get("holdout_accuracy")
+            info = f"loss {r['loss']:.4f}" + (f"  held-out acc {held:.3f}" if held is not None else "") + \
+                f"  {r['seconds']:.0f} s/epoch"
+            progress.update(tasks[name], completed=event.episode, total=event.episodes, info=info)
 
     with progress:
+        if targets is not None:
+            from compressor.frontier import run_frontier
+
+            return run_frontier(config, targets, out_dir, oracle=oracle, references=references or [],
+                                on_event=on_event)
         return run_search(config, out_dir, oracle=oracle, on_event=on_event, resume=resume)
 
 
@@ -110,6 +145,29 @@ def print_summary(report: dict[str, Any], out_dir: Path) -> None:
     console = Console()
     console.print(table)
     console.print(f"accuracy on {report['splits']['report']}; outputs in {out_dir}/")
+
+
+def print_frontier(frontier: dict[str, Any], out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"frontier: {frontier['model']} on {frontier['data']}, device {frontier['device']}")
+    for col in ("model", "accuracy", "before recovery", "measured ms", "MACs", "blocks removed"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    u = frontier["unpruned"]
+    table.add_row(f"{u['name']} (unpruned)", f"{100 * u['accuracy']:.2f}%", "—", _ms(u.get("latency_measured_ms")),
+                  f"{u['macs']:,}", "—")
+    for p in frontier["points"]:
+        before = p.get("accuracy_before_recovery")
+        table.add_row(p["target"], f"{100 * p['accuracy']:.2f}%", "—" if before is None else f"{100 * before:.2f}%",
+                      _ms(p.get("latency_measured_ms")), f"{p['macs']:,}", str(p["blocks_removed"]))
+    for r in frontier["references"]:
+        table.add_row(f"{r['name']} (reference)", f"{100 * r['accuracy']:.2f}%", "—", _ms(r.get("latency_measured_ms")),
+                      "—" if r.get("macs") is None else f"{r['macs']:,}", "—")
+    console = Console()
+    console.print(table)
+    console.print(f"accuracy on {frontier['report_split']}; frontier.json, frontier.svg, frontier.md and one "
+                  f"folder per target in {out_dir}/")
 
 
 def _ms(x: float | None) -> str:

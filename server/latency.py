@@ -14,10 +14,11 @@ def needs_latency(config: SearchConfig) -> bool:
         config.parsed_target.kind == "latency-ms" and config.reward in (None, "err"))
 
 
-def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], None] | None = None
-                ) -> LatencyOracle | None:
-    """The device's latency oracle, its lookup table completed for this model, when the search needs one."""
-    if not needs_latency(config):
+def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], None] | None = None,
+                force: bool = False) -> LatencyOracle | None:
+    """The device's latency oracle, its lookup table completed for this model, when the search needs
+    one (or, with `force`, whenever results are to be timed on the device)."""
+    if not (needs_latency(config) or force):
         return None
     import torch
 

@@ -81,11 +81,15 @@ def search_fields() -> tuple[SearchOption, ...]:
 
 # ------------------------------------------------------------------------------------------- CLI
 
-def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per SearchConfig field (`--a-min`, `--no-reconstruct`, ...)."""
+def add_search_arguments(parser: argparse.ArgumentParser, *, repeatable: tuple[str, ...] = ()) -> None:
+    """One flag per SearchConfig field (`--a-min`, `--no-reconstruct`, ...). Fields named in
+    `repeatable` may be given several times (a list, None when absent); the caller picks one per config."""
     for f in search_fields():
         text = f.option.flag_help or f.option.help
-        if f.type is bool:
+        if f.name in repeatable:
+            parser.add_argument(f.flag, dest=f.dest, type=f.type, action="append", default=None,
+                                help=f"{text} (repeatable; default {f.default})")
+        elif f.type is bool:
             parser.add_argument(f.flag, dest=f.dest, action="store_true", help=text)
         else:
             parser.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices,
@@ -97,6 +101,10 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     values: dict[str, Any] = {}
     for f in search_fields():
         value = getattr(args, f.dest)
+        if isinstance(value, list):  # a repeatable flag: this config takes the first value
+            value = value[0] if value else None
+        if value is None and not f.required and not f.nullable:
+            value = f.default
         if f.required and value is None:
             raise ConfigError(f.name, f"{f.flag} is required")
         values[f.name] = not value if f.negated else value

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from tiny_models import INPUT, TinyMobileNetV2, TinyResNet, randomize_bn
 
 from compressor.config import Target
 from compressor.cost import measure, trace_layers
@@ -17,7 +18,6 @@ from compressor.export import AVAILABLE, export_model
 from compressor.pruning import ChannelPruner
 from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
 from compressor.strategies import make_strategy
-from tiny_models import INPUT, TinyMobileNetV2, TinyResNet, randomize_bn
 
 
 @pytest.fixture(params=["resnet", "mobilenetv2"])
