@@ -2,7 +2,7 @@
 user could pick instead, scored on the same split and timed on the same device.
 
 `run_frontier` writes each search into its own subfolder of `out_dir` (named after its target), then
-`frontier.json`, `frontier.svg` (accuracy against measured latency) and `frontier.md`.
+`frontier.json`, `frontier.svg` (accuracy against measured latency) and `report.md` (the table and the plot).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def run_frontier(config: SearchConfig, targets: Sequence[str], out_dir: str | Pa
                 "references": scored}
     _atomic_write(out_dir / "frontier.json", json.dumps(frontier, indent=2).encode())
     _atomic_write(out_dir / "frontier.svg", frontier_svg(frontier).encode())
-    _atomic_write(out_dir / "frontier.md", frontier_markdown(frontier).encode())
+    _atomic_write(out_dir / "report.md", frontier_markdown(frontier).encode())
     emit(SearchEvent("done", "done", "frontier finished", record=frontier))
     return frontier
 

@@ -166,7 +166,7 @@ def print_frontier(frontier: dict[str, Any], out_dir: Path) -> None:
                       "—" if r.get("macs") is None else f"{r['macs']:,}", "—")
     console = Console()
     console.print(table)
-    console.print(f"accuracy on {frontier['report_split']}; frontier.json, frontier.svg, frontier.md and one "
+    console.print(f"accuracy on {frontier['report_split']}; frontier.json, frontier.svg, report.md and one "
                   f"folder per target in {out_dir}/")
 
 

@@ -68,7 +68,7 @@ def test_frontier_files_and_references(frontier):
     svg = ET.fromstring((out / "frontier.svg").read_text())
     circles = [e for e in svg.iter() if e.tag.endswith("circle")]
     assert len(circles) == 2  # one marker per target
-    md = (out / "frontier.md").read_text()
+    md = (out / "report.md").read_text()
     assert "frontier.svg" in md and "flops-0.6/report.md" in md and "(reference)" in md
     # Episode events name their target, so a progress display keeps the searches apart.
     phases = {e.phase for e in events if e.kind == "episode"}
