@@ -178,10 +178,13 @@ def recover(
     teacher: nn.Module | None = None,
     progress: ProgressFn | None = None,
     num_threads: int | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> tuple[nn.Module, RecoveryResult]:
     """Train `model` (in place) back towards the accuracy it had before pruning; returns it in eval
     mode with the weights of its best held-out epoch, and what happened. `teacher` is required for
-    `distill` (the unpruned network)."""
+    `distill` (the unpruned network). `teacher_cache` (one per teacher) keeps the teacher's answers:
+    the augmented batches depend only on the data and the config, so a second recovery with the same
+    config (another budget of a frontier) does not run the teacher again."""
     if config.method == "distill" and teacher is None:
         raise ValueError("distill needs the unpruned network as teacher")
     source = bundle.train if bundle.train is not None else bundle.search
@@ -193,7 +196,7 @@ def recover(
     log.info("recovery (%s) for %d epochs, lr %g, on %s", config.method, config.epochs, config.learning_rate,
              train_split.description)
     with _threads(model, num_threads):
-        for stats in _epochs(model, train_split, config, teacher=teacher):
+        for stats in _epochs(model, train_split, config, teacher=teacher, cache=teacher_cache):
             if held is not None:
                 stats.holdout_accuracy = evaluate(model, held, num_threads=num_threads)
                 if best_acc is None or stats.holdout_accuracy >= best_acc:  # later wins ties: more trained
@@ -216,7 +219,11 @@ def recover(
     return model, result
 
 
-def _epochs(model: nn.Module, split: Split, config: RecoveryConfig, *, teacher: nn.Module | None):
+TeacherCache = dict[tuple, tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _epochs(model: nn.Module, split: Split, config: RecoveryConfig, *, teacher: nn.Module | None,
+            cache: TeacherCache | None = None):
     """Train epoch by epoch, yielding each epoch's stats (the caller evaluates between epochs)."""
     n = len(split)
     torch.manual_seed(config.seed)
@@ -247,12 +254,19 @@ def _epochs(model: nn.Module, split: Split, config: RecoveryConfig, *, teacher: 
                     x = augment(x, gen, flip=flip)
                 out = model(x)
                 if distill:
-                    with torch.no_grad():
-                        target = teacher(x)  # type: ignore[misc]
+                    key = (split.description, n, config.seed, config.batch_size, config.augment, epoch, i)
+                    if cache is not None and key in cache:
+                        target, t_value = cache[key]
+                    else:
+                        with torch.no_grad():
+                            target = teacher(x)  # type: ignore[misc]
+                        t_value = t_feat.value if t_feat is not None else None
+                        if cache is not None:
+                            cache[key] = (target, t_value)
                     loss = distillation_loss(out, target, temperature=config.temperature)
-                    if s_feat is not None and t_feat is not None and s_feat.value is not None \
-                            and t_feat.value is not None and s_feat.value.shape == t_feat.value.shape:
-                        loss = loss + config.feature_weight * F.mse_loss(s_feat.value, t_feat.value)
+                    if s_feat is not None and t_value is not None and s_feat.value is not None \
+                            and s_feat.value.shape == t_value.shape:
+                        loss = loss + config.feature_weight * F.mse_loss(s_feat.value, t_value)
                     if config.label_weight > 0:
                         loss = loss + config.label_weight * F.cross_entropy(out, y)
                 else:

@@ -69,6 +69,7 @@ class Problem:
     weights: str
     predictions: Predictions | None = None
     _cache: dict[tuple[int, ...], dict[str, Any]] = field(default_factory=dict)
+    teacher_cache: dict = field(default_factory=dict)  # recovery: the unpruned network's answers
 
     @property
     def reward_name(self) -> str:
@@ -378,7 +379,8 @@ def _recover(problem: Problem, model: nn.Module, emit: EventSink) -> tuple[nn.Mo
                          record={"epoch": stats.epoch, "loss": stats.loss, "holdout_accuracy": stats.holdout_accuracy,
                                  "seconds": stats.seconds}))
 
-    model, result = recover(model, problem.bundle, recovery, teacher=problem.model, progress=progress)
+    model, result = recover(model, problem.bundle, recovery, teacher=problem.model, progress=progress,
+                            teacher_cache=problem.teacher_cache)
     return model, result.to_dict()
 
 

@@ -169,3 +169,20 @@ def test_augmentation_crops_and_flips_only_rgb():
     gray = torch.ones(4, 1, 8, 8)
     shifted = augment(gray, torch.Generator().manual_seed(1), flip=False)
     assert shifted.shape == gray.shape and shifted.sum() <= gray.sum()
+
+
+def test_a_second_recovery_reuses_the_teachers_answers(demo_weights, digits):
+    teacher, student = _pruned_demo(demo_weights)
+    twin = copy.deepcopy(student)
+    calls = []
+    handle = teacher.register_forward_hook(lambda *_: calls.append(1))
+    cache: dict = {}
+    small = dataclasses.replace(digits, train=digits.train.subset(range(200)))
+    config = RecoveryConfig(epochs=2, method="distill", holdout=0.0)
+    first, _ = recover(student, small, config, teacher=teacher, teacher_cache=cache)
+    used = len(calls)
+    second, _ = recover(twin, small, config, teacher=teacher, teacher_cache=cache)
+    handle.remove()
+    assert used > 0 and len(calls) == used  # the second run never asked the teacher
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # and trained exactly as the first did

@@ -1,0 +1,161 @@
+"""Does compression pay? The pretrained ResNet-56 compressed to the measured latency of each smaller
+sibling (ResNet-20/32/44, taken off the shelf), against that sibling, on the same split and device.
+Needs ../shared/data.
+
+One run:
+  1. measures ResNet-20/32/44/56 on `local` (ONNX Runtime, 1 thread) in interleaved rounds;
+  2. runs one frontier (`compressor.frontier.run_frontier`: one search per budget sharing the setup):
+     `latency-ms=<each sibling's latency>`, plus `flops=0.5` (AMC's published setting), with DDPG,
+     whole residual blocks removable, and recovery (distillation from the unpruned network) on the
+     search split (test images 0-4999); accuracy on the report split (test images 5000-9999);
+  3. re-measures every compressed model and every sibling in interleaved rounds, so a slow spell of
+     the machine hits all alike.
+Prints a markdown section on stdout; progress on stderr.
+
+    python -m benchmarks.bench_frontier --episodes 60 --reward-samples 1000 --finetune-epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SIBLINGS = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th", 44: "resnet44-014dd654.th",
+            56: "resnet56-4bfd9763.th"}
+AMC_PUBLISHED = "AMC (ECCV 2018), ResNet-56 at 50% FLOPs after fine-tuning on the full training set: 92.8% → 91.9%"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(event) -> None:
+    if event.kind == "phase":
+        _log(f"  {event.phase}: {event.message}")
+    elif event.kind == "episode" and (event.episode % 10 == 0 or event.episode == event.episodes):
+        r = event.record
+        lat = f" {r['latency_ms']:.3f} ms" if r.get("latency_ms") else ""
+        _log(f"  [{event.phase}] episode {event.episode}/{event.episodes} acc {r['accuracy']:.4f} "
+             f"best {r['best_accuracy']:.4f} MACs {r['macs_ratio']:.3f}{lat} ({r['seconds']:.1f} s)")
+    elif event.kind == "epoch":
+        r = event.record
+        held = r.get("holdout_accuracy")
+        _log(f"  [{event.phase}] epoch {event.episode}/{event.episodes} loss {r['loss']:.4f}"
+             + (f" held-out {held:.4f}" if held is not None else "") + f" ({r['seconds']:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--siblings", default="20,32,44", help="depths of the siblings to beat")
+    parser.add_argument("--episodes", type=int, default=60)
+    parser.add_argument("--reward-samples", type=int, default=1000)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--strategy", default="ddpg")
+    parser.add_argument("--no-flops", action="store_true", help="skip the flops=0.5 model")
+    parser.add_argument("--no-prune-blocks", action="store_true", help="channels only (for comparison)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--out", default=str(REPO / "runs" / "bench_frontier"))
+    args = parser.parse_args(argv)
+    data = Path(args.data_dir)
+    if not (data / "cifar10_test.npz").is_file():
+        _log(f"bench_frontier: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
+        return 1
+    import torch
+
+    from compressor import zoo
+    from compressor.config import SearchConfig
+    from compressor.frontier import run_frontier, target_dir
+    from profiler.devices.local import LocalDevice
+    from profiler.export import export_onnx
+    from profiler.measure import measure
+    from profiler.protocol import MeasureConfig
+    from server.latency import make_oracle
+
+    torch.set_num_threads(2)
+    depths = [int(d) for d in args.siblings.split(",") if d]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = LocalDevice()
+
+    def measured(paths: list[Path]) -> list[float]:
+        runs: list[list[float]] = [[] for _ in paths]
+        for _ in range(args.rounds):
+            for i, path in enumerate(paths):
+                runs[i].append(measure(device, path, MeasureConfig(threads=1), cache=None).median_ms)
+        return [statistics.median(r) for r in runs]
+
+    t_start = time.perf_counter()
+    example = torch.zeros(1, 3, 32, 32)
+    sibling_files = {}
+    for depth in depths + [56]:
+        model = zoo.load_model(f"resnet{depth}", weights=str(data / "weights" / SIBLINGS[depth])).model.eval()
+        sibling_files[depth] = export_onnx(model, example, out / f"resnet{depth}.onnx")
+    _log(f"measuring ResNet-{', '.join(map(str, depths + [56]))} ({args.rounds} interleaved rounds)")
+    before = dict(zip(depths + [56], measured([sibling_files[d] for d in depths + [56]])))
+    _log("  " + ", ".join(f"ResNet-{d} {ms:.3f} ms" for d, ms in before.items()))
+
+    targets = [f"latency-ms={before[d]:.4f}" for d in depths] + ([] if args.no_flops else ["flops=0.5"])
+    config = SearchConfig(model="resnet56", data=f"cifar10:{data / 'cifar10_test.npz'}",
+                          weights=str(data / "weights" / SIBLINGS[56]), target=targets[0], strategy=args.strategy,
+                          episodes=args.episodes, seed=args.seed, reward_samples=args.reward_samples,
+                          finetune_epochs=args.finetune_epochs, prune_blocks=not args.no_prune_blocks)
+    oracle = make_oracle(config, force=True, progress=lambda d, t, what: _log(f"  latency table {d}/{t} {what}")
+                         if d == t or d % 50 == 0 else None)
+    frontier = run_frontier(config, targets, out / "frontier", oracle=oracle, on_event=_progress)
+
+    # Interleaved re-measurement of every compressed model and every sibling.
+    ours = [out / "frontier" / target_dir(t) / "model.onnx" for t in targets]
+    again = measured([sibling_files[d] for d in depths + [56]] + ours)
+    sib_ms = dict(zip(depths + [56], again[:len(depths) + 1]))
+    our_ms = dict(zip(targets, again[len(depths) + 1:]))
+    from compressor.data import load_dataset
+    from compressor.training import evaluate
+
+    entry = zoo.MODELS["resnet56"]
+    bundle = load_dataset(config.data, input_shape=entry.input_shape, mean=entry.mean, std=entry.std, seed=0)
+    sib_acc = {d: evaluate(zoo.load_model(f"resnet{d}", weights=str(data / "weights" / SIBLINGS[d])).model,
+                           bundle.report) for d in depths + [56]}
+    total_s = time.perf_counter() - t_start
+    (out / "results.json").write_text(json.dumps({"before": before, "after": {"siblings": sib_ms, "ours": our_ms},
+                                                  "accuracy": sib_acc, "frontier": frontier}, indent=2))
+    points = {p["target"]: p for p in frontier["points"]}
+    lines = [
+        f"ResNet-56 (pretrained) compressed to each sibling's measured latency: {args.strategy}, "
+        f"{args.episodes} episodes, reward on {args.reward_samples} search images, whole blocks "
+        f"{'removable' if not args.no_prune_blocks else 'kept'}, recovery `distill` {args.finetune_epochs} epochs "
+        f"on the search split (test images 0-4999, a tenth held out to pick the epoch). Accuracy on the report split "
+        f"(test images 5000-9999). Latency: `local`, ONNX Runtime, 1 thread, median of {args.rounds} interleaved "
+        f"rounds taken after all searches (targets were set from a first round). Total {total_s / 60:.0f} min.",
+        "",
+        "| sibling | its accuracy | its latency | ours: accuracy before → after recovery | ours: latency | "
+        "blocks removed | faster? | more accurate? | search + recovery |",
+        "|---|---:|---:|---:|---:|---:|:-:|:-:|---:|",
+    ]
+    for d, t in zip(depths, targets):
+        p = points[t]
+        faster, better = our_ms[t] <= sib_ms[d], p["accuracy"] > sib_acc[d]
+        before_acc = p["accuracy_before_recovery"]
+        lines.append(
+            f"| ResNet-{d} | {sib_acc[d]:.2%} | {sib_ms[d]:.3f} ms | "
+            f"{'—' if before_acc is None else f'{before_acc:.2%}'} → **{p['accuracy']:.2%}** | {our_ms[t]:.3f} ms | "
+            f"{p['blocks_removed']} | {'yes' if faster else 'no'} | {'yes' if better else 'no'} | "
+            f"{(p['search_seconds'] + (p['recovery_seconds'] or 0)) / 60:.1f} min |")
+    lines += ["", f"Unpruned ResNet-56: {sib_acc[56]:.2%} at {sib_ms[56]:.3f} ms."]
+    if not args.no_flops:
+        p = points["flops=0.5"]
+        lines += ["", f"`flops=0.5`: {p['macs'] / 1e6:.1f} M MACs, {p['accuracy_before_recovery']:.2%} → "
+                      f"**{p['accuracy']:.2%}** after recovery on 4,500 images, {our_ms['flops=0.5']:.3f} ms "
+                      f"({p['blocks_removed']} blocks removed). {AMC_PUBLISHED}."]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
