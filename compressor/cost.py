@@ -1,16 +1,16 @@
 """Exact per-layer cost (multiply-accumulates and parameters) of a network, before and after pruning.
 
-`trace_layers` runs one forward pass with hooks and records every layer that holds weights. A
-`CostModel` then answers "how many MACs/params would the network have with these channel counts"
-analytically, without building the pruned network; `tests/test_cost.py` checks it against the traced
-cost of really pruned networks.
+`trace_layers` runs one forward pass with hooks and records every layer the per-op registry
+(`compressor.ops`) knows. A `CostModel` then answers "how many MACs/params would the network have
+with these channel counts" analytically, without building the pruned network, from each layer's
+entry; `tests/test_pruning.py` and `tests/test_blocks.py` check it against the traced cost of really
+pruned networks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -18,99 +18,40 @@ from torch import nn
 
 from compressor.errors import UnsupportedLayerError
 from compressor.latency import KernelSpec
+from compressor.ops import OPS, UNSUPPORTED, Layer, LayerKind, op_for
 
-LayerKind = Literal["conv", "dwconv", "linear", "bn"]
-
-# Layers with parameters that we know how to cost and prune. Anything else holding parameters is
-# counted as fixed parameters (and reported), never silently dropped.
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One layer with weights, as seen in a forward pass of the unpruned network."""
-
-    name: str
-    kind: LayerKind
-    cin: int
-    cout: int
-    kh: int = 1
-    kw: int = 1
-    stride: int = 1
-    groups: int = 1
-    in_h: int = 1
-    in_w: int = 1
-    out_h: int = 1
-    out_w: int = 1
-    bias: bool = False
-    uses: int = 1  # how many positions a Linear is applied at (1 for N×C inputs)
-
-    @property
-    def macs(self) -> int:
-        return self.macs_at(cin=self.cin, cout=self.cout)
-
-    @property
-    def params(self) -> int:
-        return self.params_at(cin=self.cin, cout=self.cout)
-
-    def macs_at(self, *, cin: float, cout: float) -> float:
-        if self.kind == "bn":
-            return 0
-        per_out = self.kh * self.kw * (1 if self.kind == "dwconv" else cin / self.groups)
-        return self.out_h * self.out_w * self.uses * per_out * cout
-
-    def params_at(self, *, cin: float, cout: float) -> float:
-        if self.kind == "bn":
-            return 2 * cout
-        per_out = self.kh * self.kw * (1 if self.kind == "dwconv" else cin / self.groups)
-        return per_out * cout + (cout if self.bias else 0)
-
-
-def _is_depthwise(m: nn.Conv2d) -> bool:
-    return m.groups > 1 and m.groups == m.in_channels == m.out_channels
+__all__ = ["Cost", "CostModel", "Layer", "LayerKind", "measure", "trace_layers"]
 
 
 @torch.inference_mode()
 def trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[list[Layer], int]:
-    """Layers with weights in forward order, and the number of parameters outside them."""
+    """Layers with weights in forward order (every module the per-op registry knows), and the number
+    of parameters outside them."""
     records: list[Layer] = []
     seen: set[str] = set()
     hooks = []
 
-    def hook(name: str):
-        def fn(module: nn.Module, inputs, output) -> None:
+    def hook(name: str) -> Callable[..., None]:
+        def fn(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if name in seen:
                 raise UnsupportedLayerError(
                     f"layer {name!r} is called more than once in a forward pass; shared layers cannot be "
                     "pruned. Give each use its own module.")
             seen.add(name)
-            x = inputs[0]
-            if isinstance(module, nn.Conv2d):
-                kh, kw = module.kernel_size
-                records.append(Layer(
-                    name=name, kind="dwconv" if _is_depthwise(module) else "conv",
-                    cin=module.in_channels, cout=module.out_channels, kh=kh, kw=kw,
-                    stride=module.stride[0], groups=module.groups,
-                    in_h=x.shape[2], in_w=x.shape[3], out_h=output.shape[2], out_w=output.shape[3],
-                    bias=module.bias is not None))
-            elif isinstance(module, nn.Linear):
-                uses = int(np.prod(x.shape[1:-1])) if x.dim() > 2 else 1
-                records.append(Layer(name=name, kind="linear", cin=module.in_features,
-                                     cout=module.out_features, bias=module.bias is not None, uses=uses))
-            else:  # BatchNorm
-                records.append(Layer(name=name, kind="bn", cin=module.num_features, cout=module.num_features,
-                                     bias=True, in_h=x.shape[2] if x.dim() == 4 else 1,
-                                     in_w=x.shape[3] if x.dim() == 4 else 1))
+            op = op_for(module)
+            assert op is not None  # hooked below because it has an entry
+            records.append(op.trace(name, module, inputs[0], output))
         return fn
 
     covered: set[int] = set()
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear) + _NORMS):
-            if isinstance(module, _NORMS) and not module.affine:
+        op = op_for(module)
+        if op is not None:
+            if not op.traced(module):
                 continue
             hooks.append(module.register_forward_hook(hook(name)))
             covered.update(id(p) for p in module.parameters(recurse=False))
-        elif isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d)):
+        elif isinstance(module, UNSUPPORTED):
             raise UnsupportedLayerError(
                 f"layer {name!r} is a {type(module).__name__}; the pruner handles Conv2d, Linear and BatchNorm. "
                 "Express the model with those, or mark it unprunable.")
@@ -121,6 +62,10 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[list[La
             h.remove()
     other = sum(p.numel() for p in model.parameters() if id(p) not in covered)
     return records, other
+
+
+# Kept channels per unit, as a list or an array.
+Kept = Sequence[float] | np.ndarray
 
 
 @dataclass
@@ -153,27 +98,29 @@ class CostModel:
         self.layer_macs = np.array([layer.macs for layer in self.layers], dtype=np.float64)
         self.layer_params = np.array([layer.params for layer in self.layers], dtype=np.float64)
 
-    def _channels(self, kept: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    def _channels(self, kept: Kept) -> tuple[np.ndarray, np.ndarray]:
         """Effective (cin, cout) of every layer."""
         r = np.asarray(kept, dtype=np.float64) / self.full
         cin = self._fixed_in + self.in_dims @ r
         cout = self._cout * np.append(r, 1.0)[self.out_unit]  # index -1 -> ratio 1
         return cin, cout
 
-    def present(self, kept: Sequence[float]) -> np.ndarray:
+    def present(self, kept: Kept) -> np.ndarray:
         """Per layer: whether it still exists (False inside a removed block)."""
         alive = np.append(np.asarray(kept, dtype=np.float64) > 0, True)
         return alive[self.gate_unit]  # index -1 -> True
 
-    def layer_costs(self, kept: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    def layer_costs(self, kept: Kept) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer (macs, params) with the given kept channels per unit."""
         cin, cout = self._channels(kept)
         on = self.present(kept)
-        macs = np.array([layer.macs_at(cin=ci, cout=co) for layer, ci, co in zip(self.layers, cin, cout)])
-        params = np.array([layer.params_at(cin=ci, cout=co) for layer, ci, co in zip(self.layers, cin, cout)])
+        ops = [OPS[layer.kind] for layer in self.layers]
+        macs = np.array([op.macs_at(layer, cin=ci, cout=co) for op, layer, ci, co in zip(ops, self.layers, cin, cout)])
+        params = np.array([op.params_at(layer, cin=ci, cout=co)
+                           for op, layer, ci, co in zip(ops, self.layers, cin, cout)])
         return macs * on, params * on
 
-    def cost(self, kept: Sequence[float]) -> Cost:
+    def cost(self, kept: Kept) -> Cost:
         macs, params = self.layer_costs(kept)
         return Cost(macs=int(round(macs.sum())), params=int(round(params.sum())) + self.other_params)
 
@@ -181,19 +128,39 @@ class CostModel:
     def full_cost(self) -> Cost:
         return self.cost(self.full)
 
-    def kernels(self, kept: Sequence[float]) -> list[KernelSpec]:
-        """The network's compute kernels with the given kept channels (BN is fused into its conv)."""
+    def kernel_slots(self, kept: Kept) -> list[KernelSpec | None]:
+        """One slot per kernel of the unpruned network, in forward order: its kernel with the given kept
+        channels, or None where its layer was removed (inside a removed block). Layers the runtime
+        fuses into the kernel before them (BatchNorm) have no slot."""
         cins, couts = self._channels(kept)
-        out: list[KernelSpec] = []
+        out: list[KernelSpec | None] = []
         for layer, ci, co, on in zip(self.layers, cins, couts, self.present(kept)):
-            if layer.kind == "bn" or not on:
+            spec = OPS[layer.kind].kernel(layer, cin=int(round(ci)), cout=int(round(co)))
+            if spec is not None:
+                out.append(spec if on else None)
+        return out
+
+    def kernels(self, kept: Kept) -> list[KernelSpec]:
+        """The network's compute kernels with the given kept channels (BN is fused into its conv)."""
+        return [spec for spec in self.kernel_slots(kept) if spec is not None]
+
+    def kernel_channels(self, candidates: Sequence[Sequence[int]]) -> list[tuple[list[int], list[int]]]:
+        """Per kernel slot (as `kernel_slots`): every (input, output) channel count it can have when each
+        unit keeps any of its `candidates`. A layer fed by several units (after a concatenation) takes
+        every sum of their counts. A count of 0 removes the layers that depend on it, so it adds none."""
+        out: list[tuple[list[int], list[int]]] = []
+        for i, layer in enumerate(self.layers):
+            if OPS[layer.kind].kernel(layer, cin=layer.cin, cout=layer.cout) is None:
                 continue
-            cin, cout = int(round(ci)), int(round(co))
-            if layer.kind == "linear":
-                out.append(KernelSpec("linear", cin, cout))
-            else:
-                out.append(KernelSpec(layer.kind, cin, cout, k=layer.kh, stride=layer.stride,
-                                      h=layer.in_h, w=layer.in_w, relu=True))
+            # Each unit owns a whole multiple of its channels of a layer's input: every term is whole.
+            cins = {int(round(self._fixed_in[i]))}
+            for u in np.flatnonzero(self.in_dims[i]):
+                terms = {int(round(self.in_dims[i, u] * c / self.full[u])) for c in candidates[u] if c > 0}
+                cins = {s + t for s in cins for t in terms}
+            u = int(self.out_unit[i])
+            couts = {int(round(self._cout[i] * c / self.full[u])) for c in candidates[u] if c > 0} if u >= 0 \
+                else {int(self._cout[i])}
+            out.append((sorted(cins), sorted(couts)))
         return out
 
 

@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 
 from compressor.cost import CostModel, Layer, trace_layers
 from compressor.errors import UnsupportedLayerError
+from compressor.ops import OPS, op_for, unit_root_types
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,7 @@ class ChannelPruner:
         self.units: list[Unit] = []
         self._roots: list[tuple[nn.Module, object]] = []
         skipped: list[str] = []
-        for group in self._graph.get_all_groups(ignored_layers=last_linear,
-                                                 root_module_types=(nn.Conv2d, nn.Linear)):
+        for group in self._graph.get_all_groups(ignored_layers=last_linear, root_module_types=unit_root_types()):
             root = group[0].dep.target.module
             root_name = names.get(id(root), "?")
             n = len(group[0].idxs)
@@ -147,7 +147,7 @@ class ChannelPruner:
                 if name not in layer_index:
                     continue
                 i = layer_index[name]
-                if self._graph.is_out_channel_pruning_fn(dep.handler) or self.layers[i].kind == "dwconv":
+                if self._graph.is_out_channel_pruning_fn(dep.handler) or OPS[self.layers[i].kind].follows_input:
                     out_unit[i] = u
                     unit.out_layers.append(name)
                 elif self._graph.is_in_channel_pruning_fn(dep.handler):
@@ -216,9 +216,10 @@ class ChannelPruner:
             if not prune_residual and any(o in op for o in _COUPLING_OPS):
                 return "residual connection (enable prune_residual to prune it)"
             module = dep.target.module
-            if isinstance(module, nn.Conv2d) and module.groups > 1 and not (
-                    module.groups == module.in_channels == module.out_channels):
-                return f"grouped convolution {names.get(id(module))}"
+            layer_op = op_for(module)
+            refusal = layer_op.refusal(module) if layer_op is not None else None
+            if refusal:
+                return f"{refusal} {names.get(id(module))}"
             if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) and self._graph.is_out_channel_pruning_fn(dep.handler):
                 width = module.out_channels if isinstance(module, nn.Conv2d) else module.num_features
                 if width != n:
@@ -230,11 +231,12 @@ class ChannelPruner:
         score = torch.zeros(n, dtype=torch.float64)
         for item in group:
             module = item.dep.target.module
-            if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            op = op_for(module)
+            if op is None or not self._graph.is_out_channel_pruning_fn(item.dep.handler):
                 continue
-            if not self._graph.is_out_channel_pruning_fn(item.dep.handler):
+            l1 = op.channel_scores(module)
+            if l1 is None:
                 continue
-            l1 = module.weight.detach().abs().double().flatten(1).sum(1)
             score[torch.as_tensor(item.root_idxs)] += l1[torch.as_tensor(item.idxs)]
         # stable order: ties keep the lower index first
         return np.array(sorted(range(n), key=lambda c: (-float(score[c]), c)), dtype=np.int64)
@@ -249,7 +251,7 @@ class ChannelPruner:
         result = PrunedModel(model=clone, kept=[int(k) for k in kept])
         # Indices are gathered in the unpruned numbering and each (layer, dimension) is cut once:
         # a layer fed by a concatenation is cut by several units.
-        cuts: dict[tuple[str, object], tuple[object, object, set[int]]] = {}
+        cuts: dict[tuple[str, Any], tuple[Any, int, set[int]]] = {}
         dropped = [unit.block for unit, k in zip(self.units, kept) if k == 0 and unit.block is not None]
         for unit, (root, handler), k in zip(self.units, self._roots, kept):
             if k >= unit.channels or (k == 0 and unit.block is not None):
@@ -289,10 +291,10 @@ class MagnitudePruner:
         self.model = model.eval()
         self.layers, other = trace_layers(model, example_input)
         modules = dict(model.named_modules())
-        self.units = []
+        self.units: list[Unit] = []
         out_unit = [-1] * len(self.layers)
         for i, layer in enumerate(self.layers):
-            if layer.kind == "bn":
+            if not OPS[layer.kind].weighted:
                 continue
             weight = modules[layer.name].weight.detach()
             n = weight.numel()
@@ -329,7 +331,7 @@ class _DensityCostModel(CostModel):
     def layer_costs(self, kept):
         r = np.append(np.asarray(kept, dtype=np.float64) / self.full, 1.0)[self.out_unit]
         macs = self.layer_macs * r
-        bias = np.array([(layer.cout if layer.bias and layer.kind != "bn" else 0) for layer in self.layers])
+        bias = np.array([(layer.cout if layer.bias and OPS[layer.kind].weighted else 0) for layer in self.layers])
         params = (self.layer_params - bias) * r + bias
         return macs, params
 

@@ -1,7 +1,7 @@
 """Least-squares reconstruction of the layers that consume pruned channels.
 
-After a unit loses channels, each consuming layer (any k×k convolution, via im2col, or a Linear) is
-re-fitted so that its output matches the unpruned network's: min ‖X_S·W_Sᵀ − X·Wᵀ‖² over W_S, with X
+After a unit loses channels, each consuming layer (any k×k convolution, via im2col, or a Linear: the
+per-op registry's `refit` says how a layer kind sees its input) is re-fitted so that its output matches the unpruned network's: min ‖X_S·W_Sᵀ − X·Wᵀ‖² over W_S, with X
 the consumer's input sampled on calibration images (AMC samples 10 points per image) and S the kept
 input dimensions. Since the target X·Wᵀ is linear in X, only the Gram matrix G = XᵀX is needed:
 W_Sᵀ = G_SS⁻¹ · G_S· · Wᵀ. G is computed once per consumer, so each episode only solves small
@@ -11,12 +11,12 @@ systems — no feature maps are recomputed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from compressor.ops import Refit, op_for
 from compressor.pruning import PrunedModel
 
 log = logging.getLogger(__name__)
@@ -24,17 +24,10 @@ log = logging.getLogger(__name__)
 MAX_DIM = 4608  # 512 channels × 3×3; larger inputs (a flatten into a big Linear) are left as they are
 
 
-def _features(module: nn.Module, x: torch.Tensor, points: int, gen: torch.Generator) -> torch.Tensor:
-    """Rows of the consumer's im2col input at `points` random output positions per sample."""
-    if isinstance(module, nn.Conv2d):
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                        stride=module.stride)  # B × (C·kh·kw) × L
-        b, d, L = cols.shape
-        k = min(points, L)
-        pos = torch.stack([torch.randperm(L, generator=gen)[:k] for _ in range(b)])  # B × k
-        picked = torch.gather(cols, 2, pos.unsqueeze(1).expand(b, d, k))
-        return picked.permute(0, 2, 1).reshape(b * k, d)
-    return x.reshape(-1, x.shape[-1])
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 class Reconstructor:
@@ -47,22 +40,25 @@ class Reconstructor:
         modules = dict(model.named_modules())
         self.grams: dict[str, torch.Tensor] = {}
         self.samples = 0
-        wanted = {}
+        wanted: dict[str, nn.Module] = {}
+        self._refits: dict[str, Refit] = {}
         for name in consumers:
             m = modules[name]
-            if isinstance(m, nn.Conv2d) and m.groups != 1:
+            op = op_for(m)
+            refit = op.refit(m) if op is not None else None
+            if refit is None:
                 continue
-            d = (m.in_channels * m.kernel_size[0] * m.kernel_size[1]) if isinstance(m, nn.Conv2d) else m.in_features
-            if d > MAX_DIM:
-                log.info("reconstruction skips %s (%d input dimensions)", name, d)
+            if refit.dim > MAX_DIM:
+                log.info("reconstruction skips %s (%d input dimensions)", name, refit.dim)
                 continue
             wanted[name] = m
+            self._refits[name] = refit
         gen = torch.Generator().manual_seed(seed)
         grams = {name: torch.zeros(0) for name in wanted}
 
-        def hook(name):
-            def fn(module, inputs, _output):
-                rows = _features(module, inputs[0].detach(), points_per_image, gen).double()
+        def hook(name: str) -> Callable[..., None]:
+            def fn(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+                rows = self._refits[name].features(inputs[0].detach(), points_per_image, gen).double()
                 g = rows.T @ rows
                 grams[name] = g if grams[name].numel() == 0 else grams[name] + g
             return fn
@@ -77,7 +73,7 @@ class Reconstructor:
                 h.remove()
         self.grams = grams
         self.samples = len(calibration)
-        self._weights = {n: m.weight.detach().double().flatten(1).clone() for n, m in wanted.items()}
+        self._weights = {n: _weight(m).detach().double().flatten(1).clone() for n, m in wanted.items()}
 
     def apply(self, pruned: PrunedModel) -> int:
         """Re-fit, in place, every consumer whose input lost dimensions. Returns how many were re-fitted."""
@@ -88,14 +84,9 @@ class Reconstructor:
                 continue
             module = modules[name]
             w_full = self._weights[name]  # out × d, unpruned
+            refit = self._refits[name]
             removed_set = set(removed)
-            if isinstance(module, nn.Conv2d):
-                cin = w_full.shape[1] // (module.kernel_size[0] * module.kernel_size[1])
-                kk = module.kernel_size[0] * module.kernel_size[1]
-                keep_in = [c for c in range(cin) if c not in removed_set]
-                cols = torch.tensor([c * kk + j for c in keep_in for j in range(kk)])
-            else:
-                cols = torch.tensor([c for c in range(w_full.shape[1]) if c not in removed_set])
+            cols = refit.columns([c for c in range(refit.inputs) if c not in removed_set])
             removed_rows = set(pruned.removed_out.get(name, []))
             rows = torch.tensor([r for r in range(w_full.shape[0]) if r not in removed_rows])
             g = self.grams[name]
@@ -103,8 +94,9 @@ class Reconstructor:
             a = a + torch.eye(len(cols), dtype=a.dtype) * (self.ridge * a.diagonal().mean().clamp_min(1e-12))
             b = g[cols] @ w_full[rows].T  # |S| × out
             solution = torch.linalg.solve(a, b).T  # out × |S|
+            weight = _weight(module)
             with torch.no_grad():
-                module.weight.copy_(solution.reshape(module.weight.shape).to(module.weight.dtype))
+                weight.copy_(solution.reshape(weight.shape).to(weight.dtype))
             done += 1
         return done
 
