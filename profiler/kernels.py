@@ -1,10 +1,12 @@
 """Kernels as the runtime executes them (conv+BN+ReLU fused into one), read from a PyTorch model, and
 the tiny single-kernel models the lookup table times.
 
-`extract_kernels` hooks Conv2d / Linear / BatchNorm / ReLU / pooling modules during one forward pass;
-a BatchNorm or ReLU applied to a conv's output is folded into that conv's kernel. Functional ops
-(`F.relu`, `x + y`) are invisible to hooks; the search's own kernel list (compressor.cost) is the
-authority, this is the fallback and the tool for tests.
+`extract_kernels` hooks every leaf module during one forward pass: a layer the compressor's per-op
+registry knows (`compressor.ops`: conv, depthwise conv, linear, BatchNorm) becomes the kernel its entry
+names, or folds into the kernel before it (BatchNorm); pooling becomes a pool kernel and an activation
+folds into the kernel that produced its input. Functional ops (`F.relu`, `x + y`) are invisible to
+hooks; the search's own kernel list (`compressor.kernel_space.network_kernels`) is the authority, this
+is the fallback and the tool for tests.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def extract_kernels(model: torch.nn.Module, example_input: torch.Tensor) -> list
     import torch
     from torch import nn
 
+    from compressor.ops import op_for
+
     kernels: list[KernelSpec] = []
     owner: dict[int, int] = {}  # id(output tensor) -> index of the kernel that produced it
     hooks = []
@@ -34,13 +38,14 @@ def extract_kernels(model: torch.nn.Module, example_input: torch.Tensor) -> list
         x = inputs[0] if inputs else None
         if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
             return
-        if isinstance(module, nn.Conv2d):
-            dw = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-            kernels.append(KernelSpec("dwconv" if dw else "conv", module.in_channels, module.out_channels,
-                                      k=module.kernel_size[0], stride=module.stride[0],
-                                      h=int(x.shape[2]), w=int(x.shape[3])))
-        elif isinstance(module, nn.Linear):
-            kernels.append(KernelSpec("linear", module.in_features, module.out_features))
+        op = op_for(module)
+        spec = None
+        if op is not None:
+            layer = op.trace("", module, x, output)
+            spec = op.kernel(layer, cin=layer.cin, cout=layer.cout)
+        if spec is not None:
+            # The activation is fused below, only where one really follows.
+            kernels.append(replace(spec, relu=False))
         elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             c, h, w = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
             if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
@@ -49,8 +54,9 @@ def extract_kernels(model: torch.nn.Module, example_input: torch.Tensor) -> list
                 k = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
                 s = module.stride if isinstance(module.stride, int) else (module.stride or (k,))[0]
             kernels.append(KernelSpec("pool", c, c, k=int(k), stride=int(s), h=h, w=w))
-        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)) or type(module).__name__ in _ACTS:
-            # Folded into the kernel that produced its input (in-place ReLU returns the same tensor).
+        elif op is not None or type(module).__name__ in _ACTS:
+            # A layer without a kernel of its own (BatchNorm) or an activation: folded into the kernel
+            # that produced its input (in-place ReLU returns the same tensor).
             i = owner.get(id(x))
             if i is None:
                 return
@@ -138,20 +144,12 @@ def kernel_macs(spec: KernelSpec) -> float:
 
 
 def search_kernels(model: torch.nn.Module, example_input: torch.Tensor) -> list[KernelSpec]:
-    """The kernel list exactly as the search builds it (compressor.cost: conv/dwconv with fused BN and
-    ReLU, linear), so that calibrations learned from measured models match the search's predictions.
-    Falls back to `extract_kernels` when the cost tracer cannot read the model."""
-    try:
-        from compressor.cost import trace_layers
+    """The kernel list exactly as the search builds it (`compressor.kernel_space.network_kernels`), so
+    that calibrations learned from measured models match the search's predictions. Falls back to
+    `extract_kernels` when the compressor cannot read the model."""
+    from compressor.kernel_space import network_kernels
 
-        layers, _ = trace_layers(model, example_input)
+    try:
+        return network_kernels(model, example_input)
     except Exception:  # an unsupported layer: the hooks still give a usable list
         return extract_kernels(model, example_input)
-    out: list[KernelSpec] = []
-    for layer in layers:
-        if layer.kind == "linear":
-            out.append(KernelSpec("linear", layer.cin, layer.cout))
-        elif layer.kind in ("conv", "dwconv"):
-            out.append(KernelSpec(layer.kind, layer.cin, layer.cout, k=layer.kh, stride=layer.stride,
-                                  h=layer.in_h, w=layer.in_w, relu=True))
-    return out

@@ -41,6 +41,8 @@ from profiler.protocol import MeasureConfig
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from compressor.kernel_space import KernelSpace
+
 log = logging.getLogger(__name__)
 
 LUT_VERSION = 1
@@ -387,12 +389,6 @@ def load_or_new(lut_dir: Path, device_id: str, runtime: str, threads: int) -> La
 # -- which kernels to time -------------------------------------------------------------------------
 
 
-def _candidates(n: int, *, a_min: float, round_to: int) -> list[int]:
-    lowest = max(1, math.ceil(a_min * n - 1e-9))
-    lowest = min(n, max(round_to, math.ceil(lowest / round_to) * round_to))
-    return sorted(set(range(lowest, n, round_to)) | {n})
-
-
 def _spread(values: Sequence[int], max_points: int | None) -> list[int]:
     """At most `max_points` of `values` (sorted), evenly spaced, always keeping both ends."""
     values = sorted(set(values))
@@ -406,8 +402,8 @@ def _spread(values: Sequence[int], max_points: int | None) -> list[int]:
 
 @dataclass
 class ModelKernels:
-    """A network's kernels at full width and, per kernel, the input/output channel counts pruning
-    can give it."""
+    """What to time for a network: its kernels at full width and, per kernel, the input/output channel
+    counts pruning can give it (from `compressor.kernel_space`)."""
 
     kernels: list[KernelSpec]
     cin_options: list[list[int]]
@@ -415,44 +411,38 @@ class ModelKernels:
     # rng -> (kernels, build) of a random pruned variant; rng None gives the narrowest one.
     sampler: Callable[[random.Random | None], tuple[list[KernelSpec], Any]] | None = None
 
+    @classmethod
+    def of(cls, space: KernelSpace) -> ModelKernels:
+        sampler = None
+        if space.pruner is not None:
+            def sampler(rng: random.Random | None) -> tuple[list[KernelSpec], Any]:
+                variant = space.sample(rng) if rng is not None else space.narrowest()
+                return variant.kernels, variant.build
+        return cls(space.kernels, space.cin_options, space.cout_options, sampler)
+
+    @classmethod
+    def assumed(cls, kernels: Sequence[KernelSpec], *, a_min: float, round_to: int,
+                fixed_ends: bool = True) -> ModelKernels:
+        """Kernels seen without their pruner: see `compressor.kernel_space.KernelSpace.assumed`."""
+        from compressor.kernel_space import KernelSpace
+
+        return cls.of(KernelSpace.assumed(kernels, a_min=a_min, round_to=round_to, fixed_ends=fixed_ends))
+
 
 def model_kernels(model: torch.nn.Module, example_input: torch.Tensor, *, round_to: int = 8,
-                  a_min: float = 0.2) -> ModelKernels:
-    """Kernels of `model` and the channel counts the pruner allows. Uses the search's own pruner and
-    cost model (compressor.pruning) so the table covers exactly what the search will ask; falls back
-    to hooks (every width prunable except the input and the classifier output) when that fails."""
+                  a_min: float = 0.2, prune_residual: bool = False, prune_blocks: bool = False) -> ModelKernels:
+    """Kernels of `model` and the channel counts the search's pruner allows with these settings
+    (`compressor.kernel_space`), so the table covers exactly what the search will ask; falls back to
+    hooks (every width prunable except the input and the classifier output) when the pruner cannot
+    read the model."""
+    from compressor.kernel_space import kernel_space
+
     try:
-        from compressor.pruning import ChannelPruner
-
-        pruner = ChannelPruner(model, example_input, a_min=a_min, round_to=round_to)
-        cm = pruner.cost_model
-        full = [u.channels for u in pruner.units]
-        base = cm.kernels(full)
-        cins = [{k.cin} for k in base]
-        couts = [{k.cout} for k in base]
-        for u, unit in enumerate(pruner.units):
-            for c in unit.candidates:
-                kept = list(full)
-                kept[u] = c
-                for i, k in enumerate(cm.kernels(kept)):
-                    cins[i].add(k.cin)
-                    couts[i].add(k.cout)
-
-        def sample(rng: random.Random | None) -> tuple[list[KernelSpec], Any]:
-            # rng None: the narrowest network (every unit at its smallest count).
-            kept = [rng.choice(u.candidates) if rng else u.candidates[0] for u in pruner.units]
-            return cm.kernels(kept), (lambda: pruner.apply(kept).model)
-
-        return ModelKernels(base, [sorted(s) for s in cins], [sorted(s) for s in couts], sample)
+        return ModelKernels.of(kernel_space(model, example_input, a_min=a_min, round_to=round_to,
+                                            prune_residual=prune_residual, prune_blocks=prune_blocks))
     except Exception as exc:  # unsupported layers, torch-pruning limits: keep going with hooks
         log.info("pruner-based kernel list unavailable (%s); using forward hooks", exc)
-    kernels = search_kernels(model, example_input)
-    cin_opts, cout_opts = [], []
-    for i, k in enumerate(kernels):
-        cin_opts.append([k.cin] if i == 0 else _candidates(k.cin, a_min=a_min, round_to=round_to))
-        last = i == len(kernels) - 1
-        cout_opts.append([k.cout] if last else _candidates(k.cout, a_min=a_min, round_to=round_to))
-    return ModelKernels(kernels, cin_opts, cout_opts)
+    return ModelKernels.assumed(search_kernels(model, example_input), a_min=a_min, round_to=round_to)
 
 
 def kernel_grid(mk: ModelKernels, *, max_points: int | None = None) -> list[KernelSpec]:
@@ -500,14 +490,8 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
     order) and its fastest median kept. On the shared 2-core VM two 2-pass builds agreed no better
     than two 1-pass builds (kernel timings there follow the machine's load over minutes), hence 1."""
     config = config or LUT_MEASURE
-    if isinstance(kernels, ModelKernels):
-        mk = kernels
-    else:
-        ks = list(kernels)
-        mk = ModelKernels(ks, [[k.cin] if i == 0 else _candidates(k.cin, a_min=a_min, round_to=round_to)
-                               for i, k in enumerate(ks)],
-                          [[k.cout] if i == len(ks) - 1 else _candidates(k.cout, a_min=a_min, round_to=round_to)
-                           for i, k in enumerate(ks)])
+    mk = kernels if isinstance(kernels, ModelKernels) else ModelKernels.assumed(kernels, a_min=a_min,
+                                                                                round_to=round_to)
     if table is None:
         from profiler.paths import default_lut_dir
 
@@ -594,13 +578,18 @@ class LutCheck:
 
 
 def random_variants(model: torch.nn.Module, example_input: torch.Tensor, n: int, *, seed: int = 0,
-                    round_to: int = 8, a_min: float = 0.2,
+                    round_to: int = 8, a_min: float = 0.2, prune_residual: bool = False, prune_blocks: bool = False,
                     include_smallest: bool = False) -> list[tuple[list[KernelSpec], torch.nn.Module]]:
     """`n` randomly pruned copies of `model` with their kernel lists (through the search's pruner)."""
-    mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min)
+    mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min, prune_residual=prune_residual,
+                       prune_blocks=prune_blocks)
+    return _variants(mk, n, seed=seed, include_smallest=include_smallest)
+
+
+def _variants(mk: ModelKernels, n: int, *, seed: int,
+              include_smallest: bool) -> list[tuple[list[KernelSpec], torch.nn.Module]]:
     if mk.sampler is None:
-        raise LutError("random pruned variants need the channel pruner (compressor.pruning), which could not "
-                       "handle this model")
+        raise LutError("random pruned variants need the search's channel pruner, which could not handle this model")
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -610,25 +599,27 @@ def random_variants(model: torch.nn.Module, example_input: torch.Tensor, n: int,
 
 
 def calibration_set(model: torch.nn.Module, example_input: torch.Tensor, work_dir: Path, *, variants: int = 3,
-                    round_to: int = 8, a_min: float = 0.2, seed: int = 0) -> list[tuple[list[KernelSpec], Path]]:
+                    round_to: int = 8, a_min: float = 0.2, prune_residual: bool = False, prune_blocks: bool = False,
+                    seed: int = 0) -> list[tuple[list[KernelSpec], Path]]:
     """Whole models to calibrate a table on: the full model, the narrowest variant and random ones,
     exported to ONNX. The spread of widths pins down the calibration's slope, not only its offset."""
-    mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min)
+    mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min, prune_residual=prune_residual,
+                       prune_blocks=prune_blocks)
     out = [(mk.kernels, export_onnx(model, example_input, Path(work_dir) / "full.onnx"))]
     if mk.sampler is not None and variants > 0:
-        for i, (ks, variant) in enumerate(random_variants(model, example_input, variants, seed=seed,
-                                                          round_to=round_to, a_min=a_min, include_smallest=True)):
+        for i, (ks, variant) in enumerate(_variants(mk, variants, seed=seed, include_smallest=True)):
             out.append((ks, export_onnx(variant, example_input, Path(work_dir) / f"variant{i}.onnx")))
     return out
 
 
 def check_lut(table: LatencyTable, measure_fn: Callable[[torch.nn.Module, torch.Tensor], float | None],
               model: torch.nn.Module, example_input: torch.Tensor, *, samples: int = 10, seed: int = 1,
-              round_to: int = 8, a_min: float = 0.2, tolerance: float = 0.10,
-              progress: Progress | None = None) -> LutCheck:
+              round_to: int = 8, a_min: float = 0.2, prune_residual: bool = False, prune_blocks: bool = False,
+              tolerance: float = 0.10, progress: Progress | None = None) -> LutCheck:
     """Predict and measure `samples` random pruned variants; the table is not changed."""
     result = LutCheck([], tolerance)
-    variants = random_variants(model, example_input, samples, seed=seed, round_to=round_to, a_min=a_min)
+    variants = random_variants(model, example_input, samples, seed=seed, round_to=round_to, a_min=a_min,
+                               prune_residual=prune_residual, prune_blocks=prune_blocks)
     for i, (ks, variant) in enumerate(variants):
         if progress:
             progress(i, samples, f"variant {i + 1}")

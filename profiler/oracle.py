@@ -8,6 +8,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,6 @@ from profiler.lut import (
     LatencyTable,
     ModelKernels,
     Progress,
-    _candidates,
     build_lut,
     calibration_set,
     load_or_new,
@@ -38,6 +38,18 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _BuildArgs:
+    """How the oracle times kernel shapes it meets for the first time."""
+
+    config: MeasureConfig
+    cache: MeasurementCache | None
+    round_to: int
+    a_min: float
+    max_points: int | None
+    progress: Progress | None
 
 
 class LutOracle:
@@ -60,34 +72,30 @@ class LutOracle:
         self.measurements = 0
         # With a builder device, kernel shapes the table has never seen are timed on first use.
         self.builder = builder
-        self._build_args = {"config": kernel_config or MeasureConfig(threads=table.threads),
-                            "cache": cache, "round_to": round_to, "a_min": a_min, "max_points": max_points,
-                            "progress": progress}
+        self._build = _BuildArgs(config=kernel_config or MeasureConfig(threads=table.threads), cache=cache,
+                                 round_to=round_to, a_min=a_min, max_points=max_points, progress=progress)
         self._lock = threading.Lock()
 
     def predict_ms(self, kernels: Sequence[KernelSpec]) -> float:
         if self.builder is not None:
             missing = [k for k in kernels if shape_key(k) not in self.table.entries]
             if missing:
-                self._complete(missing)
+                self._complete(self.builder, missing)
         return self.table.predict_ms(kernels)
 
-    def _complete(self, missing: list[KernelSpec]) -> None:
+    def _complete(self, builder: Device, missing: list[KernelSpec]) -> None:
         with self._lock:
             missing = [k for k in missing if shape_key(k) not in self.table.entries]
             if not missing:
                 return
             log.info("timing %d kernel shape(s) %s has not seen", len({shape_key(k) for k in missing}),
                      self.table.device_id)
-            a = self._build_args
+            a = self._build
             # Which widths the search may give these kernels is unknown here: every count the
             # rounding allows up to the width seen (wider ones extrapolate).
-            mk = ModelKernels(missing,
-                              [_candidates(k.cin, a_min=a["a_min"], round_to=a["round_to"]) for k in missing],
-                              [_candidates(k.cout, a_min=a["a_min"], round_to=a["round_to"]) for k in missing])
-            build_lut(self.builder, mk, runtime=self.runtime, config=a["config"], table=self.table,
-                      max_points=a["max_points"], round_to=a["round_to"], a_min=a["a_min"], cache=a["cache"],
-                      progress=a["progress"])
+            mk = ModelKernels.assumed(missing, a_min=a.a_min, round_to=a.round_to, fixed_ends=False)
+            build_lut(builder, mk, runtime=self.runtime, config=a.config, table=self.table, max_points=a.max_points,
+                      round_to=a.round_to, a_min=a.a_min, cache=a.cache, progress=a.progress)
 
     def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor) -> float | None:
         if self.pool is None:
@@ -110,13 +118,14 @@ class LutOracle:
 def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int = 1,
                 lut_dir: Path | None = None, model: torch.nn.Module | None = None,
                 example_input: torch.Tensor | None = None, round_to: int = 8, a_min: float = 0.2,
-                max_points: int | None = DEFAULT_MAX_POINTS,
+                prune_residual: bool = False, prune_blocks: bool = False, max_points: int | None = DEFAULT_MAX_POINTS,
                 calibration_variants: int = DEFAULT_CALIBRATION_VARIANTS, progress: Progress | None = None,
                 cache: MeasurementCache | None = None, pool: DevicePool | None = None,
                 kernel_config: MeasureConfig | None = None, device_options: dict | None = None) -> LatencyOracle:
     """Turn `--device SPEC` into an oracle. With `model` and `example_input`, the device's table is
-    completed for that model's kernels (only kernels never timed before) and calibrated on the whole
-    model, once; later calls reuse the stored table. Raises ConfigError for a malformed spec."""
+    completed for the kernels that model can run as under the search's pruning settings (`round_to`,
+    `a_min`, `prune_residual`, `prune_blocks`; only kernels never timed before) and calibrated on the
+    whole model, once; later calls reuse the stored table. Raises ConfigError for a malformed spec."""
     parse_device_spec(device_spec)
     check_runtime(runtime)
     cache = cache if cache is not None else MeasurementCache(default_cache_path())
@@ -129,13 +138,15 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
     if model is not None:
         if example_input is None:
             raise ValueError("make_oracle(model=...) needs example_input too")
-        mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min)
+        mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min, prune_residual=prune_residual,
+                           prune_blocks=prune_blocks)
         calibrate = []
         tmp = None
         if structure_key(mk.kernels) not in table.calibrations:
             tmp = tempfile.TemporaryDirectory(prefix="amc-oracle-")
             calibrate = calibration_set(model, example_input, Path(tmp.name), variants=calibration_variants,
-                                        round_to=round_to, a_min=a_min)
+                                        round_to=round_to, a_min=a_min, prune_residual=prune_residual,
+                                        prune_blocks=prune_blocks)
         try:
             build_lut(device, mk, runtime=runtime, config=config, table=table, max_points=max_points,
                       round_to=round_to, a_min=a_min, cache=cache, calibrate_with=calibrate, progress=progress)
