@@ -124,15 +124,15 @@ def parse_benchmark_model(text: str) -> BenchmarkModelResult:
     if m:
         warm, init, inf = (float(g) / 1000.0 for g in m.groups())
         runs = stats[-1] if stats else None
-        first = runs.get("first") if runs else None
-        return BenchmarkModelResult("legacy", inf, init_ms=init, first_ms=first, warmup_avg_ms=warm, runs=runs)
+        return BenchmarkModelResult("legacy", inf, init_ms=init, first_ms=runs.get("first") if runs else None,
+                                    warmup_avg_ms=warm, runs=runs)
     if stats:
         # Summary line cut off (e.g. logcat truncation): the last count= line is the timed runs.
         runs = stats[-1]
         avg = runs.get("avg")
         if avg is not None and math.isfinite(avg):
-            init = _INIT_SESSION.search(text)
-            return BenchmarkModelResult("stats-only", avg, init_ms=float(init.group(1)) if init else None,
+            session = _INIT_SESSION.search(text)
+            return BenchmarkModelResult("stats-only", avg, init_ms=float(session.group(1)) if session else None,
                                         first_ms=runs.get("first"), runs=runs,
                                         warmup=stats[-2] if len(stats) >= 2 else None)
     errors = [ln.strip() for ln in text.splitlines() if re.search(r"error|failed|not found|abort", ln, re.I)]

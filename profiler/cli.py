@@ -245,8 +245,8 @@ def run_devices(args: argparse.Namespace) -> int:
     for col in ("spec", "source", "health", "model", "python", "detail"):
         table.add_column(col)
     for d in found:
-        health = "-" if d.ok is None else ("[green]ok[/green]" if d.ok else "[red]down[/red]")
-        table.add_row(d.spec, d.source, health, str(d.info.get("model") or d.info.get("machine") or ""),
+        state = "-" if d.ok is None else ("[green]ok[/green]" if d.ok else "[red]down[/red]")
+        table.add_row(d.spec, d.source, state, str(d.info.get("model") or d.info.get("machine") or ""),
                       str(d.info.get("python") or ""), d.detail)
     console = _console()
     console.print(table)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def export_onnx(model, example_input, path: Path | str, *, validate: bool = True
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    project: ModuleType | None
     try:
         from compressor.export import onnx as project
     except ImportError:

@@ -172,8 +172,8 @@ class DevicePool:
         check_runtime(runtime)
         sha = sha256_file(Path(model_path))
         if self.cache is not None:
-            for device in self.devices:
-                hit = self.cache.get(device_id=device.id, runtime=runtime, config=config, sha256=sha)
+            for cached_on in self.devices:
+                hit = self.cache.get(device_id=cached_on.id, runtime=runtime, config=config, sha256=sha)
                 if hit is not None:
                     return hit
         deadline = None if deadline_s is None else time.monotonic() + deadline_s

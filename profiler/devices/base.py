@@ -210,6 +210,7 @@ class Device(ABC):
             raise MeasurementError(self.spec, f"the device timed a different file than {sha[:12]} "
                                               f"(it has {str(data.get('model_sha256'))[:12]}); removed it",
                                    hint="measure again: the model will be pushed afresh")
+        info = data.get("device")
         try:
             return Measurement(
                 device_id=self.id, runtime=runtime, threads=config.threads, model_sha256=sha,
@@ -220,7 +221,7 @@ class Device(ABC):
                 load_ms=float(data["load_ms"]) if data.get("load_ms") is not None else None,
                 temperature_c=_first_number(data.get("temperature_before_c"),
                                             (data.get("device") or {}).get("temperature_c")),
-                device_info=data.get("device") if isinstance(data.get("device"), dict) else {},
+                device_info=info if isinstance(info, dict) else {},
                 raw=data,
             )
         except (KeyError, TypeError, ValueError) as exc:
