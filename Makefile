@@ -52,8 +52,11 @@ test-slow: install
 bench: install
 	$(BIN)/python -m benchmarks.run
 
+# ruff; the layer contracts ([tool.importlinter] in pyproject.toml); mypy over the packages ([tool.mypy]).
 lint: install
 	$(BIN)/ruff check compressor profiler device_agent server tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 serve: install
 	$(BIN)/amc serve
