@@ -1,7 +1,8 @@
 """Latency truth: devices (local CPU, ADB over USB/TCP), device pool, measurement protocol,
 result cache, per-device latency lookup tables and parsers for stock benchmark tools.
 
-Map of the package (each layer only looks down):
+Map of the package (each layer only looks down; of the search it imports only compressor's public
+interfaces: `latency`, `kernel_space`, `ops`, `zoo`, `export`, `errors`):
 
 - `protocol`   `MeasureConfig` (threads, warm-up, runs, CPU mask, cool-down) and `Measurement`.
 - `devices/`   `Device` ABC and the `DEVICE_KINDS` registry: `local` (the agent as a subprocess),
@@ -12,8 +13,10 @@ Map of the package (each layer only looks down):
                `measure.measure(device, path, config, cache=...)` goes through it.
 - `pool`       `DevicePool`: leasing, retries on another device, quarantine, deadlines.
 - `registry`   registered TCP devices and `discover()` for `amc devices`.
-- `kernels`    fused kernels of a PyTorch model, single-kernel models for timing.
-- `lut`        lookup tables: `build_lut`, interpolation, calibration (`observe`), `check_lut`.
+- `kernels`    fused kernels of a PyTorch model (layers as `compressor.ops` maps them), single-kernel
+               models for timing.
+- `lut`        lookup tables: what to time (`model_kernels`, from `compressor.kernel_space`), `build_lut`,
+               interpolation, calibration (`observe`), `check_lut`.
 - `oracle`     `LutOracle` (compressor.latency.LatencyOracle) and `make_oracle(device_spec, ...)`.
 - `cli`        `amc bench`, `amc devices`, `amc lut build|check`.
 """
