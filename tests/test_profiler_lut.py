@@ -18,6 +18,7 @@ from profiler.kernels import extract_kernels, kernel_module
 from profiler.lut import (
     Calibration,
     LatencyTable,
+    LutCheck,
     build_lut,
     check_lut,
     kernel_grid,
@@ -266,10 +267,14 @@ def test_check_lut_reports_a_share(built: LatencyTable, tiny) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             return measure(device, export_onnx(m, inp, Path(tmp) / "v.onnx"), WHOLE).median_ms
 
+    before = built.to_dict()
     report = check_lut(built, measure_fn, model, x, samples=3, seed=5)
     assert len(report.samples) == 3
-    assert 0.0 <= report.within <= 1.0
-    assert report.mean_abs_rel_error >= 0
+    assert all(s["predicted_ms"] > 0 and s["measured_ms"] > 0 for s in report.samples)
+    assert built.to_dict() == before  # checking does not calibrate
+    # The share and the error on known numbers: 5% off is within ±10%, 50% off is not.
+    known = LutCheck([{"predicted_ms": 1.05, "measured_ms": 1.0}, {"predicted_ms": 1.5, "measured_ms": 1.0}])
+    assert known.within == 0.5 and known.mean_abs_rel_error == pytest.approx(0.275)
 
 
 def test_oracle_without_model_times_unseen_kernels_on_first_use(tiny, tmp_path: Path) -> None:
