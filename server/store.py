@@ -23,9 +23,12 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -102,6 +105,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     resume: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Recovery (fine-tuning) epochs so far: [{target?, epoch, epochs, loss, holdout_accuracy, seconds}].
+    recovery: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
     @property
     def job_state(self) -> JobState:
@@ -149,6 +154,20 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the (nullable) columns a database made by an older version lacks: `create_all` makes
+    missing tables, never missing columns."""
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                assert column.nullable, f"{table.name}.{column.name}: only nullable columns are added in place"
+                kind = column.type.compile(engine.dialect)
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+                log.info("database: added column %s.%s", table.name, column.name)
+
+
 # Summary fields of the best episode kept on the job row (the full record lives in `episodes`).
 BEST_FIELDS = ("episode", "reward", "accuracy", "macs", "params", "latency_ms", "ratios")
 
@@ -162,6 +181,7 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if create:
             Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -172,14 +192,15 @@ class Store:
             yield s
 
     # ---- jobs
-    def create_job(self, *, spec: dict[str, Any], config: dict[str, Any]) -> Job:
+    def create_job(self, *, spec: dict[str, Any], config: dict[str, Any], episodes_total: int | None = None) -> Job:
+        """Queue a job; `episodes_total` defaults to the config's episodes (a frontier runs several searches)."""
         job = Job(
             id=uuid.uuid4().hex,
             state=JobState.QUEUED.value,
             spec=spec,
             config=config,
             created_at=utcnow(),
-            episodes_total=int(config.get("episodes", 0)),
+            episodes_total=int(config.get("episodes", 0)) if episodes_total is None else episodes_total,
             phase="queued",
             message="waiting for a worker",
         )
@@ -299,6 +320,8 @@ class Store:
             best_reward = (job.best or {}).get("reward")
             if reward is not None and (best_reward is None or reward > best_reward):
                 values["best"] = {k: record.get(k) for k in BEST_FIELDS} | {"episode": number}
+                if "target" in record:  # a frontier's episode: which of its searches
+                    values["best"]["target"] = record["target"]
             s.execute(update(Job).where(Job.id == job_id).values(**values))
             return True
 
@@ -308,6 +331,23 @@ class Store:
                 raise JobNotFound(job_id)
             q = select(Episode).where(Episode.job_id == job_id, Episode.number > after).order_by(Episode.number)
             return list(s.scalars(q))
+
+    def reset_progress(self, job_id: str) -> None:
+        """Forget a job's episodes, best result and recovery epochs (a job that starts over)."""
+        with self.session() as s:
+            s.execute(delete(Episode).where(Episode.job_id == job_id))
+            s.execute(update(Job).where(Job.id == job_id).values(episodes_done=0, best=None, recovery=None))
+
+    # ---- recovery epochs
+    def add_epoch(self, job_id: str, record: dict[str, Any]) -> None:
+        """Record a finished recovery epoch; one already recorded for the same target and epoch is replaced."""
+        with self.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise JobNotFound(job_id)
+            key = (record.get("target"), record.get("epoch"))
+            epochs = [r for r in (job.recovery or []) if (r.get("target"), r.get("epoch")) != key]
+            s.execute(update(Job).where(Job.id == job_id).values(recovery=[*epochs, record]))
 
     def episode_numbers(self, job_id: str) -> list[int]:
         with self.session() as s:
