@@ -19,6 +19,7 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -26,26 +27,27 @@ from typing import TYPE_CHECKING, Any
 
 from compressor.config import SearchConfig
 from compressor.errors import ConfigError, SearchCancelled
+from server.artifacts import ARTIFACTS, FRONTIER_ARTIFACTS, artifact_file, artifact_names
 from server.core.config import Settings
+from server.frontier import (
+    FrontierEpisodes,
+    FrontierPlan,
+    check_plan,
+    job_targets,
+    plan_from_spec,
+    recovery_target,
+    refield,
+)
 from server.latency import make_oracle, needs_latency
 from server.options import config_values
 from server.store import InvalidTransition, Job, JobState, Store
 
 if TYPE_CHECKING:  # the job processes import this module; they need no device code
+    from compressor.events import SearchEvent
     from server.devices import DeviceDirectory
 
 log = logging.getLogger(__name__)
 
-# Files a finished job serves, and what they are (GET /jobs/{id}/artifacts/{name}).
-ARTIFACTS: dict[str, str] = {
-    "model.onnx": "application/octet-stream",
-    "model.tflite": "application/octet-stream",
-    "model.pt": "application/octet-stream",
-    "report.json": "application/json",
-    "report.md": "text/markdown; charset=utf-8",
-    "policy.json": "application/json",
-    "episodes.csv": "text/csv; charset=utf-8",
-}
 LOG_NAME = "job.log"
 
 
@@ -55,7 +57,8 @@ class DataDirInUse(RuntimeError):
 
 class ArtifactNotFound(Exception):
     def __init__(self, name: str):
-        super().__init__(f"no artifact {name!r}; a finished job serves: {', '.join(ARTIFACTS)}")
+        super().__init__(f"no artifact {name!r}; a finished job serves: {', '.join(ARTIFACTS)} (a frontier job: "
+                         f"{', '.join(FRONTIER_ARTIFACTS)}, report.md, and TARGET_FOLDER/FILE for each target)")
 
 
 class ArtifactNotReady(Exception):
@@ -74,8 +77,11 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 # ----------------------------------------------------------------------------------------- spec
 
 def build_config(spec: dict[str, Any], *, store: Store, settings: Settings) -> SearchConfig:
-    """Turn a job spec (the same strings as `amc compress`) into a SearchConfig, resolving uploads."""
+    """Turn a job spec (the same strings as `amc compress`) into a SearchConfig, resolving uploads.
+    A frontier's config is its first target's (`plan_from_spec` gives the rest)."""
     values = config_values(spec)
+    if spec.get("targets"):
+        values["target"] = spec["targets"][0]
     model = str(values.get("model", ""))
     if model.startswith("upload:"):
         up = store.get_upload(model.removeprefix("upload:"))
@@ -182,27 +188,45 @@ class JobService:
     # -- API
     def validate(self, spec: dict[str, Any]) -> SearchConfig:
         """Everything that can be checked before accepting a job; ConfigError names the field."""
+        plan = plan_from_spec(spec, store=self.store)
         config = build_config(spec, store=self.store, settings=self.settings)
         self.devices.check(config.device)
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        if key not in self._validated:  # validate() is deterministic for one config
-            search = load_search_module(self.settings.search_module)
-            if needs_latency(config):
-                # The latency budget needs the device's lookup table, which the job builds (timing
-                # kernels on the device can take minutes): check everything else now; the job checks
-                # the budget after building the table and fails with the same message if it is out of reach.
-                search.validate(dataclasses.replace(config, target="flops=1", reward=None), oracle=None)
-            else:
-                search.validate(config, oracle=None)
-            if len(self._validated) > 1024:
-                self._validated.clear()
-            self._validated[key] = True
+        if plan is None:
+            self._validate_search(config)
+            return config
+        for i, target in enumerate(plan.targets):  # each checked as `target` is, named as an item of `targets`
+            try:
+                self._validate_search(dataclasses.replace(config, target=target))
+            except ConfigError as exc:
+                if exc.field != "target":
+                    raise
+                raise refield(exc, "targets", f"targets[{i}]") from None
+        check_plan(plan, config)
         return config
+
+    def _validate_search(self, config: SearchConfig) -> None:
+        key = json.dumps(config.to_dict(), sort_keys=True)
+        if key in self._validated:  # validate() is deterministic for one config
+            return
+        search = load_search_module(self.settings.search_module)
+        if needs_latency(config):
+            # The latency budget needs the device's lookup table, which the job builds (timing
+            # kernels on the device can take minutes): check everything else now; the job checks
+            # the budget after building the table and fails with the same message if it is out of reach.
+            search.validate(dataclasses.replace(config, target="flops=1", reward=None), oracle=None)
+        else:
+            search.validate(config, oracle=None)
+        if len(self._validated) > 1024:
+            self._validated.clear()
+        self._validated[key] = True
 
     def submit(self, spec: dict[str, Any]) -> Job:
         config = self.validate(spec)
-        job = self.store.create_job(spec=spec, config=config.to_dict())
-        log.info("queued job %s (%s)", job.id, config.model)
+        targets = job_targets(spec)
+        job = self.store.create_job(spec=spec, config=config.to_dict(),
+                                    episodes_total=None if targets is None else len(targets) * config.episodes)
+        log.info("queued job %s (%s%s)", job.id, config.model,
+                 "" if targets is None else f", a frontier of {len(targets)} targets")
         self._wake.set()
         return job
 
@@ -216,23 +240,23 @@ class JobService:
             self._wake.set()
         return job
 
-    def artifact_path(self, job_id: str, name: str) -> Path:
-        if name not in ARTIFACTS:
-            raise ArtifactNotFound(name)
+    def artifact(self, job_id: str, name: str) -> tuple[Path, str]:
+        """(path, media type) of a succeeded job's file `name` (untrusted: only whitelisted names resolve)."""
         job = self.store.get_job(job_id)
+        found = artifact_file(job_dir(self.settings, job_id), name, job_targets(job.spec))
+        if found is None:
+            raise ArtifactNotFound(name)
         if job.job_state is not JobState.SUCCEEDED:
             raise ArtifactNotReady(job_id, job.job_state)
-        path = job_dir(self.settings, job_id) / name
-        if not path.is_file():
+        if not found[0].is_file():
             raise ArtifactNotFound(name)
-        return path
+        return found
 
     def available_artifacts(self, job: Job) -> list[str]:
         """The artifact files a job serves now (none until it has succeeded)."""
         if job.job_state is not JobState.SUCCEEDED:
             return []
-        folder = job_dir(self.settings, job.id)
-        return [name for name in ARTIFACTS if (folder / name).is_file()]
+        return artifact_names(job_dir(self.settings, job.id), job_targets(job.spec))
 
     def log_path(self, job_id: str) -> Path | None:
         self.store.get_job(job_id)
@@ -267,12 +291,17 @@ class JobService:
     def _launch(self, job: Job) -> None:
         folder = job_dir(self.settings, job.id)
         folder.mkdir(parents=True, exist_ok=True)
+        try:
+            plan = plan_from_spec(job.spec, store=self.store)
+        except ConfigError as exc:  # validated at submit; only a lost upload gets here
+            self.store.finish(job.id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            return
         lifeline_read, lifeline_write = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=run_job_process,
             name=f"amc-job-{job.id[:8]}",
             kwargs=dict(job_id=job.id, database_url=self.store.url, folder=str(folder), config=job.config,
-                        resume=job.resume, lifeline=lifeline_read,
+                        frontier=plan, resume=job.resume, lifeline=lifeline_read,
                         search_module=self.settings.search_module, threads=self.settings.worker_threads),
             daemon=False,
         )
@@ -342,8 +371,9 @@ class JobService:
 # ---------------------------------------------------------------------------------- job process
 
 def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict[str, Any], resume: bool,
-                    lifeline: Any, search_module: str, threads: int) -> None:
-    """Entry point of a job's own process (spawn): run the search, record every event in the store."""
+                    lifeline: Any, search_module: str, threads: int, frontier: FrontierPlan | None = None) -> None:
+    """Entry point of a job's own process (spawn): run the search (or the frontier), record every event
+    in the store."""
     out = Path(folder)
     handler = logging.FileHandler(out / LOG_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -387,31 +417,13 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
         import torch
 
         torch.set_num_threads(threads)
-        search = load_search_module(search_module)
-        from compressor.events import SearchEvent
-
         cfg = SearchConfig.from_dict(config)
-        logged = search.load_episode_log(out) if resume else []
-        can_resume = bool(logged)  # killed before its first checkpoint: start over
-        if can_resume:
-            filled = 0
-            for record in logged:
-                filled += store.add_episode(job_id, int(record["episode"]), _jsonable(record), total=cfg.episodes)
-            log.info("resuming job %s from its checkpoint (%d episode(s) filled from it)", job_id, filled)
-            store.set_phase(job_id, "resume", "resuming from the last checkpoint")
-        if needs_latency(cfg):
-            store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
-        oracle = make_oracle(cfg)
-
-        def on_event(ev: SearchEvent) -> None:
-            # Episodes of the compare baselines (phase uniform/random) are not the job's episodes.
-            if ev.kind == "episode" and ev.phase in ("search", ""):
-                store.add_episode(job_id, ev.episode, _jsonable(ev.record), total=ev.episodes)
-            elif ev.kind == "phase":
-                store.set_phase(job_id, ev.phase, ev.message)
-
-        report = search.run_search(cfg, out, oracle=oracle, on_event=on_event,
-                                   should_stop=lambda: cancelled.is_set() or interrupted(), resume=can_resume)
+        should_stop = lambda: cancelled.is_set() or interrupted()  # noqa: E731
+        if frontier is None:
+            report = run_single(job_id, store, out, cfg, resume=resume, should_stop=should_stop,
+                                search=load_search_module(search_module))
+        else:
+            report = run_frontier_job(job_id, store, out, cfg, frontier, resume=resume, should_stop=should_stop)
         store.finish(job_id, JobState.SUCCEEDED, report=_jsonable(report), message="finished")
         log.info("job %s succeeded", job_id)
     except Exception as exc:
@@ -430,6 +442,78 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     finally:
         handler.flush()
         store.close()
+
+
+def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resume: bool,
+               should_stop: Callable[[], bool], search: ModuleType) -> dict[str, Any]:
+    """One search into the job folder, resumed from its checkpoint after a restart; returns its report."""
+    logged = search.load_episode_log(out) if resume else []
+    can_resume = bool(logged)  # killed before its first checkpoint: start over
+    if can_resume:
+        filled = 0
+        for record in logged:
+            filled += store.add_episode(job_id, int(record["episode"]), _jsonable(record), total=cfg.episodes)
+        log.info("resuming job %s from its checkpoint (%d episode(s) filled from it)", job_id, filled)
+        store.set_phase(job_id, "resume", "resuming from the last checkpoint")
+    if needs_latency(cfg):
+        store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
+    oracle = make_oracle(cfg)
+    return search.run_search(cfg, out, oracle=oracle, on_event=recorder(job_id, store), should_stop=should_stop,
+                             resume=can_resume)
+
+
+def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, plan: FrontierPlan, *, resume: bool,
+                     should_stop: Callable[[], bool]) -> dict[str, Any]:
+    """One search per target into the job folder's target folders, then the references and
+    frontier.json/.svg and report.md; returns the frontier. It cannot resume from its searches'
+    checkpoints (they share one setup), so after a restart it starts over."""
+    from compressor.frontier import run_frontier
+
+    if resume:
+        log.warning("job %s: a frontier cannot resume from its checkpoints; starting it over", job_id)
+        store.reset_progress(job_id)
+        store.set_phase(job_id, "restart", "interrupted by a server restart; a frontier starts over")
+    # A frontier is judged on measured latency, so it asks the device even for FLOPs targets.
+    store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
+    oracle = make_oracle(cfg, force=True)
+    return run_frontier(cfg, plan.targets, out, oracle=oracle, references=[r.argument(out) for r in plan.references],
+                        on_event=recorder(job_id, store, plan), should_stop=should_stop)
+
+
+def recorder(job_id: str, store: Store, plan: FrontierPlan | None = None) -> Callable[[SearchEvent], None]:
+    """The job's event sink: phases, each search episode (a frontier's numbered job-wide, with its
+    target), each recovery epoch."""
+    numbering = FrontierEpisodes(plan.targets) if plan is not None else None
+    current = {"target": ""}
+
+    def on_event(ev: SearchEvent) -> None:
+        if ev.kind == "episode":
+            # Episodes of the compare baselines (phase uniform/random) are not the job's episodes.
+            if numbering is None:
+                if ev.phase in ("search", ""):
+                    store.add_episode(job_id, ev.episode, _jsonable(ev.record), total=ev.episodes)
+                return
+            found = numbering.number(ev.phase, ev.episode, ev.episodes)
+            if found is not None:
+                number, total, target = found
+                store.add_episode(job_id, number, _jsonable({**ev.record, "target": target}), total=total)
+        elif ev.kind == "epoch":
+            search = recovery_target(ev.phase)
+            record = ({"target": search} if search else {}) | dict(ev.record) | {"epochs": ev.episodes}
+            store.add_epoch(job_id, _jsonable(record))
+            held = record.get("holdout_accuracy")
+            store.set_phase(job_id, "finetune", f"recovery{' ' + search if search else ''}: epoch {ev.episode} of "
+                            f"{ev.episodes}, loss {record.get('loss', float('nan')):.4f}"
+                            + (f", held-out accuracy {100 * held:.2f}%" if held is not None else ""))
+        elif ev.kind == "phase":
+            if ev.phase == "frontier":
+                current["target"] = ev.message.rpartition(": ")[2] if ev.message.startswith("target ") else ""
+                store.set_phase(job_id, ev.phase, ev.message)
+            else:
+                store.set_phase(job_id, ev.phase, f"{current['target']}: {ev.message}" if current["target"]
+                                else ev.message)
+
+    return on_event
 
 
 def _jsonable(obj: Any) -> Any:

@@ -12,7 +12,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from compressor.config import FIELD_DEFAULT, Option, SearchConfig, search_options
 from compressor.errors import ConfigError
@@ -129,21 +129,68 @@ def _spec_field(f: SearchOption) -> tuple[Any, Any]:
     return value_type, Field(... if default is MISSING else default, description=description, **bounds)
 
 
+# A frontier (one search per target, plus reference models): fields of the job spec that are not
+# SearchConfig's; the job service turns them into `compressor.frontier.run_frontier`'s arguments.
+MAX_TARGETS = 8
+MAX_REFERENCES = 8
+
+
+def _frontier_fields() -> dict[str, tuple[Any, Any]]:
+    from pydantic import Field, StringConstraints
+
+    item = Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    return {
+        "targets": (list[item] | None, Field(
+            None, min_length=1, max_length=MAX_TARGETS,
+            description="a frontier: one search per target (each like `target`, no repeats), sharing the setup, "
+                        "each into its own folder, plus frontier.json/.svg (accuracy against measured latency); "
+                        "instead of `target` (`amc compress --target ... --target ...`)")),
+        "references": (list[item] | None, Field(
+            None, max_length=MAX_REFERENCES,
+            description="models a user could pick instead, scored on the same split and timed on the same "
+                        "device: `NAME=UPLOAD_ID` (a zoo model with weights uploaded with POST /uploads) or the "
+                        "id of an uploaded .onnx file; makes the job a frontier (`amc compress --reference`)")),
+    }
+
+
+def is_frontier(spec: Mapping[str, Any]) -> bool:
+    """A job spec asks for a frontier when it has `targets` or `references`."""
+    return bool(spec.get("targets") or spec.get("references"))
+
+
 def job_spec_model() -> type[BaseModel]:
     """The REST job spec (`JobSpec`): one field per SearchConfig field, with its description,
-    choices and bounds in the OpenAPI document; unknown fields are refused."""
-    from pydantic import ConfigDict, create_model
+    choices and bounds in the OpenAPI document, plus the frontier's `targets` and `references`;
+    unknown fields are refused."""
+    from pydantic import BaseModel, ConfigDict, create_model, model_validator
 
+    class SpecBase(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [
+                {"model": "demo-cnn", "data": "digits", "target": "flops=0.5", "strategy": "ddpg", "episodes": 20,
+                 "device": "local", "seed": 0},
+                {"model": "demo-cnn", "data": "digits", "targets": ["flops=0.6", "flops=0.3"], "episodes": 20,
+                 "finetune_epochs": 2, "references": ["demo-cnn=UPLOAD_ID"]},
+            ]},
+        )
+
+        @model_validator(mode="after")
+        def _target_of_a_frontier(self) -> Any:
+            # With `targets`, `target` (the search's own config) is their first; one given as well
+            # and different is refused by the job service, naming `targets`.
+            targets = getattr(self, "targets", None)
+            if targets and "target" not in self.model_fields_set:
+                self.target = targets[0]
+            return self
+
+    fields: dict[str, Any] = {f.name: _spec_field(f) for f in search_fields()} | _frontier_fields()
     return create_model(
         "JobSpec",
+        __base__=SpecBase,
         __module__="server.schemas",
-        __doc__="A search to run. The strings are the ones `amc compress` takes.",
-        __config__=ConfigDict(
-            extra="forbid",
-            json_schema_extra={"examples": [{"model": "demo-cnn", "data": "digits", "target": "flops=0.5",
-                                             "strategy": "ddpg", "episodes": 20, "device": "local", "seed": 0}]},
-        ),
-        **{f.name: _spec_field(f) for f in search_fields()},
+        __doc__="A search to run, or a frontier of searches. The strings are the ones `amc compress` takes.",
+        **fields,
     )
 
 

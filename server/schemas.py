@@ -33,7 +33,11 @@ class JobOut(BaseModel):
     progress: float = Field(description="finished episodes / episodes, 0..1")
     episodes_done: int
     episodes_total: int
-    best: dict[str, Any] | None = Field(description="best episode so far (reward, accuracy, macs, params, ratios)")
+    best: dict[str, Any] | None = Field(description="best episode so far (reward, accuracy, macs, params, ratios; "
+                                                    "a frontier's: its target too)")
+    recovery: list[dict[str, Any]] | None = Field(
+        None, description="recovery (fine-tuning) epochs so far: epoch, epochs, loss, holdout_accuracy, seconds "
+                          "(and target, for a frontier's searches); null before the first")
     spec: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -44,7 +48,8 @@ class JobOut(BaseModel):
 
 
 class JobDetail(JobOut):
-    report: dict[str, Any] | None
+    report: dict[str, Any] | None = Field(description="once succeeded: the search's report.json, or a frontier "
+                                                      "job's frontier.json (points, references, unpruned)")
 
 
 class JobSummary(BaseModel):
@@ -56,7 +61,7 @@ class JobSummary(BaseModel):
     episodes_done: int
     episodes_total: int
     model: str
-    target: str
+    target: str = Field(description="the budget; a frontier's targets, comma-separated")
     strategy: str
     device: str
     best_accuracy: float | None
@@ -127,7 +132,8 @@ def job_links(job_id: str, artifacts: list[str]) -> JobLinks:
 def job_out(job: Job, *, artifacts: list[str] = (), detail: bool = False) -> JobOut | JobDetail:
     fields = dict(
         id=job.id, state=JobState(job.state), phase=job.phase, message=job.message, progress=_progress(job),
-        episodes_done=job.episodes_done, episodes_total=job.episodes_total, best=job.best, spec=job.spec,
+        episodes_done=job.episodes_done, episodes_total=job.episodes_total, best=job.best, recovery=job.recovery,
+        spec=job.spec,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
         attempts=job.attempts, links=job_links(job.id, list(artifacts)),
     )
@@ -139,7 +145,8 @@ def job_summary(job: Job) -> JobSummary:
     return JobSummary(
         id=job.id, state=JobState(job.state), phase=job.phase, message=job.message, progress=_progress(job),
         episodes_done=job.episodes_done, episodes_total=job.episodes_total, model=str(cfg.get("model", "")),
-        target=str(cfg.get("target", "")), strategy=str(cfg.get("strategy", "")),
+        target=", ".join(job.spec.get("targets") or []) or str(cfg.get("target", "")),
+        strategy=str(cfg.get("strategy", "")),
         device=str(cfg.get("device", "")), best_accuracy=(job.best or {}).get("accuracy"),
         created_at=job.created_at, finished_at=job.finished_at,
     )

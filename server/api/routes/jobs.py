@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from server.api.deps import Authorized, ServiceDep, StoreDep
-from server.jobs import ARTIFACTS
 from server.schemas import (
     EpisodeList,
     JobDetail,
@@ -72,9 +71,13 @@ def job_log(job_id: str, service: ServiceDep) -> PlainTextResponse:
     return PlainTextResponse(path.read_text(errors="replace")[-1_000_000:] if path else "")
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse,
+@router.get("/{job_id}/artifacts/{name:path}", response_class=FileResponse,
             responses={404: {"description": "unknown artifact"}, 409: {"description": "job not succeeded"}})
 def get_artifact(job_id: str, name: str, service: ServiceDep) -> FileResponse:
-    """A finished job's file: model.onnx, model.tflite, model.pt, report.json, report.md, policy.json, episodes.csv."""
-    path = service.artifact_path(job_id, name)
-    return FileResponse(path, media_type=ARTIFACTS[name], filename=f"{job_id[:8]}-{name}")
+    """A finished job's file: model.onnx, model.tflite, model.pt, report.json, report.md, policy.json, episodes.csv;
+    a frontier job's frontier.json, frontier.svg, report.md and TARGET_FOLDER/FILE (e.g. flops-0.5/model.onnx)."""
+    path, media_type = service.artifact(job_id, name)
+    # The page shows frontier.svg; nothing served here needs to run scripts or load anything.
+    return FileResponse(path, media_type=media_type, filename=f"{job_id[:8]}-{name.replace('/', '-')}",
+                        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                                 "X-Content-Type-Options": "nosniff"})
