@@ -1,5 +1,6 @@
 """The status page in a real browser (Debian chromium through Playwright): the job list shows the
-job's progress, the job page draws its four charts as non-empty SVG, and a screenshot is taken."""
+job's progress, the job page draws its four charts as non-empty SVG, a frontier job's page shows its
+plot, its table and the recovery of each target, and screenshots are taken."""
 
 from __future__ import annotations
 
@@ -63,10 +64,56 @@ def test_status_page_shows_progress_and_charts(browser, tmp_path):
             assert page.locator("#chart-pareto circle.pareto-point").count() >= 1
             assert page.locator("#chart-ratios rect.vbar").count() == len(c.get(f"/jobs/{job_id}").json()["best"]["ratios"])
             assert page.locator("#job-artifacts a", has_text="model.onnx").count() == 1
+            assert page.locator("#job-frontier").is_hidden() and page.locator("#job-recovery").is_hidden()
             shot = tmp_path / "job.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
             assert not errors, errors
             wait_for(c, job_id, {"succeeded"})
+    finally:
+        server.stop()
+
+
+def test_a_frontier_jobs_page_shows_its_plot_table_and_recovery(browser, tmp_path):
+    from compressor.training import train_demo_cnn
+
+    targets = ["flops=0.6", "flops=0.3"]
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with server.client() as c:
+            up = c.post("/uploads", files={"file": ("demo-cnn.pt", train_demo_cnn().read_bytes())}).json()
+            spec = {**{k: v for k, v in SMALL_JOB.items() if k != "target"}, "targets": targets, "episodes": 3,
+                    "finetune_epochs": 1, "references": [f"demo-cnn={up['id']}"]}
+            r = c.post("/jobs", json=spec)
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            page.goto(server.url + "/")
+            row = page.locator(f"#jobs tr[data-id='{job_id}']")
+            row.wait_for(timeout=15_000)
+            assert "flops=0.6, flops=0.3" in row.inner_text()
+
+            page.goto(f"{server.url}/ui/jobs/{job_id}")
+            page.locator("#job-frontier").wait_for(timeout=15_000)  # shown while the searches run
+            page.locator("#job-state.succeeded").wait_for(timeout=180_000)
+            page.wait_for_function("document.querySelector('#frontier-plot').naturalWidth > 0", timeout=15_000)
+            assert page.locator("#frontier-table tr.point").count() == len(targets)
+            assert page.locator("#frontier-table tr.reference").count() == 1
+            assert "(unpruned)" in page.inner_text("#frontier-table tr.unpruned")
+            link = page.locator("#frontier-table tr.point a", has_text="flops=0.6")
+            assert link.get_attribute("href") == f"/jobs/{job_id}/artifacts/flops-0.6/report.md"
+            recovery = page.locator("#job-recovery .recovery")
+            assert recovery.count() == len(targets)
+            for i, target in enumerate(targets):
+                assert target in recovery.nth(i).inner_text() and "epoch 1 / 1" in recovery.nth(i).inner_text()
+            assert "6 / 6 episodes" in page.inner_text("#job-progress")
+            assert page.locator("#job-artifacts a", has_text="flops-0.3/model.onnx").count() == 1
+            shot = tmp_path / "frontier.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            assert not errors, errors
     finally:
         server.stop()

@@ -175,14 +175,18 @@ async function refreshJob() {
   const st = $("#job-state"); st.textContent = job.state; st.className = `state ${job.state}`;
   $("#job-phase").textContent = `${job.phase}: ${job.message}`;
   $("#job-bar").style.width = `${(100 * job.progress).toFixed(1)}%`;
+  const targets = job.spec.targets || [];
   $("#job-progress").textContent = `${job.episodes_done} / ${job.episodes_total} episodes` +
-    (job.best ? ` · best so far: episode ${job.best.episode}, accuracy ${pct(job.best.accuracy)}, ${fmt(job.best.macs, 0)} MACs` : "");
+    (targets.length ? ` (${targets.length} searches: ${targets.join(", ")})` : "") +
+    (job.best ? ` · best so far: episode ${job.best.episode}${job.best.target ? ` (${job.best.target})` : ""}, accuracy ${pct(job.best.accuracy)}, ${fmt(job.best.macs, 0)} MACs` : "");
   $("#job-spec").textContent = Object.entries(job.spec).map(([k, v]) => `${k}=${v}`).join("  ");
   const err = $("#job-error"); err.hidden = !job.error; err.textContent = job.error ? `${job.error}  (log: ${job.links.log})` : "";
   const rep = job.report;
   const ms = (r) => (r && typeof r.latency_measured_ms === "number") ? `, ${r.latency_measured_ms.toFixed(3)} ms measured` : "";
   $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs, 0)} MACs${ms(rep.baseline)} →
     pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs, 0)} MACs (${fmt(rep.result.params, 0)} params)${ms(rep.result)}</p>` : "";
+  drawRecovery(job);
+  drawFrontier(job);
   $("#job-artifacts").innerHTML = job.state === "succeeded"
     ? "Artifacts: " + Object.entries(job.links.artifacts).map(([n, u]) => `<a href="${esc(u)}">${esc(n)}</a>`).join(" · ") : "";
   drawReward($("#chart-reward"), jobView.episodes);
@@ -190,6 +194,67 @@ async function refreshJob() {
   drawRatios($("#chart-ratios"), job.best);
   drawLatency($("#chart-latency"), job, jobView.episodes);
   return !FINISHED.has(job.state);
+}
+
+// Recovery (fine-tuning) after the search: one bar per search (a frontier has one per target).
+function drawRecovery(job) {
+  const box = $("#job-recovery");
+  const epochs = job.spec.finetune_epochs || 0;
+  box.hidden = !(epochs > 0);
+  if (box.hidden) return;
+  const latest = new Map();
+  for (const r of job.recovery || []) {
+    const key = r.target || "";
+    if (!latest.has(key) || r.epoch >= latest.get(key).epoch) latest.set(key, r);
+  }
+  const keys = (job.spec.targets && job.spec.targets.length) ? job.spec.targets.map((t) => latestKey(latest, t)) : [""];
+  box.innerHTML = `<div class="muted">Recovery: ${esc(job.spec.finetune_method || "distill")}, ${epochs} epoch${epochs === 1 ? "" : "s"} after ${keys.length > 1 ? "each search" : "the search"}</div>` +
+    keys.map((k) => {
+      const r = latest.get(k);
+      const done = r ? r.epoch : 0, total = r ? r.epochs : epochs;
+      const info = r ? `epoch ${done} / ${total} · loss ${fmt(r.loss, 4)}` +
+        (typeof r.holdout_accuracy === "number" ? ` · held-out ${pct(r.holdout_accuracy)}` : "") + ` · ${fmt(r.seconds, 1)} s/epoch`
+        : "waiting for the search";
+      return `<div class="row recovery" data-target="${esc(k)}">${k ? `<span class="mono">${esc(k)}</span>` : ""}${bar(total ? done / total : 0)}<span>${esc(info)}</span></div>`;
+    }).join("");
+}
+// A frontier's targets as the job spec gave them may be spelled differently from the search's (flops=0.50).
+function latestKey(latest, target) {
+  if (latest.has(target)) return target;
+  const [kind, value] = target.split("=");
+  for (const k of latest.keys()) { const [k2, v2] = k.split("="); if (k2 === kind.toLowerCase() && +v2 === +value) return k; }
+  return target;
+}
+
+function drawFrontier(job) {
+  const box = $("#job-frontier");
+  const f = job.report && Array.isArray(job.report.points) ? job.report : null;
+  const isFrontier = !!(job.spec.targets || job.spec.references);
+  box.hidden = !isFrontier;
+  if (!isFrontier) return;
+  const svg = job.links.artifacts["frontier.svg"];
+  const img = $("#frontier-plot");
+  img.hidden = !svg;
+  if (svg && img.getAttribute("src") !== svg) img.setAttribute("src", svg);
+  if (!f) {
+    $("#frontier-table tbody").innerHTML = "";
+    $("#frontier-note").textContent = job.state === "succeeded" ? "" : "the plot and the table appear when every search has finished";
+    return;
+  }
+  const ms = (x) => typeof x === "number" ? x.toFixed(3) : "–";
+  const macs = (x) => typeof x === "number" ? x.toLocaleString("en") : "–";
+  const link = (p) => {
+    const url = job.links.artifacts[`${p.dir}/report.md`];
+    return url ? `<a href="${esc(url)}" class="mono">${esc(p.target)}</a>` : `<span class="mono">${esc(p.target)}</span>`;
+  };
+  const u = f.unpruned || {};
+  const rows = [`<tr class="unpruned"><td>${esc(u.name)} (unpruned)</td><td>${pct(u.accuracy)}</td><td>–</td><td>${ms(u.latency_measured_ms)}</td><td>${macs(u.macs)}</td><td>–</td></tr>`];
+  for (const p of f.points) rows.push(`<tr class="point" data-target="${esc(p.target)}"><td>${link(p)}${p.budget_met === false ? " (budget not met)" : ""}</td>
+    <td>${pct(p.accuracy)}</td><td>${pct(p.accuracy_before_recovery)}</td><td>${ms(p.latency_measured_ms)}</td><td>${macs(p.macs)}</td><td>${esc(p.blocks_removed)}</td></tr>`);
+  for (const r of f.references || []) rows.push(`<tr class="reference"><td>${esc(r.name)} (reference)</td><td>${pct(r.accuracy)}</td><td>–</td>
+    <td>${ms(r.latency_measured_ms)}</td><td>${macs(r.macs)}</td><td>–</td></tr>`);
+  $("#frontier-table tbody").innerHTML = rows.join("");
+  $("#frontier-note").textContent = `Accuracy on ${f.report_split}; latency measured on ${f.device} (median).`;
 }
 
 function poll(fn, ms) {
