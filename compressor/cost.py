@@ -154,11 +154,11 @@ class CostModel:
                 continue
             # Each unit owns a whole multiple of its channels of a layer's input: every term is whole.
             cins = {int(round(self._fixed_in[i]))}
-            for u in np.flatnonzero(self.in_dims[i]):
+            for u in np.flatnonzero(self.in_dims[i]).tolist():
                 terms = {int(round(self.in_dims[i, u] * c / self.full[u])) for c in candidates[u] if c > 0}
                 cins = {s + t for s in cins for t in terms}
-            u = int(self.out_unit[i])
-            couts = {int(round(self._cout[i] * c / self.full[u])) for c in candidates[u] if c > 0} if u >= 0 \
+            o = int(self.out_unit[i])
+            couts = {int(round(self._cout[i] * c / self.full[o])) for c in candidates[o] if c > 0} if o >= 0 \
                 else {int(self._cout[i])}
             out.append((sorted(cins), sorted(couts)))
         return out
