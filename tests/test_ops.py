@@ -94,6 +94,22 @@ def test_refit_features_reproduce_the_output(kind):
     if refit is None:
         assert kind in ("dwconv", "bn")  # one input per output, or re-estimated instead
         return
+    _check_refit(module, x, y)
+
+
+def test_a_conv_padded_by_name_is_refitted_as_padded_by_numbers():
+    torch.manual_seed(0)
+    module, x = nn.Conv2d(4, 6, 3, padding="same", dilation=2), torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        _check_refit(module, x, module(x))
+    assert OPS["conv"].refit(nn.Conv2d(4, 6, 2, padding="same")) is None  # uneven padding: not refitted
+
+
+def _check_refit(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    op = op_for(module)
+    assert op is not None
+    refit = op.refit(module)
+    assert refit is not None
     gen = torch.Generator().manual_seed(0)
     rows = refit.features(x, 10_000, gen)  # every position, in a random order
     assert rows.shape[1] == refit.dim
