@@ -8,7 +8,8 @@ each of them, and random pruned variants (their kernel lists and a builder for t
 `network_kernels` gives the kernel list of a concrete (already pruned) network the same way, and
 `candidate_counts` the kept-channel counts a unit of a given width may take.
 
-This module, `compressor.latency` and `compressor.ops` are what `profiler` may import of the search.
+A public interface: with `compressor.latency` and `compressor.ops` it is all `profiler` knows of how the
+search prunes (the import contracts in pyproject.toml keep `cost` and `pruning` internal).
 """
 
 from __future__ import annotations
