@@ -174,3 +174,36 @@ def test_strategies_act_below_a_min_only_where_blocks_are_removable(tiny):
                 assert taken >= 0.2 - 1e-9
         assert all(0.0 <= a <= 1.0 for a in actions)
     assert cm.cost([u.candidates[-1] for u in pruner.units]).macs == cm.full_cost.macs
+
+
+def test_search_with_removable_blocks_end_to_end(tmp_path):
+    """A tight budget makes the search remove blocks; the outputs agree with each other: the report's
+    kept counts, model.pt rebuilt, model.onnx, and the report's removed-block list."""
+    import json
+
+    import onnxruntime as ort
+
+    from compressor.config import SearchConfig
+    from compressor.search import load_pruned, run_search
+
+    rng = np.random.default_rng(0)  # a small CIFAR-shaped set: the pipeline, not the accuracy, is under test
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x=rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, 200))
+    config = SearchConfig(model="tiny_models:TinyResNet", data=f"cifar10:{npz}", target="flops=0.25", episodes=6, warmup=2,
+                          prune_blocks=True, strategy="random", finetune_epochs=1, seed=3)
+    out = tmp_path / "out"
+    report = run_search(config, out)
+    assert report["budget"]["met"] and report["prune_blocks"]
+    removed = [u["block"] for u in report["units"] if report["result"]["channels"][u["name"]] == 0]
+    assert removed, "flops=0.25 is out of reach without removing a block"
+    assert all(f"`{b}`" in (out / "report.md").read_text() for b in removed)
+    policy = json.loads((out / "policy.json").read_text())
+    assert sorted(p["block"] for p in policy if p.get("removed")) == sorted(removed)
+    model = load_pruned(out / "model.pt")
+    assert sum(p.numel() for p in model.parameters()) == report["result"]["params"]
+    x = torch.randn(1, 3, 32, 32)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        want = model(x).numpy()
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-4
+    assert report["recovery"]["method"] == "distill" and report["recovery"]["epochs"] == 1
