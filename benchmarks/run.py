@@ -25,6 +25,7 @@ DOC = REPO / "docs" / "BENCHMARKS.md"
 
 BENCHMARKS = {
     "frontier": ("benchmarks.bench_frontier", "Compressed ResNet-56 against the smaller siblings (does compression pay?)"),
+    "recovery": ("benchmarks.bench_recovery", "Recovery with few images: which settings (defaults of compressor.finetune)"),
     "search": ("benchmarks.bench_search", "Search quality and time per episode (issue: search engine)"),
     "latency": ("benchmarks.bench_latency", "Latency lookup table, measurement noise, ADB overhead"),
     "server": ("benchmarks.bench_server", "Orchestrator under load"),
