@@ -6,7 +6,10 @@ every measurement made afterwards (`observe`).
 
 One table file per (device, runtime, threads) under the LUT folder, shared by every model measured
 on that device; calibrations are kept per network structure (the kernel sequence without channel
-counts), because the fixed overhead depends on how many kernels a network has.
+counts), because the fixed overhead depends on how many kernels a network has, and per family (the
+set of kernel shapes, however many of each): a structure seen too few times — a variant with some
+residual blocks removed, say — is predicted with its family's calibration, which every measurement
+of the family refines.
 """
 
 from __future__ import annotations
@@ -81,6 +84,20 @@ def structure_key(kernels: Sequence[KernelSpec]) -> str:
     """A network's structure without channel counts: pruned variants of one model share it."""
     text = ";".join(shape_key(k) for k in kernels)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def family_key(kernels: Sequence[KernelSpec]) -> str:
+    """Networks made of the same kinds of kernel, in any number: a model, its variants with residual
+    blocks removed, its deeper or shallower siblings. What a calibration corrects (how the runtime's
+    whole-network time differs from the sum of its kernels) depends on the kinds of kernel far more
+    than on how many there are of each."""
+    text = ";".join(sorted({shape_key(k) for k in kernels}))
+    return "family:" + hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+# A structure's own calibration is used once it has this many measurements (or as many as its
+# family's); before, its family's.
+MIN_OWN_POINTS = 3
 
 
 def _channels(spec: KernelSpec) -> tuple[int, int]:
@@ -313,7 +330,12 @@ class LatencyTable:
         return out
 
     def calibration(self, kernels: Sequence[KernelSpec]) -> Calibration:
-        return self.calibrations.get(structure_key(kernels)) or Calibration()
+        own = self.calibrations.get(structure_key(kernels))
+        mine = len(own.points) if own is not None else 0
+        family = self.calibrations.get(family_key(kernels))
+        if mine < MIN_OWN_POINTS and family is not None and len(family.points) > mine:
+            return family  # better informed than the structure's own few points
+        return own or Calibration()
 
     def predict_ms(self, kernels: Sequence[KernelSpec]) -> float:
         """Predicted whole-network latency (ms)."""
@@ -327,8 +349,9 @@ class LatencyTable:
         if not (math.isfinite(measured_ms) and measured_ms > 0):
             return
         with self._lock:
-            self.calibrations.setdefault(structure_key(kernels), Calibration()).add(
-                self.raw_sum(kernels), measured_ms, self.group_sums(kernels))
+            raw, parts = self.raw_sum(kernels), self.group_sums(kernels)
+            for key in (structure_key(kernels), family_key(kernels)):
+                self.calibrations.setdefault(key, Calibration()).add(raw, measured_ms, parts)
 
     # -- persistence ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from profiler.lut import (
     Progress,
     build_lut,
     calibration_set,
+    family_key,
     load_or_new,
     model_kernels,
     shape_key,
@@ -142,7 +143,9 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
                            prune_blocks=prune_blocks)
         calibrate = []
         tmp = None
-        if structure_key(mk.kernels) not in table.calibrations:
+        # A table from before family calibrations, or one built without removable blocks, is
+        # calibrated (once) on variants of this model as the search will prune it.
+        if structure_key(mk.kernels) not in table.calibrations or family_key(mk.kernels) not in table.calibrations:
             tmp = tempfile.TemporaryDirectory(prefix="amc-oracle-")
             calibrate = calibration_set(model, example_input, Path(tmp.name), variants=calibration_variants,
                                         round_to=round_to, a_min=a_min, prune_residual=prune_residual,

@@ -28,4 +28,5 @@ def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], Non
     loaded = zoo.load_model(config.model)
     example = torch.zeros(1, *loaded.entry.input_shape)
     return profiler_oracle(config.device, model=loaded.model, example_input=example, round_to=config.round_to,
-                           a_min=config.a_min, progress=progress)
+                           a_min=config.a_min, prune_residual=config.prune_residual,
+                           prune_blocks=config.prune_blocks, progress=progress)

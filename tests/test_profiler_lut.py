@@ -21,6 +21,7 @@ from profiler.lut import (
     LutCheck,
     build_lut,
     check_lut,
+    family_key,
     kernel_grid,
     model_kernels,
     random_variants,
@@ -117,6 +118,29 @@ def test_calibration_fits_and_saves(tmp_path: Path) -> None:
     again = LatencyTable.load(path)
     assert len(again) == 2 and again.predict_ms(ks) == pytest.approx(table.predict_ms(ks))
     assert again.predict_ms(ks) == pytest.approx(0.04)  # one point: a = 1, b = measured - sum
+
+
+def test_a_structure_seen_too_rarely_is_predicted_with_its_familys_calibration() -> None:
+    """A variant with a residual block removed has a structure of its own: until that structure has
+    measurements of its own, its family's calibration (same kinds of kernel) predicts it, not the raw
+    kernel sum."""
+    table = LatencyTable("dev", "onnxruntime", 1)
+    conv, fc = KernelSpec("conv", 8, 8, k=3, h=8, w=8, relu=True), KernelSpec("linear", 8, 10)
+    table.add_entry(conv, 0.05)
+    table.add_entry(fc, 0.01)
+    full = [conv, conv, conv, fc]
+    shorter = [conv, conv, fc]  # one block removed
+    assert structure_key(full) != structure_key(shorter) and family_key(full) == family_key(shorter)
+    narrow = KernelSpec("conv", 8, 4, k=3, h=8, w=8, relu=True)
+    table.add_entry(narrow, 0.02)
+    variants = [full, [conv, narrow, conv, fc], [narrow, narrow, conv, fc], [narrow, narrow, narrow, fc]]
+    for ks in variants:  # pruned variants of the full network run at half their kernel sum
+        table.observe(ks, 0.5 * table.raw_sum(ks))
+    assert table.predict_ms(shorter) == pytest.approx(0.5 * table.raw_sum(shorter), rel=0.15)
+    assert table.predict_ms(shorter) < 0.75 * table.raw_sum(shorter)  # not the uncalibrated sum
+    other = [KernelSpec("dwconv", 8, 8, k=3, h=8, w=8, relu=True), fc]
+    table.add_entry(other[0], 0.02)
+    assert table.predict_ms(other) == pytest.approx(table.raw_sum(other))  # another family: none yet
 
 
 def test_calibration_leaves_out_a_measurement_taken_during_a_burst() -> None:
