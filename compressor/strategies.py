@@ -117,7 +117,9 @@ class RandomStrategy:
 
 class UniformStrategy:
     """One ratio for every unit. Under a budget: the largest ratio that meets it (bisection), one
-    episode. Without a budget (accuracy-guaranteed rewards): an even sweep of ratios in [a_min, 1]."""
+    episode — with removable blocks, when no ratio alone meets the budget, the fewest blocks removed
+    evenly along the network (`uniform_policy`) and the largest ratio for the rest. Without a budget
+    (accuracy-guaranteed rewards): an even sweep of ratios in [a_min, 1]."""
 
     name = "uniform"
 
@@ -125,14 +127,16 @@ class UniformStrategy:
         self.a_min = a_min
         self.budget = budget
         self.ratio = 1.0
+        self.actions: list[float] = []
         self._sweep: list[float] = []
         if budget is not None:
-            self.ratio = uniform_ratio(pruner, budget, a_min=a_min)
+            self.actions = uniform_policy(pruner, budget, a_min=a_min)
+            self.ratio = max(self.actions)
 
     def act(self, state, *, episode, step):
         if self.budget is None:
             return self._sweep[episode]
-        return self.ratio
+        return self.actions[step] if self.actions else self.ratio
 
     def learn(self, transitions, reward, *, episode):
         return {}
@@ -144,10 +148,38 @@ class UniformStrategy:
         return len(self._sweep)
 
     def state_dict(self):
-        return {"ratio": self.ratio}
+        return {"ratio": self.ratio, "actions": list(self.actions)}
 
     def load_state_dict(self, state):
         self.ratio = float(state["ratio"])
+        self.actions = [float(a) for a in state.get("actions", [])]
+
+
+class SeededStrategy:
+    """Another strategy whose first episode plays a given policy (the block-aware uniform one), so a
+    search that may remove blocks always scores the even-depth answer and learns from it."""
+
+    def __init__(self, inner: Strategy, actions: Sequence[float]):
+        self.inner = inner
+        self.name = inner.name
+        self.actions = list(actions)
+
+    def act(self, state, *, episode, step):
+        if episode == 0:
+            return self.actions[step]
+        return self.inner.act(state, episode=episode, step=step)
+
+    def learn(self, transitions, reward, *, episode):
+        return self.inner.learn(transitions, reward, episode=episode)
+
+    def episodes(self, requested):
+        return self.inner.episodes(requested)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
 
 
 def uniform_ratio(pruner: Pruner, budget: Budget, *, a_min: float, iterations: int = 40) -> float:
@@ -165,6 +197,37 @@ def uniform_ratio(pruner: Pruner, budget: Budget, *, a_min: float, iterations: i
         else:
             hi = mid
     return lo
+
+
+def uniform_policy(pruner: Pruner, budget: Budget, *, a_min: float) -> list[float]:
+    """Per-unit actions of the uniform policy. The largest single ratio that meets the budget when one
+    does; otherwise, where blocks may be removed, the fewest removable blocks taken out evenly along
+    the network (every other one, every third, ...: the PRACTISE and issue-7 probes found that spreading
+    the removals keeps far more accuracy than cutting a stage short) with the largest ratio for the rest."""
+    n = len(pruner.units)
+    ratio = uniform_ratio(pruner, budget, a_min=a_min)
+    removable = [i for i, u in enumerate(pruner.units) if u.removable]
+    if budget.cost([u.kept_for(ratio) for u in pruner.units]) <= budget.limit or not removable:
+        return [ratio] * n
+    m = len(removable)
+    for k in range(1, m + 1):
+        gone = {removable[min(m - 1, int((j + 0.5) * m / k))] for j in range(k)}
+
+        def kept(r: float, gone=gone) -> list[int]:
+            return [0 if i in gone else u.kept_for(r) for i, u in enumerate(pruner.units)]
+
+        if budget.cost(kept(a_min)) > budget.limit:
+            continue
+        lo, hi = a_min, 1.0
+        if budget.cost(kept(1.0)) <= budget.limit:
+            lo = 1.0
+        for _ in range(30):
+            if lo >= hi:
+                break
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if budget.cost(kept(mid)) <= budget.limit else (lo, mid)
+        return [0.0 if i in gone else lo for i in range(n)]
+    return [ratio] * n
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
@@ -185,7 +248,8 @@ def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: fl
                   seed: int, uniform_prior: bool = False) -> Strategy:
     """`uniform_prior`: DDPG and random search explore around the uniform policy's ratio (under a
     budget) instead of uniformly over [a_min, 1]."""
-    prior = uniform_ratio(pruner, budget, a_min=a_min) if uniform_prior and budget is not None else None
+    seed_actions = uniform_policy(pruner, budget, a_min=a_min) if budget is not None else None
+    prior = max(seed_actions) if uniform_prior and seed_actions is not None else None
     # Where blocks may be removed, actions reach down to 0 (below a_min removes a block; the
     # environment lifts other units to a_min).
     floor = action_floor(pruner, a_min)
@@ -195,7 +259,11 @@ def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: fl
         "random": lambda: RandomStrategy(a_min=floor, seed=seed, prior=prior),
         "uniform": lambda: UniformStrategy(pruner=pruner, budget=budget, a_min=a_min),
     }
-    return factories[name]()
+    strategy = factories[name]()
+    if name != "uniform" and seed_actions is not None and 0.0 in seed_actions:
+        # Only where the even-depth policy removes blocks: other searches stay exactly AMC's.
+        strategy = SeededStrategy(strategy, seed_actions)
+    return strategy
 
 
 STRATEGY_NAMES: Sequence[str] = ("ddpg", "random", "uniform")

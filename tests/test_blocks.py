@@ -207,3 +207,45 @@ def test_search_with_removable_blocks_end_to_end(tmp_path):
         want = model(x).numpy()
     assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-4
     assert report["recovery"]["method"] == "distill" and report["recovery"]["epochs"] == 1
+
+
+def test_uniform_policy_removes_the_fewest_blocks_evenly_and_seeds_the_searches():
+    from compressor.strategies import uniform_policy
+
+    model = load_model_resnet20()
+    x = torch.zeros(1, 3, 32, 32)
+    pruner = ChannelPruner(model, x, prune_blocks=True)
+    cm = pruner.cost_model
+    # A budget no single ratio reaches: even every unit at a_min keeps too many FLOPs.
+    at_min = cm.cost([u.kept_for(0.2) for u in pruner.units]).macs / cm.full_cost.macs
+    budget = make_budget(Target("flops", 0.8 * at_min), pruner)
+    actions = uniform_policy(pruner, budget, a_min=0.2)
+    env = PruningEnv(pruner, budget=budget, a_min=0.2)
+    env.reset()
+    for a in actions:
+        env.step(a)
+    assert budget.cost(env.kept) <= budget.limit
+    removed = [i for i, k in enumerate(env.kept) if k == 0]
+    assert removed and len(removed) < len(pruner.units) - 1
+    assert not any(b - a == 1 for a, b in zip(removed, removed[1:])), f"not spread out: {removed}"
+    ratio = max(actions)
+    assert all(a in (0.0, ratio) for a in actions) and ratio >= 0.2
+    for name in ("ddpg", "random"):
+        strategy = make_strategy(name, pruner=pruner, budget=budget, a_min=0.2, warmup=5, seed=0)
+        state = env.reset()
+        played = []
+        while not env.done:
+            played.append(strategy.act(state, episode=0, step=env.t))
+            state, _, _ = env.step(played[-1])
+        assert played == actions
+    # Without removals needed, the searches are AMC's own (no seeded first episode).
+    loose = make_budget(Target("flops", 0.9), pruner)
+    assert uniform_policy(pruner, loose, a_min=0.2) == [uniform_policy(pruner, loose, a_min=0.2)[0]] * len(pruner.units)
+    assert type(make_strategy("ddpg", pruner=pruner, budget=loose, a_min=0.2, warmup=5, seed=0)).__name__ == "DDPGStrategy"
+
+
+def load_model_resnet20():
+    from compressor.zoo import load_model
+
+    torch.manual_seed(0)
+    return load_model("resnet20").model.eval()
