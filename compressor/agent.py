@@ -243,6 +243,7 @@ class DDPGAgent:
         p = (ratio - cfg.a_min) / max(cfg.a_max - cfg.a_min, 1e-9)
         p = min(max(p, 0.01), 0.99)
         last = self.actor.net[-2]
+        assert isinstance(last, nn.Linear)
         with torch.no_grad():
             last.weight.uniform_(-3e-3, 3e-3, generator=self.torch_gen)
             last.bias.fill_(math.log(p / (1 - p)))

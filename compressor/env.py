@@ -62,7 +62,7 @@ def make_budget(target: Target, pruner: Pruner, *, latency_fn: CostFn | None = N
                       lambda kept: cm.cost(kept).params)
     if latency_fn is None:
         raise BudgetInfeasible("a latency target needs a device (--device) whose latency table can answer")
-    return Budget("latency-ms", target.value, latency_fn(full), latency_fn)
+    return Budget("latency-ms", target.value, latency_fn([float(c) for c in full]), latency_fn)
 
 
 def _ceil_sig(x: float, digits: int = 4) -> float:
@@ -105,11 +105,11 @@ class PruningEnv:
         # FLOPs owned by each unit (the layers whose outputs it prunes), for `rest`.
         macs, _ = cm.layer_costs(cm.full)
         self._unit_macs = np.array([macs[cm.out_unit == u].sum() for u in range(len(self.units))])
-        static = []
+        rows = []
         for t, unit in enumerate(self.units):
             root = layers[unit.name]
-            static.append([t, root.cout, root.cin, root.in_h, root.in_w, root.stride, root.kh, root.macs])
-        static = np.asarray(static, dtype=np.float64)
+            rows.append([t, root.cout, root.cin, root.in_h, root.in_w, root.stride, root.kh, root.macs])
+        static = np.asarray(rows, dtype=np.float64)
         lo, hi = static.min(axis=0), static.max(axis=0)
         self._static = (static - lo) / np.where(hi > lo, hi - lo, 1.0)
         self.state_dim = state_dim(pruner)

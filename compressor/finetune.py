@@ -191,7 +191,8 @@ def recover(
     train_split, held = split_holdout(source, config.holdout, config.seed)
     t_start = time.perf_counter()
     before = evaluate(model, held, num_threads=num_threads) if held is not None else None
-    best_acc, best_epoch, best_state = before, 0, copy.deepcopy(model.state_dict())
+    best_acc, best_epoch = before, 0
+    best_state: dict[str, Any] | None = copy.deepcopy(model.state_dict())
     history: list[dict[str, Any]] = []
     log.info("recovery (%s) for %d epochs, lr %g, on %s", config.method, config.epochs, config.learning_rate,
              train_split.description)

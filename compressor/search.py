@@ -36,7 +36,7 @@ from compressor.latency import LatencyOracle
 from compressor.pruning import PRUNERS, PrunedModel, Pruner
 from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
 from compressor.rewards import REWARDS
-from compressor.strategies import Strategy, make_strategy
+from compressor.strategies import Strategy, Transition, make_strategy
 from compressor.training import evaluate
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
 def run_episode(problem: Problem, strategy: Strategy, env: PruningEnv, episode: int) -> dict[str, Any]:
     t_start = time.perf_counter()
     state = env.reset()
-    transitions = []
+    transitions: list[Transition] = []
     agent_s = 0.0
     while not env.done:
         t0 = time.perf_counter()

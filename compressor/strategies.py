@@ -67,8 +67,8 @@ class DDPGStrategy:
         if episode < self.warmup:
             return {}
         with _one_thread():
-            losses = [self.agent.update() for _ in range(self.n_layers)]
-        losses = [x for x in losses if x is not None]
+            updates = [self.agent.update() for _ in range(self.n_layers)]
+        losses = [x for x in updates if x is not None]
         if not losses:
             return {}
         return {"critic_loss": float(np.mean([c for c, _ in losses])),

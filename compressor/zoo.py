@@ -455,7 +455,8 @@ def load_model(
         entry = MODELS[spec]
         n = num_classes or entry.num_classes
         model = entry.factory(num_classes=n)
-        entry = replace(entry, num_classes=n, input_shape=tuple(input_shape or entry.input_shape))
+        shape = input_shape or entry.input_shape
+        entry = replace(entry, num_classes=n, input_shape=(int(shape[0]), int(shape[1]), int(shape[2])))
         if input_shape is not None:
             _check_forward(model, entry, spec)
     elif ":" in spec:

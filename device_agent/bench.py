@@ -126,7 +126,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         "schema": SCHEMA_VERSION,
         "kind": "bench",
         "ok": True,
-        "runtime": config.runtime,  # type: ignore[typeddict-item]
+        "runtime": config.runtime,
         "runtime_version": runtime_version,
         "threads": config.threads,
         "warmup": config.warmup,

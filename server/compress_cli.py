@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: bool, console,
                        targets: list[str] | None = None, references: list[str] | None = None) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from compressor.events import SearchEvent
     from compressor.search import run_search
@@ -97,7 +97,7 @@ def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: b
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
                         transient=False)
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def on_event(event: SearchEvent) -> None:
         if event.kind == "phase":

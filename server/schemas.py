@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -129,15 +130,22 @@ def job_links(job_id: str, artifacts: list[str]) -> JobLinks:
                     page=f"/ui/jobs/{job_id}", artifacts={n: f"{base}/artifacts/{n}" for n in artifacts})
 
 
-def job_out(job: Job, *, artifacts: list[str] = (), detail: bool = False) -> JobOut | JobDetail:
-    fields = dict(
+def _job_fields(job: Job, artifacts: Sequence[str]) -> dict[str, Any]:
+    return dict(
         id=job.id, state=JobState(job.state), phase=job.phase, message=job.message, progress=_progress(job),
         episodes_done=job.episodes_done, episodes_total=job.episodes_total, best=job.best, recovery=job.recovery,
         spec=job.spec,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
         attempts=job.attempts, links=job_links(job.id, list(artifacts)),
     )
-    return JobDetail(**fields, report=job.report) if detail else JobOut(**fields)
+
+
+def job_out(job: Job, *, artifacts: Sequence[str] = ()) -> JobOut:
+    return JobOut(**_job_fields(job, artifacts))
+
+
+def job_detail(job: Job, *, artifacts: Sequence[str] = ()) -> JobDetail:
+    return JobDetail(**_job_fields(job, artifacts), report=job.report)
 
 
 def job_summary(job: Job) -> JobSummary:

@@ -37,6 +37,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 log = logging.getLogger(__name__)
 
 
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (a CursorResult's rowcount; the typed API calls it a plain Result)."""
+    return int(result.rowcount)
+
 class JobState(enum.StrEnum):
     """Life of a job: queued -> running -> succeeded | failed | cancelled."""
 
@@ -238,7 +243,7 @@ class Store:
         res = s.execute(
             update(Job).where(Job.id == job_id, Job.state == current.value).values(state=wanted.value, **values)
         )
-        if res.rowcount != 1:
+        if _rowcount(res) != 1:
             s.refresh(job)
             raise InvalidTransition(job_id, JobState(job.state), wanted)
         s.refresh(job)
@@ -261,7 +266,7 @@ class Store:
                     .values(state=JobState.RUNNING.value, started_at=utcnow(), attempts=Job.attempts + 1,
                             phase="starting", message="starting a worker process")
                 )
-                if res.rowcount == 1:
+                if _rowcount(res) == 1:
                     return s.get(Job, job_id, populate_existing=True)
         return None
 

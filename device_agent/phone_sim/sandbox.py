@@ -17,6 +17,7 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ DEVICE_TMP = "/data/local/tmp"
 # Other well-known device folders, mapped to sub-folders of the sandbox.
 DEVICE_MOUNTS = {"/sdcard": ".sdcard", "/storage/emulated/0": ".sdcard"}
 
+
+
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement that inserts `text` as it is (no backslash escapes)."""
+    return lambda _match: text
 
 class SandboxError(PermissionError):
     """A device path lies outside what the emulator exposes."""
@@ -65,7 +71,7 @@ class Sandbox:
         replacements = [(DEVICE_TMP, str(self.root)), ("/system/bin/getprop", str(self.bin_dir / "getprop"))]
         replacements += [(mount, str(self.root / folder)) for mount, folder in DEVICE_MOUNTS.items()]
         for device, host in sorted(replacements, key=lambda pair: -len(pair[0])):
-            command = re.sub(re.escape(device) + r"(?![\w.\-])", lambda _m, h=host: h, command)
+            command = re.sub(re.escape(device) + r"(?![\w.\-])", _literal(host), command)
         return command
 
     # --- shell environment ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from server.schemas import (
     JobOut,
     JobSpec,
     episode_out,
+    job_detail,
     job_out,
     job_summary,
 )
@@ -47,7 +48,7 @@ def list_jobs(
 def get_job(job_id: str, store: StoreDep, service: ServiceDep) -> JobDetail:
     """A job's state, progress, best result so far and, once finished, its report and artifact links."""
     job = store.get_job(job_id)
-    return job_out(job, artifacts=service.available_artifacts(job), detail=True)
+    return job_detail(job, artifacts=service.available_artifacts(job))
 
 
 @router.get("/{job_id}/episodes", response_model=EpisodeList)
