@@ -90,9 +90,15 @@ def family_key(kernels: Sequence[KernelSpec]) -> str:
     """Networks made of the same kinds of kernel, in any number: a model, its variants with residual
     blocks removed, its deeper or shallower siblings. What a calibration corrects (how the runtime's
     whole-network time differs from the sum of its kernels) depends on the kinds of kernel far more
-    than on how many there are of each."""
+    than on how many there are of each. Used when the caller does not say which model a kernel list
+    is a variant of (`model_family`)."""
     text = ";".join(sorted({shape_key(k) for k in kernels}))
     return "family:" + hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def model_family(full_kernels: Sequence[KernelSpec]) -> str:
+    """The family of every pruned variant of one model (blocks removed or not): its full structure."""
+    return "family:" + structure_key(full_kernels)
 
 
 # A structure's own calibration is used once it has this many measurements (or as many as its
@@ -329,28 +335,30 @@ class LatencyTable:
             out[g] = out.get(g, 0.0) + self.kernel_ms(k) - self.overhead_ms
         return out
 
-    def calibration(self, kernels: Sequence[KernelSpec]) -> Calibration:
+    def calibration(self, kernels: Sequence[KernelSpec], family: str | None = None) -> Calibration:
+        """The structure's own calibration once it has enough points, else its family's: `family`
+        (e.g. `model_family` of the model these kernels are a variant of), or `family_key(kernels)`."""
         own = self.calibrations.get(structure_key(kernels))
         mine = len(own.points) if own is not None else 0
-        family = self.calibrations.get(family_key(kernels))
-        if mine < MIN_OWN_POINTS and family is not None and len(family.points) > mine:
-            return family  # better informed than the structure's own few points
+        family_cal = self.calibrations.get(family or family_key(kernels))
+        if mine < MIN_OWN_POINTS and family_cal is not None and len(family_cal.points) > mine:
+            return family_cal  # better informed than the structure's own few points
         return own or Calibration()
 
-    def predict_ms(self, kernels: Sequence[KernelSpec]) -> float:
+    def predict_ms(self, kernels: Sequence[KernelSpec], family: str | None = None) -> float:
         """Predicted whole-network latency (ms)."""
         with self._lock:
-            cal = self.calibration(kernels)
+            cal = self.calibration(kernels, family)
             parts = self.group_sums(kernels) if cal.slopes else None
             return cal.apply(self.raw_sum(kernels), parts)
 
-    def observe(self, kernels: Sequence[KernelSpec], measured_ms: float) -> None:
+    def observe(self, kernels: Sequence[KernelSpec], measured_ms: float, family: str | None = None) -> None:
         """Refine the calibration of this network structure with a real measurement."""
         if not (math.isfinite(measured_ms) and measured_ms > 0):
             return
         with self._lock:
             raw, parts = self.raw_sum(kernels), self.group_sums(kernels)
-            for key in (structure_key(kernels), family_key(kernels)):
+            for key in (structure_key(kernels), family or family_key(kernels)):
                 self.calibrations.setdefault(key, Calibration()).add(raw, measured_ms, parts)
 
     # -- persistence ------------------------------------------------------------------------------
@@ -504,7 +512,7 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
               a_min: float = 0.2, cache: MeasurementCache | None = None,
               calibrate_with: Sequence[tuple[Sequence[KernelSpec], Path]] = (),
               progress: Progress | None = None, work_dir: Path | None = None,
-              passes: int = DEFAULT_KERNEL_PASSES) -> LatencyTable:
+              passes: int = DEFAULT_KERNEL_PASSES, family: str | None = None) -> LatencyTable:
     """Time every kernel of the grid not yet in the table (device's table under `lut_dir`, or
     `table`), then calibrate on `calibrate_with` (kernel list, exported whole model) pairs. Saves the
     table when it has a path. A kernel that fails to time is skipped (interpolation covers it).
@@ -560,7 +568,7 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
         # Exactly as the oracle measures candidates, so a calibration point and a later measurement
         # of the same model agree (and share a cache entry).
         whole = MeasureConfig(threads=config.threads, cpu_mask=config.cpu_mask)
-        table.observe(ks, measure(device, path, whole, runtime=runtime, cache=cache).median_ms)
+        table.observe(ks, measure(device, path, whole, runtime=runtime, cache=cache).median_ms, family)
     table.meta.update({"updated": time.time(), "round_to": round_to, "a_min": a_min, "max_points": max_points,
                        "kernel_runs": config.runs, "kernel_passes": passes, "device_spec": device.spec,
                        "build_s": round(time.monotonic() - start, 2)})

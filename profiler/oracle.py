@@ -25,8 +25,8 @@ from profiler.lut import (
     Progress,
     build_lut,
     calibration_set,
-    family_key,
     load_or_new,
+    model_family,
     model_kernels,
     shape_key,
     structure_key,
@@ -62,8 +62,11 @@ class LutOracle:
                  name: str | None = None, save: bool = True, builder: Device | None = None,
                  kernel_config: MeasureConfig | None = None, cache: MeasurementCache | None = None,
                  round_to: int = 8, a_min: float = 0.2, max_points: int | None = DEFAULT_MAX_POINTS,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, family: str | None = None):
         self.table = table
+        # The model this oracle serves (`model_family`): every variant's prediction and measurement
+        # shares that model's calibration, whatever blocks it removed.
+        self.family = family
         self.pool = pool
         self.runtime = check_runtime(runtime)
         self.config = config or MeasureConfig(threads=table.threads)
@@ -82,7 +85,7 @@ class LutOracle:
             missing = [k for k in kernels if shape_key(k) not in self.table.entries]
             if missing:
                 self._complete(self.builder, missing)
-        return self.table.predict_ms(kernels)
+        return self.table.predict_ms(kernels, self.family)
 
     def _complete(self, builder: Device, missing: list[KernelSpec]) -> None:
         with self._lock:
@@ -111,7 +114,7 @@ class LutOracle:
         return result.median_ms
 
     def observe(self, kernels: Sequence[KernelSpec], measured_ms: float) -> None:
-        self.table.observe(kernels, measured_ms)
+        self.table.observe(kernels, measured_ms, self.family)
         if self.save and self.table.path is not None:
             self.table.save()
 
@@ -136,6 +139,7 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
     table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, threads)
     table.meta.setdefault("device_spec", device_spec)
     config = kernel_config or MeasureConfig(threads=threads)
+    family = None
     if model is not None:
         if example_input is None:
             raise ValueError("make_oracle(model=...) needs example_input too")
@@ -145,17 +149,19 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
         tmp = None
         # A table from before family calibrations, or one built without removable blocks, is
         # calibrated (once) on variants of this model as the search will prune it.
-        if structure_key(mk.kernels) not in table.calibrations or family_key(mk.kernels) not in table.calibrations:
+        family = model_family(mk.kernels)
+        if structure_key(mk.kernels) not in table.calibrations or family not in table.calibrations:
             tmp = tempfile.TemporaryDirectory(prefix="amc-oracle-")
             calibrate = calibration_set(model, example_input, Path(tmp.name), variants=calibration_variants,
                                         round_to=round_to, a_min=a_min, prune_residual=prune_residual,
                                         prune_blocks=prune_blocks)
         try:
             build_lut(device, mk, runtime=runtime, config=config, table=table, max_points=max_points,
-                      round_to=round_to, a_min=a_min, cache=cache, calibrate_with=calibrate, progress=progress)
+                      round_to=round_to, a_min=a_min, cache=cache, calibrate_with=calibrate, progress=progress,
+                      family=family)
         finally:
             if tmp is not None:
                 tmp.cleanup()
     return LutOracle(table, pool, runtime=runtime, config=MeasureConfig(threads=threads),
                      name=f"lut:{device_spec}:{runtime}", builder=device, kernel_config=config, cache=cache,
-                     round_to=round_to, a_min=a_min, max_points=max_points, progress=progress)
+                     round_to=round_to, a_min=a_min, max_points=max_points, progress=progress, family=family)

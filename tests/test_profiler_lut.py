@@ -23,6 +23,7 @@ from profiler.lut import (
     check_lut,
     family_key,
     kernel_grid,
+    model_family,
     model_kernels,
     random_variants,
     structure_key,
@@ -138,6 +139,15 @@ def test_a_structure_seen_too_rarely_is_predicted_with_its_familys_calibration()
         table.observe(ks, 0.5 * table.raw_sum(ks))
     assert table.predict_ms(shorter) == pytest.approx(0.5 * table.raw_sum(shorter), rel=0.15)
     assert table.predict_ms(shorter) < 0.75 * table.raw_sum(shorter)  # not the uncalibrated sum
+    # A variant that loses a whole kind of kernel leaves the shape family; naming the model it is a
+    # variant of (as a search's oracle does) keeps it on that model's calibration.
+    family = model_family(full)
+    for ks in variants:
+        table.observe(ks, 0.5 * table.raw_sum(ks), family)
+    no_conv = [fc]
+    assert family_key(no_conv) != family_key(full)
+    assert table.predict_ms(no_conv, family) < 0.75 * table.raw_sum(no_conv)  # calibrated, not the raw sum
+    assert table.predict_ms(no_conv) == pytest.approx(table.raw_sum(no_conv))  # unnamed: no family yet
     other = [KernelSpec("dwconv", 8, 8, k=3, h=8, w=8, relu=True), fc]
     table.add_entry(other[0], 0.02)
     assert table.predict_ms(other) == pytest.approx(table.raw_sum(other))  # another family: none yet
