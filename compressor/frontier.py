@@ -19,8 +19,9 @@ from compressor import zoo
 from compressor.config import SearchConfig, Target
 from compressor.errors import ConfigError
 from compressor.events import EventSink, SearchEvent, ignore
+from compressor.fileio import atomic_write
 from compressor.latency import LatencyOracle
-from compressor.search import Problem, _atomic_write, prepare, run_search
+from compressor.search import Problem, prepare, run_search
 from compressor.training import evaluate
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,9 @@ def run_frontier(config: SearchConfig, targets: Sequence[str], out_dir: str | Pa
     frontier = {"model": config.model, "data": config.data, "device": config.device,
                 "report_split": problem.bundle.report.description, "unpruned": unpruned, "points": points,
                 "references": scored}
-    _atomic_write(out_dir / "frontier.json", json.dumps(frontier, indent=2).encode())
-    _atomic_write(out_dir / "frontier.svg", frontier_svg(frontier).encode())
-    _atomic_write(out_dir / "report.md", frontier_markdown(frontier).encode())
+    atomic_write(out_dir / "frontier.json", json.dumps(frontier, indent=2).encode())
+    atomic_write(out_dir / "frontier.svg", frontier_svg(frontier).encode())
+    atomic_write(out_dir / "report.md", frontier_markdown(frontier).encode())
     emit(SearchEvent("done", "done", "frontier finished", record=frontier))
     return frontier
 

@@ -14,8 +14,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from compressor.data import LOADERS, DataBundle, Split, load_dataset
 from compressor.env import Budget, PruningEnv, check_feasible, make_budget
 from compressor.errors import ConfigError, ModelLoadError, SearchCancelled
 from compressor.events import EventSink, SearchEvent, ignore
+from compressor.fileio import atomic_write
 from compressor.latency import LatencyOracle
 from compressor.pruning import PRUNERS, PrunedModel, Pruner
 from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
@@ -267,25 +266,10 @@ def _best_index(log_rows: list[dict[str, Any]]) -> int:
     return max(range(len(log_rows)), key=lambda i: (log_rows[i]["reward"], -i))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_checkpoint(out_dir: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    _atomic_write(out_dir / CHECKPOINT, buffer.getvalue())
+    atomic_write(out_dir / CHECKPOINT, buffer.getvalue())
 
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
@@ -440,21 +424,21 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
     buffer = io.BytesIO()
     torch.save({"config": config.to_dict(), "kept": [int(k) for k in kept],
                 "input_shape": list(problem.entry.input_shape), "state_dict": model.state_dict()}, buffer)
-    _atomic_write(out_dir / "model.pt", buffer.getvalue())
+    atomic_write(out_dir / "model.pt", buffer.getvalue())
     policy = [{"unit": u.name, "channels": u.channels, "kept": int(k), "ratio": round(k / u.channels, 6),
                **({"block": u.block, "removed": k == 0} if u.block else {})}
               for u, k in zip(problem.pruner.units, kept)]
-    _atomic_write(out_dir / "policy.json", json.dumps(policy, indent=2).encode())
+    atomic_write(out_dir / "policy.json", json.dumps(policy, indent=2).encode())
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=EPISODE_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()})
-    _atomic_write(out_dir / "episodes.csv", text.getvalue().encode())
+    atomic_write(out_dir / "episodes.csv", text.getvalue().encode())
     from compressor.report import render_markdown
 
-    _atomic_write(out_dir / "report.md", render_markdown(report).encode())
-    _atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
+    atomic_write(out_dir / "report.md", render_markdown(report).encode())
+    atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
 
 
 def load_pruned(path: str | Path) -> nn.Module:

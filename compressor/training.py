@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.data import Split
+from compressor.fileio import atomic_target
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +131,8 @@ def _train(
 
 def save_state_dict(model: nn.Module, path: Path) -> None:
     """torch.save the state dict atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train_demo_cnn(

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import re
 import tempfile
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from compressor.fileio import atomic_write
 from compressor.latency import KernelSpec
 from profiler.cache import MeasurementCache
 from profiler.devices.base import Device
@@ -375,13 +375,9 @@ class LatencyTable:
         path = Path(path or self.path or "")
         if not path.name:
             raise LutError("no path to save the lookup table to")
-        path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             text = json.dumps(self.to_dict(), indent=1)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)  # readers never see a half-written table
+        atomic_write(path, text.encode())  # readers never see a half-written table
         self.path = path
         return path
 

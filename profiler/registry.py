@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import ConfigError
+from compressor.fileio import atomic_write
 from profiler.devices import list_usb_serials, open_device, parse_device_spec
 from profiler.paths import config_dir
 
@@ -40,11 +39,8 @@ class DeviceRegistry:
         return list(data.get("devices", []))
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".devices", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"devices": entries}, fh, indent=1)
-        os.replace(tmp, self.path)
+        # 0600 as before: it lives in the user's config folder, next to the adb keys
+        atomic_write(self.path, json.dumps({"devices": entries}, indent=1).encode(), mode=0o600)
 
     def specs(self) -> list[str]:
         return [e["spec"] for e in self._read()]

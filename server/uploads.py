@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from compressor.fileio import atomic_write_chunks
 from server.store import Store, Upload
 
 log = logging.getLogger(__name__)
@@ -71,25 +72,25 @@ def save_upload(store: Store, uploads_dir: Path, *, filename: str, stream: Binar
     """Stream to disk (refusing more than `max_bytes`), check the content, record it."""
     kind = _kind_of(filename)
     upload_id = uuid.uuid4().hex
-    uploads_dir.mkdir(parents=True, exist_ok=True)
     final = uploads_dir / f"{upload_id}{Path(filename).suffix.lower()}"
-    tmp = final.with_suffix(final.suffix + ".part")
     digest, size = hashlib.sha256(), 0
-    try:
-        with open(tmp, "wb") as fh:
-            while chunk := stream.read(1 << 20):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise UploadTooLarge(f"the file is larger than this server's limit of {max_bytes} bytes "
-                                         "(AMC_MAX_UPLOAD_MB)")
-                digest.update(chunk)
-                fh.write(chunk)
+
+    def limited() -> Iterator[bytes]:
+        nonlocal size
+        while chunk := stream.read(1 << 20):
+            size += len(chunk)
+            if size > max_bytes:
+                raise UploadTooLarge(f"the file is larger than this server's limit of {max_bytes} bytes "
+                                     "(AMC_MAX_UPLOAD_MB)")
+            digest.update(chunk)
+            yield chunk
         if size == 0:
             raise UploadRejected("the file is empty")
-        os.replace(tmp, final)
+
+    try:
+        atomic_write_chunks(final, limited(), mode=None)
         (_check_onnx if kind == "onnx" else _check_weights)(final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
         final.unlink(missing_ok=True)
         raise
     log.info("stored upload %s (%s, %d bytes)", upload_id, kind, size)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor import fileio
 from compressor.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -92,21 +91,12 @@ def compare(
 @contextlib.contextmanager
 def atomic_target(path: Path) -> Iterator[Path]:
     """A temp path next to `path`; renamed onto `path` when the block succeeds, removed when not."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        for extra in tmp.parent.glob(tmp.name + ".*"):  # e.g. external-data side files
-            extra.unlink(missing_ok=True)
+    with fileio.atomic_target(path, mode=None) as tmp:  # ordinary permissions: what the umask gives
+        try:
+            yield tmp
+        finally:
+            for extra in tmp.parent.glob(tmp.name + ".*"):  # e.g. external-data side files
+                extra.unlink(missing_ok=True)
 
 
 def check_inputs(model: nn.Module, example_input: torch.Tensor, fmt: str) -> None:
