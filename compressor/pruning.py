@@ -81,7 +81,7 @@ class PrunedModel:
 
 @runtime_checkable
 class RemovableBlock(Protocol):
-    """A residual block that can become its shortcut (zoo.BasicBlock, zoo.InvertedResidual). A user's
+    """A residual block that can become its shortcut (models.BasicBlock, models.InvertedResidual). A user's
     model opts in by giving its blocks these two methods; `drop_branch` deletes the branch's layers."""
 
     def can_drop(self) -> bool: ...

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from compressor.errors import ModelLoadError
-from compressor.zoo import MODELS, PadShortcut, load_model, mobilenet_v1, mobilenet_v2, pretrained_path
+from compressor.models import PadShortcut, mobilenet_v1, mobilenet_v2
+from compressor.zoo import MODELS, load_model, pretrained_path
 
 # Exact parameter counts. The CIFAR ResNets are the published ones (He et al. 2016: 0.27M, 0.85M);
 # MobileNet-V1-224 4.23M, MobileNet-V2-224 3.50M, VGG-11-BN 132.87M as in torchvision.
