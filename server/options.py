@@ -20,6 +20,9 @@ from compressor.errors import ConfigError
 if TYPE_CHECKING:  # `amc compress` needs no pydantic
     from pydantic import BaseModel
 
+    from server.core.config import Settings
+    from server.store import Store
+
 
 @dataclass(frozen=True)
 class SearchOption:
@@ -197,3 +200,28 @@ def job_spec_model() -> type[BaseModel]:
 def config_values(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The SearchConfig values a job spec sets (a field omitted or null keeps the search's default)."""
     return {f.name: spec[f.name] for f in search_fields() if spec.get(f.name) is not None}
+
+
+def build_config(spec: dict[str, Any], *, store: Store, settings: Settings) -> SearchConfig:
+    """Turn a job spec (the same strings as `amc compress`) into a SearchConfig, resolving uploads.
+    A frontier's config is its first target's (`plan_from_spec` gives the rest)."""
+    values = config_values(spec)
+    if spec.get("targets"):
+        values["target"] = spec["targets"][0]
+    model = str(values.get("model", ""))
+    if model.startswith("upload:"):
+        up = store.get_upload(model.removeprefix("upload:"))
+        if up is None:
+            raise ConfigError("model", f"no upload {model!r}; upload a file with POST /uploads first")
+        raise ConfigError("model", f"{model} is an uploaded {up.kind} file; searching needs a zoo model "
+                                   "name or factory as `model` and the uploaded weights' id as `weights`")
+    if spec.get("weights"):
+        up = store.get_upload(str(spec["weights"]))
+        if up is None:
+            raise ConfigError("weights", f"no upload {spec['weights']!r}; upload weights with POST /uploads")
+        if up.kind != "weights":
+            raise ConfigError("weights", f"upload {up.id} is an {up.kind} file, not PyTorch weights")
+        values["weights"] = up.path
+    if int(values.get("episodes", 1)) > settings.max_episodes:
+        raise ConfigError("episodes", f"at most {settings.max_episodes} episodes per job on this server")
+    return SearchConfig.from_dict(values)

@@ -198,11 +198,12 @@ def _episode(phase: str, n: int, total: int, reward: float) -> SearchEvent:
 
 
 def test_the_worker_numbers_a_frontiers_episodes_job_wide_and_records_recovery(api, monkeypatch):
-    from server import jobs
+    from server import worker
+    from server.frontier import plan_from_spec
 
     job = api.service.submit(dict(FRONTIER, episodes=2, finetune_epochs=1))
     api.store.claim_next()
-    plan = jobs.plan_from_spec(job.spec, store=api.store)
+    plan = plan_from_spec(job.spec, store=api.store)
     events = [SearchEvent("phase", "frontier", "target 1 of 2: flops=0.6"),
               SearchEvent("phase", "search", "ddpg search, 2 episodes"),
               _episode("search flops=0.6", 1, 2, -0.2), _episode("search flops=0.6", 2, 2, -0.1),
@@ -221,13 +222,13 @@ def test_the_worker_numbers_a_frontiers_episodes_job_wide_and_records_recovery(a
         return {"points": [{"target": t} for t in targets]}
 
     monkeypatch.setattr("compressor.frontier.run_frontier", fake_run_frontier)
-    monkeypatch.setattr(jobs, "make_oracle", lambda cfg, force=False: f"oracle(force={force})")
+    monkeypatch.setattr(worker, "make_oracle", lambda cfg, force=False: f"oracle(force={force})")
     folder = api.settings.jobs_dir / job.id
     folder.mkdir(parents=True)
     from compressor.config import SearchConfig
 
-    report = jobs.run_frontier_job(job.id, api.store, folder, SearchConfig.from_dict(job.config), plan,
-                                   resume=False, should_stop=lambda: False)
+    report = worker.run_frontier_job(job.id, api.store, folder, SearchConfig.from_dict(job.config), plan,
+                                     resume=False, should_stop=lambda: False)
     assert report == {"points": [{"target": "flops=0.6"}, {"target": "flops=0.3"}]}
     assert seen["targets"] == ("flops=0.6", "flops=0.3") and seen["oracle"] == "oracle(force=True)"
     # Phase messages say which search they are about.
@@ -249,15 +250,15 @@ def test_the_worker_numbers_a_frontiers_episodes_job_wide_and_records_recovery(a
         return {}
 
     monkeypatch.setattr("compressor.frontier.run_frontier", starting_over)
-    jobs.run_frontier_job(job.id, api.store, folder, SearchConfig.from_dict(job.config), plan, resume=True,
-                          should_stop=lambda: False)
+    worker.run_frontier_job(job.id, api.store, folder, SearchConfig.from_dict(job.config), plan, resume=True,
+                            should_stop=lambda: False)
     assert seen["before"] == []
     after = api.store.get_job(job.id)
     assert after.best is None and after.recovery is None and after.episodes_done == 0
 
 
 def test_a_single_searchs_recovery_epochs_are_recorded_without_a_target(api):
-    from server.jobs import recorder
+    from server.worker import recorder
 
     job = api.service.submit(dict(SMALL_JOB, finetune_epochs=2))
     sink = recorder(job.id, api.store)

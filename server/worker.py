@@ -1,0 +1,188 @@
+"""A job's own process: `run_job_process` is what the job service spawns for each job. It runs the
+search (or the frontier) and records its own progress in the store (phase messages, every finished
+episode, the final state), so the server can die at any moment without losing an episode: the search
+writes its checkpoint before it reports an episode, and a resumed job first copies any episode the
+checkpoint has but the store missed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from compressor.config import SearchConfig
+from compressor.errors import SearchCancelled
+from server.frontier import FrontierEpisodes, FrontierPlan, recovery_target
+from server.latency import make_oracle, needs_latency
+from server.store import InvalidTransition, JobState, Store
+
+if TYPE_CHECKING:
+    from compressor.events import SearchEvent
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "job.log"  # in the job's folder; GET /jobs/{id}/log serves it
+
+
+def load_search_module(name: str) -> ModuleType:
+    return importlib.import_module(name)
+
+
+def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict[str, Any], resume: bool,
+                    lifeline: Any, search_module: str, threads: int, frontier: FrontierPlan | None = None) -> None:
+    """Entry point of a job's own process (spawn): run the search (or the frontier), record every event
+    in the store."""
+    out = Path(folder)
+    handler = logging.FileHandler(out / LOG_NAME)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    store = Store(database_url, create=False)
+
+    # Only one process works in a job folder: a worker orphaned by a killed server holds this lock
+    # until it has stopped, and the resumed worker waits for it.
+    lock = open(out / ".lock", "w")  # noqa: SIM115 - held for the life of the process
+    fcntl.flock(lock, fcntl.LOCK_EX)
+
+    orphaned = threading.Event()
+    cancelled = threading.Event()
+
+    def watch_parent() -> None:
+        # The server sends "cancel"; EOF means it is gone (SIGKILL included) or shutting down.
+        try:
+            while True:
+                if lifeline.recv() == "cancel":
+                    cancelled.set()
+        except (EOFError, OSError):
+            pass
+        log.warning("the server is gone; stopping at the next episode so a restart can resume")
+        orphaned.set()
+        time.sleep(60)  # an episode that never ends must not hold the folder forever
+        log.error("still running 60 s after the server died; exiting (the checkpoint is intact)")
+        os._exit(3)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+
+    def interrupted() -> bool:
+        return orphaned.is_set()
+
+    try:
+        job = store.get_job(job_id)
+        if job.job_state is not JobState.RUNNING:
+            log.info("job %s is %s; nothing to do", job_id, job.state)
+            return
+        import torch
+
+        torch.set_num_threads(threads)
+        cfg = SearchConfig.from_dict(config)
+        should_stop = lambda: cancelled.is_set() or interrupted()  # noqa: E731
+        if frontier is None:
+            report = run_single(job_id, store, out, cfg, resume=resume, should_stop=should_stop,
+                                search=load_search_module(search_module))
+        else:
+            report = run_frontier_job(job_id, store, out, cfg, frontier, resume=resume, should_stop=should_stop)
+        store.finish(job_id, JobState.SUCCEEDED, report=_jsonable(report), message="finished")
+        log.info("job %s succeeded", job_id)
+    except Exception as exc:
+        if isinstance(exc, SearchCancelled) and interrupted() and not cancelled.is_set():
+            log.warning("job %s paused by a server shutdown; it resumes on the next start", job_id)
+            return
+        try:
+            if isinstance(exc, SearchCancelled):
+                store.finish(job_id, JobState.CANCELLED, message="cancelled; checkpoint kept")
+                log.info("job %s cancelled", job_id)
+            else:
+                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+                store.finish(job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        except InvalidTransition as again:
+            log.warning("could not record the end of job %s: %s", job_id, again)
+    finally:
+        handler.flush()
+        store.close()
+
+
+def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resume: bool,
+               should_stop: Callable[[], bool], search: ModuleType) -> dict[str, Any]:
+    """One search into the job folder, resumed from its checkpoint after a restart; returns its report."""
+    logged = search.load_episode_log(out) if resume else []
+    can_resume = bool(logged)  # killed before its first checkpoint: start over
+    if can_resume:
+        filled = 0
+        for record in logged:
+            filled += store.add_episode(job_id, int(record["episode"]), _jsonable(record), total=cfg.episodes)
+        log.info("resuming job %s from its checkpoint (%d episode(s) filled from it)", job_id, filled)
+        store.set_phase(job_id, "resume", "resuming from the last checkpoint")
+    if needs_latency(cfg):
+        store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
+    oracle = make_oracle(cfg)
+    return search.run_search(cfg, out, oracle=oracle, on_event=recorder(job_id, store), should_stop=should_stop,
+                             resume=can_resume)
+
+
+def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, plan: FrontierPlan, *, resume: bool,
+                     should_stop: Callable[[], bool]) -> dict[str, Any]:
+    """One search per target into the job folder's target folders, then the references and
+    frontier.json/.svg and report.md; returns the frontier. It cannot resume from its searches'
+    checkpoints (they share one setup), so after a restart it starts over."""
+    from compressor.frontier import run_frontier
+
+    if resume:
+        log.warning("job %s: a frontier cannot resume from its checkpoints; starting it over", job_id)
+        store.reset_progress(job_id)
+        store.set_phase(job_id, "restart", "interrupted by a server restart; a frontier starts over")
+    # A frontier is judged on measured latency, so it asks the device even for FLOPs targets.
+    store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
+    oracle = make_oracle(cfg, force=True)
+    return run_frontier(cfg, plan.targets, out, oracle=oracle, references=[r.argument(out) for r in plan.references],
+                        on_event=recorder(job_id, store, plan), should_stop=should_stop)
+
+
+def recorder(job_id: str, store: Store, plan: FrontierPlan | None = None) -> Callable[[SearchEvent], None]:
+    """The job's event sink: phases, each search episode (a frontier's numbered job-wide, with its
+    target), each recovery epoch."""
+    numbering = FrontierEpisodes(plan.targets) if plan is not None else None
+    current = {"target": ""}
+
+    def on_event(ev: SearchEvent) -> None:
+        if ev.kind == "episode":
+            # Episodes of the compare baselines (phase uniform/random) are not the job's episodes.
+            if numbering is None:
+                if ev.phase in ("search", ""):
+                    store.add_episode(job_id, ev.episode, _jsonable(ev.record), total=ev.episodes)
+                return
+            found = numbering.number(ev.phase, ev.episode, ev.episodes)
+            if found is not None:
+                number, total, target = found
+                store.add_episode(job_id, number, _jsonable({**ev.record, "target": target}), total=total)
+        elif ev.kind == "epoch":
+            search = recovery_target(ev.phase)
+            record = ({"target": search} if search else {}) | dict(ev.record) | {"epochs": ev.episodes}
+            store.add_epoch(job_id, _jsonable(record))
+            held = record.get("holdout_accuracy")
+            store.set_phase(job_id, "finetune", f"recovery{' ' + search if search else ''}: epoch {ev.episode} of "
+                            f"{ev.episodes}, loss {record.get('loss', float('nan')):.4f}"
+                            + (f", held-out accuracy {100 * held:.2f}%" if held is not None else ""))
+        elif ev.kind == "phase":
+            if ev.phase == "frontier":
+                current["target"] = ev.message.rpartition(": ")[2] if ev.message.startswith("target ") else ""
+                store.set_phase(job_id, ev.phase, ev.message)
+            else:
+                store.set_phase(job_id, ev.phase, f"{current['target']}: {ev.message}" if current["target"]
+                                else ev.message)
+
+    return on_event
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
