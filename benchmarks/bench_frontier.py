@@ -135,23 +135,40 @@ def main(argv: list[str] | None = None) -> int:
     sib_acc = {d: evaluate(zoo.load_model(f"resnet{d}", weights=str(data / "weights" / SIBLINGS[d])).model,
                            bundle.report) for d in depths + [56]}
     total_s = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps({"before": before, "after": {"siblings": sib_ms, "ours": our_ms},
-                                                  "accuracy": sib_acc, "frontier": frontier}, indent=2))
-    points = {p["target"]: p for p in frontier["points"]}
+    settings = {"strategy": args.strategy, "episodes": args.episodes, "reward_samples": args.reward_samples,
+                "finetune_epochs": args.finetune_epochs, "prune_blocks": not args.no_prune_blocks,
+                "rounds": args.rounds, "depths": depths, "targets": targets, "total_s": total_s}
+    results = {"settings": settings, "before": before, "after": {"siblings": sib_ms, "ours": our_ms},
+               "accuracy": sib_acc, "frontier": frontier}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(render(results))
+    return 0
+
+
+def render(results: dict) -> str:
+    """The markdown section for a results.json (keys of JSON maps are strings)."""
+    from compressor.config import Target
+
+    st = results["settings"]
+    sib_ms = {int(d): v for d, v in results["after"]["siblings"].items()}
+    our_ms = {str(Target.parse(t)): v for t, v in results["after"]["ours"].items()}
+    sib_acc = {int(d): v for d, v in results["accuracy"].items()}
+    points = {p["target"]: p for p in results["frontier"]["points"]}
+    targets = [str(Target.parse(t)) for t in st["targets"]]
     lines = [
-        f"ResNet-56 (pretrained) compressed to each sibling's measured latency: {args.strategy}, "
-        f"{args.episodes} episodes, reward on {args.reward_samples} search images, whole blocks "
-        f"{'removable' if not args.no_prune_blocks else 'kept'}, recovery `distill` {args.finetune_epochs} epochs "
+        f"ResNet-56 (pretrained) compressed to each sibling's measured latency: {st['strategy']}, "
+        f"{st['episodes']} episodes, reward on {st['reward_samples']} search images, whole blocks "
+        f"{'removable' if st['prune_blocks'] else 'kept'}, recovery `distill` {st['finetune_epochs']} epochs "
         f"on the search split (test images 0-4999, a tenth held out to pick the epoch). Accuracy on the report split "
-        f"(test images 5000-9999). Latency: `local`, ONNX Runtime, 1 thread, the fastest of {args.rounds} "
+        f"(test images 5000-9999). Latency: `local`, ONNX Runtime, 1 thread, the fastest of {st['rounds']} "
         f"interleaved rounds (each a median of 50 runs) taken after all searches (targets were set the same way "
-        f"before them). Total {total_s / 60:.0f} min.",
+        f"before them). Total {st['total_s'] / 60:.0f} min.",
         "",
         "| sibling | its accuracy | its latency | ours: accuracy before → after recovery | ours: latency | "
         "blocks removed | faster? | more accurate? | search + recovery |",
         "|---|---:|---:|---:|---:|---:|:-:|:-:|---:|",
     ]
-    for d, t in zip(depths, targets):
+    for d, t in zip(st["depths"], targets):
         p = points[t]
         faster, better = our_ms[t] <= sib_ms[d], p["accuracy"] > sib_acc[d]
         before_acc = p["accuracy_before_recovery"]
@@ -161,13 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{p['blocks_removed']} | {'yes' if faster else 'no'} | {'yes' if better else 'no'} | "
             f"{(p['search_seconds'] + (p['recovery_seconds'] or 0)) / 60:.1f} min |")
     lines += ["", f"Unpruned ResNet-56: {sib_acc[56]:.2%} at {sib_ms[56]:.3f} ms."]
-    if not args.no_flops:
+    if "flops=0.5" in points:
         p = points["flops=0.5"]
         lines += ["", f"`flops=0.5`: {p['macs'] / 1e6:.1f} M MACs, {p['accuracy_before_recovery']:.2%} → "
                       f"**{p['accuracy']:.2%}** after recovery on 4,500 images, {our_ms['flops=0.5']:.3f} ms "
                       f"({p['blocks_removed']} blocks removed). {AMC_PUBLISHED}."]
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
