@@ -12,7 +12,7 @@ One run:
      the machine hits all alike.
 Prints a markdown section on stdout; progress on stderr.
 
-    python -m benchmarks.bench_frontier --episodes 60 --reward-samples 1000 --finetune-epochs 10
+    python -m benchmarks.bench_frontier --episodes 40 --reward-samples 500 --finetune-epochs 6 --rounds 3
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ def _progress(event) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--siblings", default="20,32,44", help="depths of the siblings to beat")
-    parser.add_argument("--episodes", type=int, default=60)
-    parser.add_argument("--reward-samples", type=int, default=1000)
-    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--reward-samples", type=int, default=500)
+    parser.add_argument("--finetune-epochs", type=int, default=6)
     parser.add_argument("--strategy", default="ddpg")
     parser.add_argument("--no-flops", action="store_true", help="skip the flops=0.5 model")
     parser.add_argument("--no-prune-blocks", action="store_true", help="channels only (for comparison)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_frontier"))
