@@ -4,7 +4,6 @@ gives a retry on another device or a clear DeviceUnavailable."""
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -75,10 +74,12 @@ def test_emulator_agrees_with_local(phone: PhoneSimulator, key: Path, few_ms_onn
     config = MeasureConfig(threads=1, warmup=10, runs=40)
     device, local = _device(phone, key), LocalDevice()
     sim_ms, local_ms = [], []
-    for _ in range(3):  # interleaved, so load from other processes hits both alike
+    for _ in range(5):  # interleaved, so load from other processes hits both alike
         sim_ms.append(device.measure(few_ms_onnx, config).median_ms)
         local_ms.append(local.measure(few_ms_onnx, config).median_ms)
-    s, lo = statistics.median(sim_ms), statistics.median(local_ms)
+    # The least disturbed round of each: other processes only ever slow a round down (a median of
+    # three rounds was 30% apart on a busy 2-core machine while the fastest rounds agreed within 2%).
+    s, lo = min(sim_ms), min(local_ms)
     assert lo > 0.5  # a few milliseconds, so process and transport overheads cannot hide in it
     assert abs(s - lo) / lo < 0.15, (sim_ms, local_ms)
     m = device.measure(few_ms_onnx, config)
