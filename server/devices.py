@@ -1,5 +1,6 @@
 """The device registry as the service sees it. Thin on purpose: the registry of TCP devices, USB
-discovery and health checks are the profiler's (`profiler.registry`), shared with `amc devices`."""
+discovery and health checks are the profiler's (`profiler.registry`); a server keeps its registered
+devices in its own data dir (`DeviceDirectory.for_settings`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from compressor.errors import ConfigError
 from profiler.devices import parse_device_spec
 from profiler.devices.adb import list_usb_serials
 from profiler.registry import DeviceRegistry, discover
+from server.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,12 @@ class DeviceDirectory:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         self._cached: tuple[float, list[DeviceInfo], list[str]] | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> DeviceDirectory:
+        """The directory of one server: its registered devices live in its data dir, not in the user's
+        config folder that every server (and `amc devices`) on the machine would share."""
+        return cls(DeviceRegistry(settings.devices_file))
 
     def list(self, *, refresh: bool = False) -> tuple[list[DeviceInfo], list[str]]:
         """Every device (this machine, USB phones, registered TCP devices) with health, and notes."""

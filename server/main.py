@@ -6,22 +6,26 @@ Run with `amc serve`, or `uvicorn --factory server.main:create_app` (settings fr
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from server.api.errors import add_error_handlers
+from server.api.guard import GuardRules, RequestGuard
 from server.api.routes import devices, health, jobs, pages, uploads
 from server.api.routes.pages import STATIC
 from server.core.config import Settings
 from server.core.security import ensure_token
+from server.devices import DeviceDirectory
 from server.jobs import JobService
 from server.store import Store
 
 log = logging.getLogger(__name__)
+
+MULTIPART_FRAMING = 64 * 1024  # an upload's body is its file plus the multipart boundaries and headers
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,10 +34,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Everything the server and its job processes (spawned from here) create is private to its user.
+        umask = os.umask(0o077)
         settings.prepare_dirs()
         token, _created = ensure_token(settings)
         store = Store(settings.db_url)
-        service = JobService(store=store, settings=settings)
+        service = JobService(store=store, settings=settings, _devices=DeviceDirectory.for_settings(settings))
         app.state.settings, app.state.store, app.state.service, app.state.api_token = settings, store, service, token
         service.start()
         log.info("AMC service ready; data in %s, database %s", settings.data_dir, store.engine.url)
@@ -42,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             service.stop()
             store.close()
+            os.umask(umask)
 
     app = FastAPI(
         title="AMC Service",
@@ -50,18 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    upload_limit = int(settings.max_upload_mb * 1024 * 1024) + 64 * 1024  # + multipart framing
-
-    @app.middleware("http")
-    async def refuse_oversized_uploads(request: Request, call_next) -> Response:  # noqa: ANN001
-        # Refuse before the body is read and spooled; the streaming check in save_upload catches
-        # uploads that send no Content-Length.
-        length = request.headers.get("content-length")
-        if request.url.path == "/uploads" and length and length.isdigit() and int(length) > upload_limit:
-            return JSONResponse({"detail": f"the upload is larger than this server's limit of "
-                                           f"{settings.max_upload_mb:g} MB (AMC_MAX_UPLOAD_MB)"}, status_code=413)
-        return await call_next(request)
-
+    # Outermost: host, token and body size are checked before anything reads the request.
+    app.add_middleware(RequestGuard, rules=GuardRules(
+        trusted_hosts=settings.trusted_hosts,
+        token=lambda: getattr(app.state, "api_token", None) or settings.api_token,
+        max_body=settings.max_body_bytes,
+        max_upload_body=settings.max_upload_bytes + MULTIPART_FRAMING,
+    ))
     add_error_handlers(app)
     for module in (jobs, devices, uploads, health, pages):
         app.include_router(module.router)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from compressor.config import FIELD_DEFAULT, Option, SearchConfig, search_options
@@ -128,9 +129,22 @@ def _spec_field(f: SearchOption) -> tuple[Any, Any]:
     if default is None and f.default not in (None, MISSING):
         description += f" (omitted: {str(f.default).lower() if f.type is bool else f.default})"
     bounds = {k: getattr(opt, k) for k in ("ge", "gt", "le", "min_length", "max_length")
-              if getattr(opt, k) is not None}
+              if getattr(opt, k) is not None} | REST_LIMITS.get(f.name, {})
     return value_type, Field(... if default is MISSING else default, description=description, **bounds)
 
+
+# What a job spec may carry beyond the Options' own bounds: every number and string a client sends over
+# HTTP is bounded, so nothing out of range reaches the worker (a seed numpy refuses, a megabyte of target).
+REST_LIMITS: dict[str, dict[str, int]] = {
+    "seed": {"ge": 0, "le": 2**32 - 1},  # what numpy's and torch's generators take
+    "target": {"min_length": 1, "max_length": 100},
+    "device": {"min_length": 1, "max_length": 300},
+    "weights": {"min_length": 1, "max_length": 64},  # an upload id
+    "round_to": {"le": 1024},
+    "warmup": {"le": 100_000},
+    "reward_samples": {"le": 10_000_000},
+    "measure_top": {"le": 100},
+}
 
 # A frontier (one search per target, plus reference models): fields of the job spec that are not
 # SearchConfig's; the job service turns them into `compressor.frontier.run_frontier`'s arguments.
@@ -202,13 +216,51 @@ def config_values(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {f.name: spec[f.name] for f in search_fields() if spec.get(f.name) is not None}
 
 
+def check_model_factory(model: str, allowed_modules: Sequence[str]) -> None:
+    """A `package.module:factory` spec imports and calls code in the server: only from modules the
+    operator allow-listed (AMC_ALLOWED_MODEL_MODULES, with their submodules). Zoo names pass."""
+    if ":" not in model or model.startswith("upload:"):
+        return
+    module = model.partition(":")[0].strip()
+    if any(module == m or module.startswith(m + ".") for m in allowed_modules):
+        return
+    allowed = f"this server allows: {', '.join(allowed_modules)}" if allowed_modules else "this server allows none"
+    raise ConfigError("model", f"{model!r} is a model factory; over HTTP a factory runs only from modules the "
+                               f"operator allow-listed in AMC_ALLOWED_MODEL_MODULES ({allowed}). Use a zoo model "
+                               "name with your weights uploaded with POST /uploads as `weights`, or run "
+                               "`amc compress --model package.module:factory` on your own machine")
+
+
+def resolve_data(data: str, roots: Sequence[Path]) -> str:
+    """A data spec whose path lies inside one of `roots` (links followed; a relative path is taken from
+    the first root), with that path made absolute; ConfigError otherwise, the same whether or not the
+    path exists, so the answer says nothing about files outside the roots."""
+    kind, sep, arg = data.partition(":")
+    if not sep or not arg:
+        return data  # `digits`, or a spec the data loader refuses naming the accepted forms
+    outside = ConfigError("data", f"{arg!r} is not inside a folder this server reads data from "
+                                  f"({', '.join(str(r) for r in roots)}); put the data set there, or ask the "
+                                  "operator to add its folder to AMC_DATA_ROOTS")
+    if "\0" in arg:
+        raise outside
+    path = Path(arg)
+    resolved = (path if path.is_absolute() else roots[0] / path).resolve()
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise outside
+    return f"{kind}:{resolved}"
+
+
 def build_config(spec: dict[str, Any], *, store: Store, settings: Settings) -> SearchConfig:
-    """Turn a job spec (the same strings as `amc compress`) into a SearchConfig, resolving uploads.
+    """Turn a job spec (the same strings as `amc compress`) into a SearchConfig, resolving uploads,
+    refusing model factories the operator did not allow and data outside the data roots.
     A frontier's config is its first target's (`plan_from_spec` gives the rest)."""
     values = config_values(spec)
     if spec.get("targets"):
         values["target"] = spec["targets"][0]
     model = str(values.get("model", ""))
+    check_model_factory(model, settings.allowed_model_modules)
+    if "data" in values:
+        values["data"] = resolve_data(str(values["data"]), settings.data_root_paths)
     if model.startswith("upload:"):
         up = store.get_upload(model.removeprefix("upload:"))
         if up is None:

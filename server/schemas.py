@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from server.options import job_spec_model
 from server.store import Episode, Job, JobState
@@ -15,6 +15,14 @@ if TYPE_CHECKING:
     JobSpec = BaseModel
 else:
     JobSpec = job_spec_model()  # SearchConfig's fields (server/options.py)
+
+
+def _utc(value: datetime) -> datetime:
+    # The store keeps naive UTC times; an RFC 3339 date-time carries its offset.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
 
 
 class JobLinks(BaseModel):
@@ -40,9 +48,9 @@ class JobOut(BaseModel):
         None, description="recovery (fine-tuning) epochs so far: epoch, epochs, loss, holdout_accuracy, seconds "
                           "(and target, for a frontier's searches); null before the first")
     spec: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     error: str | None
     attempts: int
     links: JobLinks
@@ -66,8 +74,8 @@ class JobSummary(BaseModel):
     strategy: str
     device: str
     best_accuracy: float | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
 
 
 class JobList(BaseModel):
@@ -94,9 +102,15 @@ class UploadOut(BaseModel):
     sha256: str
 
 
+# HOST:PORT, optionally after `adb:`; HOST a name or an IPv4 address; PORT 1..65535 (profiler.devices' rules).
+DEVICE_ADDRESS = (r"^(adb:)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:"
+                  r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$")
+
+
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    spec: str = Field(description="HOST:PORT or adb:HOST:PORT of a device (or phone emulator) reachable over TCP")
+    spec: str = Field(description="HOST:PORT or adb:HOST:PORT of a device (or phone emulator) reachable over TCP",
+                      pattern=DEVICE_ADDRESS, max_length=300, examples=["adb:192.168.1.20:5555", "127.0.0.1:5037"])
     name: str | None = Field(None, max_length=255)
 
 

@@ -1,21 +1,21 @@
 """Uploaded model files: PyTorch weights (loaded only with `torch.load(weights_only=True)`, never
-unpickled) and ONNX files (checked with `onnx.checker`). Size-limited while streaming."""
+unpickled) and ONNX files (checked with `onnx.checker`). Size-limited while streaming; private (0600)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
-from compressor.fileio import atomic_write_chunks
 from server.store import Store, Upload
 
 log = logging.getLogger(__name__)
 
-KINDS = {".pt": "weights", ".pth": "weights", ".bin": "weights", ".safetensors": "weights", ".onnx": "onnx"}
+# `.th`: what the widely used CIFAR ResNet checkpoints are named; `amc compress --weights` reads them too.
+KINDS = {".pt": "weights", ".pth": "weights", ".th": "weights", ".bin": "weights", ".safetensors": "weights",
+         ".onnx": "onnx"}
 
 
 class UploadRejected(Exception):
@@ -26,12 +26,30 @@ class UploadTooLarge(UploadRejected):
     pass
 
 
-def _kind_of(filename: str) -> str:
-    suffix = Path(filename).suffix.lower()
-    if suffix not in KINDS:
-        raise UploadRejected(f"{filename!r}: unsupported file type {suffix or '(none)'}; "
-                             f"upload one of {', '.join(sorted(KINDS))}")
-    return KINDS[suffix]
+def sniff_suffix(head: bytes) -> str | None:
+    """The file type of a file sent without a usable name, from its first bytes (None: cannot tell)."""
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        return ".pt"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # torch.save's legacy pickle format
+        return ".pt"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
+        return ".safetensors"  # 8-byte header length, then the JSON header
+    if head[:1] == b"\x08":  # protobuf field 1 (ir_version), as every ONNX file starts
+        return ".onnx"
+    return None
+
+
+def _suffix_of(filename: str | None, head: bytes) -> str:
+    suffix = Path(filename or "").suffix.lower()
+    if suffix in KINDS:
+        return suffix
+    if suffix and filename:
+        raise UploadRejected(f"{filename!r}: unsupported file type {suffix}; upload one of {', '.join(sorted(KINDS))}")
+    sniffed = sniff_suffix(head)
+    if sniffed is None:
+        raise UploadRejected(f"{filename or 'the file'} has no file type in its name and its contents are not "
+                             f"recognised; send a file name ending in one of {', '.join(sorted(KINDS))}")
+    return sniffed
 
 
 def _check_weights(path: Path) -> None:
@@ -68,31 +86,59 @@ def _check_onnx(path: Path) -> None:
         raise UploadRejected(f"not a valid ONNX model: {exc}") from None
 
 
-def save_upload(store: Store, uploads_dir: Path, *, filename: str, stream: BinaryIO, max_bytes: int) -> Upload:
-    """Stream to disk (refusing more than `max_bytes`), check the content, record it."""
-    kind = _kind_of(filename)
-    upload_id = uuid.uuid4().hex
-    final = uploads_dir / f"{upload_id}{Path(filename).suffix.lower()}"
-    digest, size = hashlib.sha256(), 0
+class IncomingFile:
+    """An upload while it arrives: written to a private temp file in the uploads folder (0600),
+    counted (UploadTooLarge past `max_bytes`) and hashed. `store_upload` checks and records it."""
 
-    def limited() -> Iterator[bytes]:
-        nonlocal size
-        while chunk := stream.read(1 << 20):
-            size += len(chunk)
-            if size > max_bytes:
-                raise UploadTooLarge(f"the file is larger than this server's limit of {max_bytes} bytes "
-                                     "(AMC_MAX_UPLOAD_MB)")
-            digest.update(chunk)
-            yield chunk
-        if size == 0:
-            raise UploadRejected("the file is empty")
+    def __init__(self, uploads_dir: Path, *, max_bytes: int):
+        self.path = uploads_dir / f".incoming-{uuid.uuid4().hex}"
+        self.max_bytes, self.size, self.head = max_bytes, 0, b""
+        self.digest = hashlib.sha256()
+        self._fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
 
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise UploadTooLarge(f"the file is larger than this server's limit of {self.max_bytes} bytes "
+                                 "(AMC_MAX_UPLOAD_MB)")
+        if len(self.head) < 16:
+            self.head += data[:16 - len(self.head)]
+        self.digest.update(data)
+        self._fh.write(data)
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+    def discard(self) -> None:
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+def store_upload(store: Store, uploads_dir: Path, incoming: IncomingFile, *, filename: str | None) -> Upload:
+    """Check a received file (type from its name, or its contents when it came without one), keep it
+    under its id (0600) and record it; the file is removed whatever refuses it."""
     try:
-        atomic_write_chunks(final, limited(), mode=None)
+        incoming.close()
+        if incoming.size == 0:
+            raise UploadRejected("the file is empty")
+        suffix = _suffix_of(filename, incoming.head)
+        kind = KINDS[suffix]
+        upload_id = uuid.uuid4().hex
+        final = uploads_dir / f"{upload_id}{suffix}"
+        os.replace(incoming.path, final)
+    except BaseException:
+        incoming.discard()
+        raise
+    try:
         (_check_onnx if kind == "onnx" else _check_weights)(final)
     except BaseException:
         final.unlink(missing_ok=True)
         raise
-    log.info("stored upload %s (%s, %d bytes)", upload_id, kind, size)
-    return store.add_upload(upload_id=upload_id, kind=kind, filename=Path(filename).name[:255], size=size,
-                            sha256=digest.hexdigest(), path=str(final))
+    name = Path((filename or "").replace("\\", "/")).name[:255] or f"upload{suffix}"
+    log.info("stored upload %s (%s, %d bytes)", upload_id, kind, incoming.size)
+    return store.add_upload(upload_id=upload_id, kind=kind, filename=name, size=incoming.size,
+                            sha256=incoming.digest.hexdigest(), path=str(final))
+

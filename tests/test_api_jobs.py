@@ -56,7 +56,8 @@ def test_the_issue_example_spec_is_accepted_as_it_stands(api):
         ({"finetune_epochs": 1001}, "finetune_epochs", "less than or equal to 1000"),
         ({"finetune_method": "magic"}, "finetune_method", "'distill'"),
         ({"prune_blocks": True, "granularity": "weight"}, "prune_blocks", "granularity 'channel'"),
-        ({"data": "cifar10:/no/such/file.npz"}, "data", "does not exist"),
+        ({"data": "cifar10:/no/such/file.npz"}, "data", "AMC_DATA_ROOTS"),  # outside: existence not told
+        ({"data": "cifar10:no-such-file.npz"}, "data", "does not exist"),  # inside the data roots: told
     ],
 )
 def test_a_bad_spec_gets_422_naming_the_field(api, patch, field, hint):

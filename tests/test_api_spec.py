@@ -46,24 +46,25 @@ def test_every_search_field_is_in_the_job_spec_and_described(spec_schema):
     assert spec_schema["required"] == ["model"]
 
 
-# The job spec as clients knew it before it was generated (OpenAPI, less title and description).
+# The job spec as clients knew it before it was generated (OpenAPI, less title and description), with the
+# upper bounds every number and string got when the API was made safe to expose (server.options.REST_LIMITS).
 LEGACY = {
     "model": {"maxLength": 300, "minLength": 1, "type": "string"},
     "data": {"default": "digits", "maxLength": 1000, "minLength": 1, "type": "string"},
-    "target": {"default": "flops=0.5", "type": "string"},
+    "target": {"default": "flops=0.5", "maxLength": 100, "minLength": 1, "type": "string"},
     "reward": {"anyOf": [{"enum": ["err", "flops", "params", "latency"], "type": "string"}, {"type": "null"}]},
     "strategy": {"default": "ddpg", "enum": ["ddpg", "random", "uniform"], "type": "string"},
     "episodes": {"default": 100, "maximum": 100000, "minimum": 1, "type": "integer"},
-    "device": {"default": "local", "type": "string"},
-    "seed": {"default": 0, "type": "integer"},
-    "weights": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    "device": {"default": "local", "maxLength": 300, "minLength": 1, "type": "string"},
+    "seed": {"default": 0, "maximum": 2**32 - 1, "minimum": 0, "type": "integer"},
+    "weights": {"anyOf": [{"maxLength": 64, "minLength": 1, "type": "string"}, {"type": "null"}]},
     "finetune_epochs": {"default": 0, "maximum": 1000, "minimum": 0, "type": "integer"},
     "compare": {"default": False, "type": "boolean"},
     "granularity": {"anyOf": [{"enum": ["channel", "weight"], "type": "string"}, {"type": "null"}]},
-    "reward_samples": {"anyOf": [{"minimum": 1, "type": "integer"}, {"type": "null"}]},
-    "warmup": {"anyOf": [{"minimum": 0, "type": "integer"}, {"type": "null"}]},
+    "reward_samples": {"anyOf": [{"maximum": 10_000_000, "minimum": 1, "type": "integer"}, {"type": "null"}]},
+    "warmup": {"anyOf": [{"maximum": 100_000, "minimum": 0, "type": "integer"}, {"type": "null"}]},
     "a_min": {"anyOf": [{"exclusiveMinimum": 0, "maximum": 1, "type": "number"}, {"type": "null"}]},
-    "round_to": {"anyOf": [{"minimum": 1, "type": "integer"}, {"type": "null"}]},
+    "round_to": {"anyOf": [{"maximum": 1024, "minimum": 1, "type": "integer"}, {"type": "null"}]},
     "prune_residual": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
     "tflite": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
 }
@@ -123,6 +124,8 @@ def test_omitted_fields_take_the_search_defaults(api):
 def test_each_field_reaches_the_jobs_config(api, field):
     f = next(f for f in search_fields() if f.name == field)
     value = expected = other_value(f)
+    if field == "data":  # a path inside the server's data roots
+        value = expected = f"cifar10:{api.settings.data_root_paths[0] / 'x.npz'}"
     if field == "weights":  # the spec names an upload; the config gets its file
         up = api.store.add_upload(upload_id="w" * 32, kind="weights", filename="w.pt",
                                   size=1, sha256="0" * 64, path=f"/uploads/{field}.pt")

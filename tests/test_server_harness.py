@@ -62,7 +62,8 @@ def in_process_app(data_dir: Path, **settings: Any) -> Iterator[InProcessApp]:
     })
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AMC_CONFIG_DIR", str(data_dir.parent / "config"))
-        client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+        # a loopback name: the server answers only Host headers that name it (DNS rebinding)
+        client = TestClient(app, base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"})
         try:
             yield InProcessApp(app, client, store, service, config)
         finally:

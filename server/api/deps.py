@@ -35,7 +35,9 @@ def require_token(
     token: Annotated[str, Depends(get_token)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Every endpoint that changes anything needs `Authorization: Bearer <token>`."""
+    """Every route but /healthz, the API documents and the status page's files needs `Authorization: Bearer
+    <token>`. The request guard (server/api/guard.py) already refused a request without it before its body
+    was read; this dependency puts the requirement in the OpenAPI document (and checks it once more)."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not token_matches(credentials.credentials, token):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A list setting is read from one variable, comma-separated: AMC_ALLOWED_HOSTS=amc.lan,10.0.0.5
+CommaList = Annotated[list[str], NoDecode]
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def default_data_dir() -> Path:
@@ -30,7 +37,15 @@ class Settings(BaseSettings):
     worker_threads: int = Field(1, ge=1, le=64)  # torch threads inside one job process
     cancel_grace_s: float = Field(5.0, ge=0.0)  # after a cancel, how long a job may finish its episode
     max_upload_mb: float = Field(200.0, gt=0)
+    max_body_kb: float = Field(256.0, gt=0)  # every request body but an upload's
     max_episodes: int = Field(10_000, ge=1)
+    # Host headers answered besides loopback names (DNS rebinding: a web page's own name is refused).
+    allowed_hosts: CommaList = Field(default_factory=list)
+    # `package.module:factory` model specs run code in the server: only these modules (and their
+    # submodules) may be named over HTTP. Empty: none.
+    allowed_model_modules: CommaList = Field(default_factory=list)
+    # Folders a job's `data` path may lie in; empty: <data_dir>/datasets.
+    data_roots: CommaList = Field(default_factory=list)
     # The module that provides validate/run_search/load_episode_log (kept as a setting so a test can
     # point the service at a tiny search; production never changes it).
     search_module: str = "compressor.search"
@@ -39,6 +54,31 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: object) -> object:
         return Path(value).expanduser() if isinstance(value, str | Path) else value
+
+    @field_validator("allowed_hosts", "allowed_model_modules", "data_roots", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        bad = [h for h in value if not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", h) or h in ("*",)]
+        if bad:
+            raise ValueError(f"AMC_ALLOWED_HOSTS: {', '.join(map(repr, bad))} is not a host name or address "
+                             "(give names like amc.lan or 10.0.0.5, comma-separated; wildcards are not accepted)")
+        return [h.lower() for h in value]
+
+    @field_validator("allowed_model_modules")
+    @classmethod
+    def _modules(cls, value: list[str]) -> list[str]:
+        bad = [m for m in value if not _MODULE.fullmatch(m)]
+        if bad:
+            raise ValueError(f"AMC_ALLOWED_MODEL_MODULES: {', '.join(map(repr, bad))} is not a module name "
+                             "(give dotted names like mypkg.models, comma-separated)")
+        return value
 
     @field_validator("api_token")
     @classmethod
@@ -63,9 +103,34 @@ class Settings(BaseSettings):
     def token_file(self) -> Path:
         return self.data_dir / "api-token"
 
+    @property
+    def devices_file(self) -> Path:
+        """This server's registered TCP devices (each server its own, whatever the user's config folder)."""
+        return self.data_dir / "devices.json"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_kb * 1024)
+
+    @property
+    def trusted_hosts(self) -> frozenset[str]:
+        return frozenset((*LOOPBACK_NAMES, *self.allowed_hosts))
+
+    @property
+    def data_root_paths(self) -> tuple[Path, ...]:
+        """The folders a job's data may come from, resolved (links followed)."""
+        roots = [Path(r).expanduser() for r in self.data_roots] or [self.data_dir / "datasets"]
+        return tuple(r.resolve() for r in roots)
+
     def prepare_dirs(self) -> None:
+        """The data dir and its folders, private to the server's user (0700, also when they existed)."""
         for path in (self.data_dir, self.jobs_dir, self.uploads_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)
 
 
 def is_loopback(host: str) -> bool:

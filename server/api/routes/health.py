@@ -7,9 +7,10 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter
 
 from server.api.deps import ServiceDep, StoreDep
+from server.api.responses import GUARD
 from server.schemas import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=GUARD)  # no token: a load balancer or `curl` may ask
 
 try:
     VERSION = version("amc-service")

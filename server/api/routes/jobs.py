@@ -8,6 +8,8 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from server.api.deps import Authorized, ServiceDep, StoreDep
+from server.api.responses import GUARDED, responses
+from server.artifacts import ARTIFACTS, FRONTIER_ARTIFACTS
 from server.schemas import (
     EpisodeList,
     JobDetail,
@@ -21,10 +23,18 @@ from server.schemas import (
 )
 from server.store import JobState
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+# What an artifact is served as (server/artifacts.py names each file's type).
+ARTIFACT_CONTENT = {
+    "description": "the file",
+    "content": {t.split(";")[0]: {"schema": {"type": "string", "format": "binary"}}
+                for t in sorted({*ARTIFACTS.values(), *FRONTIER_ARTIFACTS.values()})},
+}
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized], responses={**GUARDED, **responses(422)})
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized], response_model=JobOut)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
+             responses={201: {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}})
 def submit_job(spec: JobSpec, service: ServiceDep, response: Response) -> JobOut:
     """Validate a job spec fully (model, data, target, device, budget) and queue it."""
     job = service.submit(spec.model_dump(exclude_none=True))
@@ -44,14 +54,14 @@ def list_jobs(
     return JobList(jobs=[job_summary(j) for j in jobs], counts=store.count_jobs())
 
 
-@router.get("/{job_id}", response_model=JobDetail)
+@router.get("/{job_id}", response_model=JobDetail, responses=responses(404))
 def get_job(job_id: str, store: StoreDep, service: ServiceDep) -> JobDetail:
     """A job's state, progress, best result so far and, once finished, its report and artifact links."""
     job = store.get_job(job_id)
     return job_detail(job, artifacts=service.available_artifacts(job))
 
 
-@router.get("/{job_id}/episodes", response_model=EpisodeList)
+@router.get("/{job_id}/episodes", response_model=EpisodeList, responses=responses(404))
 def list_episodes(job_id: str, store: StoreDep, after: Annotated[int, Query(ge=0)] = 0) -> EpisodeList:
     """Every finished episode (reward, accuracy, cost, per-layer ratios); `after` for incremental polling."""
     job = store.get_job(job_id)
@@ -59,13 +69,13 @@ def list_episodes(job_id: str, store: StoreDep, after: Annotated[int, Query(ge=0
     return EpisodeList(job_id=job_id, state=JobState(job.state), episodes=[episode_out(e) for e in episodes])
 
 
-@router.post("/{job_id}/cancel", dependencies=[Authorized], response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=responses(404, 409))
 def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
     """Cancel a queued or running job (a running one stops within seconds)."""
     return job_out(service.cancel(job_id))
 
 
-@router.get("/{job_id}/log", response_class=PlainTextResponse)
+@router.get("/{job_id}/log", response_class=PlainTextResponse, responses=responses(404))
 def job_log(job_id: str, service: ServiceDep) -> PlainTextResponse:
     """The job process's log (kept for failed jobs)."""
     path = service.log_path(job_id)
@@ -73,7 +83,7 @@ def job_log(job_id: str, service: ServiceDep) -> PlainTextResponse:
 
 
 @router.get("/{job_id}/artifacts/{name:path}", response_class=FileResponse,
-            responses={404: {"description": "unknown artifact"}, 409: {"description": "job not succeeded"}})
+            responses={200: ARTIFACT_CONTENT, **responses(404, 409)})
 def get_artifact(job_id: str, name: str, service: ServiceDep) -> FileResponse:
     """A finished job's file: model.onnx, model.tflite, model.pt, report.json, report.md, policy.json, episodes.csv;
     a frontier job's frontier.json, frontier.svg, report.md and TARGET_FOLDER/FILE (e.g. flops-0.5/model.onnx)."""

@@ -1,0 +1,50 @@
+"""The error answers of the API as the OpenAPI document shows them: each route lists every status it
+can answer with its body, so a client generated from /openapi.json knows them all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ErrorOut(BaseModel):
+    """Every error but a 422: what was wrong and what to do."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(BaseModel):
+    """A 422: the field (`loc`), what was wrong with it and what would be accepted (`msg`), and its kind."""
+
+    detail: list[FieldError]
+
+
+DESCRIPTIONS = {
+    400: "the Host header does not name this server (AMC_ALLOWED_HOSTS), or a malformed Content-Length",
+    401: "missing or wrong bearer token (`Authorization: Bearer <token>`)",
+    404: "no such job, or no such artifact",
+    409: "the job's state does not allow this",
+    413: "the request body is over this route's limit (AMC_MAX_BODY_KB; uploads: AMC_MAX_UPLOAD_MB)",
+    422: "a field is wrong: `loc` names it, `msg` says what would be accepted",
+    502: "the device answered, but its measurement failed",
+    503: "the device cannot be reached",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route or router for these status codes."""
+    return {code: {"model": ValidationErrorOut if code == 422 else ErrorOut, "description": DESCRIPTIONS[code]}
+            for code in codes}
+
+
+# Every route passes the request guard (server/api/guard.py): a wrong Host or an oversized body.
+GUARD = responses(400, 413)
+# ... and every route but the public ones needs the token.
+GUARDED = responses(400, 401, 413)
