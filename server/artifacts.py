@@ -1,4 +1,5 @@
-"""The files a finished job serves (GET /jobs/{id}/artifacts/{name}) and what they are.
+"""The files a finished job serves (GET /jobs/{id}/artifacts/{name}) and what they are, and the
+per-job limit on how much a job may write.
 
 Names are untrusted: a path is built from whitelisted parts only (a top-level file, or
 `<target folder>/<file>` for one of a frontier job's own targets), so no name reaches outside the job folder.
@@ -6,6 +7,8 @@ Names are untrusted: a path is built from whitelisted parts only (a top-level fi
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from server.frontier import target_dir
@@ -45,3 +48,48 @@ def artifact_file(folder: Path, name: str, targets: list[str] | None = None) -> 
     if top in {target_dir(t) for t in targets or []} and rest in ARTIFACTS:
         return folder / top / rest, ARTIFACTS[rest]
     return None
+
+
+class ArtifactLimitExceeded(Exception):
+    """A job's folder grew past this server's per-job limit (AMC_MAX_JOB_MB)."""
+
+    def __init__(self, folder: Path, size: int, limit: int):
+        super().__init__(f"the job's files take {size / 2**20:.1f} MB, over this server's per-job limit of "
+                         f"{limit / 2**20:.1f} MB (AMC_MAX_JOB_MB); raise the limit or ask for less (fewer "
+                         f"targets, no tflite), then resume the job (its checkpoint is kept in {folder})")
+        self.folder, self.size, self.limit = folder, size, limit
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files under `folder` (links are not followed: a reference upload counts once, there)."""
+    total = 0
+    stack = [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+class FolderQuota:
+    """The per-job size limit: `check()` raises ArtifactLimitExceeded once the folder is larger than
+    `limit` bytes. It walks the folder at most once per `every_s` unless forced (a job checks at every
+    event and once more before it reports success)."""
+
+    def __init__(self, folder: Path, limit: int | None, *, every_s: float = 2.0):
+        self.folder, self.limit, self.every_s = folder, limit, every_s
+        self._last = -float("inf")
+
+    def check(self, *, force: bool = False) -> None:
+        if self.limit is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.every_s:
+            return
+        self._last = now
+        size = folder_bytes(self.folder)
+        if size > self.limit:
+            raise ArtifactLimitExceeded(self.folder, size, self.limit)

@@ -13,11 +13,17 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from compressor.config import SearchConfig
 from compressor.errors import ConfigError
@@ -26,7 +32,7 @@ from server.core.config import Settings
 from server.frontier import check_plan, job_targets, plan_from_spec, refield
 from server.latency import needs_latency
 from server.options import build_config
-from server.store import InvalidTransition, Job, JobState, Store
+from server.store import InvalidTransition, Job, JobState, Store, utcnow
 from server.worker import LOG_NAME, load_search_module, run_job_process
 
 if TYPE_CHECKING:  # imported on first use (`JobService.devices`)
@@ -54,6 +60,36 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.jobs_dir / job_id
 
 
+class JobLimits(BaseSettings):
+    """How jobs are kept alive and kept in bounds; each field `x` is read from `AMC_X`."""
+
+    model_config = SettingsConfigDict(env_prefix="AMC_", extra="ignore")
+
+    # Finished jobs (and their folders) older than this many days are removed; None keeps them all.
+    keep_days: float | None = Field(None, gt=0)
+    # The most a job's folder (checkpoint, models, reports) may hold; a job past it fails and says so.
+    max_job_mb: float | None = Field(10_240.0, gt=0)
+    # A worker process that dies without a result is restarted from the job's checkpoint this many times.
+    max_worker_restarts: int = Field(2, ge=0, le=100)
+    # Job processes run at this niceness, below the server's requests.
+    worker_nice: int = Field(10, ge=0, le=19)
+    # How often the dispatcher removes expired jobs.
+    retention_every_s: float = Field(3600.0, gt=0)
+
+    @property
+    def max_job_bytes(self) -> int | None:
+        return None if self.max_job_mb is None else int(self.max_job_mb * 2**20)
+
+
+def _exit_description(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 # ------------------------------------------------------------------------------------- service
 
 @dataclass
@@ -77,8 +113,10 @@ class JobService:
     _wake: threading.Event = field(default_factory=threading.Event)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    limits: JobLimits = field(default_factory=JobLimits)
     _validated: dict[str, bool] = field(default_factory=dict)
     _devices: DeviceDirectory | None = None
+    _next_purge: float = 0.0
 
     @property
     def devices(self) -> DeviceDirectory:
@@ -158,8 +196,12 @@ class JobService:
         return config
 
     def _validate_search(self, config: SearchConfig) -> None:
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        if key in self._validated:  # validate() is deterministic for one config
+        # validate() is deterministic for one config, and reads neither the seed nor the episode count
+        # (those are checked by SearchConfig itself): jobs that differ only there share one check, so
+        # resubmitting a config with another seed builds no model on the request path.
+        key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("seed", "episodes")},
+                         sort_keys=True)
+        if key in self._validated:
             return
         search = load_search_module(self.settings.search_module)
         if needs_latency(config):
@@ -192,6 +234,35 @@ class JobService:
                 self._signal_cancel(h)
             self._wake.set()
         return job
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again, to continue from its checkpoint (InvalidTransition otherwise)."""
+        job = self.store.resume_job(job_id)
+        log.info("job %s resumed by request", job_id)
+        self._wake.set()
+        return job
+
+    def purge_expired(self, now: float | None = None) -> list[str]:
+        """Remove the finished jobs older than AMC_KEEP_DAYS: their rows, episodes and folders (and
+        folders of jobs no longer in the database, as a purge interrupted by a crash leaves them)."""
+        if self.limits.keep_days is None:
+            return []
+        keep = timedelta(days=self.limits.keep_days)
+        cutoff = utcnow() - keep if now is None else utcnow() - keep + timedelta(seconds=now - time.time())
+        removed = self.store.delete_finished(self.store.finished_before(cutoff))
+        for job_id in removed:
+            shutil.rmtree(job_dir(self.settings, job_id), ignore_errors=True)
+        known = self.store.job_ids()
+        oldest = (time.time() if now is None else now) - keep.total_seconds()
+        if self.settings.jobs_dir.is_dir():
+            for folder in self.settings.jobs_dir.iterdir():
+                if folder.name not in known and folder.is_dir() and folder.stat().st_mtime < oldest:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder.name)
+        if removed:
+            log.info("removed %d job(s) finished more than %g days ago (AMC_KEEP_DAYS)", len(removed),
+                     self.limits.keep_days)
+        return removed
 
     def artifact(self, job_id: str, name: str) -> tuple[Path, str]:
         """(path, media type) of a succeeded job's file `name` (untrusted: only whitelisted names resolve)."""
@@ -226,6 +297,9 @@ class JobService:
             try:
                 self._reap()
                 self._dispatch()
+                if time.monotonic() >= self._next_purge:
+                    self._next_purge = time.monotonic() + self.limits.retention_every_s
+                    self.purge_expired()
             except Exception:  # keep dispatching; one bad job must not stop the queue
                 log.exception("dispatcher iteration failed")
             self._wake.wait(0.25)
@@ -243,7 +317,7 @@ class JobService:
 
     def _launch(self, job: Job) -> None:
         folder = job_dir(self.settings, job.id)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             plan = plan_from_spec(job.spec, store=self.store)
         except ConfigError as exc:  # validated at submit; only a lost upload gets here
@@ -255,7 +329,8 @@ class JobService:
             name=f"amc-job-{job.id[:8]}",
             kwargs=dict(job_id=job.id, database_url=self.store.url, folder=str(folder), config=job.config,
                         frontier=plan, resume=job.resume, lifeline=lifeline_read,
-                        search_module=self.settings.search_module, threads=self.settings.worker_threads),
+                        search_module=self.settings.search_module, threads=self.settings.worker_threads,
+                        nice=self.limits.worker_nice, max_job_bytes=self.limits.max_job_bytes),
             daemon=False,
         )
         try:
@@ -300,22 +375,38 @@ class JobService:
             h.process.join(0)
             if not h.lifeline.closed:
                 h.lifeline.close()
+            # Settle first: the handle is dropped only once the job's end is recorded, so a failure
+            # here (a locked database) leaves it for the next round instead of a job `running` forever.
+            try:
+                self._settle(h)
+            except Exception:
+                log.exception("could not yet record the end of job %s; trying again", h.job_id)
+                continue
             with self._lock:
                 self._running.pop(h.job_id, None)
-            self._settle(h)
             self._wake.set()
 
     def _settle(self, h: _Running) -> None:
-        """The process is gone; if it did not record a final state itself, record one now."""
+        """The process is gone; if it did not record a final state itself, record one now: cancelled,
+        queued again to resume from its checkpoint (a worker that died), or failed once its restarts
+        are used up."""
         job = self.store.get_job(h.job_id)
         if job.job_state is not JobState.RUNNING or self._stopping.is_set():
             return
+        how = _exit_description(h.process.exitcode)
         try:
             if h.cancel_at is not None or job.cancel_requested:
                 self.store.finish(h.job_id, JobState.CANCELLED, message="cancelled")
-            else:
-                self.store.finish(h.job_id, JobState.FAILED,
-                                  error=f"the worker process exited with code {h.process.exitcode} without "
-                                        f"a result; see GET /jobs/{h.job_id}/log")
+                return
+            limit = self.limits.max_worker_restarts
+            if self.store.requeue_after_crash(h.job_id, max_restarts=limit,
+                                              reason=f"the worker process {how} without a result"):
+                log.warning("job %s: its worker process %s; restarting it from its checkpoint", h.job_id, how)
+                return
+            self.store.finish(h.job_id, JobState.FAILED,
+                              error=f"WorkerDied: the worker process {how} without a result"
+                                    + (f", after {limit} restart(s) from its checkpoint" if limit else "")
+                                    + f"; see GET /jobs/{h.job_id}/log for why (often memory: a smaller model or "
+                                      f"fewer workers), then POST /jobs/{h.job_id}/resume to try again")
         except InvalidTransition:
             pass

@@ -7,12 +7,17 @@ so every write is a short transaction and state changes are conditional updates.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
+import os
+import random
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -31,7 +36,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -56,14 +62,16 @@ class JobState(enum.StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
-# running -> queued happens only when the server restarts under a running job (it then resumes).
+# running -> queued: the server restarted under a running job, or its worker process died (it then
+# resumes from its checkpoint); failed | cancelled -> queued: POST /jobs/{id}/resume.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
     JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),
 }
+RESUMABLE = (JobState.FAILED, JobState.CANCELLED)
 
 
 class StoreError(Exception):
@@ -77,13 +85,63 @@ class JobNotFound(StoreError):
 
 
 class InvalidTransition(StoreError):
-    def __init__(self, job_id: str, current: JobState, wanted: JobState):
-        super().__init__(f"job {job_id} is {current.value}; it cannot become {wanted.value}")
+    def __init__(self, job_id: str, current: JobState, wanted: JobState, hint: str = ""):
+        super().__init__(f"job {job_id} is {current.value}; it cannot become {wanted.value}{hint}")
         self.job_id, self.current, self.wanted = job_id, current, wanted
+
+
+class DatabaseBusy(StoreError):
+    """The database stayed locked through every retry (another process holds a long write transaction)."""
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    text_ = str(exc.orig if exc.orig is not None else exc).lower()
+    return "database is locked" in text_ or "database table is locked" in text_ or "database is busy" in text_
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def retry_locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a Store method (one transaction) again when SQLite answers "database is locked", with
+    exponential backoff and a bounded number of attempts (`Store.lock_retries`). Each decorated method
+    opens its own session, so a retry repeats the whole transaction; methods that call another
+    decorated method are not decorated themselves (the attempts would multiply)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        store = args[0]
+        assert isinstance(store, Store)
+        delay = store.lock_backoff_s
+        started = time.monotonic()
+        for attempt in range(1, store.lock_retries + 2):
+            try:
+                return method(*args, **kwargs)
+            except OperationalError as exc:
+                if not _is_locked(exc):
+                    raise
+                if attempt > store.lock_retries:
+                    raise DatabaseBusy(
+                        f"the database {store.url} stayed locked through {attempt} attempts over "
+                        f"{time.monotonic() - started:.1f} s ({method.__name__}); another process holds a long "
+                        "write transaction on it: stop whatever else writes to it (a second server, a backup "
+                        "tool), then resume the job with POST /jobs/{id}/resume") from exc
+                log.warning("database locked during %s (attempt %d of %d); retrying in %.2f s",
+                            method.__name__, attempt, store.lock_retries + 1, delay)
+                time.sleep(delay * (0.5 + random.random()))  # jitter: two waiting processes do not collide again
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _event(kind: str, message: str) -> dict[str, Any]:
+    return {"at": datetime.now(UTC).isoformat(), "kind": kind, "message": message[:2000]}
 
 
 class Base(DeclarativeBase):
@@ -112,6 +170,10 @@ class Job(Base):
     resume: Mapped[bool] = mapped_column(Boolean, default=False)
     # Recovery (fine-tuning) epochs so far: [{target?, epoch, epochs, loss, holdout_accuracy, seconds}].
     recovery: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # What happened to the job besides its search: worker restarts, resumes ([{at, kind, message}]).
+    events: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Worker processes restarted after dying without a result, since it was queued by a client.
+    restarts: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     @property
     def job_state(self) -> JobState:
@@ -144,15 +206,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")  # (the busy timeout is the driver's `timeout`)
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a sqlite URL; None for other databases and in-memory ones."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _private_database(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would apply the umask), and tighten one
+    made by an older version. SQLite gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and (p.stat().st_mode & 0o077):
+            os.chmod(p, 0o600)
+
+
+def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
+    db_file = _sqlite_file(url)
+    if db_file is not None:
+        _private_database(db_file)
     if url.startswith("sqlite"):
         # Many request threads plus the dispatcher: a pool as large as the thread pool avoids waits.
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
                                pool_size=20, max_overflow=30)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -180,9 +262,13 @@ BEST_FIELDS = ("episode", "reward", "accuracy", "macs", "params", "latency_ms", 
 class Store:
     """CRUD over jobs, episodes and uploads (registered devices live in the profiler's registry)."""
 
-    def __init__(self, url: str, *, create: bool = True):
+    def __init__(self, url: str, *, create: bool = True, busy_timeout_s: float = 30.0, lock_retries: int = 6,
+                 lock_backoff_s: float = 0.1):
         self.url = url
-        self.engine = make_engine(url)
+        # A write that finds the database locked waits busy_timeout_s inside SQLite, then (as "database is
+        # locked") is retried whole up to lock_retries times, lock_backoff_s doubling between tries.
+        self.lock_retries, self.lock_backoff_s = lock_retries, lock_backoff_s
+        self.engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if create:
             Base.metadata.create_all(self.engine)
@@ -197,6 +283,7 @@ class Store:
             yield s
 
     # ---- jobs
+    @retry_locked
     def create_job(self, *, spec: dict[str, Any], config: dict[str, Any], episodes_total: int | None = None) -> Job:
         """Queue a job; `episodes_total` defaults to the config's episodes (a frontier runs several searches)."""
         job = Job(
@@ -213,6 +300,7 @@ class Store:
             s.add(job)
         return job
 
+    @retry_locked
     def get_job(self, job_id: str) -> Job:
         with self.session() as s:
             job = s.get(Job, job_id)
@@ -220,6 +308,7 @@ class Store:
                 raise JobNotFound(job_id)
             return job
 
+    @retry_locked
     def list_jobs(self, *, limit: int = 100, offset: int = 0, state: JobState | None = None) -> list[Job]:
         with self.session() as s:
             q = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
@@ -227,6 +316,7 @@ class Store:
                 q = q.where(Job.state == state.value)
             return list(s.scalars(q))
 
+    @retry_locked
     def count_jobs(self) -> dict[str, int]:
         with self.session() as s:
             rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
@@ -249,10 +339,12 @@ class Store:
         s.refresh(job)
         return job
 
+    @retry_locked
     def transition(self, job_id: str, wanted: JobState, **values: Any) -> Job:
         with self.session() as s:
             return self._transition(s, job_id, wanted, **values)
 
+    @retry_locked
     def claim_next(self) -> Job | None:
         """The oldest queued job, now marked running; None when the queue is empty."""
         with self.session() as s:
@@ -270,6 +362,7 @@ class Store:
                     return s.get(Job, job_id, populate_existing=True)
         return None
 
+    @retry_locked
     def requeue_interrupted(self) -> list[str]:
         """Jobs left `running` by a server that died: queue them again, to resume from their checkpoint."""
         with self.session() as s:
@@ -282,6 +375,86 @@ class Store:
                 )
         return ids
 
+    @retry_locked
+    def requeue_after_crash(self, job_id: str, *, max_restarts: int, reason: str) -> bool:
+        """A running job whose worker process died without recording a result: queue it again to resume
+        from its checkpoint, unless it has used its `max_restarts`; False when it was not requeued."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            done = job.restarts or 0
+            if job.job_state is not JobState.RUNNING or job.cancel_requested or done >= max_restarts:
+                return False
+            message = f"{reason}; restarting it from its checkpoint (restart {done + 1} of {max_restarts})"
+            res = s.execute(
+                update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+                .values(state=JobState.QUEUED.value, resume=True, restarts=done + 1, phase="queued",
+                        message=message, events=[*(job.events or []), _event("worker-restart", message)])
+            )
+            return _rowcount(res) == 1
+
+    @retry_locked
+    def resume_job(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again; its worker continues from the job's checkpoint (a job
+        that never wrote one, or a frontier, starts over)."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            state = job.job_state
+            if state not in RESUMABLE:
+                raise InvalidTransition(job_id, state, JobState.QUEUED,
+                                        hint="; only a failed or cancelled job can be resumed"
+                                        + (" (cancel it first)" if not state.finished else ""))
+            message = f"resumed after it {'was cancelled' if state is JobState.CANCELLED else 'failed'}"
+            res = s.execute(
+                update(Job).where(Job.id == job_id, Job.state == state.value)
+                .values(state=JobState.QUEUED.value, resume=True, cancel_requested=False, restarts=0, error=None,
+                        finished_at=None, phase="queued", message=f"{message}; waiting for a worker",
+                        events=[*(job.events or []), _event("resume", message + (f" ({job.error})" if job.error
+                                                                                  else ""))])
+            )
+            if _rowcount(res) != 1:
+                s.refresh(job)
+                raise InvalidTransition(job_id, job.job_state, JobState.QUEUED)
+            s.refresh(job)
+            return job
+
+    @retry_locked
+    def add_event(self, job_id: str, kind: str, message: str) -> None:
+        """Note something that happened to a job besides its search (kept in `Job.events`)."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            s.execute(update(Job).where(Job.id == job_id).values(events=[*(job.events or []), _event(kind, message)]))
+
+    @retry_locked
+    def finished_before(self, cutoff: datetime) -> list[str]:
+        """Ids of the jobs that finished (succeeded, failed, cancelled) before `cutoff` (UTC, naive)."""
+        with self.session() as s:
+            finished = [st.value for st in JobState if st.finished]
+            return list(s.scalars(select(Job.id).where(Job.state.in_(finished), Job.finished_at < cutoff)))
+
+    @retry_locked
+    def delete_finished(self, job_ids: list[str]) -> list[str]:
+        """Delete these jobs and their episodes if they are (still) finished; the ids deleted."""
+        if not job_ids:
+            return []
+        finished = [st.value for st in JobState if st.finished]
+        with self.session() as s:
+            gone = list(s.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.state.in_(finished))))
+            s.execute(delete(Episode).where(Episode.job_id.in_(gone)))
+            s.execute(delete(Job).where(Job.id.in_(gone)))
+        return gone
+
+    @retry_locked
+    def job_ids(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Job.id)))
+
+    @retry_locked
     def request_cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once; flag a running one (its worker stops it)."""
         with self.session() as s:
@@ -299,6 +472,7 @@ class Store:
                 return job
             raise InvalidTransition(job_id, state, JobState.CANCELLED)
 
+    @retry_locked
     def set_phase(self, job_id: str, phase: str, message: str) -> None:
         with self.session() as s:
             s.execute(update(Job).where(Job.id == job_id).values(phase=phase, message=message[:2000]))
@@ -309,6 +483,7 @@ class Store:
                                phase=state.value, message=message or state.value)
 
     # ---- episodes
+    @retry_locked
     def add_episode(self, job_id: str, number: int, record: dict[str, Any], *, total: int | None = None) -> bool:
         """Record one finished episode (idempotent: a resumed job may report an episode twice)."""
         with self.session() as s:
@@ -330,6 +505,7 @@ class Store:
             s.execute(update(Job).where(Job.id == job_id).values(**values))
             return True
 
+    @retry_locked
     def list_episodes(self, job_id: str, *, after: int = 0) -> list[Episode]:
         with self.session() as s:
             if s.get(Job, job_id) is None:
@@ -337,6 +513,7 @@ class Store:
             q = select(Episode).where(Episode.job_id == job_id, Episode.number > after).order_by(Episode.number)
             return list(s.scalars(q))
 
+    @retry_locked
     def reset_progress(self, job_id: str) -> None:
         """Forget a job's episodes, best result and recovery epochs (a job that starts over)."""
         with self.session() as s:
@@ -344,6 +521,7 @@ class Store:
             s.execute(update(Job).where(Job.id == job_id).values(episodes_done=0, best=None, recovery=None))
 
     # ---- recovery epochs
+    @retry_locked
     def add_epoch(self, job_id: str, record: dict[str, Any]) -> None:
         """Record a finished recovery epoch; one already recorded for the same target and epoch is replaced."""
         with self.session() as s:
@@ -354,11 +532,13 @@ class Store:
             epochs = [r for r in (job.recovery or []) if (r.get("target"), r.get("epoch")) != key]
             s.execute(update(Job).where(Job.id == job_id).values(recovery=[*epochs, record]))
 
+    @retry_locked
     def episode_numbers(self, job_id: str) -> list[int]:
         with self.session() as s:
             return list(s.scalars(select(Episode.number).where(Episode.job_id == job_id).order_by(Episode.number)))
 
     # ---- uploads
+    @retry_locked
     def add_upload(self, *, kind: str, filename: str, size: int, sha256: str, path: str, upload_id: str) -> Upload:
         up = Upload(id=upload_id, kind=kind, filename=filename, size=size, sha256=sha256, path=path,
                     created_at=utcnow())
@@ -366,6 +546,7 @@ class Store:
             s.add(up)
         return up
 
+    @retry_locked
     def get_upload(self, upload_id: str) -> Upload | None:
         with self.session() as s:
             return s.get(Upload, upload_id)

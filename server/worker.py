@@ -7,13 +7,14 @@ checkpoint has but the store missed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib
 import json
 import logging
 import os
+import shutil
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from compressor.config import SearchConfig
 from compressor.errors import SearchCancelled
+from server.artifacts import ArtifactLimitExceeded, FolderQuota
 from server.frontier import FrontierEpisodes, FrontierPlan, recovery_target
 from server.latency import make_oracle, needs_latency
 from server.store import InvalidTransition, JobState, Store
@@ -39,9 +41,14 @@ def load_search_module(name: str) -> ModuleType:
 
 
 def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict[str, Any], resume: bool,
-                    lifeline: Any, search_module: str, threads: int, frontier: FrontierPlan | None = None) -> None:
+                    lifeline: Any, search_module: str, threads: int, frontier: FrontierPlan | None = None,
+                    nice: int = 0, max_job_bytes: int | None = None) -> None:
     """Entry point of a job's own process (spawn): run the search (or the frontier), record every event
-    in the store."""
+    in the store. `nice` lowers this process's scheduling priority (the server's requests come first);
+    `max_job_bytes` is the per-job limit on the job folder's size."""
+    if nice:
+        os.nice(nice)
+    os.umask(0o077)  # the job's files are the operator's alone
     out = Path(folder)
     handler = logging.FileHandler(out / LOG_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -51,12 +58,16 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     store = Store(database_url, create=False)
 
     # Only one process works in a job folder: a worker orphaned by a killed server holds this lock
-    # until it has stopped, and the resumed worker waits for it.
-    lock = open(out / ".lock", "w")  # noqa: SIM115 - held for the life of the process
+    # until it has stopped, and the resumed worker waits for it. The lock file names its holder.
+    lock = open(out / ".lock", "a+")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
 
     orphaned = threading.Event()
     cancelled = threading.Event()
+    done = threading.Event()
 
     def watch_parent() -> None:
         # The server sends "cancel"; EOF means it is gone (SIGKILL included) or shutting down.
@@ -66,17 +77,21 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
                     cancelled.set()
         except (EOFError, OSError):
             pass
+        if done.wait(0):
+            return
         log.warning("the server is gone; stopping at the next episode so a restart can resume")
         orphaned.set()
-        time.sleep(60)  # an episode that never ends must not hold the folder forever
-        log.error("still running 60 s after the server died; exiting (the checkpoint is intact)")
-        os._exit(3)
+        # An episode that never ends must not hold the folder forever.
+        if not done.wait(60):
+            log.error("still running 60 s after the server died; exiting (the checkpoint is intact)")
+            os._exit(3)
 
     threading.Thread(target=watch_parent, daemon=True).start()
 
     def interrupted() -> bool:
         return orphaned.is_set()
 
+    quota = FolderQuota(out, max_job_bytes)
     try:
         job = store.get_job(job_id)
         if job.job_state is not JobState.RUNNING:
@@ -89,9 +104,11 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
         should_stop = lambda: cancelled.is_set() or interrupted()  # noqa: E731
         if frontier is None:
             report = run_single(job_id, store, out, cfg, resume=resume, should_stop=should_stop,
-                                search=load_search_module(search_module))
+                                search=load_search_module(search_module), quota=quota)
         else:
-            report = run_frontier_job(job_id, store, out, cfg, frontier, resume=resume, should_stop=should_stop)
+            report = run_frontier_job(job_id, store, out, cfg, frontier, resume=resume, should_stop=should_stop,
+                                      quota=quota)
+        quota.check(force=True)
         store.finish(job_id, JobState.SUCCEEDED, report=_jsonable(report), message="finished")
         log.info("job %s succeeded", job_id)
     except Exception as exc:
@@ -104,16 +121,54 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
                 log.info("job %s cancelled", job_id)
             else:
                 log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-                store.finish(job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+                store.finish(job_id, JobState.FAILED, error=failure_reason(exc, job_id=job_id, folder=out))
         except InvalidTransition as again:
             log.warning("could not record the end of job %s: %s", job_id, again)
     finally:
+        done.set()
         handler.flush()
+        root.removeHandler(handler)
+        handler.close()
         store.close()
+        lock.close()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from, says the disk (or quota) is full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL:
+            return True
+        text = str(current)
+        if "No space left on device" in text or "database or disk is full" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def failure_reason(exc: BaseException, *, job_id: str, folder: Path) -> str:
+    """The job's `error`: what failed (type and message) and, where the fault is the server's disk or
+    limits rather than the job spec, what the operator can do about it."""
+    if isinstance(exc, ArtifactLimitExceeded):
+        return f"ArtifactLimitExceeded: {exc}; POST /jobs/{job_id}/resume"
+    if _disk_full(exc):
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MB free now"
+        except OSError:
+            free = "free space unknown"
+        return (f"DiskFull: the disk holding {folder} is full ({free}); the job stopped while writing its files "
+                f"({type(exc).__name__}: {exc}). Its checkpoint and the other jobs are intact: free some space "
+                f"(or set AMC_KEEP_DAYS so old jobs are removed), then POST /jobs/{job_id}/resume")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resume: bool,
-               should_stop: Callable[[], bool], search: ModuleType) -> dict[str, Any]:
+               should_stop: Callable[[], bool], search: ModuleType, quota: FolderQuota | None = None) -> dict[str, Any]:
     """One search into the job folder, resumed from its checkpoint after a restart; returns its report."""
     logged = search.load_episode_log(out) if resume else []
     can_resume = bool(logged)  # killed before its first checkpoint: start over
@@ -126,12 +181,12 @@ def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resum
     if needs_latency(cfg):
         store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
     oracle = make_oracle(cfg)
-    return search.run_search(cfg, out, oracle=oracle, on_event=recorder(job_id, store), should_stop=should_stop,
-                             resume=can_resume)
+    return search.run_search(cfg, out, oracle=oracle, on_event=recorder(job_id, store, quota=quota),
+                             should_stop=should_stop, resume=can_resume)
 
 
 def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, plan: FrontierPlan, *, resume: bool,
-                     should_stop: Callable[[], bool]) -> dict[str, Any]:
+                     should_stop: Callable[[], bool], quota: FolderQuota | None = None) -> dict[str, Any]:
     """One search per target into the job folder's target folders, then the references and
     frontier.json/.svg and report.md; returns the frontier. It cannot resume from its searches'
     checkpoints (they share one setup), so after a restart it starts over."""
@@ -145,16 +200,19 @@ def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, pl
     store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
     oracle = make_oracle(cfg, force=True)
     return run_frontier(cfg, plan.targets, out, oracle=oracle, references=[r.argument(out) for r in plan.references],
-                        on_event=recorder(job_id, store, plan), should_stop=should_stop)
+                        on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
 
 
-def recorder(job_id: str, store: Store, plan: FrontierPlan | None = None) -> Callable[[SearchEvent], None]:
+def recorder(job_id: str, store: Store, plan: FrontierPlan | None = None, *,
+             quota: FolderQuota | None = None) -> Callable[[SearchEvent], None]:
     """The job's event sink: phases, each search episode (a frontier's numbered job-wide, with its
-    target), each recovery epoch."""
+    target), each recovery epoch. With a `quota`, an event past the job's size limit stops the search."""
     numbering = FrontierEpisodes(plan.targets) if plan is not None else None
     current = {"target": ""}
 
     def on_event(ev: SearchEvent) -> None:
+        if quota is not None:
+            quota.check()
         if ev.kind == "episode":
             # Episodes of the compare baselines (phase uniform/random) are not the job's episodes.
             if numbering is None:
