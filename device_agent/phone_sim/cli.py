@@ -1,4 +1,8 @@
-"""`amc phone-sim` (and `python -m device_agent.phone_sim`): run phone emulators until interrupted."""
+"""`amc phone-sim` (and `python -m device_agent.phone_sim`): run a phone emulator until interrupted.
+
+Its shell runs commands on this host as the user running the emulator: it is a test device, not a
+sandbox. It listens on loopback unless given --auth-keys.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
+
+DESCRIPTION = (
+    "Emulate an Android phone for adb and adb-shell: shell (with exit status), push/pull, RSA auth. "
+    "Start several on different ports for a local phone farm. WARNING: its shell runs commands on this "
+    "host as the user running the emulator (a test device, not a sandbox); only push/pull are confined "
+    "to --root. It listens on 127.0.0.1 unless --auth-keys is given."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,17 +33,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--auth-keys",
         type=Path,
         default=None,
-        help="file of allowed public keys (adbkey.pub lines); enables RSA authentication",
+        help="file of allowed public keys (adbkey.pub lines); enables RSA authentication: a client gets in "
+        "only by signing a token with one of these keys",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    parser.add_argument(
+        "--accept-new-keys",
+        action="store_true",
+        help="also trust any public key a client offers (a phone whose user always taps Allow); "
+        "loopback only",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1); any other address requires --auth-keys",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "phone-sim",
         help="run a phone emulator that speaks the device side of ADB over TCP",
-        description="Emulate an Android phone for adb and adb-shell: shell (with exit status), push/pull, "
-        "RSA auth. Start several on different ports for a local phone farm.",
+        description=DESCRIPTION,
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -52,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         abi=args.abi,
         auth_keys=args.auth_keys,
         host=args.host,
+        accept_new_keys=args.accept_new_keys,
     )
     try:
         sim.start()
@@ -61,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     # Machine-readable first line: tests and scripts read the chosen port from it.
     console.print(
         f"phone-sim listening on {sim.address} serial={sim.identity.serial} root={sim.sandbox.root} "
-        f"auth={'on' if sim.allowed_keys is not None else 'off'}",
+        f"auth={sim.auth_mode}",
         markup=False,
     )
     console.print(f"connect with: adb connect {sim.address}", markup=False)
@@ -82,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m device_agent.phone_sim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m device_agent.phone_sim", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_arguments(parser)
     args = parser.parse_args(argv)

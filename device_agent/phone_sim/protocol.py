@@ -35,6 +35,8 @@ A_VERSION_MIN = 0x01000000
 VERSION_SKIP_CHECKSUM = 0x01000001
 MAX_PAYLOAD = 256 * 1024  # what we offer; the connection uses min(ours, the client's)
 MAX_PAYLOAD_LEGACY = 4096
+# A message's data may be at most the connection's max payload (adbd drops the peer otherwise); before
+# CNXN has settled it, at most what we offer.
 
 AUTH_TOKEN = 1
 AUTH_SIGNATURE = 2
@@ -46,7 +48,7 @@ HEADER_SIZE = HEADER.size  # 24
 
 # sync: requests and responses are an id plus a u32 length/argument
 SYNC_HEADER = struct.Struct("<4sI")
-SYNC_DATA_MAX = 64 * 1024
+SYNC_DATA_MAX = 64 * 1024  # the longest DATA record adb sends; a longer one fails the sync
 SYNC_PATH_MAX = 1024
 STAT_V1 = struct.Struct("<4sIII")  # id, mode, size, mtime
 STAT_V2 = struct.Struct(
@@ -56,6 +58,7 @@ DENT_V1 = struct.Struct("<4sIIII")  # id, mode, size, mtime, namelen
 
 # shell protocol v2: 1-byte id + u32 length + data, in both directions
 SHELL_HEADER = struct.Struct("<BI")
+SHELL_PACKET_MAX = MAX_PAYLOAD  # a longer packet could not have come from one of adb's buffers
 SHELL_STDIN, SHELL_STDOUT, SHELL_STDERR, SHELL_EXIT, SHELL_CLOSE_STDIN, SHELL_WINDOW_SIZE = range(6)
 
 
@@ -94,10 +97,19 @@ class ProtocolError(Exception):
     """The peer sent something that is not ADB; the connection is dropped."""
 
 
-def unpack_header(header: bytes) -> tuple[int, int, int, int, int]:
+def unpack_header(header: bytes, *, max_data: int = MAX_PAYLOAD) -> tuple[int, int, int, int, int]:
+    """(command, arg0, arg1, data length, checksum) of a 24-byte header; ProtocolError if it is not one
+    or announces more than `max_data` bytes of data."""
+    if len(header) != HEADER_SIZE:
+        raise ProtocolError(f"an ADB header is {HEADER_SIZE} bytes, got {len(header)}")
     command, arg0, arg1, length, check, magic = HEADER.unpack(header)
     if magic != command ^ 0xFFFFFFFF:
         raise ProtocolError(
             f"bad magic 0x{magic:08x} for command 0x{command:08x}; is the peer an ADB client?"
+        )
+    if length > max_data:
+        raise ProtocolError(
+            f"{COMMAND_NAMES.get(command, hex(command))} message announces {length} bytes of data, "
+            f"more than the connection's maximum of {max_data}"
         )
     return command, arg0, arg1, length, check

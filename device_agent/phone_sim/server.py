@@ -3,17 +3,28 @@
 One thread per client connection reads messages and routes them; every opened stream runs its service
 in its own thread. Flow control follows the classic protocol: after each WRTE the sender waits for the
 peer's OKAY, and we send OKAY for a client's WRTE once the service has taken the data.
+
+What a client can make the emulator hold is bounded (`ServerLimits`): connections, streams per
+connection, unacknowledged data per stream, message length (the negotiated max payload), the time to
+finish the handshake and to finish a message once it has started. With auth keys, a client gets in only
+by signing the token with an allow-listed key; a public key offered instead is refused unless the
+operator asked for new keys to be accepted. The shell runs host commands as the emulator's user, so
+listening beyond loopback requires auth keys.
 """
 
 from __future__ import annotations
 
+import getpass
+import ipaddress
 import itertools
 import logging
 import os
 import queue
 import re
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +39,49 @@ logger = logging.getLogger(__name__)
 # Advertised in CNXN. shell_v2 makes adb use `shell,v2,...:` (with exit status); stat_v2 makes it use
 # STA2/LST2 in sync. Anything advertised here is implemented in services.py.
 FEATURES = ("shell_v2", "cmd", "stat_v2", "fixed_push_mkdir")
-WRITE_ACK_TIMEOUT_S = 60.0
-MAX_INCOMING_DATA = 1024 * 1024
+POLL_S = 0.5  # how often a waiting connection thread looks at the handshake deadline and at stop()
+MAX_SIGNATURE_FAILURES = 10
 
 
 class PhoneSimError(Exception):
-    """The emulator could not start (bad port, bad auth keys file, unusable root)."""
+    """The emulator could not start (bad port, bad auth keys file, unusable root, unsafe address)."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may make the emulator hold, and how long it may keep it waiting."""
+
+    handshake_timeout_s: float = 20.0  # from accept to an authorised connection
+    io_timeout_s: float = 60.0  # to finish a message once started, and for the client to take our data
+    max_connections: int = 32
+    max_streams: int = 64  # open streams per connection (each runs a thread, a shell a process)
+    stream_backlog_bytes: int = 1024 * 1024  # data a client may send on a stream ahead of our OKAYs
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout_s", "io_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerLimits.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        for name in ("max_connections", "max_streams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServerLimits.{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.stream_backlog_bytes < p.MAX_PAYLOAD:
+            raise ValueError(
+                f"ServerLimits.stream_backlog_bytes must hold one full message ({p.MAX_PAYLOAD} bytes), "
+                f"got {self.stream_backlog_bytes}"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address `host` names is a loopback address (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
 @dataclass(frozen=True)
@@ -79,6 +127,8 @@ class Stream:
         self.local_id = local_id
         self.remote_id = remote_id
         self._inbox: queue.Queue[bytes | None] = queue.Queue()
+        self._backlog = 0  # bytes delivered and not yet taken by the service
+        self._backlog_lock = threading.Lock()
         self._can_write = threading.Event()
         self._can_write.set()
         self._write_lock = threading.Lock()
@@ -102,16 +152,19 @@ class Stream:
         data = self._inbox.get()
         if data is None:
             return None
+        with self._backlog_lock:
+            self._backlog -= len(data)
         if not self.closed:
             self.conn.send(p.Message(p.A_OKAY, self.local_id, self.remote_id), quiet=True)
         return data
 
     def write(self, data: bytes) -> None:
         step = self.max_payload
+        timeout = self.conn.sim.limits.io_timeout_s
         with self._write_lock:
             for start in range(0, len(data), step):
-                if not self._can_write.wait(WRITE_ACK_TIMEOUT_S):
-                    raise StreamClosed(f"client did not acknowledge data within {WRITE_ACK_TIMEOUT_S:.0f} s")
+                if not self._can_write.wait(timeout):
+                    raise StreamClosed(f"client did not acknowledge data within {timeout:.0f} s")
                 if self.closed:
                     raise StreamClosed("stream closed by the client")
                 self._can_write.clear()
@@ -139,6 +192,14 @@ class Stream:
         return True
 
     def deliver(self, data: bytes) -> None:
+        limit = self.conn.sim.limits.stream_backlog_bytes
+        with self._backlog_lock:
+            if self._backlog + len(data) > limit:
+                raise p.ProtocolError(
+                    f"client sent more than {limit} bytes on stream {self.local_id} without waiting for "
+                    "OKAY (ADB flow control: one WRTE at a time per stream)"
+                )
+            self._backlog += len(data)
         self._inbox.put(data)
 
     def acknowledged(self) -> None:
@@ -154,7 +215,7 @@ class Stream:
                 logger.exception("stream close callback failed")
 
 
-@dataclass
+@dataclass(eq=False)
 class Connection:
     """One client (an adb server, or adb-shell) connected over TCP."""
 
@@ -164,12 +225,14 @@ class Connection:
     version: int = p.A_VERSION
     max_payload: int = p.MAX_PAYLOAD_LEGACY
     online: bool = False
+    negotiated: bool = False  # CNXN seen: messages are bounded by max_payload from now on
     streams: dict[int, Stream] = field(default_factory=dict)
     _send_lock: threading.Lock = field(default_factory=threading.Lock)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _token: bytes = b""
     _signature_failures: int = 0
+    _handshake_deadline: float = 0.0
 
     def send(self, message: p.Message, *, quiet: bool = False) -> None:
         logger.debug("%s <- %r", self.peer, message)
@@ -177,16 +240,46 @@ class Connection:
             with self._send_lock:
                 self.sock.sendall(message.pack())
         except OSError as exc:
+            # A message cut short (a client that stopped reading, past io_timeout_s) leaves the framing
+            # broken: the connection cannot go on.
+            self._shutdown()
             if not quiet:
                 raise StreamClosed(f"connection to {self.peer} lost: {exc}") from exc
+
+    def _shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def forget(self, local_id: int) -> None:
         with self._lock:
             self.streams.pop(local_id, None)
 
-    def _recv_exact(self, size: int) -> bytes | None:
+    # --- reading, with deadlines ----------------------------------------------------------------------
+
+    def _wait_readable(self, poller: select.poll, deadline: float | None) -> bool:
+        """Until the socket has data (True), the deadline passes or the emulator stops (False)."""
+        while not self.sim.stopping:
+            wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+            if poller.poll(wait * 1000):
+                return True
+        return False
+
+    def _recv_exact(self, poller: select.poll, size: int, deadline: float) -> bytes | None:
+        """`size` bytes, or None at end of stream; ProtocolError if they do not arrive by `deadline`."""
         chunks = bytearray()
         while len(chunks) < size:
+            if not self._wait_readable(poller, deadline):
+                if self.sim.stopping:
+                    return None
+                raise p.ProtocolError(
+                    f"a message stalled: {len(chunks)} of {size} bytes arrived within the time allowed "
+                    f"({self.sim.limits.io_timeout_s:.0f} s for a message, "
+                    f"{self.sim.limits.handshake_timeout_s:.0f} s for the handshake)"
+                )
             try:
                 data = self.sock.recv(size - len(chunks))
             except OSError:
@@ -196,25 +289,45 @@ class Connection:
             chunks += data
         return bytes(chunks)
 
+    def _read_message(self, poller: select.poll) -> p.Message | None:
+        limits = self.sim.limits
+        # An authorised client may stay silent between messages as long as it likes (adb keeps idle
+        # connections open); before that it has until the handshake deadline.
+        first = None if self.online else self._handshake_deadline
+        if not self._wait_readable(poller, first):
+            if self.sim.stopping:
+                return None
+            raise p.ProtocolError(f"no authorised handshake within {limits.handshake_timeout_s:.0f} s")
+        deadline = time.monotonic() + limits.io_timeout_s
+        if not self.online:
+            deadline = min(deadline, self._handshake_deadline)
+        header = self._recv_exact(poller, p.HEADER_SIZE, deadline)
+        if header is None:
+            return None
+        max_data = self.max_payload if self.negotiated else p.MAX_PAYLOAD
+        command, arg0, arg1, length, _check = p.unpack_header(header, max_data=max_data)
+        data = self._recv_exact(poller, length, deadline) if length else b""
+        if data is None:
+            return None
+        return p.Message(command, arg0, arg1, data)
+
     def serve(self) -> None:
+        self._handshake_deadline = time.monotonic() + self.sim.limits.handshake_timeout_s
+        poller = select.poll()
         try:
+            poller.register(self.sock, select.POLLIN)
             while not self.sim.stopping:
-                header = self._recv_exact(p.HEADER_SIZE)
-                if header is None:
+                message = self._read_message(poller)
+                if message is None:
                     return
-                command, arg0, arg1, length, _check = p.unpack_header(header)
-                if length > MAX_INCOMING_DATA:
-                    raise p.ProtocolError(f"message of {length} bytes exceeds {MAX_INCOMING_DATA}")
-                data = self._recv_exact(length) if length else b""
-                if data is None:
-                    return
-                message = p.Message(command, arg0, arg1, data)
                 logger.debug("%s -> %r", self.peer, message)
                 self._handle(message)
         except p.ProtocolError as exc:
             logger.warning("dropping %s: %s", self.peer, exc)
         except StreamClosed:
             pass
+        except Exception:  # a bug must cost this connection only, never the emulator
+            logger.exception("connection from %s failed", self.peer)
         finally:
             self._teardown()
 
@@ -228,6 +341,7 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+        self.sim._forget(self)
         logger.info("%s disconnected", self.peer)
 
     # --- message handling ---------------------------------------------------------------------------
@@ -252,11 +366,13 @@ class Connection:
     def _on_cnxn(self, message: p.Message) -> None:
         if self.online:  # the client restarted the handshake: drop its old streams
             self._teardown_streams()
+            self._handshake_deadline = time.monotonic() + self.sim.limits.handshake_timeout_s
         self.online = False
+        self.negotiated = True
         self.version = max(p.A_VERSION_MIN, min(message.arg0, p.A_VERSION))
         self.max_payload = max(p.MAX_PAYLOAD_LEGACY, min(message.arg1, p.MAX_PAYLOAD))
         logger.info(
-            "%s CNXN version 0x%08x maxdata %d: %r", self.peer, message.arg0, message.arg1, message.data
+            "%s CNXN version 0x%08x maxdata %d: %r", self.peer, message.arg0, message.arg1, message.data[:200]
         )
         if self.sim.allowed_keys is None:
             self._go_online()
@@ -277,26 +393,36 @@ class Connection:
             logger.debug("ignoring unexpected %r", message)
             return
         if message.arg0 == p.AUTH_SIGNATURE:
+            # The token is used once: a signature answers only the token it was made for.
             token, self._token = self._token, b""
             if any(key.verify(token, message.data) for key in keys):
                 logger.info("%s authenticated by signature", self.peer)
                 self._go_online()
                 return
             self._signature_failures += 1
-            if self._signature_failures > 10:
-                raise p.ProtocolError("too many failed signatures")
+            if self._signature_failures > MAX_SIGNATURE_FAILURES:
+                raise p.ProtocolError(f"more than {MAX_SIGNATURE_FAILURES} failed signatures")
             self._send_token()  # the client tries its next key, then offers its public key
         elif message.arg0 == p.AUTH_RSAPUBLICKEY:
             try:
                 offered = AdbPublicKey.parse(message.data)
             except AuthKeyError as exc:
                 raise p.ProtocolError(f"unusable public key offered: {exc}") from exc
-            if any(key.same_key(offered) for key in keys):
-                logger.info("%s authenticated by allow-listed public key %s", self.peer, offered.comment)
-                self._go_online()
-                return
-            # A phone would show the "Allow USB debugging?" dialog here; the emulator refuses.
-            raise p.ProtocolError(f"public key {offered.comment or '(no comment)'} is not in the allow-list")
+            name = offered.comment or "(no comment)"
+            if not self.sim.accept_new_keys:
+                # A public key proves nothing (it is public): only a signature of our token does. A
+                # phone would ask its user here; the emulator asks its operator, who said no in advance.
+                listed = any(key.same_key(offered) for key in keys)
+                raise p.ProtocolError(
+                    f"refused public key {name}: "
+                    + ("it is allow-listed, but the client did not sign the token with it"
+                       if listed else "it is not in the allow-list")
+                    + "; the emulator lets in only clients that sign its token with an allowed key "
+                    "(start it with accept_new_keys / --accept-new-keys to trust offered keys)"
+                )  # fmt: skip
+            self.sim.trust(offered)
+            logger.warning("%s authenticated by a newly accepted public key %s", self.peer, name)
+            self._go_online()
         else:
             raise p.ProtocolError(f"unknown AUTH type {message.arg0}")
 
@@ -305,7 +431,16 @@ class Connection:
         name, options, argument = parse_service(destination)
         service = SERVICES.get(name)
         if service is None or message.arg0 == 0:
-            logger.info("%s refused service %r", self.peer, destination)
+            logger.info("%s refused service %r", self.peer, destination[:200])
+            self.send(p.Message(p.A_CLSE, 0, message.arg0))
+            return
+        with self._lock:
+            full = len(self.streams) >= self.sim.limits.max_streams
+        if full:
+            logger.warning(
+                "%s refused service %r: %d streams already open (ServerLimits.max_streams)",
+                self.peer, destination[:200], self.sim.limits.max_streams,
+            )  # fmt: skip
             self.send(p.Message(p.A_CLSE, 0, message.arg0))
             return
         with self._lock:
@@ -366,7 +501,13 @@ class Connection:
 
 
 class PhoneSimulator:
-    """An emulated Android phone reachable as `adb connect HOST:PORT`; `start()` serves in threads."""
+    """An emulated Android phone reachable as `adb connect HOST:PORT`; `start()` serves in threads.
+
+    Its shell runs commands on this host as the user running the emulator: it is a test device, not a
+    sandbox. Without `auth_keys` anyone who reaches the port may do so, hence only loopback addresses
+    are allowed then. `accept_new_keys` trusts any public key a client offers (a phone whose user always
+    taps "Allow"); it is for loopback too.
+    """
 
     def __init__(
         self,
@@ -378,6 +519,8 @@ class PhoneSimulator:
         auth_keys: str | Path | None = None,
         *,
         host: str = "127.0.0.1",
+        accept_new_keys: bool = False,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -386,12 +529,14 @@ class PhoneSimulator:
         self.model_name = model_name
         self.abi = abi
         self.auth_keys_path = Path(auth_keys) if auth_keys else None
+        self.accept_new_keys = accept_new_keys
+        self.limits = limits or ServerLimits()
         self.allowed_keys: list[AdbPublicKey] | None = None
         self.stopping = False
         self._listener: socket.socket | None = None
         self._port: int | None = None
         self._thread: threading.Thread | None = None
-        self._connections: list[Connection] = []
+        self._connections: set[Connection] = set()
         self._lock = threading.Lock()
         self.sandbox: Sandbox
         self.identity: DeviceIdentity
@@ -406,15 +551,35 @@ class PhoneSimulator:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _check_exposure(self) -> None:
+        if is_loopback(self.host):
+            return
+        user = getpass.getuser()
+        if self.auth_keys_path is None:
+            raise PhoneSimError(
+                f"refusing to listen on {self.host} without auth keys: the emulator's shell runs commands "
+                f"on this host as {user}, for anyone who reaches the port. Pass --auth-keys FILE (the "
+                "adbkey.pub of each client allowed in, one per line), or listen on 127.0.0.1"
+            )
+        if self.accept_new_keys:
+            raise PhoneSimError(
+                f"refusing to listen on {self.host} with --accept-new-keys: it trusts any key a client "
+                f"offers, so anyone who reaches the port could run commands as {user}. Drop "
+                "--accept-new-keys (list the clients' keys in --auth-keys), or listen on 127.0.0.1"
+            )
+
     def start(self) -> PhoneSimulator:
         if self._listener is not None and not self.stopping:
             raise PhoneSimError(f"the phone emulator is already running on {self.address}")
+        self._check_exposure()
         self.stopping = False
         if self.auth_keys_path is not None:
             try:
                 self.allowed_keys = load_allow_list(self.auth_keys_path)
             except AuthKeyError as exc:
                 raise PhoneSimError(str(exc)) from exc
+        elif self.accept_new_keys:
+            self.allowed_keys = []  # auth on; every offered key is trusted
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # A restarted emulator comes back on the port it had, like a phone reconnecting.
@@ -437,12 +602,6 @@ class PhoneSimulator:
         except OSError as exc:
             listener.close()
             raise PhoneSimError(f"cannot use {self.root} as the phone's /data/local/tmp: {exc}") from exc
-        if self.allowed_keys is None and not self.host.startswith("127."):
-            logger.warning(
-                "phone emulator on %s runs any shell command without authentication; pass auth_keys "
-                "(--auth-keys) or listen on 127.0.0.1",
-                self.address,
-            )
         self._thread = threading.Thread(target=self._accept_loop, name=f"phone-sim-{self.port}", daemon=True)
         self._thread.start()
         logger.info(
@@ -452,9 +611,28 @@ class PhoneSimulator:
             self.abi,
             self.address,
             self.sandbox.root,
-            "on" if self.allowed_keys is not None else "off",
+            self.auth_mode,
         )
         return self
+
+    @property
+    def auth_mode(self) -> str:
+        """"off", "on" (signatures of allowed keys) or "on+new-keys" (offered keys trusted too)."""
+        if self.allowed_keys is None:
+            return "off"
+        return "on+new-keys" if self.accept_new_keys else "on"
+
+    def trust(self, key: AdbPublicKey) -> None:
+        """Add `key` to the allow-list for this run (what a phone does when its user taps "Allow")."""
+        assert self.allowed_keys is not None
+        with self._lock:
+            if not any(known.same_key(key) for known in self.allowed_keys):
+                self.allowed_keys.append(key)
+
+    @property
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -463,23 +641,36 @@ class PhoneSimulator:
                 sock, addr = self._listener.accept()
             except OSError:
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock=sock, peer=f"{addr[0]}:{addr[1]}", sim=self)
+            peer = f"{addr[0]}:{addr[1]}"
+            conn = Connection(sock=sock, peer=peer, sim=self)
             with self._lock:
-                self._connections = [c for c in self._connections if c.sock.fileno() != -1]
-                self._connections.append(conn)
-            logger.info("connection from %s", conn.peer)
+                full = len(self._connections) >= self.limits.max_connections
+                if not full:
+                    self._connections.add(conn)
+            if full:
+                logger.warning(
+                    "refused connection from %s: %d clients already connected (ServerLimits.max_connections)",
+                    peer, self.limits.max_connections,
+                )  # fmt: skip
+                sock.close()
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            # Bounds every send: a client that stops reading is dropped after io_timeout_s.
+            sock.settimeout(self.limits.io_timeout_s)
+            logger.info("connection from %s", peer)
             threading.Thread(target=conn.serve, name=f"phone-sim-conn-{addr[1]}", daemon=True).start()
+
+    def _forget(self, conn: Connection) -> None:
+        with self._lock:
+            self._connections.discard(conn)
 
     def disconnect_all(self) -> int:
         """Drop every client connection (like pulling the cable) but keep listening; returns how many."""
         with self._lock:
-            connections, self._connections = self._connections, []
+            connections = list(self._connections)
         for conn in connections:
-            try:
-                conn.sock.shutdown(socket.SHUT_RDWR)  # its serve thread then kills the running commands
-            except OSError:
-                pass
+            conn._shutdown()  # its serve thread then kills the running commands and forgets it
         return len(connections)
 
     def stop(self) -> None:

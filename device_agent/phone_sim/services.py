@@ -19,11 +19,10 @@ import subprocess
 import termios
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 from . import protocol as p
-from .sandbox import Sandbox, SandboxError
+from .sandbox import LINK_TARGET_MAX, Sandbox, SandboxError
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +249,14 @@ def shell_v2_service(stream: ServiceStream, options: list[str], command: str, sa
             buffer += data
             while len(buffer) >= p.SHELL_HEADER.size:
                 kind, length = p.SHELL_HEADER.unpack_from(buffer)
+                if length > p.SHELL_PACKET_MAX:
+                    # adbd's shell packets fit its buffer; a longer one would grow ours without bound.
+                    logger.warning(
+                        "shell packet of %d bytes is longer than %d; closing the stream", length, p.SHELL_PACKET_MAX
+                    )
+                    child.kill()
+                    stream.close()
+                    return
                 if len(buffer) < p.SHELL_HEADER.size + length:
                     break
                 payload = buffer[p.SHELL_HEADER.size : p.SHELL_HEADER.size + length]
@@ -314,21 +321,27 @@ def _fail(message: str) -> bytes:
 
 
 def _stat_v1(sandbox: Sandbox, path: str) -> bytes:
+    # adbd answers STAT with lstat, and all zeros for anything it cannot stat.
     try:
-        st = os.stat(sandbox.map_path(path))
-    except (OSError, SandboxError):
+        st = sandbox.lstat(path, follow=False)
+    except (OSError, ValueError):
         return p.STAT_V1.pack(b"STAT", 0, 0, 0)
-    return p.STAT_V1.pack(b"STAT", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, int(st.st_mtime))
+    return p.STAT_V1.pack(b"STAT", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, _u32_time(st.st_mtime))
+
+
+def _u32_time(seconds: float) -> int:
+    return int(seconds) & 0xFFFFFFFF
 
 
 def _stat_v2(sandbox: Sandbox, path: str, *, follow: bool, reply: bytes) -> bytes:
     try:
-        host = sandbox.map_path(path)
-        st = os.stat(host) if follow else os.lstat(host)
+        st = sandbox.lstat(path, follow=follow)
     except SandboxError:
         return p.STAT_V2.pack(reply, errno.EACCES, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     except OSError as exc:
         return p.STAT_V2.pack(reply, exc.errno or errno.ENOENT, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    except ValueError:
+        return p.STAT_V2.pack(reply, errno.EINVAL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     return p.STAT_V2.pack(
         reply,
         0,
@@ -345,49 +358,58 @@ def _stat_v2(sandbox: Sandbox, path: str, *, follow: bool, reply: bytes) -> byte
     )
 
 
-def _list(sandbox: Sandbox, path: str) -> bytes:
-    out = bytearray()
+def _list(stream: ServiceStream, sandbox: Sandbox, path: str) -> None:
+    """DENT records of a folder (none if it cannot be listed), sent in batches, then DONE."""
+    batch = bytearray()
     try:
-        folder = sandbox.map_path(path)
-        names = [".", "..", *sorted(os.listdir(folder))]
-    except (OSError, SandboxError):
-        names, folder = [], Path()
-    for name in names:
-        try:
-            st = os.lstat(folder / name)
-        except OSError:
-            continue
-        encoded = name.encode("utf-8", errors="surrogateescape")
-        out += p.DENT_V1.pack(b"DENT", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime), len(encoded))
-        out += encoded
-    out += p.DENT_V1.pack(b"DONE", 0, 0, 0, 0)
-    return bytes(out)
+        for name, st in sandbox.list_dir(path):
+            encoded = name.encode("utf-8", errors="surrogateescape")
+            batch += p.DENT_V1.pack(
+                b"DENT", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, _u32_time(st.st_mtime), len(encoded)
+            )
+            batch += encoded
+            if len(batch) >= stream.max_payload:
+                stream.write(bytes(batch))
+                batch.clear()
+    except (OSError, ValueError) as exc:
+        logger.debug("cannot list %s: %s", path, exc)
+    batch += p.DENT_V1.pack(b"DONE", 0, 0, 0, 0)
+    stream.write(bytes(batch))
+
+
+class SyncProtocolError(Exception):
+    """The client broke the sync protocol (an oversized DATA record); the stream is failed and closed."""
+
+
+def _parse_send_spec(spec: str) -> tuple[str, int]:
+    """SEND's `path,mode` (mode in decimal, as adb sends it)."""
+    path, comma, mode_text = spec.rpartition(",")
+    if not comma:
+        return spec, stat.S_IFREG | 0o644
+    if not re.fullmatch(r"[0-9]{1,10}", mode_text):
+        raise ValueError(f"bad mode {mode_text[:20]!r} in SEND request; expected PATH,MODE with a decimal MODE")
+    return path, int(mode_text)
 
 
 def _receive_file(reader: _SyncReader, sandbox: Sandbox, spec: str) -> bytes | None:
-    """SEND: `path,mode`, then DATA chunks and DONE(mtime). Returns the reply, or None if the stream ended."""
-    path, _, mode_text = spec.rpartition(",")
-    if not path:
-        path, mode_text = spec, str(0o644)
+    """SEND: `path,mode`, then DATA chunks and DONE(mtime). Returns the reply, or None if the stream ended.
+
+    Raises SyncProtocolError for a DATA record longer than SYNC_DATA_MAX (adbd fails the sync then too).
+    Permission bits are masked to 0o777; a link is created only if it points inside the root.
+    """
     error: str | None = None
-    handle = None
-    target = temp = None
+    pending = None
+    path, mode = spec, 0
     try:
-        mode = int(mode_text)
-    except ValueError:
-        mode, error = 0o644, f"bad mode {mode_text!r} in SEND request"
+        path, mode = _parse_send_spec(spec)
+    except ValueError as exc:
+        error = str(exc)
     is_link = stat.S_ISLNK(mode)
     link_target = bytearray()
-    if error is None:
+    if error is None and not is_link:
         try:
-            target = sandbox.map_path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-            temp = target.with_name(f".{target.name}.phone-sim-part")
-            if not is_link:
-                handle = open(temp, "wb")  # noqa: SIM115 - closed below on every path
-        except (OSError, SandboxError) as exc:
+            pending = sandbox.create_file(path)
+        except (OSError, ValueError) as exc:
             error = f"couldn't create file: {exc}"
     try:
         while True:
@@ -396,53 +418,56 @@ def _receive_file(reader: _SyncReader, sandbox: Sandbox, spec: str) -> bytes | N
                 return None
             kind, arg = p.SYNC_HEADER.unpack(header)
             if kind == b"DATA":
+                if arg > p.SYNC_DATA_MAX:
+                    raise SyncProtocolError(
+                        f"DATA record of {arg} bytes is longer than the sync limit of {p.SYNC_DATA_MAX}"
+                    )
                 data = reader.read_exact(arg)
                 if data is None:
                     return None
-                if error is None:
-                    try:
-                        if is_link:
-                            link_target += data
-                        else:
-                            handle.write(data)  # type: ignore[union-attr]
-                    except OSError as exc:
-                        error = f"write failed: {exc}"
+                if error is not None:
+                    continue  # keep draining until DONE, then report the first error
+                if is_link:
+                    link_target += data
+                    if len(link_target) > LINK_TARGET_MAX:
+                        error = f"link target is longer than {LINK_TARGET_MAX} bytes"
+                    continue
+                try:
+                    pending.write(data)  # type: ignore[union-attr]
+                except OSError as exc:
+                    error = f"write failed: {exc}"
             elif kind == b"DONE":
                 if error is not None:
                     return _fail(error)
-                assert target is not None and temp is not None
                 try:
                     if is_link:
-                        if target.is_symlink() or target.exists():
-                            target.unlink()
-                        os.symlink(link_target.decode("utf-8", errors="surrogateescape"), target)
+                        sandbox.make_symlink(path, link_target.decode("utf-8", errors="surrogateescape"))
                     else:
-                        handle.close()  # type: ignore[union-attr]
-                        handle = None
-                        os.chmod(temp, stat.S_IMODE(mode) or 0o644)
-                        os.replace(temp, target)
-                        os.utime(target, (arg, arg))
-                except OSError as exc:
+                        assert pending is not None
+                        pending.commit(mode, arg)
+                except SandboxError as exc:
+                    return _fail(f"couldn't create {path}: {exc}")
+                except (OSError, ValueError) as exc:
                     return _fail(f"couldn't finish {path}: {exc}")
                 return p.SYNC_HEADER.pack(b"OKAY", 0)
             else:
                 return _fail(f"unexpected {kind!r} while receiving {path}; expected DATA or DONE")
     finally:
-        if handle is not None:
-            handle.close()
-        if temp is not None and temp.exists():
-            temp.unlink()
+        if pending is not None:
+            pending.discard()
 
 
 def _send_file(stream: ServiceStream, sandbox: Sandbox, path: str) -> None:
     try:
-        host = sandbox.map_path(path)
-        handle = open(host, "rb")  # noqa: SIM115
+        handle = sandbox.open_read(path)
     except SandboxError as exc:
         stream.write(_fail(str(exc)))
         return
     except OSError as exc:
         stream.write(_fail(f"open failed: {exc.strerror or exc}: {path}"))
+        return
+    except ValueError as exc:
+        stream.write(_fail(f"open failed: {exc}: {path}"))
         return
     # Batch several DATA records into one WRTE when they fit, as adbd does.
     chunk = min(p.SYNC_DATA_MAX, stream.max_payload - p.SYNC_HEADER.size)
@@ -476,15 +501,20 @@ def sync_service(stream: ServiceStream, options: list[str], argument: str, sandb
         if raw_path is None:
             return
         path = raw_path.decode("utf-8", errors="surrogateescape")
-        logger.debug("sync %s %s", kind.decode(errors="replace"), path)
+        logger.debug("sync %s %r", kind.decode(errors="replace"), path)
         if kind == b"STAT":
             stream.write(_stat_v1(sandbox, path))
         elif kind in (b"STA2", b"LST2"):
             stream.write(_stat_v2(sandbox, path, follow=kind == b"STA2", reply=kind))
         elif kind == b"LIST":
-            stream.write(_list(sandbox, path))
+            _list(stream, sandbox, path)
         elif kind == b"SEND":
-            reply = _receive_file(reader, sandbox, path)
+            try:
+                reply = _receive_file(reader, sandbox, path)
+            except SyncProtocolError as exc:
+                stream.write(_fail(str(exc)))
+                stream.close()
+                return
             if reply is None:
                 return
             stream.write(reply)
