@@ -159,6 +159,11 @@ class SearchConfig:
         "also run uniform and random baselines at the same budget and episode count"))
     measure_top: int = field(default=3, metadata=option(
         "latency targets: how many of the best candidates are measured on the real device", ge=1))
+    latency_rounds: int = field(default=2, metadata=option(
+        "latency targets: correction rounds after the search. Each measures the best candidates, rescales "
+        "the table's budget by how far its predictions were from the measurements and searches a third as "
+        "many episodes again, while the best measured candidate misses the target or uses less than nine tenths "
+        "of it", ge=0, le=10))
     prune_residual: bool = field(default=False, metadata=option(
         "also prune channels coupled through residual additions", spec_default=None))
     # Depth is what costs time on a CPU or phone.
@@ -191,6 +196,8 @@ class SearchConfig:
                                                  f"{', '.join(FINETUNE_METHODS)}")
         if self.prune_blocks and self.granularity != "channel":
             raise ConfigError("prune_blocks", "removing blocks needs granularity 'channel'")
+        if not 0 <= self.latency_rounds <= 10:
+            raise ConfigError("latency_rounds", f"must be between 0 and 10, got {self.latency_rounds}")
         if self.measure_top < 1:
             raise ConfigError("measure_top", f"must be >= 1, got {self.measure_top}")
         if self.reward_samples is not None and self.reward_samples < 1:

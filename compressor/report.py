@@ -65,7 +65,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                       + ", ".join(f"`{d}`" for d in dropped) + "."]
     budget = report.get("budget")
     if budget:
-        lines += ["", f"Budget `{budget['kind']}` ≤ {budget['limit']:,.3f}: {'met' if budget['met'] else 'NOT met'}."]
+        measured = " as measured" if budget["kind"] == "latency-ms" and report.get("latency") else ""
+        lines += ["", f"Budget `{budget['kind']}` ≤ {budget['limit']:,.3f}: {'met' if budget['met'] else 'NOT met'}"
+                      f"{measured}."]
+    for i, c in enumerate((report.get("latency") or {}).get("corrections") or []):
+        lines += [f"Latency correction {i + 1}: the table predicted {1 / c['ratio']:.2f}× the measured latency, "
+                  f"so {c['episodes']} more episodes searched at {c['limit_ms']:.3f} ms as predicted; best measured "
+                  f"{_fmt_ms(c['measured_ms'])} ms."]
     timing = report.get("episode_timing") or {}
     if timing:
         lines += ["", "Mean time per episode (s): " + ", ".join(

@@ -28,7 +28,7 @@ from compressor import zoo
 from compressor.config import SearchConfig
 from compressor.data import LOADERS, DataBundle, Split, load_dataset
 from compressor.env import Budget, PruningEnv, check_feasible, make_budget
-from compressor.errors import ConfigError, ModelLoadError, SearchCancelled
+from compressor.errors import BudgetInfeasible, ConfigError, ModelLoadError, SearchCancelled
 from compressor.events import EventSink, SearchEvent, ignore
 from compressor.fileio import atomic_write
 from compressor.latency import LatencyOracle
@@ -297,17 +297,25 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _new_strategy(problem: Problem, name: str, seed: int) -> Strategy:
+    config = problem.config
+    return make_strategy(name, pruner=problem.pruner, budget=problem.budget, a_min=config.a_min,
+                         warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior)
+
+
 def _search_loop(problem: Problem, strategy_name: str, episodes: int, *, out_dir: Path | None, emit: EventSink,
                  should_stop: Callable[[], bool], resume_state: dict[str, Any] | None, label: str,
-                 seed: int) -> tuple[list[dict[str, Any]], float]:
+                 seed: int, strategy: Strategy | None = None,
+                 first: int = 0) -> tuple[list[dict[str, Any]], float]:
+    """`episodes` episodes of `strategy` (a new `strategy_name` one when None) under the problem's
+    budget, numbered from `first` (a correction round continues the search's agent and numbering)."""
     config = problem.config
     env = PruningEnv(problem.pruner, budget=problem.budget, a_min=config.a_min)
-    strategy = make_strategy(strategy_name, pruner=problem.pruner, budget=problem.budget, a_min=config.a_min,
-                             warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior)
-    total = strategy.episodes(episodes)
+    strategy = strategy or _new_strategy(problem, strategy_name, seed)
+    total = first + strategy.episodes(episodes)
     rows: list[dict[str, Any]] = []
     elapsed = 0.0
-    start = 0
+    start = first
     if resume_state is not None:
         strategy.load_state_dict(resume_state["strategy"])
         rows = list(resume_state["log"])
@@ -405,10 +413,86 @@ def _pick_final(problem: Problem, rows: list[dict[str, Any]], emit: EventSink) -
     row, ms = (meeting[0] if meeting else min(measured, key=lambda rm: rm[1] if rm[1] is not None else math.inf))
     info = {"candidates": [{"episode": r["episode"], "predicted_ms": r["latency_ms"], "measured_ms": m}
                            for r, m in measured],
-            "measured_ms": ms, "predicted_ms": row["latency_ms"], "target_met": bool(meeting)}
+            "measured_ms": ms, "predicted_ms": row["latency_ms"], "target_met": bool(meeting),
+            "target_ms": None if limit == math.inf else limit}
     if not meeting:
         log.warning("no measured candidate meets %s; the fastest measured one is reported", config.target)
     return row, info
+
+
+# A correction round is due while the best measured candidate misses the target or uses less of it.
+LATENCY_FILL = 0.9
+
+
+def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dict[str, Any], info: dict[str, Any],
+                     strategy: Strategy, *, emit: EventSink, should_stop: Callable[[], bool],
+                     ) -> tuple[Problem, list[dict[str, Any]], dict[str, Any], dict[str, Any], float]:
+    """Close the loop between the table and the device. The action wall holds every episode to the
+    budget *as predicted*; when the measured candidates say the predictions were off (the table
+    over-predicts, or the device is slower or faster today than when the table was calibrated), the
+    budget is rescaled by the median measured/predicted ratio of the measured candidates and the
+    search goes on for a third of its episodes (the uniform policy at the new budget first, then the
+    same agent), and the candidates are measured again. At most `latency_rounds` times."""
+    config = problem.config
+    target = config.parsed_target.value
+    rounds: list[dict[str, Any]] = []
+    seconds = 0.0
+    for r in range(config.latency_rounds):
+        measured = info.get("measured_ms")
+        if measured is not None and LATENCY_FILL * target <= measured <= target:
+            break
+        ratios = [c["measured_ms"] / c["predicted_ms"] for c in info["candidates"]
+                  if c["measured_ms"] and c["predicted_ms"]]
+        if not ratios:
+            break
+        ratio = float(np.median(ratios))
+        budget = problem.budget
+        assert budget is not None
+        limit = target / ratio
+        if abs(limit - budget.limit) <= 0.02 * budget.limit:
+            break  # the predictions are already as right as the measurements can say
+        new_budget = dataclasses.replace(budget, limit=limit)
+        try:
+            check_feasible(new_budget, problem.pruner)
+        except BudgetInfeasible:
+            log.warning("latency correction: a budget of %.4g ms as predicted is out of reach", limit)
+            break
+        problem = dataclasses.replace(problem, budget=new_budget)
+        episodes = max(3, config.episodes // 3)
+        emit(SearchEvent("phase", "refine", f"correction {r + 1}: measured/predicted {ratio:.3f}, searching "
+                                            f"{episodes} more episodes at {limit:.4g} ms as predicted"))
+        first = len(rows)
+        uniform, s1 = _search_loop(problem, "uniform", 1, out_dir=None, emit=emit, should_stop=should_stop,
+                                   resume_state=None, label="refine", seed=config.seed, first=first)
+        more: list[dict[str, Any]] = []
+        s2 = 0.0
+        if config.strategy != "uniform":
+            more, s2 = _search_loop(problem, config.strategy, episodes, out_dir=None, emit=emit,
+                                    should_stop=should_stop, resume_state=None, label="refine", seed=config.seed,
+                                    strategy=strategy, first=first + 1)
+        rows = rows + uniform + more
+        seconds += s1 + s2
+        previous = info
+        best_row, info = _pick_final(problem, rows, emit)
+        rounds.append({"ratio": ratio, "limit_ms": limit, "episodes": len(uniform) + len(more),
+                       "measured_ms": info.get("measured_ms"), "seconds": s1 + s2})
+        # Keep what was already measured: a candidate measured twice keeps its later measurement.
+        seen = {c["episode"] for c in info["candidates"]}
+        info["candidates"] += [c for c in previous["candidates"] if c["episode"] not in seen]
+    if rounds:
+        info["corrections"] = rounds
+    return problem, rows, best_row, info, seconds
+
+
+def _budget_summary(budget: Budget, kept: list[int], latency: dict[str, Any]) -> dict[str, Any]:
+    """The budget as the user set it; under a latency target met means met *as measured*, and the
+    limit the action wall used (rescaled by correction rounds) is `predicted_limit`."""
+    out = {"kind": budget.kind, "limit": budget.limit, "full": budget.full, "met": budget.cost(kept) <= budget.limit}
+    if latency and latency.get("corrections"):
+        out.update(limit=latency["target_ms"], predicted_limit=budget.limit)
+    if latency and budget.kind == "latency-ms":
+        out["met"] = bool(latency["target_met"])
+    return out
 
 
 def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows: list[dict[str, Any]],
@@ -489,11 +573,17 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
     baseline["search_accuracy"] = evaluate(problem.model, problem.reward_split)
 
     emit(SearchEvent("phase", "search", f"{config.strategy} search, {config.episodes} episodes"))
+    strategy = _new_strategy(problem, config.strategy, config.seed)
     rows, search_s = _search_loop(problem, config.strategy, config.episodes, out_dir=out_dir, emit=emit,
-                                  should_stop=stop, resume_state=state, label="search", seed=config.seed)
+                                  should_stop=stop, resume_state=state, label="search", seed=config.seed,
+                                  strategy=strategy)
     # Real measurements refine the oracle's calibration, so none is taken before the search ends:
     # every episode's action wall sees the same predictions (and the budget holds by construction).
     best_row, latency = _pick_final(problem, rows, emit)
+    if latency and problem.budget is not None:
+        problem, rows, best_row, latency, refine_s = _correct_latency(problem, rows, best_row, latency, strategy,
+                                                                     emit=emit, should_stop=stop)
+        search_s += refine_s
     baseline["latency_measured_ms"] = _measure(problem, problem.model)
     kept = list(best_row["kept"])
     final = problem.build(kept).model
@@ -536,8 +626,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         "uniform_prior": config.uniform_prior,
         "finetune_epochs": config.finetune_epochs, "finetune_method": config.finetune_method,
         "recovery": recovery, "prune_blocks": config.prune_blocks,
-        "budget": None if budget is None else {"kind": budget.kind, "limit": budget.limit, "full": budget.full,
-                                               "met": budget.cost(kept) <= budget.limit},
+        "budget": None if budget is None else _budget_summary(budget, kept, latency),
         "units": [{"name": u.name, "channels": u.channels, "block": u.block} for u in problem.pruner.units],
         "not_pruned": list(getattr(problem.pruner, "skipped", [])),
         "baseline": baseline, "result": result, "best_episode": best_row["episode"],

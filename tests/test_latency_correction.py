@@ -1,0 +1,67 @@
+"""Latency targets close the loop with the device: when the table's predictions are off, the budget is
+rescaled by what the measured candidates say and the search goes on, so the result uses its budget
+as measured instead of the half the table thought it was using."""
+
+from __future__ import annotations
+
+import pytest
+
+from compressor.config import SearchConfig
+from compressor.errors import ConfigError
+from compressor.search import run_search
+from compressor.training import train_demo_cnn
+from compressor.zoo import load_model
+
+
+class _BiasedTable:
+    """A device whose latency is the parameter count in thousands, behind a table that predicts
+    twice that (weights of convs and linears, ×2): the way a table calibrated on a faster day, or
+    blind to an overhead the runtime fuses away, over-predicts."""
+
+    name = "biased"
+
+    def __init__(self):
+        self.measured = 0
+
+    def predict_ms(self, kernels):
+        return 2 * sum(k.cin * k.cout * k.k * k.k for k in kernels if k.op in ("conv", "linear")) / 1000
+
+    def measure_ms(self, model, example_input):
+        self.measured += 1
+        return sum(p.numel() for p in model.parameters()) / 1000
+
+
+@pytest.fixture(scope="module")
+def demo_weights_path(tmp_path_factory):
+    return train_demo_cnn(tmp_path_factory.mktemp("cache"))
+
+
+def _search(tmp_path, weights, rounds):
+    oracle = _BiasedTable()
+    full = _BiasedTable().measure_ms(load_model("demo-cnn").model, None)
+    target = round(0.6 * full, 3)
+    config = SearchConfig(model="demo-cnn", data="digits", episodes=9, strategy="random", weights=str(weights),
+                          target=f"latency-ms={target}", latency_rounds=rounds, seed=1)
+    return run_search(config, tmp_path / f"r{rounds}", oracle=oracle), target
+
+
+def test_a_table_that_over_predicts_is_corrected_by_measurements(tmp_path, demo_weights_path):
+    plain, target = _search(tmp_path, demo_weights_path, 0)
+    corrected, _ = _search(tmp_path, demo_weights_path, 2)
+    # Without correction the table's factor of two leaves about half the budget unused.
+    assert plain["result"]["latency_measured_ms"] < 0.65 * target
+    assert "corrections" not in plain["latency"]
+    rounds = corrected["latency"]["corrections"]
+    assert 1 <= len(rounds) <= 2
+    assert rounds[0]["ratio"] == pytest.approx(0.5, rel=0.15)  # measured / predicted
+    assert rounds[0]["limit_ms"] == pytest.approx(target / rounds[0]["ratio"])
+    measured = corrected["result"]["latency_measured_ms"]
+    assert 0.75 * target <= measured <= target  # the budget is used, and met as measured
+    assert corrected["budget"]["met"] and corrected["budget"]["limit"] == pytest.approx(target)
+    assert corrected["episodes"] > plain["episodes"]
+    assert corrected["result"]["accuracy"] >= plain["result"]["accuracy"] - 0.02
+
+
+def test_latency_rounds_are_bounded():
+    with pytest.raises(ConfigError, match="latency_rounds"):
+        SearchConfig(model="demo-cnn", data="digits", latency_rounds=11)
