@@ -1,13 +1,14 @@
-"""The status page in a real browser (Debian chromium through Playwright): the job list shows the
-job's progress, the job page draws its four charts as non-empty SVG, a frontier job's page shows its
-plot, its table and the recovery of each target, and screenshots are taken."""
+"""The status page in a real browser (Debian chromium through Playwright): it asks for the API token
+and keeps it for the tab, the job list shows the job's progress, the job page draws its four charts as
+non-empty SVG and downloads artifacts with the token, a frontier job's page shows its plot, its table
+and the recovery of each target, and screenshots are taken."""
 
 from __future__ import annotations
 
 import shutil
 
 import pytest
-from test_server_harness import SMALL_JOB, ServerProcess, wait_for
+from test_server_harness import SMALL_JOB, TOKEN, ServerProcess, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -27,6 +28,36 @@ def browser():
         b.close()
 
 
+def sign_in(page, url: str) -> None:
+    """Open the page; it asks for the token (nothing of the API is shown before), which it then keeps."""
+    page.goto(url)
+    page.locator("#login").wait_for(timeout=15_000)
+    assert page.locator("#list-view").is_hidden() and page.locator("#job-view").is_hidden()
+    page.fill("#token-input", TOKEN)
+    page.click("#login button")
+    page.locator("#login").wait_for(state="hidden", timeout=15_000)
+
+
+def test_a_wrong_token_is_asked_for_again(browser, tmp_path):
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.fill("#token-input", "wrong-token-0123456789")
+        page.click("#login button")
+        page.locator("#login-message", has_text="refused").wait_for(timeout=15_000)
+        assert page.evaluate("sessionStorage.getItem('amc-api-token')") is None
+        assert page.locator("#jobs tbody tr").count() == 0
+        page.fill("#token-input", TOKEN)
+        page.click("#login button")
+        page.locator("#devices td", has_text="local").first.wait_for(timeout=15_000)
+        page.goto(server.url + "/")  # kept for the tab: not asked again
+        page.locator("#devices td", has_text="local").first.wait_for(timeout=15_000)
+        assert page.locator("#login").is_hidden()
+    finally:
+        server.stop()
+
+
 def test_status_page_shows_progress_and_charts(browser, tmp_path):
     server = ServerProcess(tmp_path / "data").start()
     try:
@@ -40,7 +71,7 @@ def test_status_page_shows_progress_and_charts(browser, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
 
-            page.goto(server.url + "/")
+            sign_in(page, server.url + "/")
             row = page.locator(f"#jobs tr[data-id='{job_id}']")
             row.wait_for(timeout=15_000)
             assert "demo-cnn" in row.inner_text()
@@ -64,6 +95,12 @@ def test_status_page_shows_progress_and_charts(browser, tmp_path):
             assert page.locator("#chart-pareto circle.pareto-point").count() >= 1
             assert page.locator("#chart-ratios rect.vbar").count() == len(c.get(f"/jobs/{job_id}").json()["best"]["ratios"])
             assert page.locator("#job-artifacts a", has_text="model.onnx").count() == 1
+            with page.expect_download() as download:  # fetched with the token, handed over as a file
+                page.locator("#job-artifacts a", has_text="model.onnx").click()
+            assert download.value.suggested_filename == "model.onnx"
+            saved = tmp_path / "downloaded.onnx"
+            download.value.save_as(saved)
+            assert saved.read_bytes() == c.get(f"/jobs/{job_id}/artifacts/model.onnx").content
             assert page.locator("#job-frontier").is_hidden() and page.locator("#job-recovery").is_hidden()
             shot = tmp_path / "job.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -91,7 +128,7 @@ def test_a_frontier_jobs_page_shows_its_plot_table_and_recovery(browser, tmp_pat
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
 
-            page.goto(server.url + "/")
+            sign_in(page, server.url + "/")
             row = page.locator(f"#jobs tr[data-id='{job_id}']")
             row.wait_for(timeout=15_000)
             assert "flops=0.6, flops=0.3" in row.inner_text()

@@ -10,11 +10,54 @@ const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 const fmt = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x)) ? "–" : (Math.abs(x) >= 1e6 ? (x / 1e6).toFixed(2) + "M" : Math.abs(x) >= 1e3 ? (x / 1e3).toFixed(1) + "k" : (+x).toFixed(d));
 const pct = (x) => (x === null || x === undefined) ? "–" : (100 * x).toFixed(1) + "%";
 
-async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  return r.json();
+// ---- the API token ----------------------------------------------------------------------------
+// Every API call needs the bearer token. The page asks for it once and keeps it for this tab only
+// (sessionStorage: gone when the tab closes, never sent anywhere but this server's API).
+const TOKEN_KEY = "amc-api-token";
+class Unauthorized extends Error {}
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+function askForToken(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  const form = $("#login");
+  $("#login-message").textContent = message || "";
+  form.hidden = false;
+  $("#list-view").hidden = true;
+  $("#job-view").hidden = true;
+  $("#token-input").focus();
 }
+
+async function apiFetch(url) {
+  const r = await fetch(url, { cache: "no-store", headers: { Authorization: `Bearer ${token()}` } });
+  if (r.status === 401) {
+    askForToken("The server refused this token; enter the current one.");
+    throw new Unauthorized(url);
+  }
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return r;
+}
+
+async function getJSON(url) {
+  return (await apiFetch(url)).json();
+}
+
+// Artifacts need the token too: fetch them and hand the browser the bytes.
+async function objectURL(url) {
+  return URL.createObjectURL(await (await apiFetch(url)).blob());
+}
+
+document.addEventListener("click", async (ev) => {
+  const a = ev.target.closest && ev.target.closest("a[data-artifact]");
+  if (!a) return;
+  ev.preventDefault();
+  const link = document.createElement("a");
+  link.href = await objectURL(a.getAttribute("href"));
+  link.download = a.dataset.artifact;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+});
 
 function el(name, attrs = {}, text) {
   const e = document.createElementNS(NS, name);
@@ -188,7 +231,7 @@ async function refreshJob() {
   drawRecovery(job);
   drawFrontier(job);
   $("#job-artifacts").innerHTML = job.state === "succeeded"
-    ? "Artifacts: " + Object.entries(job.links.artifacts).map(([n, u]) => `<a href="${esc(u)}">${esc(n)}</a>`).join(" · ") : "";
+    ? "Artifacts: " + Object.entries(job.links.artifacts).map(([n, u]) => `<a href="${esc(u)}" data-artifact="${esc(n.replace("/", "-"))}">${esc(n)}</a>`).join(" · ") : "";
   drawReward($("#chart-reward"), jobView.episodes);
   drawPareto($("#chart-pareto"), jobView.episodes);
   drawRatios($("#chart-ratios"), job.best);
@@ -235,7 +278,10 @@ function drawFrontier(job) {
   const svg = job.links.artifacts["frontier.svg"];
   const img = $("#frontier-plot");
   img.hidden = !svg;
-  if (svg && img.getAttribute("src") !== svg) img.setAttribute("src", svg);
+  if (svg && img.dataset.url !== svg) {
+    img.dataset.url = svg;
+    objectURL(svg).then((u) => img.setAttribute("src", u)).catch(() => { delete img.dataset.url; });
+  }
   if (!f) {
     $("#frontier-table tbody").innerHTML = "";
     $("#frontier-note").textContent = job.state === "succeeded" ? "" : "the plot and the table appear when every search has finished";
@@ -245,7 +291,7 @@ function drawFrontier(job) {
   const macs = (x) => typeof x === "number" ? x.toLocaleString("en") : "–";
   const link = (p) => {
     const url = job.links.artifacts[`${p.dir}/report.md`];
-    return url ? `<a href="${esc(url)}" class="mono">${esc(p.target)}</a>` : `<span class="mono">${esc(p.target)}</span>`;
+    return url ? `<a href="${esc(url)}" class="mono" data-artifact="${esc(p.dir)}-report.md">${esc(p.target)}</a>` : `<span class="mono">${esc(p.target)}</span>`;
   };
   const u = f.unpruned || {};
   const rows = [`<tr class="unpruned"><td>${esc(u.name)} (unpruned)</td><td>${pct(u.accuracy)}</td><td>–</td><td>${ms(u.latency_measured_ms)}</td><td>${macs(u.macs)}</td><td>–</td></tr>`];
@@ -262,13 +308,24 @@ function poll(fn, ms) {
   const tick = async () => {
     let again = true;
     try { again = await fn(); live.className = "live"; live.textContent = again ? "live" : "finished"; }
-    catch (e) { live.className = "live off"; live.textContent = "offline, retrying"; }
+    catch (e) {
+      if (e instanceof Unauthorized) return;  // the token form is shown; submitting it reloads the page
+      live.className = "live off"; live.textContent = "offline, retrying";
+    }
     setTimeout(tick, again ? ms : ms * 5);
   };
   tick();
 }
 
 window.addEventListener("DOMContentLoaded", () => {
+  $("#login").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const value = $("#token-input").value.trim();
+    if (!value) return;
+    sessionStorage.setItem(TOKEN_KEY, value);
+    location.reload();
+  });
+  if (!token()) { askForToken(""); return; }
   const m = location.pathname.match(/^\/ui\/jobs\/([0-9a-f]+)/);
   if (m) {
     jobView.id = m[1];
