@@ -305,7 +305,13 @@ class Sandbox:
         if target.startswith("/"):
             host = str(self.root)
             if not (target == host or target.startswith(host + "/")):
-                target = str(self.map_path(target))
+                try:
+                    target = str(self.map_path(target))
+                except SandboxError:
+                    raise SandboxError(
+                        f"link target {target} lies outside the phone's {DEVICE_TMP} and /sdcard; a pushed "
+                        "link may only point inside them"
+                    ) from None
             target_parts = self._host_link_parts(target)
         else:
             target_parts = self._root_relative(device_path)[:-1] + target.split("/")

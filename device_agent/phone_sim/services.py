@@ -174,6 +174,20 @@ def _pump_output(fd: int, chunk: int, sink: Callable[[bytes], None]) -> None:
         return
 
 
+def _killing_on_failure(write: Callable[..., None], child: Child) -> Callable[..., None]:
+    """`write`, except that a client that stops taking output (or goes away) gets the command killed:
+    otherwise it would block on a full pipe for ever, holding its process and this stream's thread."""
+
+    def guarded(*args: object) -> None:
+        try:
+            write(*args)
+        except StreamClosed:
+            child.kill()
+            raise
+
+    return guarded
+
+
 def _close_quietly(file: object) -> None:
     try:
         file.close()  # type: ignore[attr-defined]
@@ -219,7 +233,7 @@ def raw_shell_service(stream: ServiceStream, options: list[str], command: str, s
 
     _start(feed_stdin)
     (fd, _kind) = child.outputs[0]
-    _pump_output(fd, stream.max_payload, stream.write)
+    _pump_output(fd, stream.max_payload, _killing_on_failure(stream.write, child))
     child.wait()
     stream.close()
 
@@ -242,6 +256,8 @@ def shell_v2_service(stream: ServiceStream, options: list[str], command: str, sa
             piece = data[start : start + body]
             with write_lock:
                 stream.write(p.SHELL_HEADER.pack(kind, len(piece)) + piece)
+
+    send_output = _killing_on_failure(send_packet, child)
 
     def feed_stdin() -> None:
         buffer = b""
@@ -274,7 +290,7 @@ def shell_v2_service(stream: ServiceStream, options: list[str], command: str, sa
 
     _start(feed_stdin)
     pumps = [
-        _start(_pump_output, fd, body, lambda data, kind=kind: send_packet(kind, data))
+        _start(_pump_output, fd, body, lambda data, kind=kind: send_output(kind, data))
         for fd, kind in child.outputs
     ]
     for pump in pumps:

@@ -76,7 +76,14 @@ def _key_lock(path: Path) -> Iterator[None]:
     """Exclusive lock on `path.lock` (created 0600, never through a link)."""
     # Each caller opens the file itself: flock excludes other open file descriptions, so threads of one
     # process exclude each other as other processes do.
-    fd = os.open(Path(f"{path}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    lock = Path(f"{path}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise AdbKeyError(
+            f"cannot open the lock file {lock} ({exc.strerror}): it must be a regular file (not a link) in "
+            "a folder this user can write; remove it if it is a link, or set AMC_ADB_KEY to a writable place"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
