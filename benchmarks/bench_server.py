@@ -1,21 +1,32 @@
-"""Orchestrator latency on loopback: `POST /jobs` and `GET /jobs/{id}` under 50 concurrent clients
-(a bounded number of requests, httpx async), and the status page with 1,000 jobs in the database.
+"""Orchestrator latency on loopback, with a search running in the server's worker.
 
-Starts real uvicorn processes on free loopback ports with throw-away data dirs and prints a markdown
-table. Run: `.venv/bin/python -m benchmarks.bench_server [--posts 200] [--gets 1000] [--clients 50]`.
+Default (`--mode load`): open loop, as clients that each send one request a second behave: 50 and
+then 200 clients (50 and 200 requests/s), half submitting jobs (`POST /jobs`) and half polling them
+(`GET /jobs/{id}`), p50/p99 per request kind; then the saturation throughput of the one server
+process (connections sending back to back). The client is a minimal HTTP/1.1 client on asyncio
+(keep-alive, one connection per client) so that its own cost stays small beside the server's, and it
+lowers its priority (`--client-nice`) once the server is started. `--mode page`: the status page and
+list endpoints with 1,000 jobs in the database.
+
+Starts real uvicorn processes on free loopback ports with throw-away data dirs and prints markdown.
+Run: `.venv/bin/python -m benchmarks.bench_server [--rates 50 200] [--seconds 20] [--repo PATH]`
+(`--repo`: the checkout whose server is measured, e.g. a `git worktree` of an older commit).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import random
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,18 +45,20 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path):
-        self.data_dir, self.port = data_dir, free_port()
+    def __init__(self, data_dir: Path, *, repo: Path = REPO, env: dict[str, str] | None = None):
+        self.data_dir, self.port, self.repo = data_dir, free_port(), repo
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.env = env or {}
 
     def __enter__(self) -> Server:
         env = {**os.environ, "AMC_DATA_DIR": str(self.data_dir), "AMC_API_TOKEN": TOKEN, "AMC_MAX_WORKERS": "1",
-               "PYTHONPATH": str(REPO)}
+               "AMC_CONFIG_DIR": str(self.data_dir.parent / f"config-{self.port}"),
+               "PYTHONPATH": str(self.repo), **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "server.main:create_app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -70,31 +83,163 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-async def hammer(url: str, requests: list[tuple[str, str, dict | None]], clients: int) -> tuple[list[float], float, list]:
-    """Send `requests` with `clients` concurrent connections; per-request latencies (ms) and wall time."""
-    latencies: list[float] = []
-    bodies: list = []
-    queue: asyncio.Queue = asyncio.Queue()
-    for r in requests:
-        queue.put_nowait(r)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a request, then its response (Content-Length bodies only,
+    which is what the server answers for these routes)."""
 
-    async def client(http: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            method, path, body = queue.get_nowait()
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int):
+        self.reader, self.writer, self.port = reader, writer, port
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer, port)
+
+    async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        data = json.dumps(body).encode() if body is not None else b""
+        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                + (f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n" if body is not None else "")
+                + "\r\n")
+        self.writer.write(head.encode() + data)
+        await self.writer.drain()
+        status_line = await self.reader.readuntil(b"\r\n")
+        length = 0
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        return int(status_line.split()[1]), payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class Samples:
+    post: list[float] = field(default_factory=list)
+    get: list[float] = field(default_factory=list)
+    late: int = 0  # sends that started more than 100 ms after their slot (the client fell behind)
+    errors: list[str] = field(default_factory=list)
+
+
+async def open_loop(port: int, *, clients: int, seconds: float, job_ids: list[str], submit_fraction: float,
+                    seed: int) -> Samples:
+    """`clients` clients, each sending one request a second at its own offset within the second, for
+    `seconds`; a `submit_fraction` of them submit jobs, the others poll a job's status."""
+    out = Samples()
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    conns = [await Connection.open(port) for _ in range(clients)]
+    t0 = loop.time() + 0.5
+    submitters = round(clients * submit_fraction)
+
+    async def client(i: int, conn: Connection) -> None:
+        offset = i / clients + rng.uniform(0, 1 / clients)
+        submitter = i < submitters
+        k = 0
+        while (slot := t0 + offset + k) < t0 + seconds:
+            k += 1
+            delay = slot - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.1:
+                out.late += 1
             t = time.perf_counter()
-            r = await http.request(method, path, json=body)
-            latencies.append((time.perf_counter() - t) * 1000)
-            if r.status_code >= 400:
-                raise RuntimeError(f"{method} {path}: HTTP {r.status_code} {r.text[:200]}")
-            bodies.append(r.json() if method == "POST" else None)
+            if submitter:
+                status, body = await conn.request("POST", "/jobs", {**SPEC, "seed": rng.randrange(1, 2**31)})
+            else:
+                status, body = await conn.request("GET", f"/jobs/{rng.choice(job_ids)}")
+            ms = (time.perf_counter() - t) * 1000
+            if status >= 400:
+                out.errors.append(f"{status} {body[:200]!r}")
+                continue
+            (out.post if submitter else out.get).append(ms)
+            if submitter and len(job_ids) < 5000:
+                job_ids.append(json.loads(body)["id"])
 
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - t0
-    return latencies, wall, bodies
+    await asyncio.gather(*(client(i, c) for i, c in enumerate(conns)))
+    for c in conns:
+        c.close()
+    return out
+
+
+async def saturate(port: int, *, connections: int, seconds: float, job_ids: list[str], post: bool) -> float:
+    """Requests per second the server answers with `connections` sending back to back."""
+    conns = [await Connection.open(port) for _ in range(connections)]
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def client(conn: Connection, i: int) -> None:
+        nonlocal done
+        n = 0
+        while time.perf_counter() < end:
+            n += 1
+            if post:
+                status, _ = await conn.request("POST", "/jobs", {**SPEC, "seed": 2**30 + i * 100_000 + n})
+            else:
+                status, _ = await conn.request("GET", f"/jobs/{job_ids[(i + n) % len(job_ids)]}")
+            if status < 400:
+                done += 1
+
+    t = time.perf_counter()
+    await asyncio.gather(*(client(c, i) for i, c in enumerate(conns)))
+    wall = time.perf_counter() - t
+    for c in conns:
+        c.close()
+    return done / wall
+
+
+def wait_searching(url: str, job_id: str, timeout: float = 300) -> dict:
+    """Until the search job has finished an episode (it is past loading and spends its CPU searching)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
+        while time.monotonic() < deadline:
+            job = c.get(f"/jobs/{job_id}").json()
+            if job["episodes_done"] >= 1 or job["state"] in ("failed", "succeeded", "cancelled"):
+                if job["state"] != "running":
+                    raise RuntimeError(f"the background search is {job['state']}: {job.get('error')}")
+                return job
+            time.sleep(1)
+    raise RuntimeError(f"the background search recorded no episode in {timeout} s")
+
+
+def load_rows(args: argparse.Namespace) -> list[str]:
+    data_file = Path(args.search_data.partition(":")[2]) if ":" in args.search_data else None
+    env = {"AMC_WORKER_THREADS": str(args.worker_threads)}
+    if data_file is not None:
+        env["AMC_DATA_ROOTS"] = str(data_file.parent)
+    search = {**SPEC, "model": args.search_model, "data": args.search_data, "episodes": 5000, "seed": 7}
+    lines = ["| load | request | n | p50 ms | p99 ms | max ms | late sends |", "|---|---|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp, Server(Path(tmp) / "data", repo=args.repo, env=env) as srv:
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as c:
+            r = c.post("/jobs", json=search)
+            if r.status_code != 201:
+                raise RuntimeError(f"the background search was refused: {r.status_code} {r.text}")
+            search_id = r.json()["id"]
+            ids = [c.post("/jobs", json={**SPEC, "seed": i}).json()["id"] for i in range(1, 21)]  # warm
+        wait_searching(srv.url, search_id)
+        if args.client_nice:
+            os.nice(args.client_nice)  # after the server started: it keeps its own priority
+        ids.append(search_id)
+        for rate in args.rates:
+            got = asyncio.run(open_loop(srv.port, clients=rate, seconds=args.seconds, job_ids=ids,
+                                        submit_fraction=args.submit_fraction, seed=rate))
+            if got.errors:
+                print(f"{len(got.errors)} errors at {rate}/s, e.g. {got.errors[:3]}", file=sys.stderr)
+            for name, lat in (("POST /jobs", got.post), ("GET /jobs/{id}", got.get)):
+                lines.append(f"| {rate} clients × 1/s, a search running | {name} | {len(lat)} | "
+                             f"{statistics.median(lat):.1f} | {pct(lat, 99):.1f} | {max(lat):.1f} | {got.late} |")
+        sat = ["", "| saturation (one server process, a search running) | connections | req/s |", "|---|---:|---:|"]
+        for name, post in (("GET /jobs/{id}", False), ("POST /jobs", True)):
+            rps = asyncio.run(saturate(srv.port, connections=args.connections, seconds=args.saturation_seconds,
+                                       job_ids=ids, post=post))
+            sat.append(f"| {name} | {args.connections} | {rps:.0f} |")
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
+            still = c.get(f"/jobs/{search_id}").json()
+        if still["state"] != "running":
+            raise RuntimeError(f"the background search stopped during the run: {still['state']}")
+    return lines + sat
 
 
 def seed_jobs(data_dir: Path, n: int) -> None:
@@ -142,47 +287,56 @@ def row(name: str, lat: list[float], wall: float | None = None) -> str:
     return (f"| {name} | {len(lat)} | {statistics.median(lat):.1f} | {pct(lat, 99):.1f} | {max(lat):.1f} | {rps} |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--posts", type=int, default=200)
-    ap.add_argument("--gets", type=int, default=1000)
-    ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--jobs", type=int, default=1000, help="jobs in the database for the status-page numbers")
-    args = ap.parse_args(argv)
+def page_rows(args: argparse.Namespace) -> tuple[list[str], float]:
+    """The status page and list endpoints with `args.jobs` finished jobs in the database (idle workers)."""
     lines = ["| request | n | p50 ms | p99 ms | max ms | req/s |", "|---|---:|---:|---:|---:|---:|"]
-
     with tempfile.TemporaryDirectory() as tmp:
-        with Server(Path(tmp) / "api") as srv:
-            specs = [("POST", "/jobs", {**SPEC, "seed": i}) for i in range(args.posts)]
-            lat, wall, bodies = asyncio.run(hammer(srv.url, specs, args.clients))
-            lines.append(row(f"POST /jobs ({args.clients} clients, a search running)", lat, wall))
-            ids = [b["id"] for b in bodies]
-            gets = [("GET", f"/jobs/{ids[i % len(ids)]}", None) for i in range(args.gets)]
-            lat, wall, _ = asyncio.run(hammer(srv.url, gets, args.clients))
-            lines.append(row(f"GET /jobs/{{id}} ({args.clients} clients, a search running)", lat, wall))
-            with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-                for job_id in ids:  # do not leave 200 searches running
-                    c.post(f"/jobs/{job_id}/cancel")
-
         data = Path(tmp) / "page"
         t = time.perf_counter()
         seed_jobs(data, args.jobs)
         seeded = time.perf_counter() - t
-        with Server(data) as srv:
+        with Server(data, repo=args.repo) as srv:
             lines.append(row(f"GET / (status page, {args.jobs} jobs)", timed_gets(srv.url, "/", 100)))
             lines.append(row("GET /static/app.js", timed_gets(srv.url, "/static/app.js", 100)))
             lines.append(row(f"GET /jobs?limit=200 (what the page polls, {args.jobs} jobs)",
                              timed_gets(srv.url, "/jobs?limit=200", 50)))
             lines.append(row(f"GET /jobs?limit=1000 ({args.jobs} jobs)", timed_gets(srv.url, "/jobs?limit=1000", 20)))
             some = f"/jobs/{args.jobs // 2:032x}"
-            gets = [("GET", f"/jobs/{i % args.jobs:032x}", None) for i in range(args.gets)]
-            lat, wall, _ = asyncio.run(hammer(srv.url, gets, args.clients))
-            lines.append(row(f"GET /jobs/{{id}} ({args.clients} clients, idle workers)", lat, wall))
             lines.append(row("GET /jobs/{id} (1 client)", timed_gets(srv.url, some, 200)))
             lines.append(row("GET /jobs/{id}/episodes (20 episodes)", timed_gets(srv.url, some + "/episodes", 100)))
+    return lines, seeded
 
-    print(f"Server benchmark on loopback ({os.cpu_count()} CPUs, 1 uvicorn worker, SQLite WAL; "
-          f"{args.jobs} jobs seeded in {seeded:.1f} s)\n")
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("load", "page"), default="load")
+    ap.add_argument("--rates", type=int, nargs="+", default=[50, 200], help="clients, each sending 1 request/s")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of each open-loop phase")
+    ap.add_argument("--submit-fraction", type=float, default=0.5, help="share of clients that POST /jobs")
+    ap.add_argument("--connections", type=int, default=32, help="connections for the saturation throughput")
+    ap.add_argument("--saturation-seconds", type=float, default=8.0)
+    ap.add_argument("--search-model", default="resnet20")
+    ap.add_argument("--search-data", default=f"cifar10:{REPO.parent / 'shared' / 'data' / 'cifar10_test.npz'}")
+    ap.add_argument("--worker-threads", type=int, default=2, help="torch threads of the background search")
+    ap.add_argument("--client-nice", type=int, default=10, help="niceness the client takes once the server runs")
+    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose server is measured")
+    ap.add_argument("--jobs", type=int, default=1000, help="jobs in the database for --mode page")
+    args = ap.parse_args(argv)
+    if args.search_data.startswith("cifar10:") and not Path(args.search_data.partition(":")[2]).is_file():
+        print(f"{args.search_data} is absent: the background search is demo-cnn on digits", file=sys.stderr)
+        args.search_model, args.search_data = "demo-cnn", "digits"
+
+    load = os.getloadavg()[0]
+    if args.mode == "page":
+        lines, seeded = page_rows(args)
+        print(f"Server benchmark on loopback ({os.cpu_count()} CPUs, 1 uvicorn worker, SQLite WAL; "
+              f"{args.jobs} jobs seeded in {seeded:.1f} s)\n")
+    else:
+        lines = load_rows(args)
+        print(f"Server under load on loopback ({os.cpu_count()} CPUs, 1 uvicorn worker, SQLite WAL; background "
+              f"search {args.search_model} on {args.search_data.partition(':')[0]}, {args.worker_threads} torch "
+              f"threads; open-loop phases of {args.seconds:g} s, {args.submit_fraction:.0%} submitters; "
+              f"load average {load:.1f} before the run; server from {args.repo})\n")
     print("\n".join(lines))
     return 0
 

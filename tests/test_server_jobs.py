@@ -50,11 +50,13 @@ def test_queue_limit_and_cancel_within_seconds(server):
         assert c.get("/healthz").json()["running"] == []
 
 
-def test_failed_job_keeps_its_log_and_says_why(server, tmp_path):
+def test_failed_job_keeps_its_log_and_says_why(server):
     import numpy as np
 
     # (Weights that do not fit the model are refused at submit: tests/test_api_jobs.py.)
-    bad_data = tmp_path / "bad.npz"
+    datasets = server.data_dir / "datasets"  # the default AMC_DATA_ROOTS
+    datasets.mkdir(exist_ok=True)
+    bad_data = datasets / "bad.npz"
     np.savez(bad_data, x=np.zeros((4, 5), dtype=np.uint8), y=np.zeros(4, dtype=np.int64))  # exists, wrong shape
     with server.client() as c:
         r = c.post("/jobs", json={**SMALL_JOB, "data": f"cifar10:{bad_data}"})
