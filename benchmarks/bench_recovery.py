@@ -27,6 +27,9 @@ SETTINGS: list[tuple[str, dict]] = [
     ("distill, no feature term", {"feature_weight": 0.0}),
     ("distill, T 2", {"temperature": 2.0}),
     ("plain (labels), lr 0.01", {"method": "plain"}),
+    ("distill + cutmix", {"mix": "cutmix"}),
+    ("distill + mixup", {"mix": "mixup"}),
+    ("distill + cutmix, lr 0.005", {"mix": "cutmix", "lr": 0.005}),
 ]
 
 
@@ -35,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--images", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default=None, help="comma-separated setting numbers to run (from 0)")
+    parser.add_argument("--teacher", default="resnet20", choices=["resnet20", "resnet56"],
+                        help="the network damaged and distilled from (resnet56: blocks 1, 3, 5, 7 of each stage "
+                             "removed, the ResNet-32 cut of the issue's probe)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     args = parser.parse_args(argv)
     data = Path(args.data_dir)
@@ -50,20 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     from compressor.reconstruct import recalibrate_batchnorm
     from compressor.training import evaluate
 
-    entry = zoo.MODELS["resnet20"]
+    name = args.teacher
+    entry = zoo.MODELS[name]
     full = load_dataset(f"cifar10:{data / 'cifar10_test.npz'}", input_shape=entry.input_shape, mean=entry.mean,
                         std=entry.std, seed=0)
     bundle = dataclasses.replace(full, search=full.search.subset(range(args.images)),
                                  report=full.report.subset(range(2000)))
-    teacher = zoo.load_model("resnet20", weights=str(data / "weights" / "resnet20-12fca82f.th")).model.eval()
+    weights = next((data / "weights").glob(f"{name}-*.th"))
+    teacher = zoo.load_model(name, weights=str(weights)).model.eval()
     pruner = ChannelPruner(teacher, bundle.search.x[:1], prune_blocks=True)
-    kept = [0 if u.block in ("layer1.1", "layer2.2") else u.kept_for(0.5) if u.removable else u.channels
-            for u in pruner.units]
+    if name == "resnet20":
+        damage = ("blocks `layer1.1`, `layer2.2` removed and the other first- and second-stage blocks at half "
+                  "width")
+        kept = [0 if u.block in ("layer1.1", "layer2.2") else u.kept_for(0.5) if u.removable else u.channels
+                for u in pruner.units]
+    else:
+        damage = "blocks 1, 3, 5 and 7 of each stage removed (ResNet-32's depth)"
+        kept = [0 if u.block and int(u.block.rsplit(".", 1)[1]) % 2 == 1 and int(u.block.rsplit(".", 1)[1]) < 8
+                else u.channels for u in pruner.units]
+    chosen = SETTINGS if args.only is None else [SETTINGS[int(i)] for i in args.only.split(",")]
     damaged = pruner.apply(kept).model
     recalibrate_batchnorm(damaged, full.search.x[:256])
     start_acc, teacher_acc = evaluate(damaged, bundle.report), evaluate(teacher, bundle.report)
     rows = []
-    for label, kw in SETTINGS:
+    for label, kw in chosen:
         model = copy.deepcopy(damaged)
         t0 = time.perf_counter()
         torch.set_num_threads(args.threads)
@@ -74,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {acc:.4f} (best epoch {result.best_epoch}, "
               f"held-out {json.dumps([round(h['holdout_accuracy'], 3) for h in result.history])})",
               file=sys.stderr, flush=True)
-    lines = [f"ResNet-20 (pretrained, {teacher_acc:.2%} on these 2,000 report images) with blocks `layer1.1`, "
-             f"`layer2.2` removed and the other first- and second-stage blocks at half width: {start_acc:.2%} after "
-             f"BN re-estimation. Trained back {args.epochs} epochs on {args.images} search images (a tenth held out).",
+    lines = [f"{name} (pretrained, {teacher_acc:.2%} on these 2,000 report images) with {damage}: "
+             f"{start_acc:.2%} after BN re-estimation. Trained back {args.epochs} epochs on {args.images} search images (a tenth held out).",
              "", "| setting | accuracy (2,000 report images) | best epoch | held-out accuracy by epoch | time |",
              "|---|---:|---:|---|---:|"]
     for label, acc, result, seconds in rows:

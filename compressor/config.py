@@ -18,11 +18,13 @@ RewardKind = Literal["err", "flops", "params", "latency"]
 StrategyName = Literal["ddpg", "random", "uniform"]
 Granularity = Literal["channel", "weight"]
 FinetuneMethod = Literal["distill", "plain"]
+FinetuneMix = Literal["none", "mixup", "cutmix"]
 
 TARGET_KINDS: tuple[str, ...] = ("flops", "params", "latency-ms")
 REWARD_KINDS: tuple[str, ...] = ("err", "flops", "params", "latency")
 STRATEGIES: tuple[str, ...] = ("ddpg", "random", "uniform")
 FINETUNE_METHODS: tuple[str, ...] = ("distill", "plain")
+FINETUNE_MIXES: tuple[str, ...] = ("none", "mixup", "cutmix")
 GRANULARITIES: tuple[str, ...] = ("channel", "weight")
 
 
@@ -155,6 +157,10 @@ class SearchConfig:
         "distill: learn the unpruned network's outputs and pooled features (few images suffice); "
         "plain: cross-entropy on the labels alone",
         choices=FINETUNE_METHODS))
+    finetune_mix: FinetuneMix = field(default="none", metadata=option(
+        "distill: blend pairs of training images (mixup: weighted average; cutmix: a pasted box) and "
+        "match the teacher on the blend, so every batch is new data",
+        choices=FINETUNE_MIXES))
     compare: bool = field(default=False, metadata=option(
         "also run uniform and random baselines at the same budget and episode count"))
     measure_top: int = field(default=3, metadata=option(
@@ -191,6 +197,9 @@ class SearchConfig:
             raise ConfigError("warmup", f"must be >= 0, got {self.warmup}")
         if self.finetune_epochs < 0:
             raise ConfigError("finetune_epochs", f"must be >= 0, got {self.finetune_epochs}")
+        if self.finetune_mix != "none" and self.finetune_method != "distill":
+            raise ConfigError("finetune_mix", "blending images needs the teacher to label the blend: use "
+                                              "finetune_method 'distill'")
         if self.finetune_method not in FINETUNE_METHODS:
             raise ConfigError("finetune_method", f"{self.finetune_method!r} is unknown; choose one of "
                                                  f"{', '.join(FINETUNE_METHODS)}")

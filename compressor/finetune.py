@@ -7,7 +7,10 @@ Two methods (`SearchConfig.finetune_method`):
   the classifier (MiR-style mimicking) — on augmented images (padded random crops, flips for RGB
   input). With only a few thousand images the teacher's answers on each new augmented view are worth
   far more than the labels.
-- `plain`: cross-entropy on the labels, the same augmentation.
+  With `mix` (`SearchConfig.finetune_mix`), pairs of images are blended too (mixup or cutmix) and the
+  student matches the teacher on the blend: the teacher labels any image, so each batch is new data.
+- `plain`: cross-entropy on the labels, the same augmentation (no blending: the labels of a blend are
+  not known).
 
 Both train on the bundle's training split (its search split when the dataset has none; never the
 report split), hold out a seeded slice of it to pick the best epoch, and use SGD with Nesterov
@@ -35,6 +38,8 @@ from compressor.training import _threads, evaluate
 log = logging.getLogger(__name__)
 
 Method = Literal["distill", "plain"]
+Mix = Literal["none", "mixup", "cutmix"]
+MIXES: tuple[str, ...] = ("none", "mixup", "cutmix")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ class RecoveryConfig:
     label_weight: float = 0.0  # distill: weight of cross-entropy on the labels
     holdout: float = 0.1  # fraction of the training split held out to pick the best epoch
     augment: bool = True
+    # distill: blend pairs of images (`mixup`: a weighted average; `cutmix`: a box of one pasted into
+    # the other) and match the teacher on the blend — the teacher labels any image, so every batch is
+    # new data ("function matching", Beyer et al. 2022).
+    mix: Mix = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +71,10 @@ class RecoveryConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.mix not in MIXES:
+            raise ValueError(f"mix must be one of {', '.join(MIXES)}, got {self.mix!r}")
+        if self.mix != "none" and self.method != "distill":
+            raise ValueError("mixing images needs the teacher to label the blend: use method 'distill'")
         if self.temperature <= 0 or self.batch_size < 2:
             raise ValueError("temperature must be positive and batch_size at least 2")
 
@@ -148,6 +161,23 @@ def augment(x: torch.Tensor, gen: torch.Generator, *, flip: bool) -> torch.Tenso
     if flip:
         mask = torch.rand(n, generator=gen) < 0.5
         out[mask] = out[mask].flip(3)
+    return out
+
+
+def mix_images(x: torch.Tensor, gen: torch.Generator, how: Mix) -> torch.Tensor:
+    """Blend each image with another of the batch (a seeded pairing), one Beta(1, 1) weight per batch."""
+    if how == "none" or len(x) < 2:
+        return x
+    perm = torch.randperm(len(x), generator=gen)
+    lam = float(torch.rand(1, generator=gen))
+    if how == "mixup":
+        return lam * x + (1 - lam) * x[perm]
+    _, _, h, w = x.shape
+    bh, bw = int(round(h * math.sqrt(1 - lam))), int(round(w * math.sqrt(1 - lam)))
+    top = int(torch.randint(0, h - bh + 1, (1,), generator=gen))
+    left = int(torch.randint(0, w - bw + 1, (1,), generator=gen))
+    out = x.clone()
+    out[:, :, top:top + bh, left:left + bw] = x[perm, :, top:top + bh, left:left + bw]
     return out
 
 
@@ -253,9 +283,11 @@ def _epochs(model: nn.Module, split: Split, config: RecoveryConfig, *, teacher: 
                 x, y = split.x[idx], split.y[idx]
                 if config.augment:
                     x = augment(x, gen, flip=flip)
+                x = mix_images(x, gen, config.mix)
                 out = model(x)
                 if distill:
-                    key = (split.description, n, config.seed, config.batch_size, config.augment, epoch, i)
+                    key = (split.description, n, config.seed, config.batch_size, config.augment, config.mix,
+                           epoch, i)
                     if cache is not None and key in cache:
                         target, t_value = cache[key]
                     else:

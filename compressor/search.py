@@ -363,8 +363,11 @@ def _recover(problem: Problem, model: nn.Module, emit: EventSink) -> tuple[nn.Mo
     from compressor.finetune import EpochStats, RecoveryConfig, recover
 
     config = problem.config
-    recovery = RecoveryConfig(epochs=config.finetune_epochs, method=config.finetune_method, seed=config.seed)
-    emit(SearchEvent("phase", "finetune", f"recovery: {config.finetune_method}, {config.finetune_epochs} epochs"))
+    recovery = RecoveryConfig(epochs=config.finetune_epochs, method=config.finetune_method, mix=config.finetune_mix,
+                              seed=config.seed)
+    mix = f" + {config.finetune_mix}" if config.finetune_mix != "none" else ""
+    emit(SearchEvent("phase", "finetune", f"recovery: {config.finetune_method}{mix}, "
+                                          f"{config.finetune_epochs} epochs"))
 
     def progress(stats: EpochStats) -> None:
         emit(SearchEvent("epoch", "finetune", episode=stats.epoch, episodes=stats.epochs,
@@ -625,6 +628,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         "reconstruct": config.reconstruct, "bn_recalibration": config.bn_recalibration,
         "uniform_prior": config.uniform_prior,
         "finetune_epochs": config.finetune_epochs, "finetune_method": config.finetune_method,
+        "finetune_mix": config.finetune_mix,
         "recovery": recovery, "prune_blocks": config.prune_blocks,
         "budget": None if budget is None else _budget_summary(budget, kept, latency),
         "units": [{"name": u.name, "channels": u.channels, "block": u.block} for u in problem.pruner.units],

@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from compressor.data import DataBundle, load_dataset
-from compressor.finetune import RecoveryConfig, augment, distillation_loss, finetune, recover, split_holdout
+from compressor.finetune import (
+    RecoveryConfig,
+    augment,
+    distillation_loss,
+    finetune,
+    mix_images,
+    recover,
+    split_holdout,
+)
 from compressor.pruning import ChannelPruner
 from compressor.training import DEMO_WEIGHTS_NAME, evaluate, train, train_demo_cnn
 from compressor.zoo import load_model
@@ -186,3 +194,30 @@ def test_a_second_recovery_reuses_the_teachers_answers(demo_weights, digits):
     assert used > 0 and len(calls) == used  # the second run never asked the teacher
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # and trained exactly as the first did
+
+
+def test_mixing_blends_pairs_of_images():
+    x = torch.stack([torch.full((3, 8, 8), float(i)) for i in range(6)])
+    cuts = [mix_images(x, torch.Generator().manual_seed(s), "cutmix") for s in range(8)]
+    assert all(cut.shape == x.shape for cut in cuts) and not all(torch.equal(cut, x) for cut in cuts)
+    # cutmix: every pixel comes from one of the batch's images (a pasted box), none is averaged
+    assert all(set(cut.flatten().tolist()) <= set(range(6)) for cut in cuts)
+    assert any(len(set(img.flatten().tolist())) == 2 for cut in cuts for img in cut)
+    blend = mix_images(x, torch.Generator().manual_seed(3), "mixup")
+    assert torch.allclose(blend.mean(dim=(1, 2, 3)).sum(), x.mean(dim=(1, 2, 3)).sum())  # a convex blend of a permutation
+    again = mix_images(x, torch.Generator().manual_seed(3), "mixup")
+    assert torch.equal(blend, again)  # seeded
+    assert mix_images(x, torch.Generator(), "none") is x
+
+
+def test_mixed_distillation_trains_and_plain_cannot_mix(demo_weights, digits):
+    teacher, student = _pruned_demo(demo_weights)
+    probe = digits.search.x[:256]
+    before = _kl(student, teacher, probe)
+    small = dataclasses.replace(digits, train=digits.train.subset(range(256)))
+    recover(student, small, RecoveryConfig(epochs=3, method="distill", mix="cutmix", holdout=0.0), teacher=teacher)
+    assert _kl(student, teacher, probe) < 0.7 * before
+    with pytest.raises(ValueError, match="distill"):
+        RecoveryConfig(epochs=1, method="plain", mix="mixup")
+    with pytest.raises(ValueError, match="mix"):
+        RecoveryConfig(epochs=1, mix="shuffle")  # type: ignore[arg-type]
