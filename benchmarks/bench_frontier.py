@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--reward-samples", type=int, default=500)
     parser.add_argument("--finetune-epochs", type=int, default=6)
+    parser.add_argument("--finetune-mix", default="none", choices=["none", "mixup", "cutmix"])
+    parser.add_argument("--latency-rounds", type=int, default=2, help="measured-latency correction rounds")
+    parser.add_argument("--statistic", default="median", choices=["median", "min"],
+                        help="which number of a measurement stands for a model, here and in the searches: the "
+                             "median of its runs, or (a machine shared with other work) the fastest run")
     parser.add_argument("--strategy", default="ddpg")
     parser.add_argument("--no-flops", action="store_true", help="skip the flops=0.5 model")
     parser.add_argument("--no-prune-blocks", action="store_true", help="channels only (for comparison)")
@@ -84,15 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     device = LocalDevice()
 
     def measured(paths: list[Path]) -> list[float]:
-        # Interleaved rounds; each model's fastest round median. On a shared 2-core machine another
-        # process can slow a whole round down, never speed it up, so the least disturbed round is
-        # the best estimate of what the model costs.
+        # Interleaved rounds; each model's fastest run (--statistic min) or fastest round median. On a
+        # shared 2-core machine another process can slow a run or a whole round down, never speed it
+        # up, so the least disturbed one is the best estimate of what the model costs.
         runs: list[list[float]] = [[] for _ in paths]
         for _ in range(args.rounds):
             for i, path in enumerate(paths):
-                runs[i].append(measure(device, path, MeasureConfig(threads=1), cache=None).median_ms)
+                m = measure(device, path, MeasureConfig(threads=1), cache=None)
+                runs[i].append(m.min_ms if args.statistic == "min" else m.median_ms)
         for path, r in zip(paths, runs):
-            _log(f"    {path.name}: round medians {', '.join(f'{x:.3f}' for x in r)} ms")
+            _log(f"    {path.name}: round {args.statistic}s {', '.join(f'{x:.3f}' for x in r)} ms")
         return [min(r) for r in runs]
 
     t_start = time.perf_counter()
@@ -117,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     config = SearchConfig(model="resnet56", data=f"cifar10:{data / 'cifar10_test.npz'}",
                           weights=str(data / "weights" / SIBLINGS[56]), target=targets[0], strategy=args.strategy,
                           episodes=args.episodes, seed=args.seed, reward_samples=args.reward_samples,
-                          finetune_epochs=args.finetune_epochs, prune_blocks=not args.no_prune_blocks)
-    oracle = make_oracle(config, force=True, progress=lambda d, t, what: _log(f"  latency table {d}/{t} {what}")
+                          finetune_epochs=args.finetune_epochs, prune_blocks=not args.no_prune_blocks,
+                          finetune_mix=args.finetune_mix, latency_rounds=args.latency_rounds)
+    oracle = make_oracle(config, force=True, statistic=args.statistic, progress=lambda d, t, what: _log(f"  latency table {d}/{t} {what}")
                          if d == t or d % 50 == 0 else None)
     frontier = run_frontier(config, targets, out / "frontier", oracle=oracle, on_event=_progress)
 
@@ -137,9 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.perf_counter() - t_start
     settings = {"strategy": args.strategy, "episodes": args.episodes, "reward_samples": args.reward_samples,
                 "finetune_epochs": args.finetune_epochs, "prune_blocks": not args.no_prune_blocks,
+                "finetune_mix": args.finetune_mix, "latency_rounds": args.latency_rounds,
+                "statistic": args.statistic,
                 "rounds": args.rounds, "depths": depths, "targets": targets, "total_s": total_s}
+    corrections = {}
+    for point in frontier["points"]:
+        report = json.loads((out / "frontier" / point["dir"] / "report.json").read_text())
+        corrections[point["target"]] = (report.get("latency") or {}).get("corrections") or []
     results = {"settings": settings, "before": before, "after": {"siblings": sib_ms, "ours": our_ms},
-               "accuracy": sib_acc, "frontier": frontier}
+               "accuracy": sib_acc, "frontier": frontier, "corrections": corrections}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(render(results))
     return 0

@@ -27,7 +27,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -99,6 +99,18 @@ def family_key(kernels: Sequence[KernelSpec]) -> str:
 def model_family(full_kernels: Sequence[KernelSpec]) -> str:
     """The family of every pruned variant of one model (blocks removed or not): its full structure."""
     return "family:" + structure_key(full_kernels)
+
+
+# Which number of a whole-model measurement stands for it: the median of its runs, or on a shared
+# machine (where other processes only ever slow a run down) the fastest.
+Statistic = Literal["median", "min"]
+STATISTICS: tuple[str, ...] = ("median", "min")
+
+
+def check_statistic(statistic: str) -> Statistic:
+    if statistic not in STATISTICS:
+        raise LutError(f"unknown latency statistic {statistic!r}: use one of {', '.join(STATISTICS)}")
+    return statistic  # type: ignore[return-value]
 
 
 # A structure's own calibration is used once it has this many measurements (or as many as its
@@ -508,7 +520,8 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
               a_min: float = 0.2, cache: MeasurementCache | None = None,
               calibrate_with: Sequence[tuple[Sequence[KernelSpec], Path]] = (),
               progress: Progress | None = None, work_dir: Path | None = None,
-              passes: int = DEFAULT_KERNEL_PASSES, family: str | None = None) -> LatencyTable:
+              passes: int = DEFAULT_KERNEL_PASSES, family: str | None = None,
+              statistic: Statistic = "median") -> LatencyTable:
     """Time every kernel of the grid not yet in the table (device's table under `lut_dir`, or
     `table`), then calibrate on `calibrate_with` (kernel list, exported whole model) pairs. Saves the
     table when it has a path. A kernel that fails to time is skipped (interpolation covers it).
@@ -564,7 +577,8 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
         # Exactly as the oracle measures candidates, so a calibration point and a later measurement
         # of the same model agree (and share a cache entry).
         whole = MeasureConfig(threads=config.threads, cpu_mask=config.cpu_mask)
-        table.observe(ks, measure(device, path, whole, runtime=runtime, cache=cache).median_ms, family)
+        result = measure(device, path, whole, runtime=runtime, cache=cache)
+        table.observe(ks, result.min_ms if statistic == "min" else result.median_ms, family)
     table.meta.update({"updated": time.time(), "round_to": round_to, "a_min": a_min, "max_points": max_points,
                        "kernel_runs": config.runs, "kernel_passes": passes, "device_spec": device.spec,
                        "build_s": round(time.monotonic() - start, 2)})

@@ -15,9 +15,10 @@ def needs_latency(config: SearchConfig) -> bool:
 
 
 def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], None] | None = None,
-                force: bool = False) -> LatencyOracle | None:
+                force: bool = False, statistic: str = "median") -> LatencyOracle | None:
     """The device's latency oracle, its lookup table completed for this model, when the search needs
-    one (or, with `force`, whenever results are to be timed on the device)."""
+    one (or, with `force`, whenever results are to be timed on the device). `statistic`: which number
+    of a measurement stands for a model (`median`; `min` on a machine shared with other work)."""
     if not (needs_latency(config) or force):
         return None
     import torch
@@ -29,4 +30,5 @@ def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], Non
     example = torch.zeros(1, *loaded.entry.input_shape)
     return profiler_oracle(config.device, model=loaded.model, example_input=example, round_to=config.round_to,
                            a_min=config.a_min, prune_residual=config.prune_residual,
-                           prune_blocks=config.prune_blocks, progress=progress)
+                           prune_blocks=config.prune_blocks, progress=progress,
+                           statistic=statistic)  # type: ignore[arg-type]

@@ -14,11 +14,12 @@ from compressor.latency import KernelSpec, LatencyOracle
 from profiler.cache import MeasurementCache
 from profiler.devices import LocalDevice
 from profiler.export import export_onnx
-from profiler.kernels import extract_kernels, kernel_module
+from profiler.kernels import extract_kernels, kernel_module, search_kernels
 from profiler.lut import (
     Calibration,
     LatencyTable,
     LutCheck,
+    LutError,
     build_lut,
     check_lut,
     family_key,
@@ -350,3 +351,30 @@ def test_cli_lut_build_and_check(tmp_path: Path, capsys) -> None:
     assert main(["lut", "check", "--device", "local", "--model", "demo-cnn", "--out", str(tmp_path / "none"),
                  "--samples", "1"]) == 1
     assert "amc lut build" in capsys.readouterr().err
+
+
+class _OneMeasurementPool:
+    """A pool whose device answers every measurement with runs between 1.5 and 4 ms, median 2 ms."""
+
+    def measure(self, path, config, *, runtime, deadline_s):
+        from profiler.protocol import Measurement
+
+        return Measurement(device_id="d", runtime=runtime, threads=1, model_sha256="x", median_ms=2.0, p90_ms=3.0,
+                           mean_ms=2.2, std_ms=0.5, min_ms=1.5, max_ms=4.0, runs=50)
+
+
+@pytest.mark.parametrize("statistic, expected", [("median", 2.0), ("min", 1.5)])
+def test_the_oracle_reports_the_statistic_it_was_asked_for(statistic, expected):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    table = LatencyTable(device_id="d", runtime="onnxruntime", threads=1)
+    for spec in search_kernels(model, torch.zeros(1, 3, 8, 8)):
+        table.add_entry(spec, 1.0)
+    oracle = LutOracle(table, _OneMeasurementPool(), statistic=statistic, save=False)  # type: ignore[arg-type]
+    assert oracle.measure_ms(model, torch.zeros(1, 3, 8, 8)) == expected
+    # and the calibration learns from that number
+    assert table.calibrations and all(p[1] == expected for cal in table.calibrations.values() for p in cal.points)
+
+
+def test_an_unknown_statistic_is_refused():
+    with pytest.raises(LutError, match="median, min"):
+        LutOracle(LatencyTable(device_id="d", runtime="onnxruntime", threads=1), None, statistic="mean")  # type: ignore[arg-type]
