@@ -663,13 +663,17 @@ class FakeStream:
         pass
 
 
-PATH_PARTS = ["a", "b", "sub", "esc", "lnk", "file.txt", "..", ".", "", "outside", "secret.txt", "x" * 300]
-PREFIXES = ["/data/local/tmp/", "/sdcard/", "", "/", "/etc/", "/tmp/", "/data/local/tmp/../../../"]
+# Names that exist in the reset root (sub, the planted links esc and lnk) or outside it are drawn most
+# often, so short paths through the planted links are tried often; prefixes favour the sandbox's own.
+# (Weights are repetitions in a sampled_from list: one_of would fold identical branches together.)
+PARTS = 4 * ["lnk", "esc", "secret.txt", "file.txt", "..", "sub"] + [".", "", "outside", "a", "x" * 300, "\udcff", "a\x00b"]
+PREFIXES = 4 * ["/data/local/tmp/", ""] + ["/data/local/tmp/sub/../", "/sdcard/", "/", "/etc/", "/data/local/tmp/../../../"]
+KINDS = 4 * [b"RECV", b"LIST", b"SEND"] + 2 * [b"STA2", b"STAT", b"LST2"] + [b"QUIT", b"JUNK"]  # the last two end it
 
 
 @st.composite
 def sync_paths(draw) -> str:
-    return draw(st.sampled_from(PREFIXES)) + "/".join(draw(st.lists(st.sampled_from(PATH_PARTS), max_size=5)))
+    return draw(st.sampled_from(PREFIXES)) + "/".join(draw(st.lists(st.sampled_from(PARTS), max_size=3)))
 
 
 @st.composite
@@ -681,22 +685,25 @@ def link_targets(draw, outside: str) -> bytes:
         return "/".join(draw(st.lists(st.sampled_from(["..", ".", "a", "esc", "outside", "sub"]), max_size=6))).encode()
     if choice == "raw":
         return draw(st.binary(max_size=50))
-    return draw(sync_paths()).encode()
+    return draw(sync_paths()).encode("utf-8", errors="surrogateescape")
 
 
 def sync_request(draw, outside: str) -> bytes:
-    kind = draw(st.sampled_from([b"STAT", b"STA2", b"LST2", b"LIST", b"RECV", b"SEND", b"SEND", b"QUIT", b"JUNK"]))
+    kind = draw(st.sampled_from(KINDS))
     path = draw(sync_paths()).encode("utf-8", errors="surrogateescape")
     if kind != b"SEND":
         return p.SYNC_HEADER.pack(kind, len(path)) + path
-    mode = draw(st.sampled_from([0o100644, 0o104755, 0o102777, 0o120777, 0o120777, 0o040755]))
-    mode = draw(st.one_of(st.just(mode), st.integers(0, 0xFFFFFFFF)))
+    modes = [0o100644, 0o104755, 0o102777, 0o101777, 0o120777, 0o120777, 0o040755]
+    mode = draw(st.one_of(st.sampled_from(modes), st.integers(0, 0xFFFFFFFF)))
     spec = path + b"," + str(mode).encode()
     body = p.SYNC_HEADER.pack(b"SEND", len(spec)) + spec
     payload = draw(link_targets(outside)) if stat.S_ISLNK(mode) else draw(st.binary(max_size=300))
     body += p.SYNC_HEADER.pack(b"DATA", len(payload)) + payload
-    if draw(st.booleans()):
-        body += p.SYNC_HEADER.pack(b"DATA", draw(st.integers(0, 0xFFFFFFFF))) + draw(st.binary(max_size=20))
+    extra = draw(st.one_of(st.binary(max_size=300), st.none(), st.integers(p.SYNC_DATA_MAX + 1, 0xFFFFFFFF)))
+    if isinstance(extra, bytes):
+        body += p.SYNC_HEADER.pack(b"DATA", len(extra)) + extra
+    elif extra is not None:  # oversized: fails the sync and closes the stream
+        body += p.SYNC_HEADER.pack(b"DATA", extra) + draw(st.binary(max_size=20))
     return body + p.SYNC_HEADER.pack(b"DONE", draw(u32))
 
 
@@ -721,8 +728,8 @@ def sync_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[San
     outside.mkdir()
     secret = b"SECRET-" + secrets.token_hex(8).encode()
     hidden = f"hidden-{secrets.token_hex(8)}"
-    (outside / "secret.txt").write_bytes(secret)
-    (outside / hidden).write_bytes(b"")
+    for name in ("secret.txt", "file.txt", hidden):  # the names a path through a planted link may reach
+        (outside / name).write_bytes(secret)
     sandbox = Sandbox(base / "phone", props={})
     yield sandbox, outside, secret, hidden
     sandbox.cleanup()
@@ -752,7 +759,10 @@ def test_sync_never_reads_nor_writes_outside_its_root(sync_sandbox, data) -> Non
     _reset(sandbox.root, outside)
     outside_before = _snapshot(outside)
     base_before = sorted(os.listdir(outside.parent))
-    chunks = data.draw(st.one_of(sync_sessions(str(outside)), st.lists(st.binary(max_size=300), max_size=6)))
+    if data.draw(st.sampled_from([True, True, True, False])):
+        chunks = data.draw(sync_sessions(str(outside)))
+    else:
+        chunks = data.draw(st.lists(st.binary(max_size=300), max_size=6))
     stream = FakeStream(chunks)
     sync_service(stream, [], "", sandbox)  # returns; an exception here fails the property
     assert secret not in stream.written

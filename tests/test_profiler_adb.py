@@ -4,6 +4,11 @@ gives a retry on another device or a clear DeviceUnavailable."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,11 +19,13 @@ from torch import nn
 
 from device_agent.phone_sim.server import PhoneSimulator
 from profiler.devices import AdbTcpDevice, LocalDevice, open_device
-from profiler.devices.keys import ensure_adb_key
+from profiler.devices.keys import AdbKeyError, check_key_pair, ensure_adb_key, load_signer
 from profiler.errors import DeviceUnavailable, MeasurementError
 from profiler.export import export_onnx
 from profiler.pool import DevicePool
 from profiler.protocol import MeasureConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -183,3 +190,107 @@ def test_absent_usb_phone_is_device_unavailable(tiny_onnx: Path, key: Path) -> N
         device.measure(tiny_onnx, MeasureConfig(warmup=1, runs=3))
     assert "NOSUCHSERIAL0" in str(err.value) or "USB" in str(err.value)
     assert not device.health().ok
+
+
+# --- the host's ADB key: one pair however many callers race, written atomically, checked as a pair ---------
+
+
+def test_concurrent_callers_generate_one_key_pair(tmp_path: Path, monkeypatch) -> None:
+    from profiler.devices import keys
+
+    generated = []
+    real_generate = keys._generate
+
+    def slow_generate(path: Path) -> None:
+        generated.append(path)
+        time.sleep(0.3)  # widen the window in which an unlocked second caller would generate too
+        real_generate(path)
+
+    monkeypatch.setattr(keys, "_generate", slow_generate)
+    path = tmp_path / "cfg" / "adbkey"
+    barrier = threading.Barrier(4)
+    seen: list[bytes] = []
+
+    def health_check() -> None:
+        barrier.wait()
+        public = keys.load_signer(path).GetPublicKey()
+        seen.append(public.encode() if isinstance(public, str) else public)
+
+    threads = [threading.Thread(target=health_check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(generated) == 1 and len(seen) == 4
+    pub = (tmp_path / "cfg" / "adbkey.pub").read_bytes().split()[0]
+    assert all(s.split()[0] == pub for s in seen)
+    for file in ("adbkey", "adbkey.pub"):
+        assert stat.S_IMODE((tmp_path / "cfg" / file).stat().st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["adbkey", "adbkey.lock", "adbkey.pub"]
+
+
+def test_concurrent_processes_generate_one_key_pair(tmp_path: Path) -> None:
+    path = tmp_path / "cfg" / "adbkey"
+    code = (
+        "import sys; from pathlib import Path; from profiler.devices.keys import ensure_adb_key; "
+        "p = ensure_adb_key(Path(sys.argv[1])); print(Path(str(p) + '.pub').read_text().split()[0])"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    assert {out.strip() for out, _err in outputs} == {(tmp_path / "cfg" / "adbkey.pub").read_text().split()[0]}
+    check_key_pair(path)
+
+
+def test_mismatched_key_pair_is_a_clear_error(tmp_path: Path) -> None:
+    mine = ensure_adb_key(tmp_path / "a" / "adbkey")
+    other = ensure_adb_key(tmp_path / "b" / "adbkey")
+    shutil.copy(str(other) + ".pub", str(mine) + ".pub")
+    with pytest.raises(AdbKeyError, match=r"adbkey\.pub is not the public half of .*adbkey.*delete both"):
+        ensure_adb_key(mine)
+    with pytest.raises(AdbKeyError, match="not the public half"):
+        load_signer(mine)
+
+
+def test_corrupt_private_key_is_a_clear_error(tmp_path: Path) -> None:
+    key = ensure_adb_key(tmp_path / "k" / "adbkey")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(AdbKeyError, match="is not an unencrypted PEM private key.*restore it"):
+        ensure_adb_key(key)
+
+
+def test_missing_public_key_is_rewritten_and_loose_permissions_tightened(tmp_path: Path) -> None:
+    key = ensure_adb_key(tmp_path / "k" / "adbkey")
+    pub = Path(str(key) + ".pub")
+    before = pub.read_bytes().split()[0]
+    pub.unlink()
+    os.chmod(key, 0o644)
+    assert ensure_adb_key(key) == key
+    assert pub.read_bytes().split()[0] == before
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(pub.stat().st_mode) == 0o600
+
+
+def test_linked_lock_file_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "k"
+    folder.mkdir()
+    os.symlink(tmp_path / "elsewhere", folder / "adbkey.lock")
+    with pytest.raises(AdbKeyError, match="must be a regular file"):
+        ensure_adb_key(folder / "adbkey")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_our_keys_and_adb_shell_keys_speak_the_same_format(tmp_path: Path) -> None:
+    from adb_shell.auth.keygen import keygen
+    from adb_shell.auth.sign_cryptography import CryptographySigner
+
+    from device_agent.phone_sim.auth import AdbPublicKey
+
+    theirs = tmp_path / "theirs" / "adbkey"
+    theirs.parent.mkdir()
+    keygen(str(theirs))
+    check_key_pair(theirs)  # a pair made by adb-shell passes our check
+    ours = ensure_adb_key(tmp_path / "ours" / "adbkey")
+    token = os.urandom(20)
+    signature = CryptographySigner(str(ours)).Sign(token)
+    assert AdbPublicKey.parse(Path(str(ours) + ".pub").read_text()).verify(token, signature)
