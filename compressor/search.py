@@ -440,12 +440,14 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
     target = config.parsed_target.value
     rounds: list[dict[str, Any]] = []
     seconds = 0.0
+    # The ratio comes from the latest measured candidates only: those predicted near the current
+    # limit (the table's error is not the same at every size).
+    fresh = info["candidates"]
     for r in range(config.latency_rounds):
         measured = info.get("measured_ms")
         if measured is not None and LATENCY_FILL * target <= measured <= target:
             break
-        ratios = [c["measured_ms"] / c["predicted_ms"] for c in info["candidates"]
-                  if c["measured_ms"] and c["predicted_ms"]]
+        ratios = [c["measured_ms"] / c["predicted_ms"] for c in fresh if c["measured_ms"] and c["predicted_ms"]]
         if not ratios:
             break
         ratio = float(np.median(ratios))
@@ -479,6 +481,7 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
         best_row, info = _pick_final(problem, rows, emit)
         rounds.append({"ratio": ratio, "limit_ms": limit, "episodes": len(uniform) + len(more),
                        "measured_ms": info.get("measured_ms"), "seconds": s1 + s2})
+        fresh = [c for c in info["candidates"] if c["episode"] > first] or list(info["candidates"])
         # Keep what was already measured: a candidate measured twice keeps its later measurement.
         seen = {c["episode"] for c in info["candidates"]}
         info["candidates"] += [c for c in previous["candidates"] if c["episode"] not in seen]
