@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from compressor.errors import ConfigError
-from profiler.devices import parse_device_spec
+from profiler.devices import open_device, parse_device_spec
 from profiler.devices.adb import list_usb_serials
 from profiler.registry import DeviceRegistry, discover
 from server.core.config import Settings
@@ -68,8 +68,28 @@ class DeviceDirectory:
             raise ConfigError("spec", f"{address!r} is not a TCP device; register adb:HOST:PORT "
                                       "(USB phones and `local` are found without registering)")
         spec = self.registry.add(parsed.text, name=name)
-        devices, _ = self.list(refresh=True)
-        return next(d for d in devices if d.spec == spec)
+        # Only the new device is checked: re-checking every registered one (each may take its connect
+        # timeout) would make one registration as slow as all of them.
+        info = self._health(DeviceInfo(spec, "registered", "unknown"))
+        with self._lock:
+            if self._cached is not None:
+                kept = [d for d in self._cached[1] if d.spec != spec]
+                self._cached = (self._cached[0], [*kept, info], self._cached[2])
+        return info
+
+    @staticmethod
+    def _health(device: DeviceInfo) -> DeviceInfo:
+        opened = None
+        try:
+            opened = open_device(device.spec)
+            h = opened.health()
+            device.health, device.detail, device.info = ("ok" if h.ok else "unhealthy"), h.detail, h.info
+        except Exception as exc:  # report, never fail the registration: the device may come up later
+            device.health, device.detail = "unhealthy", str(exc)
+        finally:
+            if opened is not None:
+                opened.close()
+        return device
 
     def check(self, spec: str) -> None:
         """A job may use `local`, a USB phone that is plugged in, or a registered TCP device."""

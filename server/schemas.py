@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from server.options import job_spec_model
 from server.store import Episode, Job, JobState
@@ -110,8 +111,18 @@ DEVICE_ADDRESS = (r"^(adb:)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:"
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     spec: str = Field(description="HOST:PORT or adb:HOST:PORT of a device (or phone emulator) reachable over TCP",
-                      pattern=DEVICE_ADDRESS, max_length=300, examples=["adb:192.168.1.20:5555", "127.0.0.1:5037"])
+                      max_length=300, examples=["adb:192.168.1.20:5555", "127.0.0.1:5037"],
+                      json_schema_extra={"pattern": DEVICE_ADDRESS})
     name: str | None = Field(None, max_length=255)
+
+    @field_validator("spec")
+    @classmethod
+    def _tcp_address(cls, value: str) -> str:
+        # the pattern the schema shows, with a message that says what to send instead
+        if not re.match(DEVICE_ADDRESS, value):
+            raise ValueError(f"{value!r} is not a TCP device address; register [adb:]HOST:PORT with a port in "
+                             "1-65535 (USB phones and `local` are found without registering)")
+        return value
 
 
 class DeviceOut(BaseModel):

@@ -11,9 +11,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="run the REST orchestrator and web status page",
-        description="Run the REST API (/docs), the job workers and the status page (/). Every setting is "
-                    "also read from AMC_* environment variables (AMC_HOST, AMC_PORT, AMC_DATA_DIR, "
-                    "AMC_DATABASE_URL, AMC_API_TOKEN, AMC_MAX_WORKERS, ...).",
+        description="Run the REST API (/docs), the job workers and the status page (/). Every route but "
+                    "/healthz, /docs and the page's own files needs the API token (printed on first start, "
+                    "kept in <data dir>/api-token). Every setting is also read from AMC_* environment "
+                    "variables (AMC_HOST, AMC_PORT, AMC_DATA_DIR, AMC_DATABASE_URL, AMC_API_TOKEN, "
+                    "AMC_MAX_WORKERS, AMC_ALLOWED_HOSTS, AMC_DATA_ROOTS, AMC_ALLOWED_MODEL_MODULES, ...).",
     )
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from server.core.config import Settings
-    from server.core.security import InsecureBindError, check_bind, ensure_token
+    from server.core.security import InsecureBindError, TokenFileError, check_bind, ensure_token
     from server.main import create_app
 
     console = Console(stderr=True)
@@ -44,8 +46,13 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, InsecureBindError) as exc:
         console.print(f"[red]amc serve:[/red] {exc}")
         return 2
-    settings.prepare_dirs()
-    token, created = ensure_token(settings)
+    os.umask(0o077)  # the database, uploads, job folders and logs: private to this user
+    try:
+        settings.prepare_dirs()
+        token, created = ensure_token(settings)
+    except (OSError, TokenFileError) as exc:
+        console.print(f"[red]amc serve:[/red] {exc}")
+        return 2
     if created:
         console.print(f"[bold]API token[/bold] (shown once; stored in {settings.token_file}, mode 0600):\n{token}")
     elif not os.environ.get("AMC_API_TOKEN"):

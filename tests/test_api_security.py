@@ -250,9 +250,8 @@ def _weights(legacy: bool = False) -> bytes:
 def test_uploads_without_a_file_name_are_accepted_by_their_contents(api):
     import onnx
     import onnx.helper as oh
-    from safetensors.torch import save
-
     import torch
+    from safetensors.torch import save
 
     graph = oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g",
                           [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],

@@ -1,10 +1,18 @@
 """The REST API against a real uvicorn process on loopback: submit a small digits job with the
-token, follow it through a real worker process to `succeeded`, run its ONNX model in ONNX Runtime.
+token, follow it through a real worker process to `succeeded`, run its ONNX model in ONNX Runtime;
+everything the server and its worker wrote is private to its user. The request guard on the wire:
+an unauthenticated chunked upload is answered 401 before its body is sent, a foreign Host is refused,
+and registered devices live in the server's data dir.
 
 Everything that needs no server or worker (validation, auth, 404/409, uploads, devices, the error
 handlers) is checked in this process, faster, by tests/test_api_*.py."""
 
 from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
 
 import numpy as np
 import pytest
@@ -62,3 +70,55 @@ def test_small_digits_job_succeeds_and_its_onnx_model_runs(server):
         assert any(j["id"] == created["id"] and j["state"] == "succeeded" for j in listed["jobs"])
         health = c.get("/healthz").json()
         assert health["status"] == "ok" and health["jobs"]["succeeded"] >= 1
+
+        # Everything the server and its worker wrote is its user's alone (umask 077, data dir 0700).
+        data = server.data_dir
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        for path in [data / "amc.db", data / "api-token", *data.rglob("*")]:
+            if path.is_symlink() or not path.exists():
+                continue
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode & 0o077 == 0, f"{path} is mode {mode:o}"
+
+
+def _raw_request(server, head: str, first_chunk: bytes) -> tuple[str, float]:
+    """Send a request's head and the first chunk of its body, then read the answer without sending the
+    rest; returns (the status line and headers, seconds until they came)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(head.encode() + b"%x\r\n" % len(first_chunk) + first_chunk + b"\r\n")
+        start = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer.decode("latin-1"), time.monotonic() - start
+
+
+def test_an_unauthenticated_chunked_upload_is_refused_before_its_body_is_sent(server):
+    # Before: a chunked 60 MB upload without a token was spooled to disk, then 401. Now the answer comes
+    # after the first megabyte, and the server has written nothing.
+    head = (f"POST /uploads HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    answer, seconds = _raw_request(server, head, b"--x\r\n" + b"\0" * (1 << 20))
+    assert answer.startswith("HTTP/1.1 401"), answer
+    assert "www-authenticate: bearer" in answer.lower()
+    assert not [p for p in (server.data_dir / "uploads").iterdir()]
+
+
+def test_a_rebinding_page_cannot_reach_the_server(server):
+    answer, _ = _raw_request(server, "GET /jobs HTTP/1.1\r\nHost: attacker.example\r\n"
+                                     "Authorization: Bearer x\r\nTransfer-Encoding: chunked\r\n\r\n", b"")
+    assert answer.startswith("HTTP/1.1 400"), answer
+
+
+def test_registered_devices_live_in_the_servers_data_dir(server):
+    with server.client() as c:
+        r = c.post("/devices", json={"spec": "127.0.0.1:9", "name": "nothing listens here"})
+        assert r.status_code == 201, r.text
+        assert r.json()["health"] == "unhealthy"
+    assert "adb:127.0.0.1:9" in (server.data_dir / "devices.json").read_text()
+    assert stat.S_IMODE(os.stat(server.data_dir / "devices.json").st_mode) == 0o600
+    config = server.data_dir.parent / "config"  # AMC_CONFIG_DIR: the user's folder holds no server's devices
+    assert not (config / "devices.json").exists()

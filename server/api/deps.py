@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server.core.config import Settings
@@ -47,7 +49,31 @@ def require_token(
         )
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {f.alias for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def known_query(request: Request) -> None:
+    """A query parameter the route does not take is refused (422 naming it), not silently ignored:
+    what the OpenAPI document does not describe, the server does not accept."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    taken = _query_names(dependant)
+    unknown = [k for k in request.query_params if k not in taken]
+    if unknown:
+        offered = ", ".join(sorted(taken)) or "none"
+        raise RequestValidationError([{"loc": ("query", name), "type": "extra_forbidden", "input": request.query_params[name],
+                                       "msg": f"unknown query parameter; this route takes: {offered}"}
+                                      for name in dict.fromkeys(unknown)])
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 ServiceDep = Annotated[JobService, Depends(get_service)]
 Authorized = Depends(require_token)
+KnownQuery = Depends(known_query)

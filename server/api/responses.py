@@ -38,10 +38,18 @@ DESCRIPTIONS = {
 }
 
 
-def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` of a route or router for these status codes."""
-    return {code: {"model": ValidationErrorOut if code == 422 else ErrorOut, "description": DESCRIPTIONS[code]}
-            for code in codes}
+def responses(*codes: int, json_errors: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route or router for these status codes. `json_errors` for a route whose
+    own answer is not JSON (a log, a file): its errors are JSON all the same, and the document says so."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        model = ValidationErrorOut if code == 422 else ErrorOut
+        if json_errors:  # FastAPI would list the error body under the route's own media type
+            schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+            out[code] = {"description": DESCRIPTIONS[code], "content": {"application/json": {"schema": schema}}}
+        else:
+            out[code] = {"model": model, "description": DESCRIPTIONS[code]}
+    return out
 
 
 # Every route passes the request guard (server/api/guard.py): a wrong Host or an oversized body.

@@ -83,7 +83,7 @@ async def receive_upload(request: Request, uploads_dir: Path, *, max_bytes: int)
                              "(curl -F file=@weights.pt ...)")
     incoming = IncomingFile(uploads_dir, max_bytes=max_bytes)
     parts = _Parts(incoming)
-    parser = MultipartParser(boundary, {  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, {
         "on_part_begin": parts.on_part_begin, "on_part_data": parts.on_part_data, "on_part_end": parts.on_part_end,
         "on_header_field": parts.on_header_field, "on_header_value": parts.on_header_value,
         "on_header_end": parts.on_header_end, "on_headers_finished": parts.on_headers_finished,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
-from server.api.deps import Authorized, ServiceDep
+from server.api.deps import Authorized, KnownQuery, ServiceDep
 from server.api.responses import GUARDED, responses
 from server.schemas import DeviceIn, DeviceList, DeviceOut
 
-router = APIRouter(prefix="/devices", tags=["devices"], dependencies=[Authorized], responses={**GUARDED, **responses(422)})
+router = APIRouter(prefix="/devices", tags=["devices"], dependencies=[Authorized, KnownQuery], responses={**GUARDED, **responses(422)})
 
 
 @router.get("", response_model=DeviceList)

@@ -6,11 +6,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter
 
-from server.api.deps import ServiceDep, StoreDep
-from server.api.responses import GUARD
+from server.api.deps import KnownQuery, ServiceDep, StoreDep
+from server.api.responses import GUARD, responses
 from server.schemas import Health
 
-router = APIRouter(tags=["health"], responses=GUARD)  # no token: a load balancer or `curl` may ask
+router = APIRouter(tags=["health"], dependencies=[KnownQuery], responses={**GUARD, **responses(422)})  # no token: a load balancer or `curl` may ask
 
 try:
     VERSION = version("amc-service")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from server.api.deps import Authorized, ServiceDep, StoreDep
+from server.api.deps import Authorized, KnownQuery, ServiceDep, StoreDep
 from server.api.responses import GUARDED, responses
 from server.artifacts import ARTIFACTS, FRONTIER_ARTIFACTS
 from server.schemas import (
@@ -30,7 +30,9 @@ ARTIFACT_CONTENT = {
                 for t in sorted({*ARTIFACTS.values(), *FRONTIER_ARTIFACTS.values()})},
 }
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized], responses={**GUARDED, **responses(422)})
+MAX_INDEX = 2**31 - 1  # offsets and episode numbers the database can compare
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized, KnownQuery], responses={**GUARDED, **responses(422)})
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
@@ -46,7 +48,7 @@ def submit_job(spec: JobSpec, service: ServiceDep, response: Response) -> JobOut
 def list_jobs(
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
     state: JobState | None = None,
 ) -> JobList:
     """Jobs, newest first, with state and progress."""
@@ -62,7 +64,7 @@ def get_job(job_id: str, store: StoreDep, service: ServiceDep) -> JobDetail:
 
 
 @router.get("/{job_id}/episodes", response_model=EpisodeList, responses=responses(404))
-def list_episodes(job_id: str, store: StoreDep, after: Annotated[int, Query(ge=0)] = 0) -> EpisodeList:
+def list_episodes(job_id: str, store: StoreDep, after: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0) -> EpisodeList:
     """Every finished episode (reward, accuracy, cost, per-layer ratios); `after` for incremental polling."""
     job = store.get_job(job_id)
     episodes = store.list_episodes(job_id, after=after)
@@ -75,7 +77,8 @@ def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
     return job_out(service.cancel(job_id))
 
 
-@router.get("/{job_id}/log", response_class=PlainTextResponse, responses=responses(404))
+@router.get("/{job_id}/log", response_class=PlainTextResponse,
+            responses=responses(400, 401, 404, 413, 422, json_errors=True))
 def job_log(job_id: str, service: ServiceDep) -> PlainTextResponse:
     """The job process's log (kept for failed jobs)."""
     path = service.log_path(job_id)
@@ -83,7 +86,7 @@ def job_log(job_id: str, service: ServiceDep) -> PlainTextResponse:
 
 
 @router.get("/{job_id}/artifacts/{name:path}", response_class=FileResponse,
-            responses={200: ARTIFACT_CONTENT, **responses(404, 409)})
+            responses={200: ARTIFACT_CONTENT, **responses(400, 401, 404, 409, 413, 422, json_errors=True)})
 def get_artifact(job_id: str, name: str, service: ServiceDep) -> FileResponse:
     """A finished job's file: model.onnx, model.tflite, model.pt, report.json, report.md, policy.json, episodes.csv;
     a frontier job's frontier.json, frontier.svg, report.md and TARGET_FOLDER/FILE (e.g. flops-0.5/model.onnx)."""

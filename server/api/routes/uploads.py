@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from server.api.deps import Authorized, SettingsDep, StoreDep
+from server.api.deps import Authorized, KnownQuery, SettingsDep, StoreDep
 from server.api.responses import GUARDED, responses
 from server.api.upload_body import REQUEST_BODY, receive_upload
 from server.schemas import UploadOut
 from server.uploads import store_upload
 
-router = APIRouter(prefix="/uploads", tags=["uploads"], dependencies=[Authorized], responses=GUARDED)
+router = APIRouter(prefix="/uploads", tags=["uploads"], dependencies=[Authorized, KnownQuery], responses=GUARDED)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=UploadOut,
