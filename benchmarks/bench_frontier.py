@@ -168,14 +168,17 @@ def render(results: dict) -> str:
     sib_acc = {int(d): v for d, v in results["accuracy"].items()}
     points = {p["target"]: p for p in results["frontier"]["points"]}
     targets = [str(Target.parse(t)) for t in st["targets"]]
+    stat = "the fastest" if st.get("statistic") == "min" else "a median"
     lines = [
         f"ResNet-56 (pretrained) compressed to each sibling's measured latency: {st['strategy']}, "
         f"{st['episodes']} episodes, reward on {st['reward_samples']} search images, whole blocks "
-        f"{'removable' if st['prune_blocks'] else 'kept'}, recovery `distill` {st['finetune_epochs']} epochs "
-        f"on the search split (test images 0-4999, a tenth held out to pick the epoch). Accuracy on the report split "
+        f"{'removable' if st['prune_blocks'] else 'kept'}, recovery `distill`"
+        f"{' + ' + st['finetune_mix'] if st.get('finetune_mix', 'none') != 'none' else ''} {st['finetune_epochs']} "
+        f"epochs on the search split (test images 0-4999, a tenth held out to pick the epoch), "
+        f"{st.get('latency_rounds', 0)} latency correction rounds at most. Accuracy on the report split "
         f"(test images 5000-9999). Latency: `local`, ONNX Runtime, 1 thread, the fastest of {st['rounds']} "
-        f"interleaved rounds (each a median of 50 runs) taken after all searches (targets were set the same way "
-        f"before them). Total {st['total_s'] / 60:.0f} min.",
+        f"interleaved rounds (each {stat} of 50 runs) taken after all searches (targets were set the same way "
+        f"before them; the searches measured candidates the same way). Total {st['total_s'] / 60:.0f} min.",
         "",
         "| sibling | its accuracy | its latency | ours: accuracy before → after recovery | ours: latency | "
         "blocks removed | faster? | more accurate? | search + recovery |",
@@ -191,6 +194,15 @@ def render(results: dict) -> str:
             f"{p['blocks_removed']} | {'yes' if faster else 'no'} | {'yes' if better else 'no'} | "
             f"{(p['search_seconds'] + (p['recovery_seconds'] or 0)) / 60:.1f} min |")
     lines += ["", f"Unpruned ResNet-56: {sib_acc[56]:.2%} at {sib_ms[56]:.3f} ms."]
+    corrections = results.get("corrections") or {}
+    notes = []
+    for t in targets:
+        for i, c in enumerate(corrections.get(t) or []):
+            notes.append(f"`{t}` round {i + 1}: measured/predicted {c['ratio']:.2f}, {c['episodes']} more episodes at "
+                         f"{c['limit_ms']:.3f} ms as predicted, best measured then {c['measured_ms']:.3f} ms")
+    if notes:
+        lines += ["", "Latency corrections (the table's predictions against the searches' own measurements): "
+                      + "; ".join(notes) + "."]
     if "flops=0.5" in points:
         p = points["flops=0.5"]
         lines += ["", f"`flops=0.5`: {p['macs'] / 1e6:.1f} M MACs, {p['accuracy_before_recovery']:.2%} → "
