@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from server.api.errors import add_error_handlers
 from server.api.guard import GuardRules, RequestGuard
-from server.api.routes import devices, health, jobs, pages, uploads
+from server.api.routes import devices, health, jobs, pages, resume, uploads
 from server.api.routes.pages import STATIC
 from server.core.config import Settings
 from server.core.security import ensure_token
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload_body=settings.max_upload_bytes + MULTIPART_FRAMING,
     ))
     add_error_handlers(app)
-    for module in (jobs, devices, uploads, health, pages):
+    for module in (jobs, resume, devices, uploads, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api.deps import Authorized, ServiceDep
+from server.api.deps import Authorized, KnownQuery, ServiceDep
+from server.api.responses import GUARDED, responses
 from server.schemas import JobOut, job_out
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized, KnownQuery],
+                   responses={**GUARDED, **responses(422)})
 
 
-@router.post("/{job_id}/resume", dependencies=[Authorized], response_model=JobOut,
-             responses={404: {"description": "no such job"},
-                        409: {"description": "the job is not failed or cancelled"}})
+@router.post("/{job_id}/resume", response_model=JobOut, responses=responses(404, 409))
 def resume_job(job_id: str, service: ServiceDep) -> JobOut:
     """Queue a failed or cancelled job again; it continues from its checkpoint (a frontier starts over)."""
     return job_out(service.resume(job_id))
