@@ -436,9 +436,7 @@ def test_silent_and_stalled_clients_are_dropped(sim: PhoneSimulator) -> None:
     assert silent.closed_by_peer(within=5)  # no handshake within handshake_timeout_s (1 s here)
     stalled = online(sim.port)
     stalled.sock.sendall(p.Message(p.A_OPEN, 1, 0, b"sync:\x00").pack()[:10])  # half a header, then nothing
-    started = time.monotonic()
-    assert stalled.closed_by_peer(within=5)
-    assert time.monotonic() - started < 4
+    assert stalled.closed_by_peer(within=5)  # io_timeout_s is 1 s here (60 s by default)
     idle = online(sim.port)  # an authorised client may stay idle between messages
     assert not idle.closed_by_peer(within=2)
     assert idle.open(1, b"sync:") is not None
