@@ -24,7 +24,8 @@ SUMMARIES = {
     "devices": "list devices (local, USB phones, registered TCP devices) with health",
     "lut": "build or check a per-device latency lookup table",
     "serve": "run the REST orchestrator and web status page",
-    "phone-sim": "run a phone emulator that speaks the device side of ADB over TCP",
+    "phone-sim": "run a phone emulator that speaks the device side of ADB over TCP (a test device: its "
+                 "shell runs commands on this host)",
 }
 
 

@@ -294,3 +294,13 @@ def test_our_keys_and_adb_shell_keys_speak_the_same_format(tmp_path: Path) -> No
     token = os.urandom(20)
     signature = CryptographySigner(str(ours)).Sign(token)
     assert AdbPublicKey.parse(Path(str(ours) + ".pub").read_text()).verify(token, signature)
+
+
+def test_a_broken_key_is_this_computers_error_not_the_phones(tmp_path: Path) -> None:
+    mine = ensure_adb_key(tmp_path / "a" / "adbkey")
+    other = ensure_adb_key(tmp_path / "b" / "adbkey")
+    shutil.copy(str(other) + ".pub", str(mine) + ".pub")
+    device = AdbTcpDevice("adb:127.0.0.1:1", host="127.0.0.1", port=1, key_path=mine)
+    # Raised as the key's problem before any connection: a pool would otherwise quarantine the phone.
+    with pytest.raises(AdbKeyError, match="not the public half"):
+        device.run("echo hi", timeout_s=5)

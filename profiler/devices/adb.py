@@ -60,9 +60,12 @@ class AdbDevice(Device):
             return self._adb
         from adb_shell.exceptions import DeviceAuthError
 
+        # A broken key is this computer's problem, not the phone's: AdbKeyError goes to the caller as
+        # it is instead of marking the phone unavailable (which would quarantine every phone).
+        signer = load_signer(self.key_path)
         try:
             adb = self._make_adb()
-            adb.connect(rsa_keys=[load_signer(self.key_path)], auth_timeout_s=self.auth_timeout_s,
+            adb.connect(rsa_keys=[signer], auth_timeout_s=self.auth_timeout_s,
                         transport_timeout_s=self.connect_timeout_s)
         except DeviceAuthError as exc:
             raise DeviceUnavailable(self.spec, f"the device refused our ADB key ({exc})",
