@@ -29,12 +29,13 @@ def _create_temp(path: Path, mode: int | None) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_target(path: str | Path, *, mode: int | None = 0o644) -> Iterator[Path]:
+def atomic_target(path: str | Path, *, mode: int | None = None) -> Iterator[Path]:
     """A fresh temp file next to `path`, for writers that need a file name (torch.save, converters).
 
     When the block succeeds the file is fsynced and renamed onto `path`; when it fails it is removed.
     The temp name ends with `path`'s suffix, for writers that choose a format by it. `mode` sets the
-    permissions exactly; None gives what open() would (0o666 less the umask).
+    permissions exactly; None (the default) gives what open() would (0o666 less the umask), so a
+    server running with umask 077 gets private artifacts.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,13 +53,13 @@ def atomic_target(path: str | Path, *, mode: int | None = 0o644) -> Iterator[Pat
         raise
 
 
-def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes], *, mode: int | None = 0o644) -> None:
+def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes], *, mode: int | None = None) -> None:
     """atomic_write for data that arrives in pieces (an upload stream); if `chunks` raises, nothing is written."""
     with atomic_target(path, mode=mode) as tmp, open(tmp, "wb") as fh:
         for chunk in chunks:
             fh.write(chunk)
 
 
-def atomic_write(path: str | Path, data: bytes, *, mode: int | None = 0o644) -> None:
+def atomic_write(path: str | Path, data: bytes, *, mode: int | None = None) -> None:
     """Write `data` to `path` atomically (temp file in the same folder, fsync, rename)."""
     atomic_write_chunks(path, (data,), mode=mode)

@@ -123,7 +123,7 @@ class JobService:
         if self._devices is None:
             from server.devices import DeviceDirectory
 
-            self._devices = DeviceDirectory()
+            self._devices = DeviceDirectory.for_settings(self.settings)  # this server's, in its data dir
         return self._devices
 
     _dir_lock: Any = None

@@ -18,7 +18,7 @@ def _mode(path: Path) -> int:
 
 def test_atomic_write_replaces_content_with_the_mode_asked_for(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "report.json"
-    atomic_write(path, b"old")
+    atomic_write(path, b"old", mode=0o644)
     assert path.read_bytes() == b"old"
     assert _mode(path) == 0o644
     atomic_write(path, b"new", mode=0o600)
@@ -31,9 +31,13 @@ def test_mode_none_follows_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
         atomic_write(tmp_path / "a.bin", b"x", mode=None)
+        atomic_write(tmp_path / "b.bin", b"x")  # the default: a server with umask 077 gets private files
+        os.umask(0o077)
+        atomic_write(tmp_path / "c.bin", b"x")
     finally:
         os.umask(old)
-    assert _mode(tmp_path / "a.bin") == 0o640
+    assert _mode(tmp_path / "a.bin") == 0o640 and _mode(tmp_path / "b.bin") == 0o640
+    assert _mode(tmp_path / "c.bin") == 0o600
 
 
 def test_failure_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
