@@ -26,6 +26,8 @@ DOC = REPO / "docs" / "BENCHMARKS.md"
 BENCHMARKS = {
     "frontier": ("benchmarks.bench_frontier", "Compressed ResNet-56 against the smaller siblings (does compression pay?)"),
     "recovery": ("benchmarks.bench_recovery", "Recovery with few images: which settings (defaults of compressor.finetune)"),
+    "reward": ("benchmarks.bench_reward", "Does the search's reward predict the recovered model? (rank correlation)"),
+    "strategies": ("benchmarks.bench_strategies", "DDPG vs random vs uniform over seeds, after recovery"),
     "search": ("benchmarks.bench_search", "Search quality and time per episode (issue: search engine)"),
     "latency": ("benchmarks.bench_latency", "Latency lookup table, measurement noise, ADB overhead"),
     "server": ("benchmarks.bench_server", "Orchestrator under load"),

@@ -12,7 +12,7 @@ import compressor
 ROOT = Path(__file__).resolve().parents[1]
 # What profiler (and anything but compressor and server) may import of the search.
 PUBLIC = {"compressor.latency", "compressor.kernel_space", "compressor.ops", "compressor.zoo", "compressor.export",
-          "compressor.errors", "compressor.fileio", "compressor.models"}
+          "compressor.errors", "compressor.fileio", "compressor.models", "compressor.predictors"}
 
 
 def _contract(name_start: str) -> dict:

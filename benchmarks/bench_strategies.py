@@ -1,0 +1,140 @@
+"""Does DDPG earn its keep? DDPG, random search with the same exploration, and the uniform policy,
+over several seeds at the same episode count, compared on the accuracy after recovery (issue 7,
+part 6). Needs ../shared/data.
+
+The pretrained ResNet-20 (cheap enough for 3 seeds × 3 strategies with recovery on 2 cores; the
+ranking of strategies is what the benchmark is for) at `flops=0.5`, channel pruning only (no whole
+blocks removed: AMC's setting), reward on the first `--reward-samples` search images, recovery by
+distillation for `--finetune-epochs` epochs on the search split (test images 0-4999, a tenth held out
+to pick the epoch), accuracy on the report split (test images 5000-9999). DDPG and random search both
+explore around the uniform policy's ratio (`uniform_prior`, the default), so they differ only by
+learning. The uniform policy is one deterministic episode; its seeds differ only in the recovery.
+
+All runs share one `prepare`d problem (model, data, reconstruction statistics, scored policies,
+the teacher's answers during recovery), so the setup is paid once and the search times compare.
+Prints a markdown section on stdout; progress on stderr. The defaults are the documented run's
+settings (2 recovery epochs rather than 3: the run took 29 min on the shared 2-core machine).
+
+    python -m benchmarks.bench_strategies --episodes 30 --reward-samples 300 --finetune-epochs 2 --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STRATEGIES = ("ddpg", "random", "uniform")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(event) -> None:
+    if event.kind == "episode" and (event.episode % 10 == 0 or event.episode == event.episodes):
+        r = event.record
+        _log(f"    episode {event.episode}/{event.episodes} acc {r['accuracy']:.4f} best {r['best_accuracy']:.4f} "
+             f"MACs {r['macs_ratio']:.3f}")
+    elif event.kind == "epoch":
+        r = event.record
+        held = r.get("holdout_accuracy")
+        _log(f"    recovery epoch {event.episode}/{event.episodes} loss {r['loss']:.4f}"
+             + (f" held-out {held:.4f}" if held is not None else "") + f" ({r['seconds']:.0f} s)")
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    mean = statistics.fmean(values) * scale
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20", choices=["resnet20", "resnet32", "resnet44", "resnet56"])
+    parser.add_argument("--target", default="flops=0.5")
+    parser.add_argument("--episodes", type=int, default=30)
+    parser.add_argument("--reward-samples", type=int, default=300)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--out", default=str(REPO / "runs" / "bench_strategies"))
+    parser.add_argument("--json", default=None, help="write every run's numbers here as they finish")
+    args = parser.parse_args(argv)
+    data = Path(args.data_dir)
+    if not (data / "cifar10_test.npz").is_file():
+        _log(f"bench_strategies: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
+        return 1
+    import torch
+
+    from compressor.config import SearchConfig
+    from compressor.search import prepare, run_search
+
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    strategies = args.strategies.split(",")
+    weights = next((data / "weights").glob(f"{args.model}-*.th"))
+    base = SearchConfig(model=args.model, weights=str(weights), data=f"cifar10:{data / 'cifar10_test.npz'}",
+                        target=args.target, episodes=args.episodes, reward_samples=args.reward_samples,
+                        finetune_epochs=args.finetune_epochs, prune_blocks=False)
+    t_start = time.perf_counter()
+    problem = prepare(base)
+    setup_s = time.perf_counter() - t_start
+    _log(f"setup {setup_s:.0f} s")
+    results: dict[str, list[dict]] = {s: [] for s in strategies}
+    report = None
+    for seed in seeds:
+        for name in strategies:
+            config = SearchConfig(**{**base.to_dict(), "strategy": name, "seed": seed})
+            _log(f"  {name}, seed {seed}")
+            t0 = time.perf_counter()
+            report = run_search(config, Path(args.out) / f"{name}-{seed}", on_event=_progress, problem=problem)
+            result = report["result"]
+            row = {"seed": seed, "before": result["accuracy_before_finetune"], "after": result["accuracy"],
+                   "search_accuracy": result["search_accuracy"], "macs_ratio": result["macs"] / report["baseline"]["macs"],
+                   "search_s": report["search_seconds"], "recovery_s": report["recovery"]["seconds"],
+                   "total_s": time.perf_counter() - t0, "episodes": report["episodes"]}
+            results[name].append(row)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+            _log(f"  {name}, seed {seed}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                         for k, v in row.items()}))
+    assert report is not None
+    total_min = (time.perf_counter() - t_start) / 60
+    baseline = report["baseline"]["accuracy"]
+    lines = [
+        f"{args.model} (pretrained, {baseline:.2%} unpruned on the report split) at `{args.target}`, channel pruning "
+        f"only (`prune_blocks=False`), {args.episodes} episodes (uniform: one), reward on the first "
+        f"{args.reward_samples} search images, DDPG and random search both exploring around the uniform policy. "
+        f"Recovery: distillation from the unpruned network, {args.finetune_epochs} epochs on the search split "
+        "(test images 0-4999, a tenth held out to pick the epoch). Accuracy on the report split (test images "
+        f"5000-9999). Seeds {args.seeds}; mean ± sample standard deviation over seeds. Torch threads "
+        f"{args.threads}; total {total_min:.0f} min (setup {setup_s:.0f} s, shared by all runs).",
+        "",
+        "| strategy | accuracy before recovery (%) | accuracy after recovery (%) | reward images (%) "
+        "| MACs kept | search s | recovery s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in strategies:
+        rows = results[name]
+        lines.append(
+            f"| {name} | {_mean_std([r['before'] for r in rows], 100)} | {_mean_std([r['after'] for r in rows], 100)} "
+            f"| {_mean_std([r['search_accuracy'] for r in rows], 100)} "
+            f"| {_mean_std([r['macs_ratio'] for r in rows], 1, 3)} | {_mean_std([r['search_s'] for r in rows], 1, 0)} "
+            f"| {_mean_std([r['recovery_s'] for r in rows], 1, 0)} |")
+    lines += ["", "Per seed (before → after recovery):", ""]
+    for name in strategies:
+        per = ", ".join(f"seed {r['seed']}: {r['before']:.2%} → {r['after']:.2%}" for r in results[name])
+        lines.append(f"- {name}: {per}")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
