@@ -23,29 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.progress import log, search_progress
+
 REPO = Path(__file__).resolve().parents[1]
 SIBLINGS = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th", 44: "resnet44-014dd654.th",
             56: "resnet56-4bfd9763.th"}
 AMC_PUBLISHED = "AMC (ECCV 2018), ResNet-56 at 50% FLOPs after fine-tuning on the full training set: 92.8% → 91.9%"
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _progress(event) -> None:
-    if event.kind == "phase":
-        _log(f"  {event.phase}: {event.message}")
-    elif event.kind == "episode" and (event.episode % 10 == 0 or event.episode == event.episodes):
-        r = event.record
-        lat = f" {r['latency_ms']:.3f} ms" if r.get("latency_ms") else ""
-        _log(f"  [{event.phase}] episode {event.episode}/{event.episodes} acc {r['accuracy']:.4f} "
-             f"best {r['best_accuracy']:.4f} MACs {r['macs_ratio']:.3f}{lat} ({r['seconds']:.1f} s)")
-    elif event.kind == "epoch":
-        r = event.record
-        held = r.get("holdout_accuracy")
-        _log(f"  [{event.phase}] epoch {event.episode}/{event.episodes} loss {r['loss']:.4f}"
-             + (f" held-out {held:.4f}" if held is not None else "") + f" ({r['seconds']:.0f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = Path(args.data_dir)
     if not (data / "cifar10_test.npz").is_file():
-        _log(f"bench_frontier: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
+        log(f"bench_frontier: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
         return 1
     import torch
 
@@ -98,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = measure(device, path, MeasureConfig(threads=1), cache=None)
                 runs[i].append(m.min_ms if args.statistic == "min" else m.median_ms)
         for path, r in zip(paths, runs):
-            _log(f"    {path.name}: round {args.statistic}s {', '.join(f'{x:.3f}' for x in r)} ms")
+            log(f"    {path.name}: round {args.statistic}s {', '.join(f'{x:.3f}' for x in r)} ms")
         return [min(r) for r in runs]
 
     t_start = time.perf_counter()
@@ -107,16 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     for depth in depths + [56]:
         model = zoo.load_model(f"resnet{depth}", weights=str(data / "weights" / SIBLINGS[depth])).model.eval()
         sibling_files[depth] = export_onnx(model, example, out / f"resnet{depth}.onnx")
-    _log(f"measuring ResNet-{', '.join(map(str, depths + [56]))} ({args.rounds} interleaved rounds)")
+    log(f"measuring ResNet-{', '.join(map(str, depths + [56]))} ({args.rounds} interleaved rounds)")
     for _attempt in range(3):
         before = dict(zip(depths + [56], measured([sibling_files[d] for d in depths + [56]])))
-        _log("  " + ", ".join(f"ResNet-{d} {ms:.3f} ms" for d, ms in before.items()))
+        log("  " + ", ".join(f"ResNet-{d} {ms:.3f} ms" for d, ms in before.items()))
         ordered = [before[d] for d in sorted(before)]
         if all(a < b for a, b in zip(ordered, ordered[1:])):
             break
-        _log("  a deeper network measured faster than a shallower one: the machine is busy; measuring again")
+        log("  a deeper network measured faster than a shallower one: the machine is busy; measuring again")
     else:
-        _log("bench_frontier: latencies stay out of order (a busy machine); run it on a quiet one")
+        log("bench_frontier: latencies stay out of order (a busy machine); run it on a quiet one")
         return 1
 
     targets = [f"latency-ms={before[d]:.4f}" for d in depths] + ([] if args.no_flops else ["flops=0.5"])
@@ -125,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                           episodes=args.episodes, seed=args.seed, reward_samples=args.reward_samples,
                           finetune_epochs=args.finetune_epochs, prune_blocks=not args.no_prune_blocks,
                           finetune_mix=args.finetune_mix, latency_rounds=args.latency_rounds)
-    oracle = make_oracle(config, force=True, statistic=args.statistic, progress=lambda d, t, what: _log(f"  latency table {d}/{t} {what}")
+    oracle = make_oracle(config, force=True, statistic=args.statistic, progress=lambda d, t, what: log(f"  latency table {d}/{t} {what}")
                          if d == t or d % 50 == 0 else None)
-    frontier = run_frontier(config, targets, out / "frontier", oracle=oracle, on_event=_progress)
+    frontier = run_frontier(config, targets, out / "frontier", oracle=oracle, on_event=search_progress)
 
     # Interleaved re-measurement of every compressed model and every sibling.
     ours = [out / "frontier" / target_dir(t) / "model.onnx" for t in targets]

@@ -27,24 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.progress import log, search_progress
+
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = ("ddpg", "random", "uniform")
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _progress(event) -> None:
-    if event.kind == "episode" and (event.episode % 10 == 0 or event.episode == event.episodes):
-        r = event.record
-        _log(f"    episode {event.episode}/{event.episodes} acc {r['accuracy']:.4f} best {r['best_accuracy']:.4f} "
-             f"MACs {r['macs_ratio']:.3f}")
-    elif event.kind == "epoch":
-        r = event.record
-        held = r.get("holdout_accuracy")
-        _log(f"    recovery epoch {event.episode}/{event.episodes} loss {r['loss']:.4f}"
-             + (f" held-out {held:.4f}" if held is not None else "") + f" ({r['seconds']:.0f} s)")
+    search_progress(event, phases=False)
 
 
 def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -69,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = Path(args.data_dir)
     if not (data / "cifar10_test.npz").is_file():
-        _log(f"bench_strategies: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
+        log(f"bench_strategies: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
         return 1
     import torch
 
@@ -86,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     problem = prepare(base)
     setup_s = time.perf_counter() - t_start
-    _log(f"setup {setup_s:.0f} s")
+    log(f"setup {setup_s:.0f} s")
     results: dict[str, list[dict]] = {s: [] for s in strategies}
     report = None
     for seed in seeds:
         for name in strategies:
             config = SearchConfig(**{**base.to_dict(), "strategy": name, "seed": seed})
-            _log(f"  {name}, seed {seed}")
+            log(f"  {name}, seed {seed}")
             t0 = time.perf_counter()
             report = run_search(config, Path(args.out) / f"{name}-{seed}", on_event=_progress, problem=problem)
             result = report["result"]
@@ -103,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name].append(row)
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
-            _log(f"  {name}, seed {seed}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+            log(f"  {name}, seed {seed}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                          for k, v in row.items()}))
     assert report is not None
     total_min = (time.perf_counter() - t_start) / 60
