@@ -76,20 +76,23 @@ def folder_bytes(folder: Path) -> int:
 
 class FolderQuota:
     """The per-job size limit: `check()` raises ArtifactLimitExceeded once the folder is larger than
-    `limit` bytes. It walks the folder at most once per `every_s` unless forced (a job checks at every
-    event and once more before it reports success)."""
+    `limit` bytes. It walks the folder once per `every_s` or per `every_calls` checks, whichever comes
+    first, or when forced (a job checks at every event and once more before it reports success): fast
+    episodes cannot write past the limit for long between two walks."""
 
-    def __init__(self, folder: Path, limit: int | None, *, every_s: float = 2.0):
-        self.folder, self.limit, self.every_s = folder, limit, every_s
+    def __init__(self, folder: Path, limit: int | None, *, every_s: float = 2.0, every_calls: int = 10):
+        self.folder, self.limit, self.every_s, self.every_calls = folder, limit, every_s, every_calls
         self._last = -float("inf")
+        self._calls = 0
 
     def check(self, *, force: bool = False) -> None:
         if self.limit is None:
             return
         now = time.monotonic()
-        if not force and now - self._last < self.every_s:
+        self._calls += 1
+        if not force and now - self._last < self.every_s and self._calls < self.every_calls:
             return
-        self._last = now
+        self._last, self._calls = now, 0
         size = folder_bytes(self.folder)
         if size > self.limit:
             raise ArtifactLimitExceeded(self.folder, size, self.limit)
