@@ -433,9 +433,11 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
     """Close the loop between the table and the device. The action wall holds every episode to the
     budget *as predicted*; when the measured candidates say the predictions were off (the table
     over-predicts, or the device is slower or faster today than when the table was calibrated), the
-    budget is rescaled by the median measured/predicted ratio of the measured candidates and the
-    search goes on for a third of its episodes (the uniform policy at the new budget first, then the
-    same agent), and the candidates are measured again. At most `latency_rounds` times."""
+    budget is rescaled by the median measured/predicted ratio of the candidates measured last (after
+    a round, those the round found: the table's error depends on the size) and the search goes on for
+    a third of its episodes (the uniform policy at the new budget first, then the same agent), and the
+    candidates are measured again. At most `latency_rounds` times. The rounds are not checkpointed: a
+    resumed search replays them after its last episode."""
     config = problem.config
     target = config.parsed_target.value
     rounds: list[dict[str, Any]] = []
