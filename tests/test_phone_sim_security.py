@@ -531,8 +531,10 @@ def _wait_dead(pid: int, within: float = 10) -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             return
-        status = Path(f"/proc/{pid}/stat")
-        if status.exists() and status.read_text().split(")")[-1].split()[0] == "Z":
+        try:  # a zombie is dead too; the entry can vanish while read (reaped in between)
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return
+        except (FileNotFoundError, ProcessLookupError):
             return
         time.sleep(0.05)
     pytest.fail(f"process {pid} outlived its stream")
