@@ -126,14 +126,20 @@ def _hold_write_lock(db: Path, seconds: float, held: threading.Event) -> None:
     conn.close()
 
 
+def _lock_for(db: Path, seconds: float) -> threading.Thread:
+    """Another connection holding the database's write lock for `seconds` (returns once it holds it)."""
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db, seconds, held))
+    holder.start()
+    assert held.wait(5), "the lock holder never got the lock"
+    return holder
+
+
 def test_a_write_that_finds_the_database_locked_waits_and_succeeds(tmp_path):
     db = tmp_path / "amc.db"
     store = Store(f"sqlite:///{db}", busy_timeout_s=0.05, lock_retries=6, lock_backoff_s=0.05)
     job = queue_job(store)
-    held = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(db, 0.5, held))
-    holder.start()
-    held.wait(5)
+    holder = _lock_for(db, 0.5)
     t = time.monotonic()
     assert store.add_episode(job.id, 1, {"episode": 1, "reward": -0.1}) is True
     holder.join()
@@ -146,10 +152,7 @@ def test_a_database_locked_for_good_gives_up_after_bounded_retries_and_says_what
     db = tmp_path / "amc.db"
     store = Store(f"sqlite:///{db}", busy_timeout_s=0.05, lock_retries=2, lock_backoff_s=0.05)
     job = queue_job(store)
-    held = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(db, 3.0, held))
-    holder.start()
-    held.wait(5)
+    holder = _lock_for(db, 3.0)
     t = time.monotonic()
     with pytest.raises(DatabaseBusy, match=r"stayed locked through 3 attempts.*resume"):
         store.set_phase(job.id, "search", "x")

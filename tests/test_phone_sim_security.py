@@ -485,10 +485,7 @@ def test_flow_control_breakers_are_dropped_and_their_command_killed(sim: PhoneSi
     client = online(sim.port)
     opened = client.open(1, b"shell,v2,raw:echo $$ > pid; exec sleep 60")
     assert opened is not None and opened.command == p.A_OKAY
-    deadline = time.monotonic() + 10
-    while not (sim.sandbox.root / "pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid = int((sim.sandbox.root / "pid").read_text())
+    pid = _pid_written(sim, "pid")
     chunk = p.SHELL_HEADER.pack(p.SHELL_STDIN, 60_000) + b"y" * 60_000
     try:
         for _ in range(200):  # 12 MB ahead of any OKAY; `sleep` reads none of it
@@ -518,10 +515,16 @@ def test_a_client_that_stops_reading_is_let_go(sim: PhoneSimulator) -> None:
     opened = client.open(1, b"shell,v2,raw:echo $$ > pid2; exec yes")
     assert opened is not None and opened.command == p.A_OKAY
     # Never acknowledge: after io_timeout_s (1 s) the stream is closed and its command killed.
-    deadline = time.monotonic() + 10
-    while not (sim.sandbox.root / "pid2").exists() and time.monotonic() < deadline:
+    _wait_dead(_pid_written(sim, "pid2"))
+
+
+def _pid_written(sim: PhoneSimulator, name: str, within: float = 10) -> int:
+    """The process id a shell command wrote to `name` in the emulator's root (waits for the file)."""
+    path = sim.sandbox.root / name
+    deadline = time.monotonic() + within
+    while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    _wait_dead(int((sim.sandbox.root / "pid2").read_text()))
+    return int(path.read_text())
 
 
 def _wait_dead(pid: int, within: float = 10) -> None:
