@@ -22,9 +22,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from compressor.config import SearchConfig
 from compressor.errors import ConfigError
 from server.artifacts import ARTIFACTS, FRONTIER_ARTIFACTS, artifact_file, artifact_names
@@ -60,27 +57,6 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.jobs_dir / job_id
 
 
-class JobLimits(BaseSettings):
-    """How jobs are kept alive and kept in bounds; each field `x` is read from `AMC_X`."""
-
-    model_config = SettingsConfigDict(env_prefix="AMC_", extra="ignore")
-
-    # Finished jobs (and their folders) older than this many days are removed; None keeps them all.
-    keep_days: float | None = Field(None, gt=0)
-    # The most a job's folder (checkpoint, models, reports) may hold; a job past it fails and says so.
-    max_job_mb: float | None = Field(10_240.0, gt=0)
-    # A worker process that dies without a result is restarted from the job's checkpoint this many times.
-    max_worker_restarts: int = Field(2, ge=0, le=100)
-    # Job processes run at this niceness, below the server's requests.
-    worker_nice: int = Field(10, ge=0, le=19)
-    # How often the dispatcher removes expired jobs.
-    retention_every_s: float = Field(3600.0, gt=0)
-
-    @property
-    def max_job_bytes(self) -> int | None:
-        return None if self.max_job_mb is None else int(self.max_job_mb * 2**20)
-
-
 def _exit_description(code: int | None) -> str:
     if code is not None and code < 0:
         try:
@@ -113,7 +89,6 @@ class JobService:
     _wake: threading.Event = field(default_factory=threading.Event)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    limits: JobLimits = field(default_factory=JobLimits)
     _validated: dict[str, bool] = field(default_factory=dict)
     _devices: DeviceDirectory | None = None
     _next_purge: float = 0.0
@@ -245,9 +220,9 @@ class JobService:
     def purge_expired(self, now: float | None = None) -> list[str]:
         """Remove the finished jobs older than AMC_KEEP_DAYS: their rows, episodes and folders (and
         folders of jobs no longer in the database, as a purge interrupted by a crash leaves them)."""
-        if self.limits.keep_days is None:
+        if self.settings.keep_days is None:
             return []
-        keep = timedelta(days=self.limits.keep_days)
+        keep = timedelta(days=self.settings.keep_days)
         cutoff = utcnow() - keep if now is None else utcnow() - keep + timedelta(seconds=now - time.time())
         removed = self.store.delete_finished(self.store.finished_before(cutoff))
         for job_id in removed:
@@ -261,7 +236,7 @@ class JobService:
                     removed.append(folder.name)
         if removed:
             log.info("removed %d job(s) finished more than %g days ago (AMC_KEEP_DAYS)", len(removed),
-                     self.limits.keep_days)
+                     self.settings.keep_days)
         return removed
 
     def artifact(self, job_id: str, name: str) -> tuple[Path, str]:
@@ -298,7 +273,7 @@ class JobService:
                 self._reap()
                 self._dispatch()
                 if time.monotonic() >= self._next_purge:
-                    self._next_purge = time.monotonic() + self.limits.retention_every_s
+                    self._next_purge = time.monotonic() + self.settings.retention_every_s
                     self.purge_expired()
             except Exception:  # keep dispatching; one bad job must not stop the queue
                 log.exception("dispatcher iteration failed")
@@ -330,7 +305,7 @@ class JobService:
             kwargs=dict(job_id=job.id, database_url=self.store.url, folder=str(folder), config=job.config,
                         frontier=plan, resume=job.resume, lifeline=lifeline_read,
                         search_module=self.settings.search_module, threads=self.settings.worker_threads,
-                        nice=self.limits.worker_nice, max_job_bytes=self.limits.max_job_bytes),
+                        nice=self.settings.worker_nice, max_job_bytes=self.settings.max_job_bytes),
             daemon=False,
         )
         try:
@@ -398,7 +373,7 @@ class JobService:
             if h.cancel_at is not None or job.cancel_requested:
                 self.store.finish(h.job_id, JobState.CANCELLED, message="cancelled")
                 return
-            limit = self.limits.max_worker_restarts
+            limit = self.settings.max_worker_restarts
             if self.store.requeue_after_crash(h.job_id, max_restarts=limit,
                                               reason=f"the worker process {how} without a result"):
                 log.warning("job %s: its worker process %s; restarting it from its checkpoint", h.job_id, how)

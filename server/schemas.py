@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from server.options import job_spec_model
-from server.store import Episode, Job, JobState
+from server.store import Episode, Job, JobEventKind, JobState
 
 if TYPE_CHECKING:
     JobSpec = BaseModel
@@ -35,6 +35,22 @@ class JobLinks(BaseModel):
     artifacts: dict[str, str] = Field(description="files the job serves now (empty until it has succeeded)")
 
 
+# Events a job resource shows (the store keeps more): enough to say why it was restarted or resumed.
+RECENT_EVENTS = 10
+
+
+class JobEvent(BaseModel):
+    """Something that happened to a job besides its search: a restart or a resume, and why."""
+
+    at: Timestamp
+    kind: JobEventKind = Field(description="worker-restart: its worker process died and it was restarted from "
+                                           "its checkpoint; server-restart: the server stopped under it and it "
+                                           "resumed on the next start; resume: a client resumed it "
+                                           "(POST /jobs/{id}/resume)")
+    message: str = Field(description="why, e.g. 'the worker process was killed by SIGKILL without a result; "
+                                     "restarting it from its checkpoint (restart 1 of 2)'")
+
+
 class JobOut(BaseModel):
     id: str
     state: JobState
@@ -53,7 +69,12 @@ class JobOut(BaseModel):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     error: str | None
-    attempts: int
+    attempts: int = Field(description="worker processes started for this job so far")
+    restarts: int = Field(description="worker processes restarted from the checkpoint after dying without a "
+                                      "result, since a client last queued the job (at most "
+                                      "AMC_MAX_WORKER_RESTARTS; the job fails past it)")
+    events: list[JobEvent] = Field(description=f"the latest {RECENT_EVENTS} restarts and resumes, oldest first "
+                                               "(empty for a job that ran straight through)")
     links: JobLinks
 
 
@@ -161,7 +182,8 @@ def _job_fields(job: Job, artifacts: Sequence[str]) -> dict[str, Any]:
         episodes_done=job.episodes_done, episodes_total=job.episodes_total, best=job.best, recovery=job.recovery,
         spec=job.spec,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
-        attempts=job.attempts, links=job_links(job.id, list(artifacts)),
+        attempts=job.attempts, restarts=job.restarts or 0, events=(job.events or [])[-RECENT_EVENTS:],
+        links=job_links(job.id, list(artifacts)),
     )
 
 

@@ -5,6 +5,23 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from server.core.config import Settings
+
+# Settings that `amc serve` also takes as flags: setting name -> flag (each is read from AMC_<NAME> too).
+FLAGS = {"host": "--host", "port": "--port", "data_dir": "--data-dir", "max_workers": "--workers",
+         "database_url": "--database-url", "max_job_mb": "--max-job-mb", "keep_days": "--keep-days",
+         "max_worker_restarts": "--max-worker-restarts", "worker_nice": "--worker-nice"}
+
+SECRET = ("api_token", "database_url")  # never echoed in an error (a URL may hold a password)
+
+
+class SettingsError(ValueError):
+    """A setting given to `amc serve` is out of range; the message names the flag or variable it came from."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,26 +41,66 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, dest="max_workers",
                    help="jobs that run at the same time (default 1)")
     p.add_argument("--database-url", default=None, help="SQLAlchemy URL instead of the SQLite file")
+    limits = p.add_argument_group("job limits")
+    limits.add_argument("--max-job-mb", type=float, default=None, metavar="MB",
+                        help="the most a job's folder (checkpoint, models, reports) may hold; a job past it "
+                             "fails and says so (default 10240; AMC_MAX_JOB_MB)")
+    limits.add_argument("--keep-days", type=float, default=None, metavar="DAYS",
+                        help="remove finished jobs and their folders this many days after they finished "
+                             "(default: keep them all; AMC_KEEP_DAYS)")
+    limits.add_argument("--max-worker-restarts", type=int, default=None, metavar="N",
+                        help="restart a job's worker process that died without a result from the job's "
+                             "checkpoint up to N times, then fail the job (0..100, default 2; "
+                             "AMC_MAX_WORKER_RESTARTS)")
+    limits.add_argument("--worker-nice", type=int, default=None, metavar="NICE",
+                        help="niceness of job processes, so that requests stay responsive while a search "
+                             "runs (0..19, default 10; AMC_WORKER_NICE)")
     p.set_defaults(func=run)
+
+
+def _explain(exc: ValidationError, given: dict[str, Any]) -> SettingsError:
+    """One line per wrong setting, named as the user gave it: the flag, or else its AMC_ variable."""
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        variable = f"AMC_{name.upper()}"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if name in given:
+            value = given[name]
+            where = f"{FLAGS[name]} {value:g}" if isinstance(value, float) else f"{FLAGS[name]} {value}"
+        elif name in SECRET or not name:
+            where = variable if name else "settings"
+        else:
+            where = f"{variable}={os.environ.get(variable, '')}"
+        lines.append(msg if msg.startswith(where) else f"{where}: {msg.removeprefix(variable + ': ')}")
+    return SettingsError("; ".join(lines))
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The server's settings: AMC_* variables, overridden by the flags given (SettingsError names the wrong one)."""
+    from pydantic import ValidationError
+
+    from server.core.config import Settings
+
+    given = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise _explain(exc, given) from None
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
-    from pydantic import ValidationError
     from rich.console import Console
 
-    from server.core.config import Settings
     from server.core.security import InsecureBindError, TokenFileError, check_bind, ensure_token
     from server.main import create_app
 
     console = Console(stderr=True)
-    overrides = {k: v for k, v in dict(host=args.host, port=args.port, data_dir=args.data_dir,
-                                        max_workers=args.max_workers, database_url=args.database_url).items()
-                 if v is not None}
     try:
-        settings = Settings(**overrides)
+        settings = settings_from_args(args)
         check_bind(settings.host, settings)
-    except (ValidationError, InsecureBindError) as exc:
+    except (SettingsError, InsecureBindError) as exc:
         console.print(f"[red]amc serve:[/red] {exc}")
         return 2
     os.umask(0o077)  # the database, uploads, job folders and logs: private to this user

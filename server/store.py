@@ -140,8 +140,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _event(kind: str, message: str) -> dict[str, Any]:
-    return {"at": datetime.now(UTC).isoformat(), "kind": kind, "message": message[:2000]}
+class JobEventKind(enum.StrEnum):
+    """What happened to a job besides its search (kept in `Job.events`)."""
+
+    WORKER_RESTART = "worker-restart"  # its worker process died; restarted from the checkpoint
+    SERVER_RESTART = "server-restart"  # the server stopped under it; resumed on the next start
+    RESUME = "resume"  # a client resumed it (POST /jobs/{id}/resume) after it failed or was cancelled
+
+
+# Events kept per job: a job resumed again and again keeps its latest ones, not an ever-growing list.
+MAX_EVENTS = 50
+
+
+def _event(kind: JobEventKind, message: str) -> dict[str, Any]:
+    return {"at": datetime.now(UTC).isoformat(), "kind": kind.value, "message": message[:2000]}
+
+
+def _with_event(events: list[dict[str, Any]] | None, kind: JobEventKind, message: str) -> list[dict[str, Any]]:
+    return [*(events or []), _event(kind, message)][-MAX_EVENTS:]
 
 
 class Base(DeclarativeBase):
@@ -365,15 +381,16 @@ class Store:
     @retry_locked
     def requeue_interrupted(self) -> list[str]:
         """Jobs left `running` by a server that died: queue them again, to resume from their checkpoint."""
+        message = "interrupted by a server restart; will resume from its checkpoint"
         with self.session() as s:
-            ids = list(s.scalars(select(Job.id).where(Job.state == JobState.RUNNING.value)))
-            if ids:
+            jobs = list(s.scalars(select(Job).where(Job.state == JobState.RUNNING.value)))
+            for job in jobs:
                 s.execute(
-                    update(Job).where(Job.id.in_(ids), Job.state == JobState.RUNNING.value)
-                    .values(state=JobState.QUEUED.value, resume=True, phase="queued",
-                            message="interrupted by a server restart; will resume from its checkpoint")
+                    update(Job).where(Job.id == job.id, Job.state == JobState.RUNNING.value)
+                    .values(state=JobState.QUEUED.value, resume=True, phase="queued", message=message,
+                            events=_with_event(job.events, JobEventKind.SERVER_RESTART, message))
                 )
-        return ids
+        return [job.id for job in jobs]
 
     @retry_locked
     def requeue_after_crash(self, job_id: str, *, max_restarts: int, reason: str) -> bool:
@@ -390,7 +407,7 @@ class Store:
             res = s.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value)
                 .values(state=JobState.QUEUED.value, resume=True, restarts=done + 1, phase="queued",
-                        message=message, events=[*(job.events or []), _event("worker-restart", message)])
+                        message=message, events=_with_event(job.events, JobEventKind.WORKER_RESTART, message))
             )
             return _rowcount(res) == 1
 
@@ -412,8 +429,8 @@ class Store:
                 update(Job).where(Job.id == job_id, Job.state == state.value)
                 .values(state=JobState.QUEUED.value, resume=True, cancel_requested=False, restarts=0, error=None,
                         finished_at=None, phase="queued", message=f"{message}; waiting for a worker",
-                        events=[*(job.events or []), _event("resume", message + (f" ({job.error})" if job.error
-                                                                                  else ""))])
+                        events=_with_event(job.events, JobEventKind.RESUME,
+                                           message + (f" ({job.error})" if job.error else "")))
             )
             if _rowcount(res) != 1:
                 s.refresh(job)
@@ -422,13 +439,13 @@ class Store:
             return job
 
     @retry_locked
-    def add_event(self, job_id: str, kind: str, message: str) -> None:
+    def add_event(self, job_id: str, kind: JobEventKind, message: str) -> None:
         """Note something that happened to a job besides its search (kept in `Job.events`)."""
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise JobNotFound(job_id)
-            s.execute(update(Job).where(Job.id == job_id).values(events=[*(job.events or []), _event(kind, message)]))
+            s.execute(update(Job).where(Job.id == job_id).values(events=_with_event(job.events, kind, message)))
 
     @retry_locked
     def finished_before(self, cutoff: datetime) -> list[str]:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,18 @@ from test_server_harness import SMALL_JOB, TOKEN, in_process_app
 
 from compressor.config import SearchConfig
 from server.core.config import Settings
-from server.jobs import JobLimits, JobService, _Running
-from server.store import DatabaseBusy, Episode, InvalidTransition, Job, JobState, Store, utcnow
+from server.jobs import JobService, _Running
+from server.store import (
+    MAX_EVENTS,
+    DatabaseBusy,
+    Episode,
+    InvalidTransition,
+    Job,
+    JobEventKind,
+    JobState,
+    Store,
+    utcnow,
+)
 from server.worker import run_job_process
 
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -179,9 +189,9 @@ def test_one_locked_database_during_a_search_does_not_fail_it(tmp_path, monkeypa
 
 # ------------------------------------------------------------------------------- reaper and restarts
 def test_the_reaper_keeps_a_dead_workers_job_until_its_end_is_recorded(tmp_path, monkeypatch):
-    settings = settings_for(tmp_path)
+    settings = settings_for(tmp_path, max_worker_restarts=1)
     store = Store(settings.db_url, lock_retries=1, lock_backoff_s=0.01)
-    service = JobService(store=store, settings=settings, limits=JobLimits(max_worker_restarts=1))
+    service = JobService(store=store, settings=settings)
     job = queue_job(store)
     assert store.claim_next() is not None
     ctx = mp.get_context("spawn")
@@ -212,9 +222,9 @@ def service(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reliability")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AMC_CONFIG_DIR", str(tmp / "config"))
-        settings = settings_for(tmp, max_workers=1)
+        settings = settings_for(tmp, max_workers=1, max_worker_restarts=2, worker_nice=7)
         store = Store(settings.db_url)
-        svc = JobService(store=store, settings=settings, limits=JobLimits(max_worker_restarts=2))
+        svc = JobService(store=store, settings=settings)
         svc.start()
         try:
             yield svc
@@ -228,6 +238,8 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint_and_the_job_finishes(s
     job = service.submit({**SMALL_JOB, "episodes": 60, "seed": 3})
     assert wait_episodes(store, job.id, 2).job_state is JobState.RUNNING
     pid = int((service.settings.jobs_dir / job.id / ".lock").read_text())
+    # the worker runs AMC_WORKER_NICE below the server (capped at 19, the lowest priority)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
     os.kill(pid, signal.SIGKILL)
 
     done = wait_state(store, job.id, FINISHED, timeout=180)
@@ -262,9 +274,9 @@ def test_a_cancelled_job_resumes_from_its_checkpoint_on_request(service):
 
 def test_a_worker_that_keeps_dying_fails_after_its_bounded_restarts(tmp_path, monkeypatch):
     monkeypatch.setenv("AMC_CONFIG_DIR", str(tmp_path / "config"))
-    settings = settings_for(tmp_path, search_module="crashing_search")
+    settings = settings_for(tmp_path, search_module="crashing_search", max_worker_restarts=2)
     store = Store(settings.db_url)
-    svc = JobService(store=store, settings=settings, limits=JobLimits(max_worker_restarts=2))
+    svc = JobService(store=store, settings=settings)
     svc.start()
     try:
         job = svc.submit(dict(SMALL_JOB))
@@ -301,6 +313,43 @@ def test_post_resume_requeues_a_failed_job_and_refuses_others(tmp_path):
         assert r.status_code == 409 and "only a failed or cancelled job can be resumed" in r.json()["detail"]
         assert app.client.post(f"/jobs/{'0' * 32}/resume").status_code == 404
         assert app.client.post(f"/jobs/{failed.id}/resume", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_the_job_resource_says_when_and_why_a_job_was_restarted_or_resumed(tmp_path):
+    with in_process_app(tmp_path / "data", max_worker_restarts=2) as app:
+        job = queue_job(app.store)
+        fresh = app.client.get(f"/jobs/{job.id}").json()
+        assert fresh["restarts"] == 0 and fresh["events"] == []
+
+        app.store.claim_next()  # the server stops under the running job
+        assert app.store.requeue_interrupted() == [job.id]
+        app.store.claim_next()  # its worker then dies
+        assert app.store.requeue_after_crash(job.id, max_restarts=2, reason="the worker process was killed by "
+                                                                             "SIGKILL without a result")
+        body = app.client.get(f"/jobs/{job.id}").json()
+        assert body["restarts"] == 1 and body["attempts"] == 2
+        assert [e["kind"] for e in body["events"]] == ["server-restart", "worker-restart"]
+        assert "killed by SIGKILL" in body["events"][1]["message"] and "restart 1 of 2" in body["events"][1]["message"]
+        first, second = (datetime.fromisoformat(e["at"]) for e in body["events"])
+        assert first.tzinfo is not None and first <= second  # RFC 3339, oldest first
+
+        app.store.claim_next()
+        app.store.finish(job.id, JobState.FAILED, error="DiskFull: no space left")
+        resumed = app.client.post(f"/jobs/{job.id}/resume").json()
+        assert resumed["restarts"] == 0  # counted again from the client's resume
+        assert resumed["events"][-1]["kind"] == "resume" and "DiskFull" in resumed["events"][-1]["message"]
+        assert app.client.get("/jobs/" + job.id).json()["events"] == resumed["events"]
+
+        for i in range(60):  # a job resumed over and over shows its latest events only
+            app.store.add_event(job.id, JobEventKind.RESUME, f"resume {i}")
+        events = app.client.get(f"/jobs/{job.id}").json()["events"]
+        assert [e["message"] for e in events] == [f"resume {i}" for i in range(50, 60)]
+        assert len(app.store.get_job(job.id).events or []) == MAX_EVENTS
+
+        schema = app.client.get("/openapi.json").json()["components"]["schemas"]
+        assert {"restarts", "events"} <= set(schema["JobOut"]["required"])
+        assert schema["JobEvent"]["properties"]["at"]["format"] == "date-time"
+        assert set(schema["JobEventKind"]["enum"]) == {"worker-restart", "server-restart", "resume"}
 
 
 # ---------------------------------------------------------------------------------- disk and limits
@@ -375,9 +424,9 @@ def test_retention_removes_old_finished_jobs_with_their_folders_and_nothing_else
     old = time.time() - 9 * 86400
     os.utime(orphan, (old, old))
 
-    assert JobService(store=store, settings=settings, limits=JobLimits()).purge_expired() == []  # keep_days unset
+    assert JobService(store=store, settings=settings).purge_expired() == []  # keep_days unset
 
-    removed = JobService(store=store, settings=settings, limits=JobLimits(keep_days=7)).purge_expired()
+    removed = JobService(store=store, settings=settings_for(tmp_path, keep_days=7)).purge_expired()
     assert sorted(removed) == sorted([ids["old-succeeded"], ids["old-failed"], orphan.name])
     assert store.job_ids() == {ids["recent"], ids["old-running"], ids["queued"]}
     assert sorted(p.name for p in settings.jobs_dir.iterdir()) == sorted(store.job_ids())

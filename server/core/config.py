@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(200.0, gt=0)
     max_body_kb: float = Field(256.0, gt=0)  # every request body but an upload's
     max_episodes: int = Field(10_000, ge=1)
+    # Job limits. Finished jobs (and their folders) older than this many days are removed; None keeps them all.
+    keep_days: float | None = Field(None, gt=0)
+    # The most a job's folder (checkpoint, models, reports) may hold; a job past it fails and says so.
+    max_job_mb: float | None = Field(10_240.0, gt=0)
+    # A worker process that dies without a result is restarted from the job's checkpoint this many times.
+    max_worker_restarts: int = Field(2, ge=0, le=100)
+    # Job processes run at this niceness, below the server's requests (0 = the server's own priority).
+    worker_nice: int = Field(10, ge=0, le=19)
+    # How often the dispatcher removes expired jobs (AMC_KEEP_DAYS).
+    retention_every_s: float = Field(3600.0, gt=0)
     # Host headers answered besides loopback names (DNS rebinding: a web page's own name is refused).
     allowed_hosts: CommaList = Field(default_factory=list)
     # `package.module:factory` model specs run code in the server: only these modules (and their
@@ -111,6 +121,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_job_bytes(self) -> int | None:
+        return None if self.max_job_mb is None else int(self.max_job_mb * 2**20)
 
     @property
     def max_body_bytes(self) -> int:

@@ -224,6 +224,8 @@ async function refreshJob() {
     (job.best ? ` · best so far: episode ${job.best.episode}${job.best.target ? ` (${job.best.target})` : ""}, accuracy ${pct(job.best.accuracy)}, ${fmt(job.best.macs, 0)} MACs` : "");
   $("#job-spec").textContent = Object.entries(job.spec).map(([k, v]) => `${k}=${v}`).join("  ");
   const err = $("#job-error"); err.hidden = !job.error; err.textContent = job.error ? `${job.error}  (log: ${job.links.log})` : "";
+  const evs = $("#job-events"); evs.hidden = !job.events.length;  // restarts and resumes, and why
+  evs.innerHTML = job.events.map((e) => `<li>${esc(new Date(e.at).toLocaleString())} · ${esc(e.kind)}: ${esc(e.message)}</li>`).join("");
   const rep = job.report;
   const ms = (r) => (r && typeof r.latency_measured_ms === "number") ? `, ${r.latency_measured_ms.toFixed(3)} ms measured` : "";
   $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs, 0)} MACs${ms(rep.baseline)} →
