@@ -176,6 +176,11 @@ class SearchConfig:
     prune_blocks: bool = field(default=False, metadata=option(
         "residual blocks may be removed whole (a preserve ratio below a_min on a block's inner channels "
         "keeps only its shortcut); needs granularity channel"))
+    depth_seeds: int = field(default=4, metadata=option(
+        "with prune_blocks under a budget: how many policies built from a greedy block-removal order (blocks "
+        "that cost the least accuracy per unit of cost saved go first; the rest of the network at the largest "
+        "uniform ratio that fits) are played before the agent explores, in the search and in each latency "
+        "correction round (0: none)", ge=0, le=20))
     tflite: bool = field(default=False, metadata=option(
         "also export model.tflite (needs the tflite extra)", spec_default=None))
 
@@ -207,6 +212,8 @@ class SearchConfig:
             raise ConfigError("prune_blocks", "removing blocks needs granularity 'channel'")
         if not 0 <= self.latency_rounds <= 10:
             raise ConfigError("latency_rounds", f"must be between 0 and 10, got {self.latency_rounds}")
+        if not 0 <= self.depth_seeds <= 20:
+            raise ConfigError("depth_seeds", f"must be between 0 and 20, got {self.depth_seeds}")
         if self.measure_top < 1:
             raise ConfigError("measure_top", f"must be >= 1, got {self.measure_top}")
         if self.reward_samples is not None and self.reward_samples < 1:

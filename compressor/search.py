@@ -27,6 +27,7 @@ from torch import nn
 from compressor import zoo
 from compressor.config import SearchConfig
 from compressor.data import LOADERS, DataBundle, Split, load_dataset
+from compressor.depth import RemovalOrder, depth_seeds
 from compressor.env import Budget, PruningEnv, check_feasible, make_budget
 from compressor.errors import BudgetInfeasible, ConfigError, ModelLoadError, SearchCancelled
 from compressor.events import EventSink, SearchEvent, ignore
@@ -35,7 +36,7 @@ from compressor.latency import LatencyOracle
 from compressor.pruning import PRUNERS, PrunedModel, Pruner
 from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
 from compressor.rewards import REWARDS
-from compressor.strategies import Strategy, Transition, make_strategy
+from compressor.strategies import SeededStrategy, Strategy, Transition, make_strategy
 from compressor.training import evaluate
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Problem:
     predictions: Predictions | None = None
     _cache: dict[tuple[int, ...], dict[str, Any]] = field(default_factory=dict)
     teacher_cache: dict = field(default_factory=dict)  # recovery: the unpruned network's answers
+    depth_order: RemovalOrder | None = None  # the greedy block-removal order, shared by every budget
 
     @property
     def reward_name(self) -> str:
@@ -232,9 +234,12 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
     bn_images = None
     if config.bn_recalibration and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         bn_images = bundle.search.x[:BN_IMAGES]
-    return Problem(config=config, entry=entry, model=model, bundle=bundle, example=example, pruner=pruner,
-                   budget=budget, oracle=oracle, reward_split=reward_split, bn_images=bn_images,
-                   reconstructor=reconstructor, weights=weights, predictions=predictions)
+    problem = Problem(config=config, entry=entry, model=model, bundle=bundle, example=example, pruner=pruner,
+                      budget=budget, oracle=oracle, reward_split=reward_split, bn_images=bn_images,
+                      reconstructor=reconstructor, weights=weights, predictions=predictions)
+    if any(u.removable for u in pruner.units):
+        problem.depth_order = RemovalOrder(pruner, lambda kept: problem.score(kept)["accuracy"])
+    return problem
 
 
 # ---------------------------------------------------------------------------------------- episodes
@@ -297,10 +302,20 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _new_strategy(problem: Problem, name: str, seed: int) -> Strategy:
+def _depth_seeds(problem: Problem, emit: EventSink) -> list[list[float]]:
+    """The greedy depth seeds for the problem's budget (none without removable blocks or a budget)."""
     config = problem.config
+    if problem.depth_order is None or problem.budget is None or config.depth_seeds <= 0:
+        return []
+    return depth_seeds(problem.depth_order, problem.budget, a_min=config.a_min, count=config.depth_seeds,
+                       progress=lambda text: emit(SearchEvent("phase", "depth", text)))
+
+
+def _new_strategy(problem: Problem, name: str, seed: int, emit: EventSink = ignore) -> Strategy:
+    config = problem.config
+    seeds = _depth_seeds(problem, emit) if name != "uniform" else []
     return make_strategy(name, pruner=problem.pruner, budget=problem.budget, a_min=config.a_min,
-                         warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior)
+                         warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior, seeds=seeds)
 
 
 def _search_loop(problem: Problem, strategy_name: str, episodes: int, *, out_dir: Path | None, emit: EventSink,
@@ -311,7 +326,7 @@ def _search_loop(problem: Problem, strategy_name: str, episodes: int, *, out_dir
     budget, numbered from `first` (a correction round continues the search's agent and numbering)."""
     config = problem.config
     env = PruningEnv(problem.pruner, budget=problem.budget, a_min=config.a_min)
-    strategy = strategy or _new_strategy(problem, strategy_name, seed)
+    strategy = strategy or _new_strategy(problem, strategy_name, seed, emit)
     total = first + strategy.episodes(episodes)
     rows: list[dict[str, Any]] = []
     elapsed = 0.0
@@ -435,7 +450,8 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
     over-predicts, or the device is slower or faster today than when the table was calibrated), the
     budget is rescaled by the median measured/predicted ratio of the candidates measured last (after
     a round, those the round found: the table's error depends on the size) and the search goes on for
-    a third of its episodes (the uniform policy at the new budget first, then the same agent), and the
+    a third of its episodes (the uniform policy and the depth seeds at the new budget first, then the
+    same agent), and the
     candidates are measured again. At most `latency_rounds` times. The rounds are not checkpointed: a
     resumed search replays them after its last episode."""
     config = problem.config
@@ -474,9 +490,11 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
         more: list[dict[str, Any]] = []
         s2 = 0.0
         if config.strategy != "uniform":
+            # The depth seeds at the new budget first (the greedy order is extended as far as it needs).
+            seeded = SeededStrategy(strategy, _depth_seeds(problem, emit), start=first + 1)
             more, s2 = _search_loop(problem, config.strategy, episodes, out_dir=None, emit=emit,
                                     should_stop=should_stop, resume_state=None, label="refine", seed=config.seed,
-                                    strategy=strategy, first=first + 1)
+                                    strategy=seeded, first=first + 1)
         rows = rows + uniform + more
         seconds += s1 + s2
         previous = info
@@ -581,7 +599,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
     baseline["search_accuracy"] = evaluate(problem.model, problem.reward_split)
 
     emit(SearchEvent("phase", "search", f"{config.strategy} search, {config.episodes} episodes"))
-    strategy = _new_strategy(problem, config.strategy, config.seed)
+    strategy = _new_strategy(problem, config.strategy, config.seed, emit)
     rows, search_s = _search_loop(problem, config.strategy, config.episodes, out_dir=out_dir, emit=emit,
                                   should_stop=stop, resume_state=state, label="search", seed=config.seed,
                                   strategy=strategy)

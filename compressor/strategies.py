@@ -156,17 +156,19 @@ class UniformStrategy:
 
 
 class SeededStrategy:
-    """Another strategy whose first episode plays a given policy (the block-aware uniform one), so a
-    search that may remove blocks always scores the even-depth answer and learns from it."""
+    """Another strategy whose first episodes (from `start`) play given policies — the block-aware
+    uniform one, the greedy depth seeds — so a search that may remove blocks always scores them and
+    the agent learns from them."""
 
-    def __init__(self, inner: Strategy, actions: Sequence[float]):
+    def __init__(self, inner: Strategy, seeds: Sequence[Sequence[float]], *, start: int = 0):
         self.inner = inner
         self.name = inner.name
-        self.actions = list(actions)
+        self.seeds = [list(a) for a in seeds]
+        self.start = start
 
     def act(self, state, *, episode, step):
-        if episode == 0:
-            return self.actions[step]
+        if 0 <= episode - self.start < len(self.seeds):
+            return self.seeds[episode - self.start][step]
         return self.inner.act(state, episode=episode, step=step)
 
     def learn(self, transitions, reward, *, episode):
@@ -245,9 +247,10 @@ StrategyFactory = Callable[..., Strategy]
 
 
 def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: float, warmup: int,
-                  seed: int, uniform_prior: bool = False) -> Strategy:
+                  seed: int, uniform_prior: bool = False, seeds: Sequence[Sequence[float]] = ()) -> Strategy:
     """`uniform_prior`: DDPG and random search explore around the uniform policy's ratio (under a
-    budget) instead of uniformly over [a_min, 1]."""
+    budget) instead of uniformly over [a_min, 1]. `seeds`: policies (per-unit actions) DDPG and random
+    search play first, after the uniform policy (`compressor.depth.depth_seeds`)."""
     seed_actions = uniform_policy(pruner, budget, a_min=a_min) if budget is not None else None
     prior = max(seed_actions) if uniform_prior and seed_actions is not None else None
     # Where blocks may be removed, actions reach down to 0 (below a_min removes a block; the
@@ -260,9 +263,10 @@ def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: fl
         "uniform": lambda: UniformStrategy(pruner=pruner, budget=budget, a_min=a_min),
     }
     strategy = factories[name]()
-    if name != "uniform" and seed_actions is not None and 0.0 in seed_actions:
-        # Only where the even-depth policy removes blocks: other searches stay exactly AMC's.
-        strategy = SeededStrategy(strategy, seed_actions)
+    if name != "uniform" and seed_actions is not None and (0.0 in seed_actions or seeds):
+        # Only where blocks may go (the even-depth policy removes some, or depth seeds were given):
+        # other searches stay exactly AMC's.
+        strategy = SeededStrategy(strategy, [seed_actions, *seeds])
     return strategy
 
 
