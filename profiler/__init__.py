@@ -15,8 +15,10 @@ interfaces: `latency`, `kernel_space`, `ops`, `zoo`, `export`, `errors`):
 - `registry`   registered TCP devices and `discover()` for `amc devices`.
 - `kernels`    fused kernels of a PyTorch model (layers as `compressor.ops` maps them), single-kernel
                models for timing.
-- `lut`        lookup tables: what to time (`model_kernels`, from `compressor.kernel_space`), `build_lut`,
-               interpolation, calibration (`observe`), `check_lut`.
+- `lut/`       lookup tables, in layers: `keys` (kernel, structure and family keys), `calibration`,
+               `table` (`LatencyTable`: interpolation, prediction, `observe`, files), `space` (what to
+               time, from `compressor.kernel_space`), then `build` (`build_lut`) and `check` (`check_lut`);
+               `profiler.lut` re-exports them all.
 - `oracle`     `LutOracle` (compressor.latency.LatencyOracle) and `make_oracle(device_spec, ...)`.
 - `cli`        `amc bench`, `amc devices`, `amc lut build|check`.
 """

@@ -259,7 +259,9 @@ def run_lut_build(args: argparse.Namespace) -> int:
     from compressor.errors import AmcError
     from profiler.cache import MeasurementCache
     from profiler.devices import open_device
-    from profiler.lut import build_lut, calibration_set, load_or_new, model_kernels
+    from profiler.lut.build import build_lut
+    from profiler.lut.space import calibration_set, model_kernels
+    from profiler.lut.table import load_or_new
     from profiler.paths import default_cache_path, default_lut_dir
     from profiler.protocol import MeasureConfig
 
@@ -301,7 +303,8 @@ def run_lut_check(args: argparse.Namespace) -> int:
     from compressor.errors import AmcError
     from profiler.cache import MeasurementCache
     from profiler.devices import open_device
-    from profiler.lut import LatencyTable, check_lut, lut_path
+    from profiler.lut.check import check_lut
+    from profiler.lut.table import LatencyTable, lut_path
     from profiler.oracle import LutOracle
     from profiler.paths import default_cache_path, default_lut_dir
     from profiler.pool import DevicePool

@@ -17,22 +17,16 @@ from profiler.cache import MeasurementCache
 from profiler.devices import Device, open_device, parse_device_spec
 from profiler.export import export_onnx
 from profiler.kernels import search_kernels
-from profiler.lut import (
+from profiler.lut.build import build_lut
+from profiler.lut.keys import Progress, model_family, shape_key, structure_key
+from profiler.lut.space import (
     DEFAULT_CALIBRATION_VARIANTS,
     DEFAULT_MAX_POINTS,
-    LatencyTable,
     ModelKernels,
-    Progress,
-    Statistic,
-    build_lut,
     calibration_set,
-    check_statistic,
-    load_or_new,
-    model_family,
     model_kernels,
-    shape_key,
-    structure_key,
 )
+from profiler.lut.table import LatencyTable, Statistic, check_statistic, load_or_new
 from profiler.paths import default_cache_path, default_lut_dir
 from profiler.pool import DevicePool
 from profiler.protocol import MeasureConfig, check_runtime

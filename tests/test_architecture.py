@@ -27,3 +27,13 @@ def test_every_compressor_module_is_public_or_protected():
     unclassified = modules - protected - PUBLIC
     assert not unclassified, f"add {sorted(unclassified)} to PUBLIC here or to the protected contract in pyproject.toml"
     assert not (protected | PUBLIC) - modules, "the contracts name modules that no longer exist"
+
+
+def test_every_lookup_table_module_is_in_a_layer():
+    import profiler.lut
+
+    contract = _contract("the lookup table's parts")
+    layered = {name.strip() for layer in contract["layers"] for name in layer.split("|")}
+    modules = {m.name for m in pkgutil.iter_modules(profiler.lut.__path__)}
+    assert modules - layered == set(), f"add {sorted(modules - layered)} to a layer of the contract in pyproject.toml"
+    assert layered - modules == set(), "the contract names modules that no longer exist"

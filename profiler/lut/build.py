@@ -1,0 +1,118 @@
+"""Building a table on a device: every kernel of a model's grid not yet in the table is timed as its
+own tiny ONNX model, then the table is calibrated on whole models (`build_lut`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from compressor.latency import KernelSpec
+from profiler.cache import MeasurementCache
+from profiler.devices.base import Device
+from profiler.errors import ProfilerError
+from profiler.export import export_onnx
+from profiler.kernels import kernel_module
+from profiler.lut.keys import LutError, Progress
+from profiler.lut.space import DEFAULT_MAX_POINTS, ModelKernels, kernel_grid
+from profiler.lut.table import LatencyTable, Statistic, load_or_new
+from profiler.measure import measure
+from profiler.protocol import MeasureConfig
+
+log = logging.getLogger(__name__)
+
+# Kernels are timed under the same protocol as whole models (10 warm-up, 50 runs, median): a kernel
+# timed with fewer runs settles less (worse under load), and the agent's start, not the runs,
+# dominates the cost of timing a tiny kernel anyway.
+LUT_MEASURE = MeasureConfig(threads=1)
+# Separate agent runs per kernel, fastest kept (see build_lut).
+DEFAULT_KERNEL_PASSES = 1
+# A one-op model on one value: what a runtime costs per inference whatever the network.
+OVERHEAD_PROBE = KernelSpec("add", 1, 1, h=1, w=1)
+
+
+def time_kernel(device: Device, spec: KernelSpec, *, runtime: str, config: MeasureConfig,
+                work_dir: Path, cache: MeasurementCache | None = None) -> float:
+    """Median ms of one kernel exported as its own ONNX model."""
+    module, x = kernel_module(spec)
+    name = f"{spec.op}_c{spec.cin}_{spec.cout}_k{spec.k}_s{spec.stride}_{spec.h}x{spec.w}_{int(spec.relu)}.onnx"
+    path = export_onnx(module, x, Path(work_dir) / name, validate=False)
+    return measure(device, path, config, runtime=runtime, cache=cache).median_ms
+
+
+def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, runtime: str = "onnxruntime",
+              config: MeasureConfig | None = None, lut_dir: Path | None = None,
+              table: LatencyTable | None = None, max_points: int | None = DEFAULT_MAX_POINTS, round_to: int = 8,
+              a_min: float = 0.2, cache: MeasurementCache | None = None,
+              calibrate_with: Sequence[tuple[Sequence[KernelSpec], Path]] = (),
+              progress: Progress | None = None, work_dir: Path | None = None,
+              passes: int = DEFAULT_KERNEL_PASSES, family: str | None = None,
+              statistic: Statistic = "median") -> LatencyTable:
+    """Time every kernel of the grid not yet in the table (device's table under `lut_dir`, or
+    `table`), then calibrate on `calibrate_with` (kernel list, exported whole model) pairs. Saves the
+    table when it has a path. A kernel that fails to time is skipped (interpolation covers it).
+
+    With `passes` > 1 each kernel is timed in that many separate agent runs (the grid in alternating
+    order) and its fastest median kept. On the shared 2-core VM two 2-pass builds agreed no better
+    than two 1-pass builds (kernel timings there follow the machine's load over minutes), hence 1."""
+    config = config or LUT_MEASURE
+    mk = kernels if isinstance(kernels, ModelKernels) else ModelKernels.assumed(kernels, a_min=a_min,
+                                                                                round_to=round_to)
+    if table is None:
+        from profiler.paths import default_lut_dir
+
+        table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, config.threads)
+    grid = [k for k in kernel_grid(mk, max_points=max_points) if not table.has(k)]
+    passes = max(1, int(passes))
+    total = len(grid) * passes + len(calibrate_with)
+    start = time.monotonic()
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="amc-lut-", dir=work_dir) as tmp:
+        if grid and "overhead_ms" not in table.meta:
+            try:
+                table.meta["overhead_ms"] = time_kernel(device, OVERHEAD_PROBE, runtime=runtime, config=config,
+                                                        work_dir=Path(tmp), cache=cache)
+            except ProfilerError as exc:
+                log.warning("could not time the runtime overhead on %s: %s", device.spec, exc)
+        best: dict[int, float] = {}
+        done = 0
+        for p in range(passes):
+            order = list(enumerate(grid)) if p % 2 == 0 else list(enumerate(grid))[::-1]
+            for i, spec in order:
+                if progress:
+                    progress(done, total, f"{spec.op} {spec.cin}->{spec.cout} k{spec.k} s{spec.stride} "
+                                          f"{spec.h}x{spec.w}" + (f" (pass {p + 1})" if passes > 1 else ""))
+                done += 1
+                try:
+                    # Later passes bypass the cache: they exist to get an independent timing.
+                    ms = time_kernel(device, spec, runtime=runtime, config=config, work_dir=Path(tmp),
+                                     cache=cache if p == 0 else None)
+                except ProfilerError as exc:
+                    failures.append(f"{spec}: {exc}")
+                    log.warning("could not time kernel %s: %s", spec, exc)
+                    if len(failures) >= 3 and not best:
+                        raise LutError(f"the first kernels all failed on {device.spec}: {failures[-1]}") from exc
+                    continue
+                best[i] = min(ms, best.get(i, math.inf))
+                table.add_entry(spec, best[i])
+    if not len(table):
+        raise LutError(f"no kernel could be timed on {device.spec}: {failures[:1]}")
+    for j, (ks, path) in enumerate(calibrate_with):
+        if progress:
+            progress(len(grid) * passes + j, total, f"calibrating on {Path(path).name}")
+        # Exactly as the oracle measures candidates, so a calibration point and a later measurement
+        # of the same model agree (and share a cache entry).
+        whole = MeasureConfig(threads=config.threads, cpu_mask=config.cpu_mask)
+        result = measure(device, path, whole, runtime=runtime, cache=cache)
+        table.observe(ks, result.min_ms if statistic == "min" else result.median_ms, family)
+    table.meta.update({"updated": time.time(), "round_to": round_to, "a_min": a_min, "max_points": max_points,
+                       "kernel_runs": config.runs, "kernel_passes": passes, "device_spec": device.spec,
+                       "build_s": round(time.monotonic() - start, 2)})
+    if progress:
+        progress(total, total, f"{len(table)} kernels")
+    if table.path is not None:
+        table.save()
+    return table
