@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.perf_counter() - t_start
     settings = {"strategy": args.strategy, "episodes": args.episodes, "reward_samples": args.reward_samples,
                 "finetune_epochs": args.finetune_epochs, "prune_blocks": not args.no_prune_blocks,
-                "finetune_mix": args.finetune_mix, "latency_rounds": args.latency_rounds,
+                "finetune_mix": args.finetune_mix, "depth_seeds": config.depth_seeds,
+                "latency_rounds": args.latency_rounds,
                 "statistic": args.statistic,
                 "rounds": args.rounds, "depths": depths, "targets": targets, "total_s": total_s}
     corrections = {}
@@ -152,11 +153,13 @@ def render(results: dict) -> str:
     points = {p["target"]: p for p in results["frontier"]["points"]}
     targets = [str(Target.parse(t)) for t in st["targets"]]
     stat = "the fastest" if st.get("statistic") == "min" else "a median"
+    seeds = f" ({st['depth_seeds']} depth seeds)" if st.get("depth_seeds") and st["prune_blocks"] else ""
+    mix = f" + {st['finetune_mix']}" if st.get("finetune_mix", "none") != "none" else ""
     lines = [
         f"ResNet-56 (pretrained) compressed to each sibling's measured latency: {st['strategy']}, "
         f"{st['episodes']} episodes, reward on {st['reward_samples']} search images, whole blocks "
-        f"{'removable' if st['prune_blocks'] else 'kept'}, recovery `distill`"
-        f"{' + ' + st['finetune_mix'] if st.get('finetune_mix', 'none') != 'none' else ''} {st['finetune_epochs']} "
+        f"{'removable' if st['prune_blocks'] else 'kept'}{seeds}, recovery `distill`{mix} "
+        f"{st['finetune_epochs']} "
         f"epochs on the search split (test images 0-4999, a tenth held out to pick the epoch), "
         f"{st.get('latency_rounds', 0)} latency correction rounds at most. Accuracy on the report split "
         f"(test images 5000-9999). Latency: `local`, ONNX Runtime, 1 thread, the fastest of {st['rounds']} "

@@ -56,7 +56,7 @@ class RemovalOrder:
             merit = {}
             for n, i in enumerate(self.removable):
                 if progress is not None:
-                    progress(f"depth: scoring each block removed alone ({n + 1}/{len(self.removable)})")
+                    progress(f"scoring each block removed alone ({n + 1}/{len(self.removable)})")
                 kept = self.without([i])
                 merit[i] = (base_acc - self.score(kept)) / max(base_cost - cost(kept), 1e-12)
             self._merit = merit
@@ -78,7 +78,7 @@ class RemovalOrder:
             best = min(left[:self.shortlist], key=lambda i: (merit[i], i))
             self.order.append(best)
             if progress is not None:
-                progress(f"depth: block {len(self.order)} to remove is {self.pruner.units[best].block}")
+                progress(f"block {len(self.order)} to remove is {self.pruner.units[best].block}")
             log.info("depth: removal %d is %s (accuracy lost per unit of cost saved %.4g)", len(self.order),
                      self.pruner.units[best].block, merit[best])
         return list(self.order)
