@@ -84,6 +84,34 @@ def cpu_affinity() -> list[int] | None:
     return sorted(os.sched_getaffinity(0))
 
 
+# The distributions each runtime comes in (the first one installed is reported).
+RUNTIME_DISTRIBUTIONS = {
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "litert": ("ai-edge-litert",),
+    "tflite_runtime": ("tflite-runtime",),
+}
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions of the installed runtimes, read from package metadata (no runtime is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str] = {}
+    for runtime, distributions in RUNTIME_DISTRIBUTIONS.items():
+        for dist in distributions:
+            try:
+                found[runtime] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+    return found
+
+
+def build_fingerprint() -> str | None:
+    """Android's build fingerprint; elsewhere the OS and its C library (what a kernel update changes)."""
+    return getprop("ro.build.fingerprint") or platform.platform() or None
+
+
 def device_info() -> DeviceInfo:
     model = getprop("ro.product.model")
     if model is None:
@@ -101,4 +129,6 @@ def device_info() -> DeviceInfo:
         "temperature_c": temp,
         "thermal_zone": zone,
         "python": platform.python_version(),
+        "build": build_fingerprint(),
+        "runtimes": runtime_versions(),
     }

@@ -29,6 +29,10 @@ class DeviceInfo(TypedDict):
     temperature_c: float | None
     thermal_zone: str | None
     python: str
+    # What the host tells devices apart by (besides model and serial): Android's build fingerprint
+    # (the OS elsewhere) and the installed runtimes' versions. Absent from agents older than them.
+    build: NotRequired[str | None]
+    runtimes: NotRequired[dict[str, str]]
 
 
 class InputInfo(TypedDict):

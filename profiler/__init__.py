@@ -9,7 +9,9 @@ interfaces: `latency`, `kernel_space`, `ops`, `zoo`, `export`, `errors`):
                `adb:HOST:PORT` / `adb:SERIAL` (adb-shell; agent and models pushed once, by hash);
                `parse_device_spec`, `open_device`; `keys` (the host's ADB RSA key, 0600).
 - `benchmark_model`  driver and parser for the stock TFLite `benchmark_model` binary.
-- `cache`      SQLite (WAL) cache keyed by device id, runtime, threads, CPU mask and model sha256;
+- `devices/identity`  `DeviceIdentity`: what a device is (model, build, runtimes, agent; serial apart),
+               the key of its cached measurements and lookup tables, never its address.
+- `cache`      SQLite (WAL) cache keyed by device identity, runtime, threads, CPU mask and model sha256;
                `measure.measure(device, path, config, cache=...)` goes through it.
 - `pool`       `DevicePool`: leasing, retries on another device, quarantine, deadlines.
 - `registry`   registered TCP devices and `discover()` for `amc devices`.

@@ -1,6 +1,6 @@
-"""SQLite cache of measurements, keyed by (device id, runtime, threads, CPU mask, model sha256), so
-the same candidate is never timed twice on the same device. WAL mode: several workers may read and
-write at once."""
+"""SQLite cache of measurements, keyed by (device identity, runtime, threads, CPU mask, model sha256), so
+the same candidate is never timed twice on the same kind of device (`DeviceIdentity.key`: model, build,
+runtimes, agent; not the address, not the serial). WAL mode: several workers may read and write at once."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ import threading
 import time
 from pathlib import Path
 
+from profiler.errors import ProfilerError
 from profiler.protocol import MeasureConfig, Measurement
 
 log = logging.getLogger(__name__)
+
+# 2: rows keyed by device identity. Files of version 0 (no version) keyed rows by the address a device
+# was reached at (`local:HOST`, `adb:...`), which another phone may answer at later.
+CACHE_VERSION = 2
+_ADDRESS_KEYED = "device_id LIKE 'local:%' OR device_id LIKE 'adb:%' OR device_id = 'local'"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
@@ -40,6 +46,18 @@ class MeasurementCache:
         self._local = threading.local()
         with self._conn() as conn:
             conn.execute(_SCHEMA)
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > CACHE_VERSION:
+                raise ProfilerError(f"{self.path} is a measurement cache of version {version}, newer than this "
+                                    f"program's {CACHE_VERSION}; upgrade amc, or move the file away to start a "
+                                    "new cache")
+            if version < CACHE_VERSION:
+                dropped = conn.execute(f"DELETE FROM measurements WHERE {_ADDRESS_KEYED}").rowcount
+                conn.execute(f"PRAGMA user_version = {CACHE_VERSION}")
+                if dropped:
+                    log.warning("dropped %d cached measurements of %s keyed by device address (from before "
+                                "devices were keyed by what they are): they could be another phone's; those "
+                                "models are measured again when asked", dropped, self.path)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -261,8 +261,8 @@ def run_lut_build(args: argparse.Namespace) -> int:
     from profiler.devices import open_device
     from profiler.lut.build import build_lut
     from profiler.lut.space import calibration_set, model_kernels
-    from profiler.lut.table import load_or_new
-    from profiler.paths import default_cache_path, default_lut_dir
+    from profiler.oracle import device_table
+    from profiler.paths import default_cache_path
     from profiler.protocol import MeasureConfig
 
     device = None
@@ -270,7 +270,7 @@ def run_lut_build(args: argparse.Namespace) -> int:
         device = open_device(args.device, **_device_options(args))
         model, example = _load_model(args.model)
         config = MeasureConfig(threads=args.threads, runs=args.runs)
-        table = load_or_new(args.out or default_lut_dir(), device.id, args.runtime, args.threads)
+        table = device_table(device, lut_dir=args.out, runtime=args.runtime, threads=args.threads)
         table.meta["device_spec"] = args.device
         mk = model_kernels(model, example, round_to=args.round_to, a_min=args.a_min)
         with tempfile.TemporaryDirectory(prefix="amc-lut-") as tmp:
@@ -304,19 +304,17 @@ def run_lut_check(args: argparse.Namespace) -> int:
     from profiler.cache import MeasurementCache
     from profiler.devices import open_device
     from profiler.lut.check import check_lut
-    from profiler.lut.table import LatencyTable, lut_path
-    from profiler.oracle import LutOracle
-    from profiler.paths import default_cache_path, default_lut_dir
+    from profiler.oracle import LutOracle, device_table
+    from profiler.paths import default_cache_path
     from profiler.pool import DevicePool
     from profiler.protocol import MeasureConfig
 
     try:
         device = open_device(args.device, **_device_options(args))
-        path = lut_path(args.out or default_lut_dir(), device.id, args.runtime, args.threads)
-        if not path.is_file():
-            return _fail(f"no lookup table for {args.device} at {path}; run `amc lut build --device {args.device} "
-                         f"--model {args.model}` first")
-        table = LatencyTable.load(path)
+        table = device_table(device, lut_dir=args.out, runtime=args.runtime, threads=args.threads)
+        if table.path is None or not table.path.is_file():
+            return _fail(f"no lookup table for {args.device} ({table.device_id}) at {table.path}; run "
+                         f"`amc lut build --device {args.device} --model {args.model}` first")
         pool = DevicePool([device], cache=MeasurementCache(default_cache_path()))
         oracle = LutOracle(table, pool, runtime=args.runtime,
                            config=MeasureConfig(threads=args.threads, runs=args.runs), save=False)

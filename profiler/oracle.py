@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from compressor.latency import KernelSpec, LatencyOracle
 from profiler.cache import MeasurementCache
 from profiler.devices import Device, open_device, parse_device_spec
+from profiler.devices.identity import IdentityBook
+from profiler.errors import DeviceUnavailable
 from profiler.export import export_onnx
 from profiler.kernels import search_kernels
 from profiler.lut.build import build_lut
@@ -119,6 +121,32 @@ class LutOracle:
             self.table.save()
 
 
+def device_table(device: Device, *, lut_dir: Path | None = None, runtime: str = "onnxruntime",
+                 threads: int = 1) -> LatencyTable:
+    """The lookup table of what `device` is (its identity), loaded or new. A device that does not answer
+    gets the table of the device last identified at its address, for predictions (its measurements
+    wait until it answers); DeviceUnavailable when none was ever identified there."""
+    lut_dir = Path(lut_dir or default_lut_dir())
+    book = IdentityBook(lut_dir / "identities.json")
+    try:
+        identity = device.identity()
+    except DeviceUnavailable as exc:
+        last = book.recall(device.spec)
+        if last is None:
+            raise
+        log.warning("%s does not answer (%s); predicting with the table of %s, last seen at this address",
+                    device.spec, exc.reason, last.describe())
+        identity = last
+    else:
+        book.remember(device.spec, identity)
+    table = load_or_new(lut_dir, identity.key, runtime, threads, legacy_id=device.legacy_id)
+    table.meta["identity"] = {k: v for k, v in identity.to_dict().items() if k != "serial"}
+    serials = table.meta.setdefault("serials", [])
+    if identity.serial and identity.serial not in serials:
+        serials.append(identity.serial)  # which units of this kind the table has served
+    return table
+
+
 def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int = 1,
                 lut_dir: Path | None = None, model: torch.nn.Module | None = None,
                 example_input: torch.Tensor | None = None, round_to: int = 8, a_min: float = 0.2,
@@ -139,7 +167,7 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
     device = open_device(device_spec, **(device_options or {}))
     if pool is None:
         pool = DevicePool([device], cache=cache)
-    table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, threads)
+    table = device_table(device, lut_dir=lut_dir, runtime=runtime, threads=threads)
     table.meta.setdefault("device_spec", device_spec)
     config = kernel_config or MeasureConfig(threads=threads)
     family = None

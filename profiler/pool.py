@@ -172,8 +172,11 @@ class DevicePool:
         check_runtime(runtime)
         sha = sha256_file(Path(model_path))
         if self.cache is not None:
+            # Devices already identified answer from the cache without being leased or asked anything.
             for cached_on in self.devices:
-                hit = self.cache.get(device_id=cached_on.id, runtime=runtime, config=config, sha256=sha)
+                known = cached_on.known_identity
+                hit = None if known is None else self.cache.get(device_id=known.key, runtime=runtime,
+                                                                config=config, sha256=sha)
                 if hit is not None:
                     return hit
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
@@ -192,6 +195,11 @@ class DevicePool:
                 tried.append(device.spec)
                 timeout = self.measure_timeout_s if left is None else max(1.0, min(self.measure_timeout_s, left))
                 try:
+                    # Identifying the device (first lease) may find its numbers already cached.
+                    hit = None if self.cache is None else self.cache.get(device_id=device.id, runtime=runtime,
+                                                                         config=config, sha256=sha)
+                    if hit is not None:
+                        return hit
                     result = device.measure(model_path, config, runtime=runtime, timeout_s=timeout, sha256=sha)
                 except MeasurementError as exc:
                     if exc.model_fault:

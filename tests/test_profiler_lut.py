@@ -103,6 +103,34 @@ def test_interpolation_is_exact_for_bilinear_costs() -> None:
     assert 0 < other < 10 * cost(32, 32)
 
 
+def test_predictions_are_monotone_in_channel_counts_on_a_non_monotone_table() -> None:
+    # Timings as a burst of load leaves them: (16 -> 32) measured faster than (16 -> 16), (32 -> *) faster
+    # than (16 -> *), and a whole row of 48-channel classifiers faster than the 16-channel one.
+    table = LatencyTable("noisy", "onnxruntime", 1)
+    conv = {(8, 8): 0.10, (8, 16): 0.15, (8, 32): 0.30, (16, 8): 0.20, (16, 16): 0.40, (16, 32): 0.25,
+            (32, 8): 0.18, (32, 16): 0.35, (32, 32): 0.60}
+    for (ci, co), ms in conv.items():
+        table.add_entry(KernelSpec("conv", ci, co, k=3, h=8, w=8, relu=True), ms)
+    for ci, ms in ((16, 0.05), (32, 0.02), (48, 0.03)):
+        table.add_entry(KernelSpec("linear", ci, 10), ms)
+    counts = range(2, 64, 2)  # inside the timed counts, between them, and beyond on both sides
+    for fixed in counts:
+        along_cout = [table.kernel_ms(KernelSpec("conv", fixed, c, k=3, h=8, w=8)) for c in counts]
+        along_cin = [table.kernel_ms(KernelSpec("conv", c, fixed, k=3, h=8, w=8)) for c in counts]
+        for series in (along_cout, along_cin):
+            assert all(b >= a for a, b in zip(series, series[1:])), (fixed, series)
+    # A timed value that agrees with the order stays as it was; one that breaks it is raised.
+    assert table.kernel_ms(KernelSpec("conv", 8, 16, k=3, h=8, w=8)) == pytest.approx(0.15)
+    assert table.kernel_ms(KernelSpec("conv", 16, 32, k=3, h=8, w=8)) == pytest.approx(0.40)
+
+    def net(width: int) -> list[KernelSpec]:  # demo-cnn's shape: a wider last conv feeds the classifier
+        return [KernelSpec("conv", 8, 16, k=3, h=8, w=8, relu=True), KernelSpec("conv", 16, width, k=3, h=8, w=8),
+                KernelSpec("linear", width, 10)]
+
+    predicted = [table.predict_ms(net(w)) for w in (8, 16, 24, 32, 48)]
+    assert all(b >= a for a, b in zip(predicted, predicted[1:])), predicted
+
+
 def test_calibration_fits_and_saves(tmp_path: Path) -> None:
     cal = Calibration()
     assert cal.apply(2.0) == 2.0  # identity before any measurement

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default="AMC PhoneSim", help="ro.product.model")
     parser.add_argument("--abi", default="arm64-v8a", help="ro.product.cpu.abi")
     parser.add_argument(
+        "--fingerprint",
+        default=None,
+        help="ro.build.fingerprint (default: one per --model-name, so emulated phones of one model match)",
+    )
+    parser.add_argument(
         "--auth-keys",
         type=Path,
         default=None,
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         abi=args.abi,
         auth_keys=args.auth_keys,
+        fingerprint=args.fingerprint,
         host=args.host,
         accept_new_keys=args.accept_new_keys,
     )

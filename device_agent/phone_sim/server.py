@@ -92,10 +92,18 @@ class DeviceIdentity:
     manufacturer: str = "AMC"
     android_release: str = "14"
     sdk: str = "34"
+    # ro.build.fingerprint; by default one per model name (two emulated phones of one model share it).
+    fingerprint: str | None = None
 
     @property
     def device(self) -> str:
         return re.sub(r"[^a-z0-9]+", "_", self.model_name.lower()).strip("_") or "phonesim"
+
+    @property
+    def build_fingerprint(self) -> str:
+        return self.fingerprint or (
+            f"{self.manufacturer}/{self.device}/{self.device}:{self.android_release}/AMC.{self.sdk}/1:user/release-keys"
+        )
 
     def props(self) -> dict[str, str]:
         return {
@@ -109,6 +117,7 @@ class DeviceIdentity:
             "ro.serialno": self.serial,
             "ro.build.version.release": self.android_release,
             "ro.build.version.sdk": self.sdk,
+            "ro.build.fingerprint": self.build_fingerprint,
             "ro.hardware": "phonesim",
         }
 
@@ -518,6 +527,7 @@ class PhoneSimulator:
         abi: str = "arm64-v8a",
         auth_keys: str | Path | None = None,
         *,
+        fingerprint: str | None = None,
         host: str = "127.0.0.1",
         accept_new_keys: bool = False,
         limits: ServerLimits | None = None,
@@ -528,6 +538,7 @@ class PhoneSimulator:
         self._serial = serial
         self.model_name = model_name
         self.abi = abi
+        self.fingerprint = fingerprint
         self.auth_keys_path = Path(auth_keys) if auth_keys else None
         self.accept_new_keys = accept_new_keys
         self.limits = limits or ServerLimits()
@@ -595,7 +606,8 @@ class PhoneSimulator:
         self._listener = listener
         self._port = listener.getsockname()[1]
         self.identity = DeviceIdentity(
-            serial=self._serial or f"PHONESIM{self.port}", model_name=self.model_name, abi=self.abi
+            serial=self._serial or f"PHONESIM{self.port}", model_name=self.model_name, abi=self.abi,
+            fingerprint=self.fingerprint,
         )
         try:
             self.sandbox = Sandbox(self.root, props=self.identity.props())

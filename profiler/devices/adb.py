@@ -97,10 +97,29 @@ class AdbDevice(Device):
                 pass
         self._adb = None
         self._agent_ready = None
+        # Whoever answers at this address next may be another phone.
+        self.forget_identity()
 
     def close(self) -> None:
         with self._conn_lock:
             self._drop()
+
+    def _peer_closed(self) -> bool:
+        """Whether the device closed the connection (transports that cannot tell say no)."""
+        return False
+
+    def _check_connection(self) -> None:
+        if self._adb is None or not self._peer_closed():
+            return
+        # A phone unplugged (or an emulator stopped) and another one answering at the address must not
+        # inherit the first one's cached numbers: reconnect and identify afresh.
+        if self._conn_lock.acquire(blocking=False):
+            try:
+                self._drop()
+            finally:
+                self._conn_lock.release()
+        else:
+            self.forget_identity()
 
     # -- primitives ---------------------------------------------------------------------------
     def run(self, command: str, *, timeout_s: float) -> CommandResult:
@@ -231,6 +250,18 @@ class AdbTcpDevice(AdbDevice):
     def __init__(self, spec: str, *, host: str, port: int, **kwargs: Any):
         super().__init__(spec, **kwargs)
         self.host, self.port = host, port
+        self._transport: Any = None
+
+    def _peer_closed(self) -> bool:
+        sock = getattr(self._transport, "_connection", None)
+        if sock is None:
+            return False
+        try:  # a peek, never a read: nothing is taken from a stream another thread may be reading
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False  # open, nothing to read
+        except OSError:
+            return True
 
     def _make_adb(self) -> Any:
         from adb_shell.adb_device import AdbDevice as AdbDevice_
@@ -241,8 +272,8 @@ class AdbTcpDevice(AdbDevice):
             raise DeviceUnavailable(self.spec, f"nothing answers on {self.host}:{self.port} ({exc})",
                                     hint="is the phone on the network with `adb tcpip` enabled, "
                                          "or `amc phone-sim` running?") from exc
-        return AdbDevice_(_EofAwareTcpTransport(self.host, self.port),
-                          default_transport_timeout_s=self.connect_timeout_s)
+        self._transport = _EofAwareTcpTransport(self.host, self.port)
+        return AdbDevice_(self._transport, default_transport_timeout_s=self.connect_timeout_s)
 
 
 class AdbUsbDevice(AdbDevice):

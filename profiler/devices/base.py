@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from profiler.benchmark_model import BenchmarkOutputError, benchmark_model_command, parse_benchmark_model
+from profiler.devices.identity import DeviceIdentity
 from profiler.errors import DeviceUnavailable, MeasurementError
 from profiler.protocol import MeasureConfig, Measurement, check_runtime, sha256_file
 
@@ -123,13 +124,71 @@ class Device(ABC):
         self.benchmark_binary = benchmark_binary
         self.lock = threading.Lock()  # one measurement per device at a time
         self.measure_calls = 0
+        self._identity: DeviceIdentity | None = None
+        self._identity_lock = threading.Lock()
 
-    # -- what a device must provide -------------------------------------------------------------
+    # -- identity ---------------------------------------------------------------------------------
     @property
     def id(self) -> str:
-        """Stable identity for the cache and lookup tables."""
+        """What the device is (`identity().key`), not where it was reached: the key of its measurements
+        in the cache and of its lookup tables. Asks the device on first use (once per connection)."""
+        return self.identity().key
+
+    @property
+    def legacy_id(self) -> str:
+        """The key versions before device identities filed this device's measurements and tables under."""
         return self.spec
 
+    @property
+    def known_identity(self) -> DeviceIdentity | None:
+        """The identity if it was already asked for on this connection, without asking the device."""
+        self._check_connection()
+        return self._identity
+
+    def identity(self) -> DeviceIdentity:
+        """What the device says it is (DeviceUnavailable when it cannot be asked)."""
+        self._check_connection()
+        with self._identity_lock:
+            if self._identity is None:
+                self._identity = self._probe_identity()
+                log.info("%s is %s: key %s", self.spec, self._identity.describe(), self._identity.key)
+            return self._identity
+
+    def forget_identity(self) -> None:
+        """Ask again next time (the connection was lost: another device may answer at this address)."""
+        self._identity = None
+
+    def _check_connection(self) -> None:  # noqa: B027 - devices with connections override it
+        """Forget the identity when the connection it was asked on is gone, without talking to the device."""
+
+    def agent_version(self) -> str:
+        """Version (hash of the sources) of the agent this device runs."""
+        return agent_hash()
+
+    def _probe_identity(self) -> DeviceIdentity:
+        try:
+            res = self.run(f"{self.agent_command()} info", timeout_s=60)
+            info = self._agent_result(res).get("device")
+            identity = DeviceIdentity.from_info(info if isinstance(info, dict) else {}, agent=self.agent_version())
+        except DeviceUnavailable:
+            if not self.benchmark_binary:
+                raise
+            identity = self._props_identity()  # a phone without Python: what its properties say
+        if not (identity.model or identity.build or identity.serial):
+            raise DeviceUnavailable(self.spec, "the device does not say what it is (no model, build or serial)",
+                                    hint="measurements could not be told apart from another device's; check that "
+                                         "`getprop ro.product.model` works in its shell")
+        return identity
+
+    def _props_identity(self) -> DeviceIdentity:
+        props = ("ro.serialno", "ro.product.model", "ro.build.fingerprint")
+        res = self.run("; ".join(f"echo \"$(getprop {p} 2>/dev/null)\"" for p in props), timeout_s=30)
+        lines = (res.stdout.splitlines() + ["", "", ""])[:3] if res.rc == 0 else ["", "", ""]
+        serial, model, build = (line.strip() or None for line in lines)
+        return DeviceIdentity(serial=serial, model=model, build=build, agent="none",
+                              runtimes={"benchmark_model": self.benchmark_binary or ""})
+
+    # -- what a device must provide -------------------------------------------------------------
     @abstractmethod
     def run(self, command: str, *, timeout_s: float) -> CommandResult:
         """Run a shell command line on the device."""
@@ -178,17 +237,24 @@ class Device(ABC):
             raise MeasurementError(self.spec, f"model file {model_path} does not exist",
                                    hint="export the model first (.onnx or .tflite)")
         sha = sha256 or sha256_file(model_path)
+        identity = self.identity()
         with self.lock:
             self.measure_calls += 1
             remote = self.model_path_on_device(model_path, sha)
             if config.cooldown_s:
                 time.sleep(config.cooldown_s)
             if runtime == "benchmark_model":
-                measurement = self._measure_benchmark_model(remote, config, sha, timeout_s)
+                measurement = self._measure_benchmark_model(remote, config, sha, timeout_s, identity.key)
             else:
-                measurement = self._measure_agent(remote, config, runtime, sha, timeout_s)
+                measurement = self._measure_agent(remote, config, runtime, sha, timeout_s, identity.key)
             if measurement.temperature_c is None:  # the agent reads it itself; benchmark_model does not
                 measurement.temperature_c = self.temperature_c()
+        changed = identity.mismatch(measurement.device_info)
+        if changed is not None:
+            # Another phone answers at this address than the one the cache key was taken from.
+            self.forget_identity()
+            raise DeviceUnavailable(self.spec, f"the device at this address changed while measuring ({changed})",
+                                    hint="measure again: the new device is identified afresh")
         try:
             return measurement.check()
         except ValueError as exc:
@@ -196,7 +262,7 @@ class Device(ABC):
                                    output=json.dumps(measurement.raw)) from exc
 
     def _measure_agent(self, remote: str, config: MeasureConfig, runtime: str, sha: str,
-                       timeout_s: float) -> Measurement:
+                       timeout_s: float, device_id: str) -> Measurement:
         args = ["bench", remote, "--runtime", runtime, "--threads", str(config.threads),
                 "--warmup", str(config.warmup), "--runs", str(config.runs)]
         if config.cpu_mask:
@@ -213,7 +279,7 @@ class Device(ABC):
         info = data.get("device")
         try:
             return Measurement(
-                device_id=self.id, runtime=runtime, threads=config.threads, model_sha256=sha,
+                device_id=device_id, runtime=runtime, threads=config.threads, model_sha256=sha,
                 median_ms=float(data["median_ms"]), p90_ms=float(data["p90_ms"]),
                 mean_ms=float(data["mean_ms"]), std_ms=float(data["std_ms"]),
                 min_ms=float(data["min_ms"]), max_ms=float(data["max_ms"]),
@@ -254,7 +320,7 @@ class Device(ABC):
         return data
 
     def _measure_benchmark_model(self, remote: str, config: MeasureConfig, sha: str,
-                                 timeout_s: float) -> Measurement:
+                                 timeout_s: float, device_id: str) -> Measurement:
         if not self.benchmark_binary:
             raise MeasurementError(self.spec, "runtime benchmark_model needs the path of the binary on the device",
                                    hint="pass benchmark_binary=... (CLI: --benchmark-binary PATH)")
@@ -271,7 +337,7 @@ class Device(ABC):
                                         hint="push the stock benchmark_model binary and give its path") from exc
             raise MeasurementError(self.spec, str(exc), output=res.output) from exc
         return Measurement(
-            device_id=self.id, runtime="benchmark_model", threads=config.threads, model_sha256=sha,
+            device_id=device_id, runtime="benchmark_model", threads=config.threads, model_sha256=sha,
             median_ms=parsed.median_ms, p90_ms=parsed.p90_ms, mean_ms=parsed.inference_avg_ms,
             std_ms=parsed.std_ms, min_ms=parsed.min_ms, max_ms=parsed.max_ms,
             runs=parsed.count or config.runs, load_ms=parsed.init_ms,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from profiler.devices.base import CommandResult, Device, Health, agent_source_dir, parse_thermal
+from profiler.devices.base import CommandResult, Device, Health, agent_hash, agent_source_dir, parse_thermal
 from profiler.errors import DeviceUnavailable
 
 
@@ -28,8 +28,11 @@ class LocalDevice(Device):
         self.agent_root = Path(agent_root) if agent_root else None
 
     @property
-    def id(self) -> str:
+    def legacy_id(self) -> str:
         return f"local:{socket.gethostname()}"
+
+    def agent_version(self) -> str:
+        return agent_hash(self._agent_parent() / "device_agent")
 
     def _agent_parent(self) -> Path:
         if self.agent_root is not None:

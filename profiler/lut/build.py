@@ -64,7 +64,8 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
     if table is None:
         from profiler.paths import default_lut_dir
 
-        table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, config.threads)
+        table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, config.threads,
+                            legacy_id=device.legacy_id)
     grid = [k for k in kernel_grid(mk, max_points=max_points) if not table.has(k)]
     passes = max(1, int(passes))
     total = len(grid) * passes + len(calibrate_with)

@@ -25,7 +25,9 @@ from profiler.lut.keys import LutError, family_key, kernel_channels, op_group, s
 
 log = logging.getLogger(__name__)
 
-LUT_VERSION = 1
+# 2: tables keyed by device identity (`DeviceIdentity.key`). Version 1 keyed them by the address a device
+# was reached at, which another phone may answer at later.
+LUT_VERSION = 2
 
 # Which number of a whole-model measurement stands for it: the median of its runs, or on a shared
 # machine (where other processes only ever slow a run down) the fastest.
@@ -54,6 +56,15 @@ def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     i = min(max(i, 1), len(xs) - 1)
     x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def _monotone_at(value: float, knots: Sequence[int], at_knots: Sequence[float], x: float) -> float:
+    """`value` (a piecewise-linear function's value at `x`, its `at_knots` values at ascending `knots`)
+    raised to its running maximum from the left: the smallest nondecreasing function above it there.
+    Left of the first knot, where the function is one line, it is capped by its first knot's value."""
+    if x < knots[0]:
+        return min(value, at_knots[0])
+    return max([value, *(v for k, v in zip(knots, at_knots, strict=True) if k <= x)])
 
 
 @dataclass
@@ -92,16 +103,32 @@ class LatencyTable:
 
     @staticmethod
     def _interpolate(points: dict[tuple[int, int], float], cin: int, cout: int) -> float:
+        """Piecewise-linear in cout, then in cin, monotone in both: a kernel with fewer channels is never
+        predicted slower. Timings that say otherwise (noise, a burst of load while one was taken) are
+        raised to the largest timing of fewer channels (a running maximum along each axis)."""
         rows: dict[int, list[tuple[int, float]]] = {}
         for (ci, co), ms in points.items():
             rows.setdefault(ci, []).append((co, ms))
         cins = sorted(rows)
 
-        def along_cout(ci: int) -> float:
+        def along_cout(ci: int, at: Sequence[int]) -> np.ndarray:
             row = sorted(rows[ci])
-            return _interp1([c for c, _ in row], [v for _, v in row], cout)
+            xs, ys = [c for c, _ in row], np.maximum.accumulate([v for _, v in row]).tolist()
+            return np.array([_interp1(xs, ys, c) for c in at])
 
-        return _interp1(cins, [along_cout(ci) for ci in cins], cin)
+        # Column j: the rows at cout and at every cout of the grid (those set the extrapolation below).
+        grid = sorted({co for (_, co) in points})
+        at = [cout, *grid]
+        table = np.maximum.accumulate(np.array([along_cout(ci, at) for ci in cins]), axis=0)
+        if len(cins) == 1:
+            return float(table[0, 0])
+        if cins[0] <= cin <= cins[-1]:
+            return _interp1(cins, table[:, 0].tolist(), cin)
+        # Beyond the timed rows: linear from the end rows, a different slope at each cout, which could
+        # reverse the order in cout; the running maximum over cout restores it (exact where it holds).
+        ends = slice(-2, None) if cin > cins[-1] else slice(0, 2)
+        extrapolated = [_interp1(cins[ends], col.tolist(), cin) for col in table[ends].T]
+        return _monotone_at(extrapolated[0], grid, extrapolated[1:], cout)
 
     def _by_macs(self, spec: KernelSpec) -> float:
         same = [(k, v) for key, pts in self.entries.items() if key.startswith(spec.op + "|")
@@ -111,8 +138,8 @@ class LatencyTable:
             raise LutError(f"the lookup table for {self.device_id} is empty; run `amc lut build` first")
         x = np.array([kernel_macs(k) for k, _ in pool], dtype=float)
         y = np.array([v for _, v in pool], dtype=float)
-        if len(pool) >= 2 and np.ptp(x) > 0:
-            slope, icept = np.polyfit(x, y, 1)
+        if len(pool) >= 2 and np.ptp(x) > 0 and np.polyfit(x, y, 1)[0] > 0:
+            slope, icept = np.polyfit(x, y, 1)  # more MACs never faster: a falling fit is not used
             est = float(slope * kernel_macs(spec) + icept)
         else:
             est = float(np.mean(y))
@@ -204,8 +231,14 @@ class LatencyTable:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise LutError(f"cannot read lookup table {path}: {exc}; rebuild it with `amc lut build`") from exc
+        if data.get("version") == 1:
+            raise LutError(f"{path} is a version-1 lookup table, keyed by the address {data.get('device_id')!r}, "
+                           "which another phone may answer at: it cannot be told which phone it was built on. "
+                           "Rebuild it with `amc lut build --device SPEC --model NAME` (tables are now filed by "
+                           "what the device is) and delete the old file")
         if data.get("version") != LUT_VERSION:
-            raise LutError(f"{path} has version {data.get('version')}, expected {LUT_VERSION}; rebuild it")
+            raise LutError(f"{path} has version {data.get('version')}, expected {LUT_VERSION}; rebuild it with "
+                           "`amc lut build --device SPEC --model NAME`")
         table = cls(data["device_id"], data["runtime"], int(data["threads"]), meta=data.get("meta", {}), path=path)
         for e in data.get("entries", []):
             table.entries.setdefault(e["shape"], {})[(int(e["cin"]), int(e["cout"]))] = float(e["ms"])
@@ -219,12 +252,22 @@ class LatencyTable:
 
 
 def lut_path(lut_dir: Path, device_id: str, runtime: str, threads: int) -> Path:
+    """The table file of a device identity (`Device.id`), runtime and thread count."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", device_id)
     return Path(lut_dir) / f"{safe}__{runtime}__t{threads}.json"
 
 
-def load_or_new(lut_dir: Path, device_id: str, runtime: str, threads: int) -> LatencyTable:
+def load_or_new(lut_dir: Path, device_id: str, runtime: str, threads: int, *,
+                legacy_id: str | None = None) -> LatencyTable:
+    """The stored table of `device_id` (a device identity key), or a new empty one to be saved there.
+    `legacy_id` (the device's address) names a table from before identities, which is not used."""
     path = lut_path(lut_dir, device_id, runtime, threads)
     if path.is_file():
         return LatencyTable.load(path)
+    old = lut_path(lut_dir, legacy_id, runtime, threads) if legacy_id else None
+    if old is not None and old != path and old.is_file():
+        log.warning("not using %s: it is keyed by the address %s, from before tables were keyed by what a device "
+                    "is, and may be another phone's; a new table is built for %s (delete the old file)",
+                    old, legacy_id, device_id)
     return LatencyTable(device_id, runtime, threads, path=path)
+
