@@ -2,8 +2,9 @@
 schema (valid and invalid), no route answers 5xx and every answer is one the document describes
 (status, content type, headers, body schema); schema-invalid requests are refused.
 
-A short run is part of the normal suite; `-m slow` runs many more cases per route (and
-`python -m benchmarks.bench_api_fuzz` reports how many were tried)."""
+A short run is part of the normal suite; `-m slow` runs many more cases per route, recording how many
+were sent as the `cases` property of each test (`python -m benchmarks.bench_api_fuzz` runs it and
+reports them)."""
 
 from __future__ import annotations
 
@@ -68,22 +69,23 @@ OPERATIONS = _operations()
 MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
 
 
-def fuzz(schema, label: str, mode, examples: int, *, derandomize: bool) -> int:
-    """Run `examples` generated cases of one operation; returns how many were sent."""
+def fuzz(schema, label: str, mode, examples: int, *, derandomize: bool, tally: dict[str, int] | None = None) -> int:
+    """Run `examples` generated cases of one operation; returns how many were sent (also counted in
+    `tally["sent"]` as they go, so a run that fails still says how far it got)."""
     method, path = label.split(" ", 1)
     operation = schema[path][method]
     strategy = operation.as_strategy(generation_mode=mode)
-    sent = 0
+    tally = {} if tally is None else tally
+    tally["sent"] = 0
 
     @given(data=st.data())
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck),
               derandomize=derandomize, database=None, phases=[Phase.explicit, Phase.generate, Phase.shrink])
     def run(data):
-        nonlocal sent
         case = data.draw(strategy)
         # the token last: schemathesis fills the bearer scheme's header with generated values
         case.call_and_validate(headers={**(case.headers or {}), **AUTH}, checks=CHECKS)
-        sent += 1
+        tally["sent"] += 1
 
     try:
         run()
@@ -91,7 +93,7 @@ def fuzz(schema, label: str, mode, examples: int, *, derandomize: bool) -> int:
         # no invalid request exists for an operation without inputs (GET /healthz) or with only a bool
         if mode is not schemathesis.GenerationMode.NEGATIVE:
             raise
-    return sent
+    return tally["sent"]
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
@@ -104,6 +106,10 @@ def test_api_contract_short(api_schema, label, mode):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 @pytest.mark.parametrize("label", OPERATIONS)
-def test_api_contract_long(api_schema, label, mode):
-    sent = fuzz(api_schema, label, mode, LONG, derandomize=False)
+def test_api_contract_long(api_schema, label, mode, record_property):
+    tally = {"sent": 0}
+    try:
+        sent = fuzz(api_schema, label, mode, LONG, derandomize=False, tally=tally)
+    finally:
+        record_property("cases", tally["sent"])  # in the JUnit XML that benchmarks.bench_api_fuzz reads
     assert sent >= 1 or mode is schemathesis.GenerationMode.NEGATIVE
