@@ -6,7 +6,9 @@ then 200 clients (50 and 200 requests/s), half submitting jobs (`POST /jobs`) an
 process (connections sending back to back). The client is a minimal HTTP/1.1 client on asyncio
 (keep-alive, one connection per client) so that its own cost stays small beside the server's, and it
 lowers its priority (`--client-nice`) once the server is started. `--mode page`: the status page and
-list endpoints with 1,000 jobs in the database.
+list endpoints with 1,000 jobs in the database. `--mode cost`: the server process's own CPU time per
+request (closed loop, no search running), which other work on a shared machine distorts far less than
+latency.
 
 Starts real uvicorn processes on free loopback ports with throw-away data dirs and prints markdown.
 Run: `.venv/bin/python -m benchmarks.bench_server [--rates 50 200] [--seconds 20] [--repo PATH]`
@@ -34,6 +36,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-0123456789abcdef"
+START_TIMEOUT_S = 600  # a busy machine can take minutes to import torch in the server
 SPEC = {"model": "demo-cnn", "data": "digits", "target": "flops=0.5", "strategy": "ddpg", "episodes": 4,
         "device": "local", "seed": 0}
 
@@ -54,20 +57,23 @@ class Server:
     def __enter__(self) -> Server:
         env = {**os.environ, "AMC_DATA_DIR": str(self.data_dir), "AMC_API_TOKEN": TOKEN, "AMC_MAX_WORKERS": "1",
                "AMC_CONFIG_DIR": str(self.data_dir.parent / f"config-{self.port}"),
-               "PYTHONPATH": str(self.repo), **self.env}
+               "PYTHONPATH": os.pathsep.join(p for p in (str(self.repo), os.environ.get("PYTHONPATH")) if p),
+               **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "server.main:create_app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
             cwd=self.repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with status {self.proc.returncode} while starting")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.2)
-        raise RuntimeError("the server did not start")
+        raise RuntimeError(f"the server did not answer /healthz within {START_TIMEOUT_S} s of starting")
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
@@ -212,7 +218,7 @@ def load_rows(args: argparse.Namespace) -> list[str]:
     search = {**SPEC, "model": args.search_model, "data": args.search_data, "episodes": 5000, "seed": 7}
     lines = ["| load | request | n | p50 ms | p99 ms | max ms | late sends |", "|---|---|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp, Server(Path(tmp) / "data", repo=args.repo, env=env) as srv:
-        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as c:
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=START_TIMEOUT_S) as c:
             r = c.post("/jobs", json=search)
             if r.status_code != 201:
                 raise RuntimeError(f"the background search was refused: {r.status_code} {r.text}")
@@ -240,6 +246,51 @@ def load_rows(args: argparse.Namespace) -> list[str]:
         if still["state"] != "running":
             raise RuntimeError(f"the background search stopped during the run: {still['state']}")
     return lines + sat
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cost_rows(args: argparse.Namespace) -> list[str]:
+    """The server's own CPU time per request (idle workers, closed loop): a figure that other work on a
+    shared machine slows down far less than latency, so versions can be compared on a busy machine."""
+    lines = ["| request (closed loop, idle workers) | connections | requests | server CPU ms/request | req/s |",
+             "|---|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp, Server(Path(tmp) / "data", repo=args.repo) as srv:
+        assert srv.proc is not None
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=START_TIMEOUT_S) as c:
+            ids = [c.post("/jobs", json={**SPEC, "seed": i}).json()["id"] for i in range(1, 21)]  # warm
+        for name, post in (("GET /jobs/{id}", False), ("POST /jobs", True)):
+            asyncio.run(saturate(srv.port, connections=4, seconds=1.0, job_ids=ids, post=post))  # warm
+            before, t = cpu_seconds(srv.proc.pid), time.perf_counter()
+            done = asyncio.run(count_requests(srv.port, connections=args.connections, requests=args.requests,
+                                              job_ids=ids, post=post))
+            wall, cpu = time.perf_counter() - t, cpu_seconds(srv.proc.pid) - before
+            lines.append(f"| {name} | {args.connections} | {done} | {cpu / done * 1000:.2f} | {done / wall:.0f} |")
+    return lines
+
+
+async def count_requests(port: int, *, connections: int, requests: int, job_ids: list[str], post: bool) -> int:
+    """Send `requests` in all over `connections` back to back; the number answered without an error."""
+    conns = [await Connection.open(port) for _ in range(connections)]
+    ok = 0
+
+    async def client(conn: Connection, i: int) -> None:
+        nonlocal ok
+        for n in range(i, requests, connections):
+            if post:
+                status, _ = await conn.request("POST", "/jobs", {**SPEC, "seed": 2**29 + n})
+            else:
+                status, _ = await conn.request("GET", f"/jobs/{job_ids[n % len(job_ids)]}")
+            ok += status < 400
+
+    await asyncio.gather(*(client(c, i) for i, c in enumerate(conns)))
+    for c in conns:
+        c.close()
+    return ok
 
 
 def seed_jobs(data_dir: Path, n: int) -> None:
@@ -309,7 +360,7 @@ def page_rows(args: argparse.Namespace) -> tuple[list[str], float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", choices=("load", "page"), default="load")
+    ap.add_argument("--mode", choices=("load", "page", "cost"), default="load")
     ap.add_argument("--rates", type=int, nargs="+", default=[50, 200], help="clients, each sending 1 request/s")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each open-loop phase")
     ap.add_argument("--submit-fraction", type=float, default=0.5, help="share of clients that POST /jobs")
@@ -321,13 +372,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-nice", type=int, default=10, help="niceness the client takes once the server runs")
     ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose server is measured")
     ap.add_argument("--jobs", type=int, default=1000, help="jobs in the database for --mode page")
+    ap.add_argument("--requests", type=int, default=2000, help="requests of each kind for --mode cost")
     args = ap.parse_args(argv)
     if args.search_data.startswith("cifar10:") and not Path(args.search_data.partition(":")[2]).is_file():
         print(f"{args.search_data} is absent: the background search is demo-cnn on digits", file=sys.stderr)
         args.search_model, args.search_data = "demo-cnn", "digits"
 
     load = os.getloadavg()[0]
-    if args.mode == "page":
+    if args.mode == "cost":
+        lines = cost_rows(args)
+        print(f"Server CPU time per request on loopback ({os.cpu_count()} CPUs, 1 uvicorn worker, SQLite WAL, "
+              f"workers idle; load average {load:.1f} before the run; server from {args.repo})\n")
+    elif args.mode == "page":
         lines, seeded = page_rows(args)
         print(f"Server benchmark on loopback ({os.cpu_count()} CPUs, 1 uvicorn worker, SQLite WAL; "
               f"{args.jobs} jobs seeded in {seeded:.1f} s)\n")

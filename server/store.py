@@ -290,6 +290,12 @@ class Store:
             Base.metadata.create_all(self.engine)
             _add_missing_columns(self.engine)
 
+    @property
+    def local_reads(self) -> bool:
+        """Reads are a local file's (SQLite, WAL): a reader never waits for a writer, so a short read may
+        run on the event loop; any other database is reached over a connection that can stall."""
+        return self.engine.dialect.name == "sqlite"
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -155,3 +155,27 @@ def test_list_filters_and_bounds(api):
     assert c.get("/jobs", params={"state": "lost"}).status_code == 422
     r = c.get("/jobs", params={"limit": 0})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+def test_a_status_poll_takes_no_thread_hop_and_a_submit_one(api, monkeypatch):
+    # Under load each hop through the thread pool cost more than the request's own work: the status
+    # poll runs on the event loop (SQLite reads never wait for a writer), a submit validates in one hop.
+    import anyio.to_thread
+
+    hops: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(func, *args, **kwargs):
+        hops.append(getattr(func, "__qualname__", repr(func)))
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    created = api.client.post("/jobs", json=SMALL_JOB)
+    assert created.status_code == 201 and created.headers["location"] == f"/jobs/{created.json()['id']}"
+    assert len(hops) == 1, hops
+    hops.clear()
+    polled = api.client.get(f"/jobs/{created.json()['id']}")
+    assert polled.status_code == 200 and polled.json()["id"] == created.json()["id"]
+    assert polled.json()["state"] == "queued" and polled.json()["restarts"] == 0
+    assert hops == []
+    assert api.client.get(f"/jobs/{'0' * 32}").status_code == 404 and hops == []

@@ -56,10 +56,20 @@ def in_process_app(data_dir: Path, **settings: Any) -> Iterator[InProcessApp]:
     store = Store(config.db_url)
     service = JobService(store=store, settings=config)
     app = create_app(config)
-    app.dependency_overrides.update({
-        deps.get_settings: lambda: config, deps.get_store: lambda: store,
-        deps.get_service: lambda: service, deps.get_token: lambda: TOKEN,
-    })
+    async def settings_() -> Settings:  # async like the dependencies they replace: no thread-pool hop
+        return config
+
+    async def store_() -> Store:
+        return store
+
+    async def service_() -> JobService:
+        return service
+
+    async def token_() -> str:
+        return TOKEN
+
+    app.dependency_overrides.update({deps.get_settings: settings_, deps.get_store: store_,
+                                     deps.get_service: service_, deps.get_token: token_})
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AMC_CONFIG_DIR", str(data_dir.parent / "config"))
         # a loopback name: the server answers only Host headers that name it (DNS rebinding)

@@ -1,4 +1,8 @@
-"""FastAPI dependencies, as `Annotated` aliases (tests swap them with `app.dependency_overrides`)."""
+"""FastAPI dependencies, as `Annotated` aliases (tests swap them with `app.dependency_overrides`).
+
+They are `async def` although they await nothing: FastAPI runs a plain `def` dependency in its thread
+pool, and a hop there and back for each of these attribute reads cost more than the request's own work
+(a status poll went through five of them)."""
 
 from __future__ import annotations
 
@@ -17,23 +21,23 @@ from server.store import Store
 _bearer = HTTPBearer(auto_error=False, description="AMC_API_TOKEN, or the token in <data_dir>/api-token")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_service(request: Request) -> JobService:
+async def get_service(request: Request) -> JobService:
     return request.app.state.service
 
 
-def get_token(request: Request) -> str:
+async def get_token(request: Request) -> str:
     return request.app.state.api_token
 
 
-def require_token(
+async def require_token(
     token: Annotated[str, Depends(get_token)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -56,14 +60,19 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def known_query(request: Request) -> None:
+async def known_query(request: Request) -> None:
     """A query parameter the route does not take is refused (422 naming it), not silently ignored:
     what the OpenAPI document does not describe, the server does not accept."""
+    if not request.scope.get("query_string"):
+        return
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
-    if dependant is None:
+    if route is None or dependant is None:
         return
-    taken = _query_names(dependant)
+    taken = getattr(route, "_amc_query_names", None)
+    if taken is None:  # once per route: its parameters never change
+        taken = frozenset(_query_names(dependant))
+        route._amc_query_names = taken
     unknown = [k for k in request.query_params if k not in taken]
     if unknown:
         offered = ", ".join(sorted(taken)) or "none"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Response
 from pydantic import BaseModel
 
 
@@ -56,3 +57,11 @@ def responses(*codes: int, json_errors: bool = False) -> dict[int | str, dict[st
 GUARD = responses(400, 413)
 # ... and every route but the public ones needs the token.
 GUARDED = responses(400, 401, 413)
+
+
+def json_body(model: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A response model built (so validated) by the route, serialized once. Returned as a model, FastAPI
+    would dump it, validate the dump against the route's `response_model` again (in the thread pool, for
+    a plain `def` route: one more hop) and serialize that; the route keeps `response_model=` for the
+    OpenAPI document."""
+    return Response(model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")

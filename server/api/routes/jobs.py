@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
 from server.api.deps import Authorized, KnownQuery, ServiceDep, StoreDep
-from server.api.responses import GUARDED, responses
+from server.api.responses import GUARDED, json_body, responses
 from server.artifacts import ARTIFACTS, FRONTIER_ARTIFACTS
 from server.schemas import (
     EpisodeList,
@@ -37,11 +38,10 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized, Know
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
              responses={201: {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}})
-def submit_job(spec: JobSpec, service: ServiceDep, response: Response) -> JobOut:
+def submit_job(spec: JobSpec, service: ServiceDep) -> Response:
     """Validate a job spec fully (model, data, target, device, budget) and queue it."""
     job = service.submit(spec.model_dump(exclude_none=True))
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return job_out(job)
+    return json_body(job_out(job), status_code=status.HTTP_201_CREATED, headers={"Location": f"/jobs/{job.id}"})
 
 
 @router.get("", response_model=JobList)
@@ -50,31 +50,37 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
     state: JobState | None = None,
-) -> JobList:
+) -> Response:
     """Jobs, newest first, with state and progress."""
     jobs = store.list_jobs(limit=limit, offset=offset, state=state)
-    return JobList(jobs=[job_summary(j) for j in jobs], counts=store.count_jobs())
+    return json_body(JobList(jobs=[job_summary(j) for j in jobs], counts=store.count_jobs()))
 
 
 @router.get("/{job_id}", response_model=JobDetail, responses=responses(404))
-def get_job(job_id: str, store: StoreDep, service: ServiceDep) -> JobDetail:
+async def get_job(job_id: str, store: StoreDep, service: ServiceDep) -> Response:
     """A job's state, progress, best result so far and, once finished, its report and artifact links."""
-    job = store.get_job(job_id)
-    return job_detail(job, artifacts=service.available_artifacts(job))
+
+    def read() -> Response:
+        job = store.get_job(job_id)
+        return json_body(job_detail(job, artifacts=service.available_artifacts(job)))
+
+    # What clients poll: one primary-key read, on the event loop where that cannot stall (SQLite) rather
+    # than a hop through the thread pool that cost more than the read under load.
+    return read() if store.local_reads else await run_in_threadpool(read)
 
 
 @router.get("/{job_id}/episodes", response_model=EpisodeList, responses=responses(404))
-def list_episodes(job_id: str, store: StoreDep, after: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0) -> EpisodeList:
+def list_episodes(job_id: str, store: StoreDep, after: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0) -> Response:
     """Every finished episode (reward, accuracy, cost, per-layer ratios); `after` for incremental polling."""
     job = store.get_job(job_id)
     episodes = store.list_episodes(job_id, after=after)
-    return EpisodeList(job_id=job_id, state=JobState(job.state), episodes=[episode_out(e) for e in episodes])
+    return json_body(EpisodeList(job_id=job_id, state=JobState(job.state), episodes=[episode_out(e) for e in episodes]))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=responses(404, 409))
-def cancel_job(job_id: str, service: ServiceDep) -> JobOut:
+def cancel_job(job_id: str, service: ServiceDep) -> Response:
     """Cancel a queued or running job (a running one stops within seconds)."""
-    return job_out(service.cancel(job_id))
+    return json_body(job_out(service.cancel(job_id)))
 
 
 @router.get("/{job_id}/log", response_class=PlainTextResponse,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from server.api.deps import Authorized, KnownQuery, ServiceDep
-from server.api.responses import GUARDED, responses
+from server.api.responses import GUARDED, json_body, responses
 from server.schemas import JobOut, job_out
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized, KnownQuery],
@@ -13,6 +13,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized, Know
 
 
 @router.post("/{job_id}/resume", response_model=JobOut, responses=responses(404, 409))
-def resume_job(job_id: str, service: ServiceDep) -> JobOut:
+def resume_job(job_id: str, service: ServiceDep) -> Response:
     """Queue a failed or cancelled job again; it continues from its checkpoint (a frontier starts over)."""
-    return job_out(service.resume(job_id))
+    return json_body(job_out(service.resume(job_id)))
