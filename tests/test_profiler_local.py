@@ -59,7 +59,7 @@ def test_local_measures_a_tiny_model(tiny_onnx: Path) -> None:
     assert m.runs == 20 and m.threads == 1 and m.runtime == "onnxruntime"
     assert m.raw["kind"] == "bench" and m.raw["model_sha256"] == m.model_sha256
     assert m.load_ms is not None and m.load_ms > 0
-    assert m.device_id.startswith("local:")
+    assert m.device_id == device.id and device.id != device.spec  # what the machine is, not "local"
 
 
 def test_second_measurement_comes_from_the_cache(tiny_onnx: Path, tmp_path: Path) -> None:
