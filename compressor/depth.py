@@ -64,7 +64,8 @@ class RemovalOrder:
 
     def extend(self, cost: Callable[[list[int]], float], limit: float, *,
                progress: ProgressFn | None = None) -> list[int]:
-        """The order, long enough that removing all of it meets `cost <= limit` (or every block)."""
+        """The shortest prefix of the order whose removal meets `cost <= limit` (the whole order, every
+        removable block, when none does), extending the order as far as that needs."""
         if not self.removable:
             return []
         merit = self._ranked(cost, progress)
@@ -81,6 +82,9 @@ class RemovalOrder:
                 progress(f"block {len(self.order)} to remove is {self.pruner.units[best].block}")
             log.info("depth: removal %d is %s (accuracy lost per unit of cost saved %.4g)", len(self.order),
                      self.pruner.units[best].block, merit[best])
+        for k in range(len(self.order) + 1):  # a looser budget than the one the order was built for
+            if cost(self.without(self.order[:k])) <= limit:
+                return self.order[:k]
         return list(self.order)
 
 
