@@ -115,7 +115,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"uvicorn-{self.port}.log"
 
-    def start(self, timeout: float = 60.0) -> ServerProcess:
+    def start(self, timeout: float = 120.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
@@ -133,6 +133,7 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self.stop()  # not left running, orphaned, after the test that started it has failed
         raise RuntimeError(f"server did not answer /healthz within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
