@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 from compressor.env import Budget
 from compressor.pruning import Pruner
+from compressor.strategies import largest_ratio
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +89,6 @@ class RemovalOrder:
         return list(self.order)
 
 
-def _largest_ratio(pruner: Pruner, budget: Budget, gone: set[int], a_min: float) -> float | None:
-    """The largest single preserve ratio for the units not in `gone` that meets the budget (None: none)."""
-    def kept(r: float) -> list[int]:
-        return [0 if i in gone else u.kept_for(r) for i, u in enumerate(pruner.units)]
-
-    if budget.cost(kept(a_min)) > budget.limit:
-        return None
-    if budget.cost(kept(1.0)) <= budget.limit:
-        return 1.0
-    lo, hi = a_min, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if budget.cost(kept(mid)) <= budget.limit else (lo, mid)
-    return lo
-
-
 def depth_seeds(order: RemovalOrder, budget: Budget, *, a_min: float, count: int,
                 progress: ProgressFn | None = None) -> list[list[float]]:
     """Up to `count` policies (per-unit actions: 0 removes a block) mixing depth and width under
@@ -122,7 +107,7 @@ def depth_seeds(order: RemovalOrder, budget: Budget, *, a_min: float, count: int
         if k <= 0:
             continue
         gone = set(removals[:k])
-        ratio = _largest_ratio(order.pruner, budget, gone, a_min)
+        ratio = largest_ratio(order.pruner, budget, gone, a_min=a_min)
         if ratio is None:
             continue
         seeds.append([0.0 if i in gone else units[i].kept_for(ratio) / units[i].channels

@@ -214,22 +214,27 @@ def uniform_policy(pruner: Pruner, budget: Budget, *, a_min: float) -> list[floa
     m = len(removable)
     for k in range(1, m + 1):
         gone = {removable[min(m - 1, int((j + 0.5) * m / k))] for j in range(k)}
-
-        def kept(r: float, gone=gone) -> list[int]:
-            return [0 if i in gone else u.kept_for(r) for i, u in enumerate(pruner.units)]
-
-        if budget.cost(kept(a_min)) > budget.limit:
-            continue
-        lo, hi = a_min, 1.0
-        if budget.cost(kept(1.0)) <= budget.limit:
-            lo = 1.0
-        for _ in range(30):
-            if lo >= hi:
-                break
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if budget.cost(kept(mid)) <= budget.limit else (lo, mid)
-        return [0.0 if i in gone else lo for i in range(n)]
+        rest = largest_ratio(pruner, budget, gone, a_min=a_min)
+        if rest is not None:
+            return [0.0 if i in gone else rest for i in range(n)]
     return [ratio] * n
+
+
+def largest_ratio(pruner: Pruner, budget: Budget, gone: set[int], *, a_min: float) -> float | None:
+    """The largest single preserve ratio for the units not in `gone` (removed blocks) that meets the
+    budget; None when even a_min does not."""
+    def kept(r: float) -> list[int]:
+        return [0 if i in gone else u.kept_for(r) for i, u in enumerate(pruner.units)]
+
+    if budget.cost(kept(a_min)) > budget.limit:
+        return None
+    if budget.cost(kept(1.0)) <= budget.limit:
+        return 1.0
+    lo, hi = a_min, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if budget.cost(kept(mid)) <= budget.limit else (lo, mid)
+    return lo
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
