@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                 "manage registered network devices.")
     devices.add_argument("--json", action="store_true", help="print the list as JSON")
     devices.add_argument("--no-health", action="store_true", help="list without contacting the devices")
+    devices.add_argument("--ray", default=None, metavar="HOST:PORT",
+                         help="list the phones of the phone farm on this Ray cluster (default $AMC_RAY_ADDRESS; "
+                              "docs/FARM.md)")
     dsub = devices.add_subparsers(dest="devices_action", metavar="ACTION")
     add = dsub.add_parser("add", help="register a network device (HOST:PORT)")
     add.add_argument("address", help="HOST:PORT (e.g. 192.168.1.20:5555)")
@@ -208,13 +211,48 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_farm_devices(args: argparse.Namespace, address: str) -> int:
+    """`amc devices` with a farm: every phone of the cluster, with host, model, Android, health and lease."""
+    from compressor.errors import AmcError
+    from profiler.farm.client import Farm
+    from profiler.farm.names import insecure_from_env
+
+    try:
+        with _console(stderr=True).status(f"asking the farm at {address}"):
+            phones = Farm(address, insecure=insecure_from_env()).phones(check_health=not args.no_health)
+    except AmcError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps({"devices": [p.to_dict() for p in phones], "notes": [f"farm: {address}"]}))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"phones of the farm at {address}")
+    for col in ("spec", "host", "model", "android", "health", "lease", "measurements"):
+        table.add_column(col)
+    for p in phones:
+        state = {"ok": "[green]ok[/green]", "unhealthy": "[red]down[/red]"}.get(p.health, p.health)
+        lease = "-" if not p.lease else f"{p.lease['holder']}{' (measuring)' if p.lease.get('measuring') else ''}"
+        table.add_row(p.spec, p.host, p.model or "?", p.android or "?", state, lease, str(p.measurements))
+    console = _console()
+    console.print(table)
+    if not phones:
+        console.print("note: no phones; run `amc device-host --address ADDRESS` on the hosts the phones are "
+                      "plugged into", markup=False)
+    return 0
+
+
 def run_devices(args: argparse.Namespace) -> int:
     from compressor.errors import AmcError
     from profiler.devices import open_device
+    from profiler.farm.names import farm_address
     from profiler.registry import DeviceRegistry, discover
 
-    registry = DeviceRegistry()
     action = getattr(args, "devices_action", None)
+    address = farm_address(args.ray)
+    if address is not None and action is None:
+        return run_farm_devices(args, address)
+    registry = DeviceRegistry()
     try:
         if action == "add":
             spec = registry.add(args.address, name=args.name)

@@ -16,6 +16,7 @@ COMMAND_MODULES: dict[str, str] = {
     "lut": "profiler.cli",
     "serve": "server.serve_cli",
     "phone-sim": "device_agent.phone_sim.cli",
+    "device-host": "profiler.farm.cli",
 }
 
 SUMMARIES = {
@@ -26,6 +27,7 @@ SUMMARIES = {
     "serve": "run the REST orchestrator and web status page",
     "phone-sim": "run a phone emulator that speaks the device side of ADB over TCP (a test device: its "
                  "shell runs commands on this host)",
+    "device-host": "serve this machine's phones to a Ray cluster (a phone farm; docs/FARM.md)",
 }
 
 

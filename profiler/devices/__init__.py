@@ -1,7 +1,9 @@
-"""Devices that time models: `local` (this CPU), `adb:HOST:PORT` (ADB over TCP), `adb:SERIAL` (USB).
+"""Devices that time models: `local` (this CPU), `adb:HOST:PORT` (ADB over TCP), `adb:SERIAL` (USB), and,
+with a phone farm (`AMC_RAY_ADDRESS`), `model:NAME` (any free phone of that model in the cluster).
 
 `parse_device_spec` checks a spec; `open_device` turns it into a `Device` through the `DEVICE_KINDS`
-registry (kind -> factory)."""
+registry (kind -> factory). With `AMC_RAY_ADDRESS` set, phones (`adb:...`, `model:...`) are the farm's:
+leased cluster-wide through `profiler.farm` (Ray is imported only then)."""
 
 from __future__ import annotations
 
@@ -14,21 +16,23 @@ from compressor.errors import ConfigError
 from profiler.devices.adb import AdbDevice, AdbTcpDevice, AdbUsbDevice, list_usb_serials
 from profiler.devices.base import CommandResult, Device, Health
 from profiler.devices.local import LocalDevice
+from profiler.farm.names import farm_address, insecure_from_env, parse_model_spec
 
 __all__ = [
     "AdbDevice", "AdbTcpDevice", "AdbUsbDevice", "CommandResult", "DEVICE_KINDS", "Device", "DeviceSpec",
-    "Health", "LocalDevice", "list_usb_serials", "open_device", "parse_device_spec",
+    "Health", "LocalDevice", "list_usb_serials", "open_device", "open_farm_device", "parse_device_spec",
 ]
 
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _SERIAL = re.compile(r"^[A-Za-z0-9._-]+$")
-_EXAMPLES = "local, adb:192.168.1.20:5555 (TCP) or adb:R58M12ABCDE (USB serial)"
+_EXAMPLES = ("local, adb:192.168.1.20:5555 (TCP), adb:R58M12ABCDE (USB serial) or, with a phone farm, "
+             "model:Pixel_7")
 
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """A parsed device spec: `kind` is local | adb-tcp | adb-usb."""
+    """A parsed device spec: `kind` is local | adb-tcp | adb-usb | model (a phone model of the farm)."""
 
     kind: str
     text: str
@@ -41,12 +45,15 @@ class DeviceSpec:
 
 
 def parse_device_spec(spec: str) -> DeviceSpec:
-    """Parse `local`, `adb:HOST:PORT` or `adb:SERIAL`; raise ConfigError("device", ...) otherwise."""
+    """Parse `local`, `adb:HOST:PORT`, `adb:SERIAL` or `model:NAME`; raise ConfigError("device", ...) otherwise."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("device", f"empty device spec; use one of {_EXAMPLES}")
     text = spec.strip()
     if text == "local":
         return DeviceSpec("local", "local")
+    model = parse_model_spec(text)
+    if model is not None:
+        return DeviceSpec("model", f"model:{model}")
     scheme, sep, rest = text.partition(":")
     if scheme != "adb" or not sep:
         raise ConfigError("device", f"{spec!r} is not a device spec; use one of {_EXAMPLES}")
@@ -73,7 +80,25 @@ DEVICE_KINDS: dict[str, Callable[..., Device]] = {
 }
 
 
-def open_device(spec: str | DeviceSpec, **options: Any) -> Device:
-    """A Device for `spec`; `options` go to its constructor (e.g. key_path, python, benchmark_binary)."""
+def open_device(spec: str | DeviceSpec, *, farm: str | None = None, **options: Any) -> Device:
+    """A Device for `spec`; `options` go to its constructor (e.g. key_path, python, benchmark_binary).
+    With a farm (`farm`, else `$AMC_RAY_ADDRESS`), a phone or phone model is the farm's."""
     parsed = spec if isinstance(spec, DeviceSpec) else parse_device_spec(spec)
+    address = farm_address(farm)
+    if parsed.kind != "local" and address is not None:
+        return open_farm_device(parsed.text, address)
+    if parsed.kind == "model":
+        raise ConfigError("device", f"{parsed.text!r} names a phone model of a phone farm, and no farm is set: set "
+                                    "AMC_RAY_ADDRESS (or --ray) to the Ray cluster's address (docs/FARM.md), or "
+                                    "name one device: local, adb:SERIAL or adb:HOST:PORT")
     return DEVICE_KINDS[parsed.kind](parsed, **options)
+
+
+def open_farm_device(spec: str, address: str) -> Device:
+    """`spec` (a phone or `model:NAME`) on the farm at `address`; imports Ray."""
+    from profiler.cache import MeasurementCache
+    from profiler.farm.client import Farm, FarmDevice
+    from profiler.paths import default_cache_path
+
+    return FarmDevice(spec, farm=Farm(address, insecure=insecure_from_env()),
+                      cache=MeasurementCache(default_cache_path()))

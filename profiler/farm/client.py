@@ -1,0 +1,290 @@
+"""The farm as a client sees it: every phone the cluster's device hosts serve (`Farm.phones`), and
+measurements leased to a free phone of a model (`model:Pixel_7`) or to one phone (`adb:SERIAL`,
+`adb:HOST:PORT`) anywhere in the cluster (`FarmPool`, with the DevicePool contract: retried on another
+phone when one vanishes, None after the deadline so the lookup table answers). `FarmDevice` wraps a
+FarmPool as a `Device`, so the oracle, `amc bench` and `amc lut` use the farm unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressor.errors import ConfigError
+from profiler.cache import MeasurementCache
+from profiler.devices.base import CommandResult, Device, Health
+from profiler.devices.identity import DeviceIdentity
+from profiler.errors import DeviceUnavailable, MeasurementError
+from profiler.farm.names import PHONE_PREFIX, model_slug, parse_model_spec
+from profiler.farm.phone import raise_error
+from profiler.protocol import MeasureConfig, Measurement, check_runtime, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FarmPhone:
+    """One phone of the cluster as its actor describes it."""
+
+    name: str  # the actor's name
+    spec: str
+    host: str
+    model: str | None
+    android: str | None
+    serial: str | None
+    health: str  # ok | unhealthy | unknown | no answer
+    detail: str = ""
+    lease: dict[str, Any] | None = None
+    measurements: int = 0
+    identity: dict[str, Any] = field(default_factory=dict)
+    handle: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def key(self) -> str | None:
+        return self.identity.get("key")
+
+    @property
+    def model_slug(self) -> str:
+        return model_slug(self.model)
+
+    def matches(self, selector: str) -> bool:
+        """`selector` is `model:NAME` or a phone's spec (`adb:SERIAL` also matches a phone by serial)."""
+        wanted = parse_model_spec(selector)
+        if wanted is not None:
+            return self.model_slug.lower() == wanted.lower()
+        return selector == self.spec or (selector == f"adb:{self.serial}" and self.serial is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("handle", None)
+        data["model_resource"] = f"model:{self.model_slug}"
+        return data
+
+
+def _holder(purpose: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{purpose}"
+
+
+class Farm:
+    """A connection to the cluster (joined on first use, in the farm's namespace)."""
+
+    def __init__(self, address: str, *, insecure: bool = False):
+        self.address = address
+        self.insecure = insecure
+
+    def connect(self) -> None:
+        from profiler.farm.host import ray_init
+
+        ray_init(self.address, insecure=self.insecure)
+
+    def phones(self, *, check_health: bool = False, timeout_s: float = 10.0) -> list[FarmPhone]:
+        """Every phone served in the cluster now. `check_health` asks each phone that is not leased
+        (a leased phone answers with its last health, untouched)."""
+        import ray
+
+        self.connect()
+        names = sorted(n for n in ray.util.list_named_actors() if n.startswith(PHONE_PREFIX))
+        handles, refs = [], []
+        for name in names:
+            try:
+                handle = ray.get_actor(name)
+            except ValueError:  # its host left since the listing
+                continue
+            handles.append((name, handle))
+            refs.append(handle.info.remote())
+        health_refs = [h.health.remote() for _, h in handles] if check_health else []
+        ready, _ = ray.wait(refs + health_refs, num_returns=len(refs) + len(health_refs), timeout=timeout_s)
+        ready_set = set(ready)
+        out = []
+        for i, (name, handle) in enumerate(handles):
+            info: dict[str, Any] = {}
+            if refs[i] in ready_set:
+                try:
+                    info = ray.get(refs[i])
+                except Exception as exc:  # the actor died between the listing and the call
+                    log.debug("%s: %s", name, exc)
+                    continue
+            health = info.get("health") or {}
+            if check_health and health_refs[i] in ready_set:
+                try:
+                    health = ray.get(health_refs[i])
+                except Exception as exc:
+                    health = {"ok": False, "detail": f"{type(exc).__name__}"}
+            _, host, spec = name.split("|", 2)
+            state = ("no answer" if not info else "unknown" if health.get("ok") is None
+                     else "ok" if health.get("ok") else "unhealthy")
+            out.append(FarmPhone(name=name, spec=spec, host=info.get("host") or host, model=info.get("model"),
+                                 android=info.get("android"), serial=info.get("serial"), health=state,
+                                 detail=str(health.get("detail") or ""), lease=info.get("lease"),
+                                 measurements=int(info.get("measurements") or 0),
+                                 identity=info.get("identity") or {}, handle=handle))
+        return out
+
+    def select(self, selector: str) -> list[FarmPhone]:
+        return [p for p in self.phones() if p.matches(selector)]
+
+    def check(self, selector: str) -> None:
+        """ConfigError unless some phone of the cluster matches `selector` now."""
+        phones = self.phones()
+        if any(p.matches(selector) for p in phones):
+            return
+        known = sorted({f"model:{p.model_slug}" for p in phones} | {p.spec for p in phones})
+        raise ConfigError("device", f"no phone in the farm at {self.address} matches {selector!r}; the farm has: "
+                                    f"{', '.join(known) or 'no phones (is `amc device-host` running on the USB hosts?)'}")
+
+
+class FarmPool:
+    """Measurements on the phones of the cluster that match `selector`, one per phone at a time
+    cluster-wide (the lease is the phone actor's). Same contract as `DevicePool.measure`."""
+
+    def __init__(self, farm: Farm, selector: str, *, cache: MeasurementCache | None = None,
+                 measure_timeout_s: float = 300.0, poll_s: float = 0.25):
+        self.farm = farm
+        self.selector = selector
+        self.cache = cache
+        self.measure_timeout_s = measure_timeout_s
+        self.poll_s = poll_s
+        self.events: list[str] = []  # what happened to measurements (retries, fallbacks), for logs and tests
+
+    def _note(self, message: str) -> None:
+        self.events.append(message)
+        log.warning("%s", message)
+
+    def measure(self, model_path: Path | str, config: MeasureConfig | None = None, *,
+                runtime: str = "onnxruntime", deadline_s: float | None = None,
+                timeout_s: float | None = None) -> Measurement | None:
+        """Measure on a free matching phone, retrying on another when one fails or vanishes. None when no
+        phone measured before `deadline_s` (None: only as long as some untried phone is there)."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        config = config or MeasureConfig()
+        check_runtime(runtime)
+        path = Path(model_path)
+        model = path.read_bytes()
+        sha = sha256_file(path)
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        tried: set[str] = set()
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self._note(f"no phone matching {self.selector} measured {path.name} within {deadline_s:.0f} s; "
+                           "the lookup table answers instead")
+                return None
+            phones = [p for p in self.farm.phones() if p.matches(self.selector)]
+            if self.cache is not None:
+                for p in phones:
+                    hit = None if p.key is None else self.cache.get(device_id=p.key, runtime=runtime,
+                                                                    config=config, sha256=sha)
+                    if hit is not None:
+                        return hit
+            candidates = [p for p in phones if p.name not in tried and p.health != "unhealthy"]
+            if not candidates:
+                if tried or deadline is None:
+                    self._note(f"no phone matching {self.selector} is left to measure {path.name} "
+                               f"(tried: {', '.join(sorted(tried)) or 'none'}); the lookup table answers instead")
+                    return None
+                time.sleep(min(self.poll_s * 4, max(0.0, left or 0.0)))
+                continue
+            leased = None
+            for phone in sorted(candidates, key=lambda p: (p.lease is not None, p.measurements)):
+                try:
+                    token = ray.get(phone.handle.lease.remote(_holder(path.name)), timeout=10)
+                except (RayActorError, GetTimeoutError) as exc:
+                    tried.add(phone.name)
+                    self._note(f"{phone.spec} on {phone.host} did not answer a lease ({type(exc).__name__})")
+                    continue
+                if token is not None:
+                    leased = (phone, token)
+                    break
+            if leased is None:  # all busy: wait for one to free up
+                time.sleep(self.poll_s if left is None else min(self.poll_s, max(0.0, left)))
+                continue
+            phone, token = leased
+            tried.add(phone.name)
+            timeout = self.measure_timeout_s if left is None else max(1.0, min(self.measure_timeout_s, left))
+            if timeout_s is not None:
+                timeout = min(timeout, timeout_s)
+            try:
+                data = ray.get(phone.handle.measure.remote(token, model, path.suffix.lower(),
+                                                           dataclasses.asdict(config), runtime, timeout),
+                               timeout=timeout + 30)
+            except (RayActorError, GetTimeoutError) as exc:
+                self._note(f"{phone.spec} on {phone.host} vanished while measuring {path.name} "
+                           f"({type(exc).__name__}); retrying on another phone matching {self.selector}")
+                continue
+            finally:
+                try:
+                    phone.handle.release.remote(token)
+                except Exception as exc:  # the actor is gone with its lease
+                    log.debug("release on %s: %s", phone.spec, exc)
+            if not data.get("ok"):
+                try:
+                    raise_error(data)
+                except MeasurementError as exc:
+                    if exc.model_fault:
+                        raise
+                    self._note(f"measurement on {phone.spec} ({phone.host}) failed, trying another phone: {exc}")
+                except DeviceUnavailable as exc:
+                    self._note(f"{phone.spec} on {phone.host} became unavailable while measuring ({exc.reason}); "
+                               f"retrying on another phone matching {self.selector}")
+                continue
+            result = Measurement.from_dict(data["measurement"])
+            if self.cache is not None:
+                self.cache.put(result, config)
+            return result
+
+
+class FarmDevice(Device):
+    """`model:NAME` or one farm phone as a Device: measurements go through a FarmPool (leased cluster-wide);
+    its identity is that of the phones it stands for (the most common one among a model's phones)."""
+
+    kind = "farm"
+
+    def __init__(self, spec: str, *, farm: Farm, cache: MeasurementCache | None = None, wait_s: float = 60.0):
+        super().__init__(spec)
+        self.farm = farm
+        self.pool = FarmPool(farm, spec, cache=cache)
+        self.wait_s = wait_s
+
+    def _probe_identity(self) -> DeviceIdentity:
+        phones = [p for p in self.farm.phones() if p.matches(self.spec) and p.identity]
+        if not phones:
+            raise DeviceUnavailable(self.spec, f"no phone in the farm matches {self.spec}",
+                                    hint="check `amc devices` (with AMC_RAY_ADDRESS set) and that the phone's "
+                                         "`amc device-host` runs")
+        keys = Counter(p.key for p in phones)
+        chosen = next(p for p in phones if p.key == keys.most_common(1)[0][0])
+        return DeviceIdentity.from_dict(chosen.identity)
+
+    def measure(self, model_path: Path | str, config: MeasureConfig | None = None, *,
+                runtime: str = "onnxruntime", timeout_s: float = 300.0,
+                sha256: str | None = None) -> Measurement:
+        result = self.pool.measure(model_path, config, runtime=runtime, deadline_s=max(timeout_s, self.wait_s),
+                                   timeout_s=timeout_s)
+        if result is None:
+            raise DeviceUnavailable(self.spec, self.pool.events[-1] if self.pool.events else "no phone measured",
+                                    hint="check `amc devices` with AMC_RAY_ADDRESS set")
+        return result
+
+    def health(self) -> Health:
+        phones = [p for p in self.farm.phones(check_health=True) if p.matches(self.spec)]
+        ok = [p for p in phones if p.health == "ok"]
+        return Health(self.spec, bool(ok), "" if ok else f"{len(phones)} matching phone(s), none healthy",
+                      info={"phones": [p.spec for p in phones], "model": phones[0].model if phones else None})
+
+    def run(self, command: str, *, timeout_s: float) -> CommandResult:
+        raise DeviceUnavailable(self.spec, "a farm phone runs only measurements, through its device host",
+                                hint="use `amc bench --device SPEC` with AMC_RAY_ADDRESS set")
+
+    def model_path_on_device(self, model_path: Path, sha256: str) -> str:
+        raise DeviceUnavailable(self.spec, "a farm phone receives models through its device host")
+
+    def agent_command(self) -> str:
+        raise DeviceUnavailable(self.spec, "a farm phone runs its agent through its device host")

@@ -1,0 +1,308 @@
+"""The phone farm on a real Ray cluster started here (head with token authentication, in its own session
+so that every process it starts is ended by session id, never `ray stop`), two `amc device-host`
+processes as two USB hosts, and `amc phone-sim` emulators as their phones: the listing shows host, model,
+Android version and lease; two measurements on one phone model at once never share a phone; a phone
+killed mid-measurement is replaced by the other phone of its model; a host that dies takes its phones
+with it. Without Ray, the lease logic of a phone actor and the address policy are checked directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.errors import ConfigError
+from profiler.devices import LocalDevice, open_device, parse_device_spec
+from profiler.export import export_onnx
+from profiler.farm.names import check_ray_address, model_slug, parse_model_spec
+from profiler.farm.phone import PhoneServer
+from profiler.protocol import MeasureConfig
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+# -- without Ray ------------------------------------------------------------------------------------
+
+
+def test_names_and_policy(monkeypatch) -> None:
+    assert model_slug("Pixel 7 Pro") == "Pixel_7_Pro" and parse_model_spec("model:Pixel 7") == "Pixel_7"
+    assert parse_model_spec("adb:1.2.3.4:5555") is None
+    with pytest.raises(ConfigError, match="names no phone model"):
+        parse_model_spec("model:")
+    assert parse_device_spec("model:Pixel 7").text == "model:Pixel_7"
+    monkeypatch.delenv("AMC_RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match="AMC_RAY_ADDRESS"):
+        open_device("model:Pixel_7")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(ConfigError, match="RAY_AUTH_MODE=token"):
+        check_ray_address("127.0.0.1:6379")
+    assert check_ray_address("10.0.0.5:6379", insecure=True) == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert check_ray_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        check_ray_address("ray://10.0.0.5:10001")
+
+
+def test_embedded_default_never_imports_ray() -> None:
+    code = ("import sys; from profiler.devices import open_device; from server.devices import DeviceDirectory; "
+            "open_device('local').close(); assert 'ray' not in sys.modules, 'ray imported'; print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "AMC_RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+class _CountingDevice(LocalDevice):
+    def __init__(self) -> None:
+        super().__init__("local")
+        self.health_calls = 0
+
+    def health(self):
+        self.health_calls += 1
+        return super().health()
+
+
+def test_phone_lease_is_exclusive_and_health_never_disturbs_a_leased_phone(tmp_path: Path) -> None:
+    model = export_onnx(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx")
+    device = _CountingDevice()
+    phone = PhoneServer(device, host="h", lease_ttl_s=2.0)
+    token = phone.lease("a")
+    assert token and phone.lease("b") is None
+    assert phone.info()["lease"]["holder"] == "a"
+    phone.health()
+    assert device.health_calls == 0  # leased: the last health is returned, the device is not asked
+    cfg = {"threads": 1, "warmup": 1, "runs": 3, "cpu_mask": None, "cooldown_s": 0.0}
+    refused = phone.measure("not-the-token", model.read_bytes(), ".onnx", cfg, "onnxruntime", 60)
+    assert refused["ok"] is False and "lease" in refused["message"]
+    done = phone.measure(token, model.read_bytes(), ".onnx", cfg, "onnxruntime", 60)
+    assert done["ok"], done
+    assert phone.release(token) and phone.lease("b") is not None
+    time.sleep(2.1)  # b never measures: its lease lapses and c gets the phone
+    assert phone.lease("c") is not None
+    assert phone.info()["lease"]["holder"] == "c"
+
+
+# -- a real cluster ------------------------------------------------------------------------------------
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def _end_session(sid: int) -> None:
+    """End every process of session `sid` (all started by this test), TERM then KILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session_pids(sid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while _session_pids(sid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _nice() -> None:
+    # Ray's raylet aborts when its agents take over 15 s to start: on a machine busy with other work at a
+    # higher priority, AMC_TEST_RAY_NICE gives the cluster a fair share.
+    if os.environ.get("AMC_TEST_RAY_NICE"):
+        os.setpriority(os.PRIO_PROCESS, 0, int(os.environ["AMC_TEST_RAY_NICE"]))
+    os.setsid()
+
+
+class Cluster:
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+                    "RAY_USAGE_STATS_ENABLED": "0", "AMC_CONFIG_DIR": str(root / "cfg"),
+                    "AMC_CACHE_DIR": str(root / "cache")}
+        self.env.pop("AMC_RAY_ADDRESS", None)
+        self.sessions: list[int] = []
+        self.address = ""
+        self.key = root / "cfg" / "adbkey"
+
+    def start(self, *args: str, log: str) -> subprocess.Popen:
+        out = open(self.root / log, "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=_nice)
+        self.sessions.append(proc.pid)  # setsid: the session id is the pid
+        return proc
+
+    def head(self) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths have a length limit
+        proc = self.start(str(BIN / "ray"), "start", "--head", "--port", "0", "--num-cpus", "2",
+                          "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(tmp),
+                          log="head.log")
+        assert proc.wait(timeout=150) == 0, (self.root / "head.log").read_text()[-3000:]
+        m = re.search(r"ray start --address='([^']+)'", (self.root / "head.log").read_text())
+        assert m, (self.root / "head.log").read_text()[-3000:]
+        self.address = m.group(1)
+
+    def phone(self, name: str, model: str) -> tuple[subprocess.Popen, str]:
+        (self.root / name).mkdir()
+        proc = self.start(str(BIN / "amc"), "phone-sim", "--port", "0", "--root", str(self.root / name),
+                          "--serial", name, "--model-name", model, "--auth-keys", f"{self.key}.pub",
+                          log=f"{name}.log")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", (self.root / f"{name}.log").read_text())
+            if m:
+                return proc, f"adb:127.0.0.1:{m.group(1)}"
+            time.sleep(0.2)
+        raise AssertionError((self.root / f"{name}.log").read_text())
+
+    def host(self, name: str, *specs: str) -> subprocess.Popen:
+        args = [str(BIN / "amc"), "device-host", "--address", self.address, "--no-usb", "--name", name,
+                "--scan-s", "1", "--adb-key", str(self.key)]
+        for spec in specs:
+            args += ["--device", spec]
+        return self.start(*args, log=f"host-{name}.log")
+
+    def close(self) -> None:
+        for sid in reversed(self.sessions):
+            _end_session(sid)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    from profiler.devices.keys import ensure_adb_key
+
+    with tempfile.TemporaryDirectory(prefix="amc-farm-") as tmp:
+        c = Cluster(Path(tmp))
+        ensure_adb_key(c.key)
+        saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+        try:
+            c.head()
+            os.environ.update({k: c.env[k] for k in saved})
+            yield c
+        finally:
+            import ray
+
+            ray.shutdown()
+            c.close()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _wait_for(predicate, what: str, within: float, every: float = 0.5):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def slow_onnx(tmp_path_factory) -> Path:
+    """A model of a few ms per run: 150 runs take long enough to kill a phone in the middle."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())
+    return export_onnx(model, torch.randn(1, 16, 56, 56), tmp_path_factory.mktemp("m") / "slow.onnx")
+
+
+def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> None:
+    from profiler.farm.client import Farm, FarmPool
+
+    sims = {name: cluster.phone(name, model) for name, model in
+            (("P7A", "Pixel 7"), ("P7B", "Pixel 7"), ("S23", "Galaxy S23"))}
+    host_a = cluster.host("hostA", sims["P7A"][1], sims["S23"][1])
+    host_b = cluster.host("hostB", sims["P7B"][1])
+    farm = Farm(cluster.address)
+    phones = _wait_for(lambda: (ps := farm.phones()) and len(ps) == 3 and ps, "3 phones served", 150)
+    by_serial = {p.serial: p for p in phones}
+    assert {p.host for p in phones} == {"hostA", "hostB"}
+    assert by_serial["P7A"].host == "hostA" and by_serial["P7B"].host == "hostB"
+    assert by_serial["P7A"].model == "Pixel 7" and by_serial["S23"].model_slug == "Galaxy_S23"
+    assert all(p.android and p.health == "ok" and p.lease is None for p in phones)
+    assert by_serial["P7A"].key == by_serial["P7B"].key != by_serial["S23"].key
+
+    # The CLI lists the cluster's phones too.
+    out = subprocess.run([str(BIN / "amc"), "devices", "--ray", cluster.address, "--json"], env=cluster.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)["devices"]
+    assert {(d["spec"], d["host"], d["model"]) for d in listed} == {(p.spec, p.host, p.model) for p in phones}
+
+    # A leased phone shows its holder, and nobody else can measure on it meanwhile.
+    phone_s23 = by_serial["S23"]
+    token = phone_s23.handle.lease.remote("test-holder")
+    import ray
+
+    token = ray.get(token)
+    listed_s23 = next(p for p in farm.phones(check_health=True) if p.serial == "S23")
+    assert listed_s23.lease and listed_s23.lease["holder"] == "test-holder" and listed_s23.health == "ok"
+    quick = MeasureConfig(warmup=1, runs=3)
+    assert FarmPool(farm, "model:Galaxy_S23").measure(slow_onnx, quick, deadline_s=3) is None
+    ray.get(phone_s23.handle.release.remote(token))
+
+    # Two measurements of one model at once: both run, on different phones, at the same time.
+    config = MeasureConfig(warmup=2, runs=60)
+    results: dict[int, object] = {}
+
+    def measure(i: int) -> None:
+        results[i] = FarmPool(farm, "model:Pixel_7").measure(slow_onnx, config, deadline_s=120)
+
+    threads = [threading.Thread(target=measure, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    m0, m1 = results[0], results[1]
+    assert m0 is not None and m1 is not None
+    w0, w1 = m0.raw["farm"], m1.raw["farm"]
+    assert w0["phone"] != w1["phone"]
+    assert max(w0["started"], w1["started"]) < min(w0["finished"], w1["finished"]), "they did not run at once"
+    assert {m0.raw["farm"]["phone"], m1.raw["farm"]["phone"]} == {sims["P7A"][1], sims["P7B"][1]}
+    assert m0.min_ms <= m0.median_ms <= m0.max_ms
+
+    # A phone killed mid-measurement: the measurement finishes on the other phone of its model.
+    pool = FarmPool(farm, "model:Pixel_7")
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: outcome.update(m=pool.measure(slow_onnx, MeasureConfig(warmup=2, runs=150),
+                                                                           deadline_s=150)))
+    worker.start()
+    busy = _wait_for(lambda: next((p for p in farm.phones() if p.lease and p.lease.get("measuring")), None),
+                     "a Pixel 7 measuring", 60, every=0.2)
+    time.sleep(1.0)  # into the timed runs
+    killed = next(name for name, (_, spec) in sims.items() if spec == busy.spec)
+    _end_session(sims[killed][0].pid)
+    worker.join(200)
+    m = outcome.get("m")
+    assert m is not None, pool.events
+    assert m.raw["farm"]["phone"] != busy.spec
+    assert any(busy.spec in e and ("vanished" in e or "unavailable" in e or "failed" in e) for e in pool.events), pool.events
+    # The host notices the phone is gone and drops it from the listing.
+    _wait_for(lambda: busy.spec not in {p.spec for p in farm.phones()}, "the killed phone to leave", 30)
+
+    # A host that dies (SIGKILL: no goodbye) takes its phones with it.
+    victim_name = "hostB" if killed == "P7A" else "hostA"
+    victim = host_b if victim_name == "hostB" else host_a
+    assert any(p.host == victim_name for p in farm.phones())
+    os.kill(victim.pid, signal.SIGKILL)
+    _wait_for(lambda: all(p.host != victim_name for p in farm.phones()), f"{victim_name}'s phones to leave", 60)
