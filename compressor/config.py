@@ -149,6 +149,10 @@ class SearchConfig:
         "under a budget, explore around the uniform policy's preserve ratio instead of uniformly over "
         "[a_min, 1]",
         flag_help="explore uniformly over [a-min, 1] as AMC does, instead of around the uniform policy"))
+    local_moves: bool = field(default=True, metadata=option(
+        "under a budget, after the warm-up every other episode of DDPG or random search replays the best "
+        "candidate so far with a few pairs of layers moved one channel step apart (one up, one down)",
+        flag_help="let DDPG or random search propose every episode, as AMC does"))
     reward_samples: int | None = field(default=None, metadata=option(
         "images of the search split used for the reward (default: all)", ge=1))
     finetune_epochs: int = field(default=0, metadata=option(

@@ -36,7 +36,7 @@ from compressor.latency import LatencyOracle
 from compressor.pruning import PRUNERS, PrunedModel, Pruner
 from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
 from compressor.rewards import REWARDS
-from compressor.strategies import SeededStrategy, Strategy, Transition, make_strategy
+from compressor.strategies import SeededStrategy, Strategy, Transition, forget_best, make_strategy
 from compressor.training import evaluate
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,8 @@ def _new_strategy(problem: Problem, name: str, seed: int, emit: EventSink = igno
     config = problem.config
     seeds = _depth_seeds(problem, emit) if name != "uniform" else []
     return make_strategy(name, pruner=problem.pruner, budget=problem.budget, a_min=config.a_min,
-                         warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior, seeds=seeds)
+                         warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior, seeds=seeds,
+                         local_moves=config.local_moves)
 
 
 def _search_loop(problem: Problem, strategy_name: str, episodes: int, *, out_dir: Path | None, emit: EventSink,
@@ -481,6 +482,7 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
             log.warning("latency correction: a budget of %.4g ms as predicted is out of reach", limit)
             break
         problem = dataclasses.replace(problem, budget=new_budget)
+        forget_best(strategy)  # local moves start again from the best candidate under the new budget
         episodes = max(3, config.episodes // 3)
         emit(SearchEvent("phase", "refine", f"correction {r + 1}: measured/predicted {ratio:.3f}, searching "
                                             f"{episodes} more episodes at {limit:.4g} ms as predicted"))

@@ -9,6 +9,7 @@ would have.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -184,6 +185,104 @@ class SeededStrategy:
         self.inner.load_state_dict(state)
 
 
+class LocalSearch:
+    """Another strategy, plus moves around the best policy found so far: from episode `start` on, every
+    `every`-th episode replays the best episode's actions (as the action wall clamped them) with a few
+    random pairs of units moved one allowed channel count apart, one up and one down (so the cost stays
+    about the same; a removable block's step down from its smallest count removes it, and back). The
+    inner strategy plays the other episodes and learns from all of them.
+
+    Why: with the few dozen episodes a search here affords, DDPG's actor tends to settle on one
+    proposal (every unit at the top of its range, the wall then taking the last units down to their
+    minimum) and replays it for the rest of the search; these moves keep part of every search
+    improving on its best candidate instead."""
+
+    def __init__(self, inner: Strategy, pruner: Pruner, *, start: int, every: int = 2, pairs: int = 2,
+                 seed: int = 0):
+        if every < 1 or pairs < 1:
+            raise ValueError("every and pairs must be at least 1")
+        self.inner = inner
+        self.name = inner.name
+        self.start = start
+        self.every = every
+        self.pairs = pairs
+        self.rng = np.random.default_rng([seed, 7])
+        self._levels = [sorted({*u.candidates, *((0,) if u.removable else ())}) for u in pruner.units]
+        self._channels = [u.channels for u in pruner.units]
+        self.best: list[float] | None = None
+        self.best_reward = -math.inf
+        self._plan: list[float] = []
+
+    def is_local(self, episode: int) -> bool:
+        return self.best is not None and episode >= self.start and (episode - self.start) % self.every == self.every - 1
+
+    def act(self, state, *, episode, step):
+        if not self.is_local(episode):
+            return self.inner.act(state, episode=episode, step=step)
+        if step == 0 or not self._plan:
+            self._plan = self.neighbour()
+        return self._plan[step]
+
+    def neighbour(self) -> list[float]:
+        """The best episode's actions with `pairs` (at most) units one count up and as many one down."""
+        assert self.best is not None
+        counts = [self._count(i, a) for i, a in enumerate(self.best)]
+        level = [self._levels[i].index(c) if c in self._levels[i] else 0 for i, c in enumerate(counts)]
+        for _ in range(self.pairs):
+            ups = [i for i in range(len(counts)) if level[i] + 1 < len(self._levels[i])]
+            downs = [i for i in range(len(counts)) if level[i] > 0]
+            if not ups or not downs:
+                break
+            up, down = int(self.rng.choice(ups)), int(self.rng.choice(downs))
+            if up == down:
+                continue
+            level[up] += 1
+            level[down] -= 1
+        return [self._levels[i][lv] / self._channels[i] for i, lv in enumerate(level)]
+
+    def _count(self, i: int, action: float) -> int:
+        """The count `action` (a ratio the wall let through) stands for at unit i."""
+        want = action * self._channels[i] - 1e-6
+        return next((c for c in self._levels[i] if c >= want), self._levels[i][-1])
+
+    def learn(self, transitions, reward, *, episode):
+        if reward > self.best_reward:
+            self.best_reward = float(reward)
+            self.best = [float(a) for _, a, _, _ in transitions]
+        return self.inner.learn(transitions, reward, episode=episode)
+
+    def forget_best(self) -> None:
+        """A new budget (a latency correction round): the best so far may not fit it."""
+        self.best, self.best_reward = None, -math.inf
+
+    def episodes(self, requested):
+        return self.inner.episodes(requested)
+
+    def state_dict(self):
+        return {"inner": self.inner.state_dict(), "local": {
+            "best": self.best, "best_reward": self.best_reward if self.best is not None else None,
+            "rng": _rng_state(self.rng)}}
+
+    def load_state_dict(self, state):
+        if "local" not in state:  # a checkpoint written before local moves existed
+            self.inner.load_state_dict(state)
+            return
+        self.inner.load_state_dict(state["inner"])
+        local = state["local"]
+        self.best = None if local["best"] is None else [float(a) for a in local["best"]]
+        self.best_reward = -math.inf if local["best_reward"] is None else float(local["best_reward"])
+        self.rng.bit_generator.state = _rng_restore(local["rng"])
+
+
+def forget_best(strategy: Strategy) -> None:
+    """Tell a strategy (through its wrappers) that the budget changed."""
+    current: Any = strategy
+    while current is not None:
+        if isinstance(current, LocalSearch):
+            current.forget_best()
+        current = getattr(current, "inner", None)
+
+
 def uniform_ratio(pruner: Pruner, budget: Budget, *, a_min: float, iterations: int = 40) -> float:
     """The largest single preserve ratio whose rounded channel counts meet the budget."""
     def kept(r: float) -> list[int]:
@@ -252,10 +351,13 @@ StrategyFactory = Callable[..., Strategy]
 
 
 def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: float, warmup: int,
-                  seed: int, uniform_prior: bool = False, seeds: Sequence[Sequence[float]] = ()) -> Strategy:
+                  seed: int, uniform_prior: bool = False, seeds: Sequence[Sequence[float]] = (),
+                  local_moves: bool = True) -> Strategy:
     """`uniform_prior`: DDPG and random search explore around the uniform policy's ratio (under a
     budget) instead of uniformly over [a_min, 1]. `seeds`: policies (per-unit actions) DDPG and random
-    search play first, after the uniform policy (`compressor.depth.depth_seeds`)."""
+    search play first, after the uniform policy (`compressor.depth.depth_seeds`). `local_moves`: under
+    a budget, after the warm-up every other episode moves a few units of the best policy so far
+    (`LocalSearch`)."""
     seed_actions = uniform_policy(pruner, budget, a_min=a_min) if budget is not None else None
     prior = max(seed_actions) if uniform_prior and seed_actions is not None else None
     # Where blocks may be removed, actions reach down to 0 (below a_min removes a block; the
@@ -268,6 +370,8 @@ def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: fl
         "uniform": lambda: UniformStrategy(pruner=pruner, budget=budget, a_min=a_min),
     }
     strategy = factories[name]()
+    if name != "uniform" and budget is not None and local_moves:
+        strategy = LocalSearch(strategy, pruner, start=max(warmup, 1 + len(seeds)), seed=seed)
     if name != "uniform" and seed_actions is not None and (0.0 in seed_actions or seeds):
         # Only where blocks may go (the even-depth policy removes some, or depth seeds were given):
         # other searches stay exactly AMC's.

@@ -238,10 +238,12 @@ def test_uniform_policy_removes_the_fewest_blocks_evenly_and_seeds_the_searches(
             played.append(strategy.act(state, episode=0, step=env.t))
             state, _, _ = env.step(played[-1])
         assert played == actions
-    # Without removals needed, the searches are AMC's own (no seeded first episode).
+    # Without removals needed, no seeded first episode: AMC's own search (plus local moves unless turned off).
     loose = make_budget(Target("flops", 0.9), pruner)
     assert uniform_policy(pruner, loose, a_min=0.2) == [uniform_policy(pruner, loose, a_min=0.2)[0]] * len(pruner.units)
-    assert type(make_strategy("ddpg", pruner=pruner, budget=loose, a_min=0.2, warmup=5, seed=0)).__name__ == "DDPGStrategy"
+    assert type(make_strategy("ddpg", pruner=pruner, budget=loose, a_min=0.2, warmup=5, seed=0,
+                              local_moves=False)).__name__ == "DDPGStrategy"
+    assert type(make_strategy("ddpg", pruner=pruner, budget=loose, a_min=0.2, warmup=5, seed=0)).__name__ == "LocalSearch"
 
 
 def load_model_resnet20():
