@@ -30,7 +30,7 @@ from compressor.data import Split
 from compressor.finetune import augment, distillation_loss
 
 TEMPERATURE = 4.0  # recovery's default (compressor.finetune.RecoveryConfig)
-# A tenth of recovery's learning rate: recovery's 0.01 at full momentum first *raises* a damaged
+# A low rate: 0.01 (recovery's default before it was lowered to 0.003) at full momentum first *raises* a damaged
 # ResNet-20's loss for tens of steps (pooled-feature MSE 0.55 -> 22 after 5 steps, reward accuracy
 # 31% -> 12%), so a few steps at that rate rank candidates by how they survive the jolt; at 0.001 the
 # loss falls from the first step (accuracy 31% -> 37% -> 59% after 5 and 30 steps).

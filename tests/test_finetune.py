@@ -221,3 +221,14 @@ def test_mixed_distillation_trains_and_plain_cannot_mix(demo_weights, digits):
         RecoveryConfig(epochs=1, method="plain", mix="mixup")
     with pytest.raises(ValueError, match="mix"):
         RecoveryConfig(epochs=1, mix="shuffle")  # type: ignore[arg-type]
+
+
+def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine():
+    from compressor.finetune import lr_factor
+
+    assert [round(lr_factor(s, 100, 4), 3) for s in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert lr_factor(52, 100, 4) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 4) == pytest.approx(0.0)
+    assert lr_factor(0, 100, 0) == 1.0  # no warm-up: the plain cosine
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        RecoveryConfig(epochs=2, warmup_epochs=3)
