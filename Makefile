@@ -18,7 +18,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	@echo ">> installing torch 2.13.0 (CPU) and the project into $(VENV)"
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,tflite]'
+	$(BIN)/pip install -q -e '.[test,tflite,farm]'
 	@touch $@
 
 system-deps: $(SYSSTAMP)

@@ -1,6 +1,8 @@
 """The device registry as the service sees it. Thin on purpose: the registry of TCP devices, USB
 discovery and health checks are the profiler's (`profiler.registry`); a server keeps its registered
-devices in its own data dir (`DeviceDirectory.for_settings`)."""
+devices in its own data dir (`DeviceDirectory.for_settings`). With a phone farm (`AMC_RAY_ADDRESS`),
+the devices are `local` and every phone of the cluster (`profiler.farm`), and jobs may name a phone
+model (`model:Pixel_7`)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,16 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.errors import ConfigError
 from profiler.devices import open_device, parse_device_spec
 from profiler.devices.adb import list_usb_serials
 from profiler.registry import DeviceRegistry, discover
 from server.core.config import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from profiler.farm.client import Farm
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +29,12 @@ SPEC_HELP = "local, adb:SERIAL (USB) or adb:HOST:PORT (TCP, registered with POST
 @dataclass
 class DeviceInfo:
     spec: str
-    source: str  # local | usb | registered
+    source: str  # local | usb | registered | farm
     health: str  # ok | unhealthy | unknown
     detail: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
+    lease: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,23 +44,55 @@ class DeviceDirectory:
     """Device listing with health for the API and the status page. A health check opens every
     device, so results are cached for `ttl_s` seconds (the status page polls)."""
 
-    def __init__(self, registry: DeviceRegistry | None = None, *, ttl_s: float = 15.0):
+    def __init__(self, registry: DeviceRegistry | None = None, *, ttl_s: float = 15.0,
+                 farm: Farm | None = None):
         self.registry = registry or DeviceRegistry()
         self.ttl_s = ttl_s
+        self.farm = farm
         self._lock = threading.Lock()
         self._cached: tuple[float, list[DeviceInfo], list[str]] | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings) -> DeviceDirectory:
         """The directory of one server: its registered devices live in its data dir, not in the user's
-        config folder that every server (and `amc devices`) on the machine would share."""
-        return cls(DeviceRegistry(settings.devices_file))
+        config folder that every server (and `amc devices`) on the machine would share. With
+        `ray_address`, the farm's phones (Ray is imported on the first listing, not here)."""
+        farm = None
+        if settings.ray_address:
+            from profiler.farm.client import Farm  # no Ray import: Farm joins the cluster on first use
+            from profiler.farm.names import check_ray_address
+
+            farm = Farm(check_ray_address(settings.ray_address, insecure=settings.ray_insecure),
+                        insecure=settings.ray_insecure)
+        return cls(DeviceRegistry(settings.devices_file), farm=farm)
+
+    def _farm_list(self) -> tuple[list[DeviceInfo], list[str]]:
+        assert self.farm is not None
+        local = self._health(DeviceInfo("local", "local", "unknown"))
+        try:
+            phones = self.farm.phones(check_health=True)
+        except Exception as exc:  # the cluster is down: say so, still list this machine
+            return [local], [f"the phone farm at {self.farm.address} cannot be asked: {exc}"]
+        devices = [local]
+        for p in phones:
+            health = {"ok": "ok", "unknown": "unknown"}.get(p.health, "unhealthy")
+            detail = p.detail or ("its actor does not answer" if p.health == "no answer" else "")
+            devices.append(DeviceInfo(p.spec, "farm", health, detail, host=p.host, lease=p.lease, info={
+                "model": p.model, "model_spec": f"model:{p.model_slug}", "android": p.android,
+                "serial": p.serial, "measurements": p.measurements, "identity": p.identity.get("key")}))
+        notes = [f"phone farm: {self.farm.address}, {len(phones)} phone(s)"]
+        return devices, notes
 
     def list(self, *, refresh: bool = False) -> tuple[list[DeviceInfo], list[str]]:
-        """Every device (this machine, USB phones, registered TCP devices) with health, and notes."""
+        """Every device (this machine, USB phones, registered TCP devices; or the farm's phones) with
+        health, and notes."""
         with self._lock:
             if not refresh and self._cached is not None and time.monotonic() - self._cached[0] < self.ttl_s:
                 return self._cached[1], self._cached[2]
+            if self.farm is not None:
+                devices, notes = self._farm_list()
+                self._cached = (time.monotonic(), devices, notes)
+                return devices, notes
             found, notes = discover(registry=self.registry, health=True)
             devices = [DeviceInfo(d.spec, d.source, "unknown" if d.ok is None else ("ok" if d.ok else "unhealthy"),
                                   d.detail, d.info) for d in found]
@@ -96,6 +135,13 @@ class DeviceDirectory:
         parsed = parse_device_spec(spec)  # ConfigError("device", ...) naming the accepted forms
         if parsed.kind == "local":
             return
+        if self.farm is not None:
+            self.farm.check(parsed.text)  # a phone or phone model of the cluster
+            return
+        if parsed.kind == "model":
+            raise ConfigError("device", f"{spec!r} names a phone model of a phone farm, and this server has none; "
+                                        "start it with AMC_RAY_ADDRESS set (docs/FARM.md), or use one of: "
+                                        f"{', '.join(['local', *self.registry.specs()])}")
         if parsed.kind == "adb-tcp":
             known = self.registry.specs()
             if parsed.text not in known:

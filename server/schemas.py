@@ -148,10 +148,13 @@ class DeviceIn(BaseModel):
 
 class DeviceOut(BaseModel):
     spec: str
-    source: Literal["local", "usb", "registered"]
+    source: Literal["local", "usb", "registered", "farm"]
     health: Literal["ok", "unhealthy", "unknown"]
     detail: str
     info: dict[str, Any]
+    host: str | None = Field(None, description="farm phones: the device host it is plugged into")
+    lease: dict[str, Any] | None = Field(None, description="farm phones: who holds the phone now (holder, since, "
+                                                           "measuring); null when free")
 
 
 class DeviceList(BaseModel):

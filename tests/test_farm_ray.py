@@ -57,6 +57,16 @@ def test_names_and_policy(monkeypatch) -> None:
         check_ray_address("ray://10.0.0.5:10001")
 
 
+def test_device_host_refuses_ray_without_authentication(tmp_path: Path) -> None:
+    env = {**os.environ, "AMC_CONFIG_DIR": str(tmp_path)}
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "AMC_RAY_INSECURE"):
+        env.pop(name, None)
+    out = subprocess.run([str(BIN / "amc"), "device-host", "--address", "127.0.0.1:6379", "--no-usb"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "RAY_AUTH_MODE=token" in out.stderr and "--insecure-ray-network" in out.stderr, out.stderr
+
+
 def test_embedded_default_never_imports_ray() -> None:
     code = ("import sys; from profiler.devices import open_device; from server.devices import DeviceDirectory; "
             "open_device('local').close(); assert 'ray' not in sys.modules, 'ray imported'; print('ok')")
@@ -110,16 +120,17 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-def _end_session(sid: int) -> None:
-    """End every process of session `sid` (all started by this test), TERM then KILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _session_pids(sid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while _session_pids(sid) and time.monotonic() < deadline:
+def _end_sessions(*sids: int) -> None:
+    """End every process of the sessions `sids` (all started by this test), TERM then KILL."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        for sid in sids:
+            for pid in _session_pids(sid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        while any(_session_pids(sid) for sid in sids) and time.monotonic() < deadline:
             time.sleep(0.2)
 
 
@@ -180,8 +191,7 @@ class Cluster:
         return self.start(*args, log=f"host-{name}.log")
 
     def close(self) -> None:
-        for sid in reversed(self.sessions):
-            _end_session(sid)
+        _end_sessions(*self.sessions)
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +259,20 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
     listed = json.loads(out.stdout)["devices"]
     assert {(d["spec"], d["host"], d["model"]) for d in listed} == {(p.spec, p.host, p.model) for p in phones}
 
+    # The orchestrator's listing (GET /devices) and job validation see the same phones.
+    from server.devices import DeviceDirectory
+    from server.schemas import DeviceOut
+
+    directory = DeviceDirectory(farm=farm)
+    found, notes = directory.list(refresh=True)
+    out_rows = [DeviceOut(**d.to_dict()) for d in found]
+    assert {(d.spec, d.host) for d in out_rows if d.source == "farm"} == {(p.spec, p.host) for p in phones}
+    assert all(d.info["android"] and d.health == "ok" for d in out_rows if d.source == "farm")
+    directory.check("model:Pixel_7")
+    directory.check(by_serial["S23"].spec)
+    with pytest.raises(ConfigError, match="model:Galaxy_S23"):
+        directory.check("model:Pixel_9")
+
     # A leased phone shows its holder, and nobody else can measure on it meanwhile.
     phone_s23 = by_serial["S23"]
     token = phone_s23.handle.lease.remote("test-holder")
@@ -291,7 +315,7 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
                      "a Pixel 7 measuring", 60, every=0.2)
     time.sleep(1.0)  # into the timed runs
     killed = next(name for name, (_, spec) in sims.items() if spec == busy.spec)
-    _end_session(sims[killed][0].pid)
+    _end_sessions(sims[killed][0].pid)
     worker.join(200)
     m = outcome.get("m")
     assert m is not None, pool.events

@@ -110,6 +110,8 @@ class Farm:
                 except Exception as exc:  # the actor died between the listing and the call
                     log.debug("%s: %s", name, exc)
                     continue
+            if info and not info.get("ready", True):
+                continue  # its host is still identifying the phone: served once it answers
             health = info.get("health") or {}
             if check_health and health_refs[i] in ready_set:
                 try:

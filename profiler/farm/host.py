@@ -40,9 +40,9 @@ def tcp_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
 
 def ray_init(address: str, *, insecure: bool = False) -> None:
     """Join the cluster at `address` as a driver in the farm's namespace (once per process)."""
+    check_ray_address(address, insecure=insecure)  # before importing Ray: a refused address costs nothing
     import ray
 
-    check_ray_address(address, insecure=insecure)
     if ray.is_initialized():
         return
     try:

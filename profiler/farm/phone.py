@@ -87,7 +87,8 @@ class PhoneServer:
             lease = None if self._holder is None else {
                 "holder": self._holder, "since": self._lease_since, "measuring": self._measuring}
         identity = self._identity or {}
-        return {"spec": self.device.spec, "host": self.host, "model": identity.get("model"),
+        return {"ready": self._identity is not None, "spec": self.device.spec, "host": self.host,
+                "model": identity.get("model"),
                 "serial": identity.get("serial"), "android": self._android, "identity": identity,
                 "health": dict(self._health), "lease": lease, "measurements": self.measurements,
                 "failures": self.failures}

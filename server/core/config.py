@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     allowed_model_modules: CommaList = Field(default_factory=list)
     # Folders a job's `data` path may lie in; empty: <data_dir>/datasets.
     data_roots: CommaList = Field(default_factory=list)
+    # The phone farm's Ray cluster (HOST:PORT of its head; docs/FARM.md). None: no farm, no Ray.
+    ray_address: str | None = None
+    # Join a Ray cluster without token authentication (AMC_RAY_INSECURE=1): only on a trusted network.
+    ray_insecure: bool = False
     # The module that provides validate/run_search/load_episode_log (kept as a setting so a test can
     # point the service at a tiny search; production never changes it).
     search_module: str = "compressor.search"

@@ -204,7 +204,8 @@ async function refreshDevices() {
   const data = await getJSON("/devices");
   $("#devices tbody").innerHTML = data.devices.map((d) => `<tr><td class="mono">${esc(d.spec)}</td><td>${esc(d.source)}</td>
     <td>${esc((d.info && (d.info.model || d.info.name)) || "")}</td><td class="health-${esc(d.health)}">${esc(d.health)}</td>
-    <td>${esc(d.detail)}</td></tr>`).join("");
+    <td>${esc([d.host ? `on ${d.host}` : "", d.lease ? `leased by ${d.lease.holder}${d.lease.measuring ? " (measuring)" : ""}` : "",
+      d.detail].filter(Boolean).join("; "))}</td></tr>`).join("");
   $("#device-notes").textContent = data.notes.join(" ");
 }
 

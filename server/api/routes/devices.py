@@ -13,7 +13,7 @@ router = APIRouter(prefix="/devices", tags=["devices"], dependencies=[Authorized
 
 @router.get("", response_model=DeviceList)
 def list_devices(service: ServiceDep, refresh: bool = Query(False, description="re-check health now")) -> DeviceList:
-    """Devices a job can use (`local`, USB phones, registered TCP devices) with their health."""
+    """Devices a job can use (`local`, USB phones, registered TCP devices; with a phone farm, every phone of the cluster with its host and lease) with their health."""
     found, notes = service.devices.list(refresh=refresh)
     return DeviceList(devices=[DeviceOut(**d.to_dict()) for d in found], notes=notes)
 
