@@ -224,20 +224,21 @@ class LocalSearch:
         return self._plan[step]
 
     def neighbour(self) -> list[float]:
-        """The best episode's actions with `pairs` (at most) units one count up and as many one down."""
+        """The best episode's actions with `pairs` units one count up and as many others one down."""
         assert self.best is not None
         counts = [self._count(i, a) for i, a in enumerate(self.best)]
         level = [self._levels[i].index(c) if c in self._levels[i] else 0 for i, c in enumerate(counts)]
         for _ in range(self.pairs):
+            # One unit up and another down; only one of them where no unit can move the other way (every
+            # unit at its smallest count: the move spends slack the best candidate left; the wall keeps
+            # the episode within budget either way).
             ups = [i for i in range(len(counts)) if level[i] + 1 < len(self._levels[i])]
-            downs = [i for i in range(len(counts)) if level[i] > 0]
-            if not ups or not downs:
-                break
-            up, down = int(self.rng.choice(ups)), int(self.rng.choice(downs))
-            if up == down:
-                continue
-            level[up] += 1
-            level[down] -= 1
+            up = int(self.rng.choice(ups)) if ups else None
+            if up is not None:
+                level[up] += 1
+            downs = [i for i in range(len(counts)) if level[i] > 0 and i != up]
+            if downs:
+                level[int(self.rng.choice(downs))] -= 1
         return [self._levels[i][lv] / self._channels[i] for i, lv in enumerate(level)]
 
     def _count(self, i: int, action: float) -> int:

@@ -49,6 +49,7 @@ LEGACY = [
     (["--episodes", "7"], {"episodes": 7}),
     (["--warmup", "3"], {"warmup": 3}),
     (["--no-uniform-prior"], {"uniform_prior": False}),
+    (["--no-local-moves"], {"local_moves": False}),
     (["--device", "adb:10.0.0.2:5555"], {"device": "adb:10.0.0.2:5555"}),
     (["--seed", "5"], {"seed": 5}),
     (["--granularity", "weight"], {"granularity": "weight"}),
