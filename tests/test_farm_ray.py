@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,7 @@ class Cluster:
         self.sessions: list[int] = []
         self.address = ""
         self.key = root / "cfg" / "adbkey"
+        self.ray_tmp: Path | None = None
 
     def start(self, *args: str, log: str) -> subprocess.Popen:
         out = open(self.root / log, "w")  # noqa: SIM115 - closed with the process
@@ -162,6 +164,7 @@ class Cluster:
 
     def head(self) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths have a length limit
+        self.ray_tmp = tmp
         proc = self.start(str(BIN / "ray"), "start", "--head", "--port", "0", "--num-cpus", "2",
                           "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(tmp),
                           log="head.log")
@@ -192,6 +195,8 @@ class Cluster:
 
     def close(self) -> None:
         _end_sessions(*self.sessions)
+        if self.ray_tmp is not None:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +263,10 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
     assert out.returncode == 0, out.stderr
     listed = json.loads(out.stdout)["devices"]
     assert {(d["spec"], d["host"], d["model"]) for d in listed} == {(p.spec, p.host, p.model) for p in phones}
+
+    # A job's `device: model:Pixel_7` opens as one Device standing for the phones of that model.
+    as_device = open_device("model:Pixel 7", farm=cluster.address)
+    assert as_device.id == by_serial["P7A"].key and as_device.health().ok
 
     # The orchestrator's listing (GET /devices) and job validation see the same phones.
     from server.devices import DeviceDirectory

@@ -90,7 +90,8 @@ class Farm:
 
         self.connect()
         names = sorted(n for n in ray.util.list_named_actors() if n.startswith(PHONE_PREFIX))
-        handles, refs = [], []
+        handles: list[tuple[str, Any]] = []
+        refs: list[Any] = []
         for name in names:
             try:
                 handle = ray.get_actor(name)
@@ -106,7 +107,8 @@ class Farm:
             info: dict[str, Any] = {}
             if refs[i] in ready_set:
                 try:
-                    info = ray.get(refs[i])
+                    answer: Any = ray.get(refs[i])
+                    info = answer
                 except Exception as exc:  # the actor died between the listing and the call
                     log.debug("%s: %s", name, exc)
                     continue

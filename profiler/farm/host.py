@@ -112,8 +112,10 @@ class DeviceHost:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        actor_cls = ray.remote(PhoneActorBody)
-        actor = actor_cls.options(  # type: ignore[attr-defined]
+        if self._node_id is None:
+            raise RuntimeError("DeviceHost.connect() first")
+        actor_cls: Any = ray.remote(PhoneActorBody)
+        actor = actor_cls.options(
             name=phone_actor_name(self.name, spec), namespace=NAMESPACE, max_concurrency=4, num_cpus=0,
             max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(self._node_id, soft=False),
         ).remote(spec, self.name, self.device_options, self.lease_ttl_s)
