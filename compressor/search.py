@@ -482,7 +482,7 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
             log.warning("latency correction: a budget of %.4g ms as predicted is out of reach", limit)
             break
         problem = dataclasses.replace(problem, budget=new_budget)
-        forget_best(strategy)  # local moves start again from the best candidate under the new budget
+        forget_best(strategy, new_budget)  # local moves start again from the best under the new budget
         episodes = max(3, config.episodes // 3)
         emit(SearchEvent("phase", "refine", f"correction {r + 1}: measured/predicted {ratio:.3f}, searching "
                                             f"{episodes} more episodes at {limit:.4g} ms as predicted"))

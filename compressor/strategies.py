@@ -188,29 +188,34 @@ class SeededStrategy:
 class LocalSearch:
     """Another strategy, plus moves around the best policy found so far: from episode `start` on, every
     `every`-th episode replays the best episode's actions (as the action wall clamped them) with a few
-    random pairs of units moved one allowed channel count apart, one up and one down (so the cost stays
-    about the same; a removable block's step down from its smallest count removes it, and back). The
-    inner strategy plays the other episodes and learns from all of them.
+    random pairs of units moved one allowed channel count apart, one up and one down (a removable
+    block's step down from its smallest count removes it, and back). Under a `budget`, a move is drawn
+    again (up to `tries` times) until the moved policy fits it and was not played before: a move that
+    does not fit would have the action wall cut the units after the one moved up, not the one chosen
+    to go down. The inner strategy plays the other episodes and learns from all of them.
 
     Why: with the few dozen episodes a search here affords, DDPG's actor tends to settle on one
     proposal (every unit at the top of its range, the wall then taking the last units down to their
     minimum) and replays it for the rest of the search; these moves keep part of every search
     improving on its best candidate instead."""
 
-    def __init__(self, inner: Strategy, pruner: Pruner, *, start: int, every: int = 2, pairs: int = 2,
-                 seed: int = 0):
-        if every < 1 or pairs < 1:
-            raise ValueError("every and pairs must be at least 1")
+    def __init__(self, inner: Strategy, pruner: Pruner, *, start: int, budget: Budget | None = None,
+                 every: int = 2, pairs: int = 2, tries: int = 64, seed: int = 0):
+        if every < 1 or pairs < 1 or tries < 1:
+            raise ValueError("every, pairs and tries must be at least 1")
         self.inner = inner
         self.name = inner.name
         self.start = start
+        self.budget = budget
         self.every = every
         self.pairs = pairs
+        self.tries = tries
         self.rng = np.random.default_rng([seed, 7])
         self._levels = [sorted({*u.candidates, *((0,) if u.removable else ())}) for u in pruner.units]
         self._channels = [u.channels for u in pruner.units]
         self.best: list[float] | None = None
         self.best_reward = -math.inf
+        self._played: set[tuple[int, ...]] = set()
         self._plan: list[float] = []
 
     def is_local(self, episode: int) -> bool:
@@ -224,22 +229,32 @@ class LocalSearch:
         return self._plan[step]
 
     def neighbour(self) -> list[float]:
-        """The best episode's actions with `pairs` units one count up and as many others one down."""
+        """The best episode's actions with `pairs` units one count up and as many others one down: the
+        first draw that fits the budget and was not played yet (else the last draw)."""
         assert self.best is not None
-        counts = [self._count(i, a) for i, a in enumerate(self.best)]
-        level = [self._levels[i].index(c) if c in self._levels[i] else 0 for i, c in enumerate(counts)]
+        base = [self._levels[i].index(c) if c in self._levels[i] else 0
+                for i, c in enumerate(self._count(i, a) for i, a in enumerate(self.best))]
+        counts: list[int] = []
+        for _ in range(self.tries):
+            level = self._move(list(base))
+            counts = [self._levels[i][lv] for i, lv in enumerate(level)]
+            fits = self.budget is None or self.budget.cost([float(c) for c in counts]) <= self.budget.limit
+            if fits and tuple(counts) not in self._played:
+                break
+        return [c / self._channels[i] for i, c in enumerate(counts)]
+
+    def _move(self, level: list[int]) -> list[int]:
         for _ in range(self.pairs):
             # One unit up and another down; only one of them where no unit can move the other way (every
-            # unit at its smallest count: the move spends slack the best candidate left; the wall keeps
-            # the episode within budget either way).
-            ups = [i for i in range(len(counts)) if level[i] + 1 < len(self._levels[i])]
+            # unit at its smallest count: the move spends slack the best candidate left).
+            ups = [i for i in range(len(level)) if level[i] + 1 < len(self._levels[i])]
             up = int(self.rng.choice(ups)) if ups else None
             if up is not None:
                 level[up] += 1
-            downs = [i for i in range(len(counts)) if level[i] > 0 and i != up]
+            downs = [i for i in range(len(level)) if level[i] > 0 and i != up]
             if downs:
                 level[int(self.rng.choice(downs))] -= 1
-        return [self._levels[i][lv] / self._channels[i] for i, lv in enumerate(level)]
+        return level
 
     def _count(self, i: int, action: float) -> int:
         """The count `action` (a ratio the wall let through) stands for at unit i."""
@@ -247,14 +262,18 @@ class LocalSearch:
         return next((c for c in self._levels[i] if c >= want), self._levels[i][-1])
 
     def learn(self, transitions, reward, *, episode):
+        actions = [float(a) for _, a, _, _ in transitions]
+        self._played.add(tuple(self._count(i, a) for i, a in enumerate(actions)))
         if reward > self.best_reward:
             self.best_reward = float(reward)
-            self.best = [float(a) for _, a, _, _ in transitions]
+            self.best = actions
         return self.inner.learn(transitions, reward, episode=episode)
 
-    def forget_best(self) -> None:
+    def forget_best(self, budget: Budget | None = None) -> None:
         """A new budget (a latency correction round): the best so far may not fit it."""
         self.best, self.best_reward = None, -math.inf
+        if budget is not None:
+            self.budget = budget
 
     def episodes(self, requested):
         return self.inner.episodes(requested)
@@ -262,7 +281,7 @@ class LocalSearch:
     def state_dict(self):
         return {"inner": self.inner.state_dict(), "local": {
             "best": self.best, "best_reward": self.best_reward if self.best is not None else None,
-            "rng": _rng_state(self.rng)}}
+            "played": [list(p) for p in sorted(self._played)], "rng": _rng_state(self.rng)}}
 
     def load_state_dict(self, state):
         if "local" not in state:  # a checkpoint written before local moves existed
@@ -272,15 +291,16 @@ class LocalSearch:
         local = state["local"]
         self.best = None if local["best"] is None else [float(a) for a in local["best"]]
         self.best_reward = -math.inf if local["best_reward"] is None else float(local["best_reward"])
+        self._played = {tuple(int(c) for c in p) for p in local.get("played", [])}
         self.rng.bit_generator.state = _rng_restore(local["rng"])
 
 
-def forget_best(strategy: Strategy) -> None:
+def forget_best(strategy: Strategy, budget: Budget | None = None) -> None:
     """Tell a strategy (through its wrappers) that the budget changed."""
     current: Any = strategy
     while current is not None:
         if isinstance(current, LocalSearch):
-            current.forget_best()
+            current.forget_best(budget)
         current = getattr(current, "inner", None)
 
 
@@ -372,7 +392,7 @@ def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: fl
     }
     strategy = factories[name]()
     if name != "uniform" and budget is not None and local_moves:
-        strategy = LocalSearch(strategy, pruner, start=max(warmup, 1 + len(seeds)), seed=seed)
+        strategy = LocalSearch(strategy, pruner, start=max(warmup, 1 + len(seeds)), budget=budget, seed=seed)
     if name != "uniform" and seed_actions is not None and (0.0 in seed_actions or seeds):
         # Only where blocks may go (the even-depth policy removes some, or depth seeds were given):
         # other searches stay exactly AMC's.

@@ -87,6 +87,24 @@ def test_moves_are_pairs_one_step_apart_and_meet_the_budget():
         assert budget.cost(kept) <= budget.limit
 
 
+def test_with_the_budget_moves_fit_it_and_never_repeat_a_candidate():
+    pruner = _pruner()
+    budget = make_budget(Target.parse("flops=0.5"), pruner)
+    env = PruningEnv(pruner, budget=budget, a_min=0.2)
+    local = LocalSearch(_Stuck(), pruner, start=1, every=1, budget=budget, seed=0)
+    kept, transitions = _play(_StuckAt(uniform_policy(pruner, budget, a_min=0.2)), env, 0)
+    local.learn(transitions, 0.0, episode=0)
+    seen = {tuple(kept)}
+    for episode in range(1, 25):
+        plan = local.neighbour()
+        planned = [u.kept_for(a) for u, a in zip(pruner.units, plan)]
+        kept, transitions = _play(_StuckAt(plan), env, episode)
+        assert kept == planned  # it fits, so the wall takes nothing back
+        assert tuple(kept) not in seen
+        seen.add(tuple(kept))
+        local.learn(transitions, -1.0, episode=episode)  # worse than the best: moves stay around it
+
+
 class _StuckAt(_Stuck):
     def __init__(self, actions):
         super().__init__()
@@ -169,13 +187,11 @@ def test_a_search_plays_local_moves_after_the_warm_up(tmp_path):
     kept = [[int(k) for k in r["kept"].strip("[]").split(",")] for r in rows]
     rewards = [float(r["reward"]) for r in rows]
     # Episodes 5, 7, 9 (0-based: start 3, every other one) are moves around the best episode before them:
-    # at most two units up and two down (the wall may take an up move back where it does not fit).
-    moved = 0
+    # at most two counts up and two down in all (counts are multiples of the default round_to, 8; no
+    # block removal here); on this 4-unit network the moves that fit run out, so only the first is
+    # sure to be new.
     for e in (4, 6, 8):
         best = max(range(e), key=lambda i: (rewards[i], -i))
-        changed = [i for i, (a, b) in enumerate(zip(kept[e], kept[best])) if a != b]
-        assert len(changed) <= 4, (e, kept[e], kept[best])
-        # one allowed count apart (multiples of the default round_to, 8; no block removal here)
-        assert all(abs(kept[e][i] - kept[best][i]) == 8 for i in changed), (e, kept[e], kept[best])
-        moved += bool(changed)
-    assert moved >= 2
+        steps = sum(abs(a - b) // 8 for a, b in zip(kept[e], kept[best]))
+        assert steps <= 4, (e, kept[e], kept[best])
+    assert kept[4] not in kept[:4]
