@@ -243,6 +243,7 @@ def slow_onnx(tmp_path_factory) -> Path:
 
 def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> None:
     from profiler.farm.client import Farm, FarmPool
+    # (one scenario, in order: starting a cluster, hosts and phones costs more than all the checks together)
 
     sims = {name: cluster.phone(name, model) for name, model in
             (("P7A", "Pixel 7"), ("P7B", "Pixel 7"), ("S23", "Galaxy S23"))}
@@ -333,9 +334,21 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
     # The host notices the phone is gone and drops it from the listing.
     _wait_for(lambda: busy.spec not in {p.spec for p in farm.phones()}, "the killed phone to leave", 30)
 
-    # A host that dies (SIGKILL: no goodbye) takes its phones with it.
-    victim_name = "hostB" if killed == "P7A" else "hostA"
-    victim = host_b if victim_name == "hostB" else host_a
-    assert any(p.host == victim_name for p in farm.phones())
+    # The host of the last Pixel dies (SIGKILL: no goodbye) while that phone measures: no Pixel is left, so the
+    # caller gets None (the lookup table answers) and the pool says why; the host's phones leave the listing.
+    last = next(spec for name, (_, spec) in sims.items() if name != killed and name != "S23")
+    victim_name = next(p.host for p in farm.phones() if p.spec == last)
+    victim = host_a if victim_name == "hostA" else host_b
+    pool = FarmPool(farm, "model:Pixel_7")
+    outcome.clear()
+    worker = threading.Thread(target=lambda: outcome.update(m=pool.measure(slow_onnx, MeasureConfig(warmup=2, runs=150),
+                                                                           deadline_s=120)))
+    worker.start()
+    _wait_for(lambda: any(p.spec == last and p.lease and p.lease.get("measuring") for p in farm.phones()),
+              "the last Pixel measuring", 60, every=0.2)
     os.kill(victim.pid, signal.SIGKILL)
+    worker.join(150)
+    assert not worker.is_alive() and outcome["m"] is None, outcome
+    assert any(last in e and "vanished" in e for e in pool.events), pool.events
+    assert "lookup table answers" in pool.events[-1]
     _wait_for(lambda: all(p.host != victim_name for p in farm.phones()), f"{victim_name}'s phones to leave", 60)
