@@ -68,6 +68,21 @@ def test_device_host_refuses_ray_without_authentication(tmp_path: Path) -> None:
     assert "RAY_AUTH_MODE=token" in out.stderr and "--insecure-ray-network" in out.stderr, out.stderr
 
 
+def test_server_settings_refuse_an_unauthenticated_farm(tmp_path: Path, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from server.core.config import Settings
+    from server.devices import DeviceDirectory
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("AMC_RAY_INSECURE", raising=False)
+    with pytest.raises(ValidationError, match="AMC_RAY_ADDRESS: .*RAY_AUTH_MODE=token"):
+        Settings(data_dir=tmp_path, ray_address="10.0.0.5:6379")
+    trusted = Settings(data_dir=tmp_path, ray_address="10.0.0.5:6379", ray_insecure=True)
+    assert DeviceDirectory.for_settings(trusted).farm is not None
+    assert DeviceDirectory.for_settings(Settings(data_dir=tmp_path)).farm is None
+
+
 def test_embedded_default_never_imports_ray() -> None:
     code = ("import sys; from profiler.devices import open_device; from server.devices import DeviceDirectory; "
             "open_device('local').close(); assert 'ray' not in sys.modules, 'ray imported'; print('ok')")

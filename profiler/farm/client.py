@@ -175,6 +175,7 @@ class FarmPool:
         sha = sha256_file(path)
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         tried: set[str] = set()
+        next_wait_note = time.monotonic()
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -208,6 +209,10 @@ class FarmPool:
                     leased = (phone, token)
                     break
             if leased is None:  # all busy: wait for one to free up
+                if time.monotonic() >= next_wait_note:
+                    log.info("waiting for a free phone matching %s to measure %s (%d busy%s)", self.selector,
+                             path.name, len(candidates), "" if left is None else f", {left:.0f} s left")
+                    next_wait_note = time.monotonic() + 10.0
                 time.sleep(self.poll_s if left is None else min(self.poll_s, max(0.0, left)))
                 continue
             phone, token = leased

@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from compressor.errors import AmcError
 
 # A list setting is read from one variable, comma-separated: AMC_ALLOWED_HOSTS=amc.lan,10.0.0.5
 CommaList = Annotated[list[str], NoDecode]
@@ -100,6 +102,19 @@ class Settings(BaseSettings):
         if value is not None and value != "" and len(value) < 16:
             raise ValueError("AMC_API_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 24`)")
         return value or None
+
+    @model_validator(mode="after")
+    def _ray_policy(self) -> Settings:
+        # Checked when the server starts, not on the first GET /devices: Ray without authentication
+        # would let anyone who reaches the cluster run code on this machine.
+        if self.ray_address:
+            from profiler.farm.names import check_ray_address
+
+            try:
+                self.ray_address = check_ray_address(self.ray_address, insecure=self.ray_insecure)
+            except AmcError as exc:
+                raise ValueError(f"AMC_RAY_ADDRESS: {exc}") from None
+        return self
 
     @property
     def db_url(self) -> str:
