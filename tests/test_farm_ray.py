@@ -7,6 +7,7 @@ with it. Without Ray, the lease logic of a phone actor and the address policy ar
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -218,6 +219,9 @@ class Cluster:
 def cluster() -> Iterator[Cluster]:
     from profiler.devices.keys import ensure_adb_key
 
+    # Not importorskip: Ray reads RAY_AUTH_MODE once, when imported, so it is imported after the token is set.
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the farm extra is not installed (pip install -e '.[farm]')")
     with tempfile.TemporaryDirectory(prefix="amc-farm-") as tmp:
         c = Cluster(Path(tmp))
         ensure_adb_key(c.key)
