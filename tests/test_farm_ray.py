@@ -164,7 +164,10 @@ class Cluster:
         self.root = root
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
                     "RAY_USAGE_STATS_ENABLED": "0", "AMC_CONFIG_DIR": str(root / "cfg"),
-                    "AMC_CACHE_DIR": str(root / "cache")}
+                    "AMC_CACHE_DIR": str(root / "cache"),
+                    # what a phone actor killed mid-measurement leaves is removed with the test's folder
+                    "TMPDIR": str(root / "tmp")}
+        (root / "tmp").mkdir()
         self.env.pop("AMC_RAY_ADDRESS", None)
         self.sessions: list[int] = []
         self.address = ""

@@ -65,7 +65,6 @@ class PhoneServer:
         self.failures = 0
         self._identity: dict[str, Any] | None = None
         self._android: str | None = None
-        self._models = Path(tempfile.mkdtemp(prefix="amc-farm-models-"))
 
     # -- identity and listing ---------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -146,13 +145,12 @@ class PhoneServer:
         started = time.time()
         try:
             sha = hashlib.sha256(model).hexdigest()
-            path = self._models / f"{sha}{suffix if suffix in ('.onnx', '.tflite') else '.onnx'}"
-            if not path.is_file():
-                tmp = path.with_suffix(".part")
-                tmp.write_bytes(model)
-                tmp.replace(path)
-            result = self.device.measure(path, MeasureConfig(**config), runtime=runtime, timeout_s=timeout_s,
-                                         sha256=sha)
+            # Only while it is pushed: the phone keeps its own copy by content hash.
+            with tempfile.TemporaryDirectory(prefix="amc-farm-") as tmp:
+                path = Path(tmp) / f"{sha}{suffix if suffix in ('.onnx', '.tflite') else '.onnx'}"
+                path.write_bytes(model)
+                result = self.device.measure(path, MeasureConfig(**config), runtime=runtime, timeout_s=timeout_s,
+                                             sha256=sha)
         except Exception as exc:
             self.failures += 1
             if isinstance(exc, DeviceUnavailable):
