@@ -257,7 +257,8 @@ def _wait_for(predicate, what: str, within: float, every: float = 0.5):
 
 @pytest.fixture(scope="module")
 def slow_onnx(tmp_path_factory) -> Path:
-    """A model of a few ms per run: 150 runs take long enough to kill a phone in the middle."""
+    """A model of a few ms per run: 1,500 runs take long enough (seconds even on a fast machine) to kill a phone
+    in the middle; 150 did not always (a CI run finished one before its phone was killed)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())
     return export_onnx(model, torch.randn(1, 16, 56, 56), tmp_path_factory.mktemp("m") / "slow.onnx")
@@ -340,15 +341,15 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
     # A phone killed mid-measurement: the measurement finishes on the other phone of its model.
     pool = FarmPool(farm, "model:Pixel_7")
     outcome: dict[str, object] = {}
-    worker = threading.Thread(target=lambda: outcome.update(m=pool.measure(slow_onnx, MeasureConfig(warmup=2, runs=150),
-                                                                           deadline_s=150)))
+    worker = threading.Thread(target=lambda: outcome.update(m=pool.measure(slow_onnx, MeasureConfig(warmup=2, runs=1500),
+                                                                           deadline_s=240)))
     worker.start()
     busy = _wait_for(lambda: next((p for p in farm.phones() if p.lease and p.lease.get("measuring")), None),
                      "a Pixel 7 measuring", 60, every=0.2)
     time.sleep(1.0)  # into the timed runs
     killed = next(name for name, (_, spec) in sims.items() if spec == busy.spec)
     _end_sessions(sims[killed][0].pid)
-    worker.join(200)
+    worker.join(300)
     m = outcome.get("m")
     assert m is not None, pool.events
     assert m.raw["farm"]["phone"] != busy.spec
@@ -363,7 +364,7 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
     victim = host_a if victim_name == "hostA" else host_b
     pool = FarmPool(farm, "model:Pixel_7")
     outcome.clear()
-    worker = threading.Thread(target=lambda: outcome.update(m=pool.measure(slow_onnx, MeasureConfig(warmup=2, runs=150),
+    worker = threading.Thread(target=lambda: outcome.update(m=pool.measure(slow_onnx, MeasureConfig(warmup=2, runs=1500),
                                                                            deadline_s=120)))
     worker.start()
     _wait_for(lambda: any(p.spec == last and p.lease and p.lease.get("measuring") for p in farm.phones()),
