@@ -211,8 +211,8 @@ class LocalSearch:
         self.pairs = pairs
         self.tries = tries
         self.rng = np.random.default_rng([seed, 7])
+        self._units = pruner.units
         self._levels = [sorted({*u.candidates, *((0,) if u.removable else ())}) for u in pruner.units]
-        self._channels = [u.channels for u in pruner.units]
         self.best: list[float] | None = None
         self.best_reward = -math.inf
         self._played: set[tuple[int, ...]] = set()
@@ -233,7 +233,7 @@ class LocalSearch:
         first draw that fits the budget and was not played yet (else the last draw)."""
         assert self.best is not None
         base = [self._levels[i].index(c) if c in self._levels[i] else 0
-                for i, c in enumerate(self._count(i, a) for i, a in enumerate(self.best))]
+                for i, c in enumerate(u.kept_for(a) for u, a in zip(self._units, self.best))]
         counts: list[int] = []
         for _ in range(self.tries):
             level = self._move(list(base))
@@ -241,7 +241,7 @@ class LocalSearch:
             fits = self.budget is None or self.budget.cost([float(c) for c in counts]) <= self.budget.limit
             if fits and tuple(counts) not in self._played:
                 break
-        return [c / self._channels[i] for i, c in enumerate(counts)]
+        return [c / u.channels for u, c in zip(self._units, counts)]
 
     def _move(self, level: list[int]) -> list[int]:
         for _ in range(self.pairs):
@@ -256,14 +256,9 @@ class LocalSearch:
                 level[int(self.rng.choice(downs))] -= 1
         return level
 
-    def _count(self, i: int, action: float) -> int:
-        """The count `action` (a ratio the wall let through) stands for at unit i."""
-        want = action * self._channels[i] - 1e-6
-        return next((c for c in self._levels[i] if c >= want), self._levels[i][-1])
-
     def learn(self, transitions, reward, *, episode):
         actions = [float(a) for _, a, _, _ in transitions]
-        self._played.add(tuple(self._count(i, a) for i, a in enumerate(actions)))
+        self._played.add(tuple(u.kept_for(a) for u, a in zip(self._units, actions)))
         if reward > self.best_reward:
             self.best_reward = float(reward)
             self.best = actions
