@@ -50,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--cooldown", type=float, default=0.0, metavar="S", help="seconds of rest before timing")
     bench.add_argument("--no-cache", action="store_true", help="measure even if this model was measured before")
     bench.add_argument("--json", action="store_true", help="print the measurement as one JSON object")
+    bench.add_argument("--all-models", action="store_true",
+                       help="time the model on each phone model of the phone farm (one phone of each, at once) "
+                            "instead of on --device; needs a farm (--ray or $AMC_RAY_ADDRESS)")
+    bench.add_argument("--ray", default=None, metavar="HOST:PORT",
+                       help="the phone farm's Ray cluster (default $AMC_RAY_ADDRESS; docs/FARM.md)")
     bench.set_defaults(func=run_bench)
 
     devices = subparsers.add_parser("devices", help="list devices (local, USB phones, registered TCP devices) with health",
@@ -169,7 +174,58 @@ def _progress(enabled: bool, description: str):
 # -- commands -------------------------------------------------------------------------------------
 
 
+def run_bench_all_models(args: argparse.Namespace) -> int:
+    """`amc bench MODEL --all-models`: the model's latency on each phone model of the farm."""
+    from compressor.errors import AmcError
+    from profiler.cache import MeasurementCache
+    from profiler.farm.names import farm_address, insecure_from_env
+    from profiler.paths import default_cache_path
+    from profiler.protocol import MeasureConfig
+
+    address = farm_address(args.ray)
+    if address is None:
+        return _fail("--all-models times the model on every phone model of a phone farm, and no farm is set: set "
+                     "AMC_RAY_ADDRESS or --ray HOST:PORT (docs/FARM.md). Without a farm there is only the one "
+                     "device you name: amc bench MODEL --device SPEC")
+    from profiler.farm.client import Farm, measure_each_model
+
+    try:
+        config = MeasureConfig(threads=args.threads, warmup=args.warmup, runs=args.runs, cpu_mask=args.cpu_mask,
+                               cooldown_s=args.cooldown)
+        cache = None if args.no_cache else MeasurementCache(default_cache_path())
+        with _model_file(args.model) as path, _console(stderr=True).status(
+                f"timing {args.model} on every phone model of the farm at {address}"):
+            rows = measure_each_model(Farm(address, insecure=insecure_from_env()), path, config,
+                                      runtime=args.runtime, cache=cache)
+    except (AmcError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps({"model": args.model, "farm": address, "runtime": args.runtime, "threads": args.threads,
+                          "phone_models": rows}))
+        return 0 if rows and all(r["median_ms"] is not None for r in rows) else 1
+    from rich.table import Table
+
+    table = Table(title=f"{args.model} on every phone model of the farm at {address} ({args.runtime}, "
+                        f"{args.threads} thread{'s' if args.threads > 1 else ''})")
+    for col in ("phone model", "phones", "median ms", "p90 ms", "min ms", "measured on", "note"):
+        table.add_column(col, justify="left" if col in ("phone model", "measured on", "note") else "right")
+    for r in rows:
+        measured = r["median_ms"] is not None
+        table.add_row(r["model"], str(r["phones"]), f"{r['median_ms']:.4g}" if measured else "-",
+                      f"{r['p90_ms']:.4g}" if measured else "-", f"{r['min_ms']:.4g}" if measured else "-",
+                      str(r.get("measured_on") or "-"), "cached" if r.get("cached") else (r["error"] or ""))
+    console = _console()
+    console.print(table)
+    if not rows:
+        console.print("note: the farm serves no phones; run `amc device-host --address ADDRESS` on the hosts the "
+                      "phones are plugged into", markup=False)
+        return 1
+    return 0 if all(r["median_ms"] is not None for r in rows) else 1
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    if args.all_models:
+        return run_bench_all_models(args)
     from compressor.errors import AmcError
     from profiler.cache import MeasurementCache
     from profiler.devices import open_device

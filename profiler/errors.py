@@ -33,3 +33,16 @@ class MeasurementError(ProfilerError):
         self.hint = hint or "run `amc bench MODEL --device SPEC -v` to see the agent's full output"
         tail = f"; output tail: {output[-400:]!r}" if output else ""
         super().__init__(f"measurement on {device} failed: {message} ({self.hint}){tail}")
+
+
+class DeviceWaitExpired(DeviceUnavailable):
+    """A device a job cannot do without stopped answering and did not come back within the wait
+    (`device_wait_s`). The work done so far is kept: resume when the device is back."""
+
+    def __init__(self, device: str, reason: str, *, waited_s: float, wait_s: float):
+        self.waited_s = waited_s
+        self.wait_s = wait_s
+        super().__init__(device, f"{reason}; waited {waited_s:.0f} s of {wait_s:.0f} s (device_wait_s) for it to "
+                                 "come back",
+                         hint="reconnect the device (check `amc devices`), then resume: POST /jobs/{id}/resume, or "
+                              "`amc compress ... --resume DIR`; a longer device_wait_s waits longer")

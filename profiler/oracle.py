@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from profiler.lut.table import LatencyTable, Statistic, check_statistic, load_or
 from profiler.paths import default_cache_path, default_lut_dir
 from profiler.pool import DevicePool
 from profiler.protocol import MeasureConfig, check_runtime
+from profiler.waiting import DeviceWait, PatientDevice
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -154,17 +155,21 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
                 calibration_variants: int = DEFAULT_CALIBRATION_VARIANTS, progress: Progress | None = None,
                 cache: MeasurementCache | None = None, pool: DevicePool | None = None,
                 kernel_config: MeasureConfig | None = None, device_options: dict | None = None,
-                statistic: Statistic = "median") -> LatencyOracle:
+                statistic: Statistic = "median", device_wait_s: float | None = None,
+                on_wait: Callable[[DeviceWait], None] | None = None) -> LatencyOracle:
     """Turn `--device SPEC` into an oracle. With `model` and `example_input`, the device's table is
     completed for the kernels that model can run as under the search's pruning settings (`round_to`,
     `a_min`, `prune_residual`, `prune_blocks`; only kernels never timed before) and calibrated on the
     whole model, once; later calls reuse the stored table. `statistic` is the number of a whole-model
-    measurement the oracle uses (median, or min on a shared machine). Raises ConfigError for a
-    malformed spec."""
+    measurement the oracle uses (median, or min on a shared machine). With `device_wait_s`, a device that
+    stops answering is waited for that long (`on_wait` hears of it; profiler.waiting) before
+    DeviceWaitExpired; without it, DeviceUnavailable at once. Raises ConfigError for a malformed spec."""
     parse_device_spec(device_spec)
     check_runtime(runtime)
     cache = cache if cache is not None else MeasurementCache(default_cache_path())
     device = open_device(device_spec, **(device_options or {}))
+    if device_wait_s is not None:
+        device = PatientDevice(device, wait_s=device_wait_s, on_wait=on_wait)
     if pool is None:
         pool = DevicePool([device], cache=cache)
     table = device_table(device, lut_dir=lut_dir, runtime=runtime, threads=threads)

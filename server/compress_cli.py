@@ -15,7 +15,7 @@ from typing import Any
 from compressor.config import SearchConfig
 from compressor.errors import AmcError, ConfigError
 from server.latency import make_oracle, needs_latency
-from server.options import add_search_arguments, config_from_args
+from server.options import DEFAULT_DEVICE_WAIT_S, add_search_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "shown on the frontier (repeatable)")
     p.add_argument("--out", default="runs/latest", help="output folder")
     p.add_argument("--resume", metavar="DIR", help="resume the killed search in DIR (same options)")
+    p.add_argument("--device-wait-s", type=float, default=DEFAULT_DEVICE_WAIT_S, metavar="S",
+                   help="how long to wait for the device when it stops answering (unplugged, rebooting) before "
+                        "stopping; the work done is kept: continue with --resume DIR")
     p.add_argument("--json", action="store_true", help="print report.json instead of tables")
     p.set_defaults(func=run)
 
@@ -64,7 +67,14 @@ def run(args: argparse.Namespace) -> int:
         wants_device = frontier or any(t.lower().startswith("latency-ms") for t in targets)
         if needs_latency(config) or wants_device:
             console.log(f"latency: preparing the lookup table of {config.device} for {config.model}")
-        oracle = make_oracle(config, progress=_lut_progress(console), force=wants_device)
+        if args.device_wait_s < 0:
+            raise ConfigError("device_wait_s", f"--device-wait-s must be at least 0, not {args.device_wait_s}")
+
+        def on_wait(notice: Any) -> None:
+            console.log(f"[yellow]{notice.describe()}[/]")
+
+        oracle = make_oracle(config, progress=_lut_progress(console), force=wants_device,
+                             device_wait_s=args.device_wait_s, on_wait=on_wait)
         if frontier:
             result = _run_with_progress(config, out_dir, oracle=oracle, resume=False, console=console,
                                         targets=targets, references=args.reference)

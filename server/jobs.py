@@ -28,7 +28,7 @@ from server.artifacts import ARTIFACTS, FRONTIER_ARTIFACTS, artifact_file, artif
 from server.core.config import Settings
 from server.frontier import check_plan, job_targets, plan_from_spec, refield
 from server.latency import needs_latency
-from server.options import build_config
+from server.options import build_config, device_wait_s
 from server.store import InvalidTransition, Job, JobState, Store, utcnow
 from server.worker import LOG_NAME, load_search_module, run_job_process
 
@@ -305,7 +305,8 @@ class JobService:
             kwargs=dict(job_id=job.id, database_url=self.store.url, folder=str(folder), config=job.config,
                         frontier=plan, resume=job.resume, lifeline=lifeline_read,
                         search_module=self.settings.search_module, threads=self.settings.worker_threads,
-                        nice=self.settings.worker_nice, max_job_bytes=self.settings.max_job_bytes),
+                        nice=self.settings.worker_nice, max_job_bytes=self.settings.max_job_bytes,
+                        device_wait_s=device_wait_s(job.spec)),
             daemon=False,
         )
         try:

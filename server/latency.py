@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from compressor.config import SearchConfig
 from compressor.latency import LatencyOracle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from profiler.waiting import DeviceWait
 
 
 def needs_latency(config: SearchConfig) -> bool:
@@ -15,10 +19,13 @@ def needs_latency(config: SearchConfig) -> bool:
 
 
 def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], None] | None = None,
-                force: bool = False, statistic: str = "median") -> LatencyOracle | None:
+                force: bool = False, statistic: str = "median", device_wait_s: float | None = None,
+                on_wait: Callable[[DeviceWait], None] | None = None) -> LatencyOracle | None:
     """The device's latency oracle, its lookup table completed for this model, when the search needs
     one (or, with `force`, whenever results are to be timed on the device). `statistic`: which number
-    of a measurement stands for a model (`median`; `min` on a machine shared with other work)."""
+    of a measurement stands for a model (`median`; `min` on a machine shared with other work).
+    `device_wait_s`: how long a device that stops answering is waited for (`on_wait` hears of it) before
+    the search fails with DeviceWaitExpired, to be resumed; None fails at once."""
     if not (needs_latency(config) or force):
         return None
     import torch
@@ -31,4 +38,5 @@ def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], Non
     return profiler_oracle(config.device, model=loaded.model, example_input=example, round_to=config.round_to,
                            a_min=config.a_min, prune_residual=config.prune_residual,
                            prune_blocks=config.prune_blocks, progress=progress,
-                           statistic=statistic)  # type: ignore[arg-type]
+                           statistic=statistic, device_wait_s=device_wait_s,  # type: ignore[arg-type]
+                           on_wait=on_wait)

@@ -170,6 +170,32 @@ def _frontier_fields() -> dict[str, tuple[Any, Any]]:
     }
 
 
+# How long a job waits for its device when it stops answering (profiler.waiting); not SearchConfig's:
+# the search never sees devices.
+DEFAULT_DEVICE_WAIT_S = 600.0
+MAX_DEVICE_WAIT_S = 7 * 24 * 3600.0
+
+
+def _job_fields() -> dict[str, tuple[Any, Any]]:
+    from pydantic import Field
+
+    return {
+        "device_wait_s": (float | None, Field(
+            None, ge=0, le=MAX_DEVICE_WAIT_S,
+            description="how long the job waits for its device when it stops answering (unplugged, rebooting, "
+                        "its farm host gone) while the latency table is built or a model is measured; its phase "
+                        "says 'waiting for device ...' meanwhile. Past it the job fails, keeping its work: "
+                        f"POST /jobs/{{id}}/resume when the device is back (omitted: {DEFAULT_DEVICE_WAIT_S:.0f}; "
+                        "`amc compress --device-wait-s`)")),
+    }
+
+
+def device_wait_s(spec: Mapping[str, Any]) -> float:
+    """The job spec's `device_wait_s`, or the default."""
+    value = spec.get("device_wait_s")
+    return DEFAULT_DEVICE_WAIT_S if value is None else float(value)
+
+
 def is_frontier(spec: Mapping[str, Any]) -> bool:
     """A job spec asks for a frontier when it has `targets` or `references`."""
     return bool(spec.get("targets") or spec.get("references"))
@@ -201,7 +227,8 @@ def job_spec_model() -> type[BaseModel]:
                 self.target = targets[0]
             return self
 
-    fields: dict[str, Any] = {f.name: _spec_field(f) for f in search_fields()} | _frontier_fields()
+    fields: dict[str, Any] = ({f.name: _spec_field(f) for f in search_fields()} | _frontier_fields()
+                              | _job_fields())
     return create_model(
         "JobSpec",
         __base__=SpecBase,

@@ -40,13 +40,15 @@ RECENT_EVENTS = 10
 
 
 class JobEvent(BaseModel):
-    """Something that happened to a job besides its search: a restart or a resume, and why."""
+    """Something that happened to a job besides its search: a restart, a resume, a wait for its device, and why."""
 
     at: Timestamp
     kind: JobEventKind = Field(description="worker-restart: its worker process died and it was restarted from "
                                            "its checkpoint; server-restart: the server stopped under it and it "
                                            "resumed on the next start; resume: a client resumed it "
-                                           "(POST /jobs/{id}/resume)")
+                                           "(POST /jobs/{id}/resume); device-wait: its device stopped "
+                                           "answering and it waits for it (device_wait_s), the device came "
+                                           "back, or the wait expired")
     message: str = Field(description="why, e.g. 'the worker process was killed by SIGKILL without a result; "
                                      "restarting it from its checkpoint (restart 1 of 2)'")
 

@@ -146,6 +146,7 @@ class JobEventKind(enum.StrEnum):
     WORKER_RESTART = "worker-restart"  # its worker process died; restarted from the checkpoint
     SERVER_RESTART = "server-restart"  # the server stopped under it; resumed on the next start
     RESUME = "resume"  # a client resumed it (POST /jobs/{id}/resume) after it failed or was cancelled
+    DEVICE_WAIT = "device-wait"  # its device stopped answering: waiting for it, back, or given up on
 
 
 # Events kept per job: a job resumed again and again keeps its latest ones, not an ever-growing list.

@@ -26,10 +26,11 @@ from compressor.errors import SearchCancelled
 from server.artifacts import ArtifactLimitExceeded, FolderQuota
 from server.frontier import FrontierEpisodes, FrontierPlan, recovery_target
 from server.latency import make_oracle, needs_latency
-from server.store import InvalidTransition, JobState, Store
+from server.store import InvalidTransition, JobEventKind, JobState, Store
 
 if TYPE_CHECKING:
     from compressor.events import SearchEvent
+    from profiler.waiting import DeviceWait
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,12 @@ def load_search_module(name: str) -> ModuleType:
 
 def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict[str, Any], resume: bool,
                     lifeline: Any, search_module: str, threads: int, frontier: FrontierPlan | None = None,
-                    nice: int = 0, max_job_bytes: int | None = None) -> None:
+                    nice: int = 0, max_job_bytes: int | None = None,
+                    device_wait_s: float | None = None) -> None:
     """Entry point of a job's own process (spawn): run the search (or the frontier), record every event
     in the store. `nice` lowers this process's scheduling priority (the server's requests come first);
-    `max_job_bytes` is the per-job limit on the job folder's size."""
+    `max_job_bytes` is the per-job limit on the job folder's size; `device_wait_s` how long the job waits
+    for a device that stops answering (None: it fails at once)."""
     if nice:
         os.nice(nice)
     os.umask(0o077)  # the job's files are the operator's alone
@@ -104,10 +107,10 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
         should_stop = lambda: cancelled.is_set() or interrupted()  # noqa: E731
         if frontier is None:
             report = run_single(job_id, store, out, cfg, resume=resume, should_stop=should_stop,
-                                search=load_search_module(search_module), quota=quota)
+                                search=load_search_module(search_module), quota=quota, device_wait_s=device_wait_s)
         else:
             report = run_frontier_job(job_id, store, out, cfg, frontier, resume=resume, should_stop=should_stop,
-                                      quota=quota)
+                                      quota=quota, device_wait_s=device_wait_s)
         quota.check(force=True)
         store.finish(job_id, JobState.SUCCEEDED, report=_jsonable(report), message="finished")
         log.info("job %s succeeded", job_id)
@@ -151,11 +154,45 @@ def _disk_full(exc: BaseException) -> bool:
     return False
 
 
+def _device_wait_expired(exc: BaseException) -> bool:
+    from profiler.errors import DeviceWaitExpired
+
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DeviceWaitExpired):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def device_waiter(job_id: str, store: Store) -> Callable[[DeviceWait], None]:
+    """What a job does while it waits for its device: its phase says so (the previous phase comes back with
+    the device), and each start, return and expiry of a wait is an event of the job (and a line of its log)."""
+    saved: dict[str, tuple[str, str]] = {}
+
+    def on_wait(notice: DeviceWait) -> None:
+        if notice.state == "waiting":
+            job = store.get_job(job_id)
+            if job.phase != "device":
+                saved["phase"] = (job.phase, job.message)
+            store.set_phase(job_id, "device", notice.describe())
+        elif notice.state == "back" and "phase" in saved:
+            store.set_phase(job_id, *saved.pop("phase"))
+        store.add_event(job_id, JobEventKind.DEVICE_WAIT, notice.describe())
+
+    return on_wait
+
+
 def failure_reason(exc: BaseException, *, job_id: str, folder: Path) -> str:
     """The job's `error`: what failed (type and message) and, where the fault is the server's disk or
     limits rather than the job spec, what the operator can do about it."""
     if isinstance(exc, ArtifactLimitExceeded):
         return f"ArtifactLimitExceeded: {exc}; POST /jobs/{job_id}/resume"
+    if _device_wait_expired(exc):
+        return (f"DeviceWaitExpired: {exc}. The job's checkpoint and the measurements taken so far are kept: when the "
+                f"device answers again (GET /devices), POST /jobs/{job_id}/resume")
     if _disk_full(exc):
         try:
             free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MB free now"
@@ -168,7 +205,8 @@ def failure_reason(exc: BaseException, *, job_id: str, folder: Path) -> str:
 
 
 def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resume: bool,
-               should_stop: Callable[[], bool], search: ModuleType, quota: FolderQuota | None = None) -> dict[str, Any]:
+               should_stop: Callable[[], bool], search: ModuleType, quota: FolderQuota | None = None,
+               device_wait_s: float | None = None) -> dict[str, Any]:
     """One search into the job folder, resumed from its checkpoint after a restart; returns its report."""
     logged = search.load_episode_log(out) if resume else []
     can_resume = bool(logged)  # killed before its first checkpoint: start over
@@ -180,13 +218,46 @@ def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resum
         store.set_phase(job_id, "resume", "resuming from the last checkpoint")
     if needs_latency(cfg):
         store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
-    oracle = make_oracle(cfg)
-    return search.run_search(cfg, out, oracle=oracle, on_event=recorder(job_id, store, quota=quota),
-                             should_stop=should_stop, resume=can_resume)
+    oracle = make_oracle(cfg, device_wait_s=device_wait_s, on_wait=device_waiter(job_id, store))
+    report = search.run_search(cfg, out, oracle=oracle, on_event=recorder(job_id, store, quota=quota),
+                               should_stop=should_stop, resume=can_resume)
+    return with_phone_models(job_id, store, out, cfg, report)
+
+
+def with_phone_models(job_id: str, store: Store, out: Path, cfg: SearchConfig, report: dict[str, Any]) -> dict[str, Any]:
+    """The report with the final model's latency on each phone model of the farm (server/phone_models.py),
+    written into report.json and report.md; without a farm, a note that the job's device is the only one."""
+    import tempfile
+
+    from profiler.farm.names import farm_address
+    from server.phone_models import add_to_report, phone_model_latencies
+
+    farm = farm_address()
+    if farm is None or not (out / "model.onnx").is_file():
+        return add_to_report(out, report, phone_model_latencies(out, device=cfg.device, farm=None))
+    store.set_phase(job_id, "phone-models", f"timing the pruned model on every phone model of the farm at {farm}")
+    import torch
+
+    from compressor import zoo
+    from profiler.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="amc-baseline-") as tmp:
+        loaded = zoo.load_model(cfg.model)
+        baseline = export_onnx(loaded.model.eval(), torch.zeros(1, *loaded.entry.input_shape),
+                               Path(tmp) / "baseline.onnx")
+        try:
+            section = phone_model_latencies(out, device=cfg.device, farm=farm, baseline=baseline)
+        except Exception as exc:  # the search's result stands without this section
+            log.warning("job %s: could not time the result on the farm's phone models: %s", job_id, exc)
+            section = {"farm": farm, "device": cfg.device, "models": [],
+                       "note": f"the farm at {farm} could not be asked ({type(exc).__name__}: {exc})"}
+    log.info("job %s: %s", job_id, section["note"])
+    return add_to_report(out, report, section)
 
 
 def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, plan: FrontierPlan, *, resume: bool,
-                     should_stop: Callable[[], bool], quota: FolderQuota | None = None) -> dict[str, Any]:
+                     should_stop: Callable[[], bool], quota: FolderQuota | None = None,
+                     device_wait_s: float | None = None) -> dict[str, Any]:
     """One search per target into the job folder's target folders, then the references and
     frontier.json/.svg and report.md; returns the frontier. It cannot resume from its searches'
     checkpoints (they share one setup), so after a restart it starts over."""
@@ -198,7 +269,7 @@ def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, pl
         store.set_phase(job_id, "restart", "interrupted by a server restart; a frontier starts over")
     # A frontier is judged on measured latency, so it asks the device even for FLOPs targets.
     store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
-    oracle = make_oracle(cfg, force=True)
+    oracle = make_oracle(cfg, force=True, device_wait_s=device_wait_s, on_wait=device_waiter(job_id, store))
     return run_frontier(cfg, plan.targets, out, oracle=oracle, references=[r.argument(out) for r in plan.references],
                         on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
 

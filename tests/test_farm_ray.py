@@ -375,3 +375,70 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
     assert any(last in e and "vanished" in e for e in pool.events), pool.events
     assert "lookup table answers" in pool.events[-1]
     _wait_for(lambda: all(p.host != victim_name for p in farm.phones()), f"{victim_name}'s phones to leave", 60)
+
+
+def test_without_a_farm_the_report_says_the_jobs_device_is_the_only_one(tmp_path: Path) -> None:
+    from server.phone_models import KEY, add_to_report, phone_model_latencies
+
+    (tmp_path / "report.md").write_text("# report\n")
+    section = phone_model_latencies(tmp_path, device="adb:SERIAL1", farm=None)
+    assert section["models"] == [] and section["farm"] is None and "adb:SERIAL1 is the only one" in section["note"]
+    report = add_to_report(tmp_path, {"model": "demo-cnn"}, section)
+    assert json.loads((tmp_path / "report.json").read_text())[KEY] == report[KEY] == section
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# report") and "## Latency on every phone model" in md and "only one" in md
+    env = {k: v for k, v in os.environ.items() if k != "AMC_RAY_ADDRESS"}
+    out = subprocess.run([str(BIN / "amc"), "bench", "demo-cnn", "--all-models"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and "no farm is set" in out.stderr and "--device SPEC" in out.stderr, out.stderr
+
+
+def test_one_search_latency_on_every_phone_model(cluster: Cluster, tmp_path: Path) -> None:
+    """`amc bench --all-models` and a finished job time the model on each phone model the farm serves."""
+    from test_server_harness import ServerProcess, wait_for
+
+    from profiler.farm.client import Farm
+
+    sims = {name: cluster.phone(name, model) for name, model in (("PM7", "Pixel 7"), ("PMS", "Galaxy S23"))}
+    cluster.host("hostM", *(spec for _, spec in sims.values()))
+    farm = Farm(cluster.address)
+    specs = {spec for _, spec in sims.values()}
+    _wait_for(lambda: specs <= {p.spec for p in farm.phones() if p.health == "ok"}, "both phones served", 150)
+    served: dict[str, set[str]] = {}
+    for p in farm.phones():  # (phones an earlier test left are served too)
+        served.setdefault(f"model:{p.model_slug}", set()).add(p.spec)
+
+    out = subprocess.run([str(BIN / "amc"), "bench", "demo-cnn", "--all-models", "--ray", cluster.address, "--json",
+                          "--runs", "5", "--warmup", "1", "--no-cache"], env=cluster.env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {r["device"]: r for r in json.loads(out.stdout)["phone_models"]}
+    assert set(rows) == set(served) >= {"model:Pixel_7", "model:Galaxy_S23"}
+    for device, r in rows.items():
+        assert r["error"] is None and 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"], r
+        assert r["measured_on"] in served[device] and r["phones"] == len(served[device])  # a phone of that model
+
+    # A finished job on a server with the farm: the final model's latency per phone model in its report.
+    server = ServerProcess(tmp_path / "data", env={"AMC_RAY_ADDRESS": cluster.address,
+                                                   "RAY_AUTH_MODE": "token",
+                                                   "RAY_AUTH_TOKEN": cluster.env["RAY_AUTH_TOKEN"]}).start()
+    try:
+        with server.client() as c:
+            r = c.post("/jobs", json={"model": "demo-cnn", "data": "digits", "target": "flops=0.5",
+                                      "strategy": "random", "episodes": 2, "device": "local", "seed": 0})
+            assert r.status_code == 201, r.text
+            job = wait_for(c, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+            assert job["state"] == "succeeded", (job, server.log()[-3000:])
+            section = job["report"]["latency_per_phone_model"]
+            assert section["farm"] == cluster.address
+            by_model = {m["device"]: m for m in section["models"]}
+            assert set(by_model) == set(rows)
+            for m in by_model.values():
+                assert m["median_ms"] > 0 and m["baseline_median_ms"] > 0
+                assert m["measured_on"] in served[m["device"]] or m["cached"]
+            report_json = c.get(job["links"]["artifacts"]["report.json"]).json()
+            assert report_json["latency_per_phone_model"] == section
+            md = c.get(job["links"]["artifacts"]["report.md"]).text
+            assert "## Latency on every phone model" in md and "| Galaxy S23 |" in md and "| Pixel 7 |" in md
+    finally:
+        server.stop()

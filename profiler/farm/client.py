@@ -297,3 +297,42 @@ class FarmDevice(Device):
 
     def agent_command(self) -> str:
         raise DeviceUnavailable(self.spec, "a farm phone runs its agent through its device host")
+
+
+def measure_each_model(farm: Farm, model_path: Path | str, config: MeasureConfig | None = None, *,
+                       runtime: str = "onnxruntime", deadline_s: float | None = 300.0,
+                       cache: MeasurementCache | None = None) -> list[dict[str, Any]]:
+    """The model's latency on each phone model the farm serves now: one row per model (`model`, `device`
+    as `model:NAME`, `phones`, `hosts`, the measurement's `median_ms`, `p90_ms`, `min_ms`, `max_ms`, `runs`,
+    `measured_on`, `cached`), all models at once, each on a free phone of its model. A model none of whose
+    phones measured before `deadline_s` gets `median_ms` None and the reason in `error`: never a number
+    that was not measured."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups: dict[str, list[FarmPhone]] = {}
+    for phone in farm.phones():
+        if phone.model:
+            groups.setdefault(phone.model_slug, []).append(phone)
+
+    def one(slug: str) -> dict[str, Any]:
+        phones = groups[slug]
+        pool = FarmPool(farm, f"model:{slug}", cache=cache)
+        row: dict[str, Any] = {"model": phones[0].model, "device": f"model:{slug}", "phones": len(phones),
+                               "hosts": sorted({p.host for p in phones}), "median_ms": None, "error": None}
+        try:
+            result = pool.measure(model_path, config, runtime=runtime, deadline_s=deadline_s)
+        except MeasurementError as exc:  # the model itself is at fault: the same on every phone
+            row["error"] = str(exc)
+            return row
+        if result is None:
+            row["error"] = pool.events[-1] if pool.events else "no phone of this model measured"
+            return row
+        row.update(median_ms=result.median_ms, p90_ms=result.p90_ms, min_ms=result.min_ms, max_ms=result.max_ms,
+                   runs=result.runs, measured_on=(result.raw.get("farm") or {}).get("phone"), cached=result.cached,
+                   device_id=result.device_id)
+        return row
+
+    if not groups:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(groups))) as workers:
+        return list(workers.map(one, sorted(groups)))

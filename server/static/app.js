@@ -231,6 +231,7 @@ async function refreshJob() {
   const ms = (r) => (r && typeof r.latency_measured_ms === "number") ? `, ${r.latency_measured_ms.toFixed(3)} ms measured` : "";
   $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs, 0)} MACs${ms(rep.baseline)} →
     pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs, 0)} MACs (${fmt(rep.result.params, 0)} params)${ms(rep.result)}</p>` : "";
+  $("#job-result").insertAdjacentHTML("beforeend", phoneModels(rep && rep.latency_per_phone_model));
   drawRecovery(job);
   drawFrontier(job);
   $("#job-artifacts").innerHTML = job.state === "succeeded"
@@ -240,6 +241,17 @@ async function refreshJob() {
   drawRatios($("#chart-ratios"), job.best);
   drawLatency($("#chart-latency"), job, jobView.episodes);
   return !FINISHED.has(job.state);
+}
+
+// The final model's latency on each phone model of the farm (report.latency_per_phone_model).
+function phoneModels(sec) {
+  if (!sec) return "";
+  if (!sec.models.length) return `<p class="muted" id="phone-models-note">${esc(sec.note)}</p>`;
+  const ms = (v) => typeof v === "number" ? v.toFixed(3) : "—";
+  const rows = sec.models.map((r) => `<tr data-phone-model="${esc(r.device)}"><td>${esc(r.model)}</td><td>${r.phones}</td>` +
+    `<td>${ms(r.median_ms)}</td><td>${ms(r.baseline_median_ms)}</td><td class="mono">${esc(r.median_ms === null ? `not measured: ${r.error}` : (r.measured_on || "cache"))}</td></tr>`).join("");
+  return `<table id="phone-models"><caption>Latency on every phone model of the farm (median ms)</caption>` +
+    `<thead><tr><th>phone model</th><th>phones</th><th>pruned</th><th>unpruned</th><th>measured on</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 // Recovery (fine-tuning) after the search: one bar per search (a frontier has one per target).
