@@ -135,6 +135,8 @@ def test_a_job_waits_for_its_phone_fails_resumably_past_the_deadline_and_resumes
         with server.client() as c:
             spec = {"model": "demo-cnn", "data": "digits", "target": "latency-ms=1000", "strategy": "random",
                     "episodes": 2, "device": phone.spec, "seed": 0, "device_wait_s": 15}
+            registered = c.post("/devices", json={"spec": phone.spec})
+            assert registered.status_code in (200, 201), registered.text
             r = c.post("/jobs", json=spec)
             assert r.status_code == 201, r.text
             job_id = r.json()["id"]
