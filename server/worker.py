@@ -242,10 +242,10 @@ def with_phone_models(job_id: str, store: Store, out: Path, cfg: SearchConfig, r
     from profiler.export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="amc-baseline-") as tmp:
-        loaded = zoo.load_model(cfg.model)
-        baseline = export_onnx(loaded.model.eval(), torch.zeros(1, *loaded.entry.input_shape),
-                               Path(tmp) / "baseline.onnx")
         try:
+            loaded = zoo.load_model(cfg.model)  # the unpruned architecture: its weights do not change its latency
+            baseline = export_onnx(loaded.model.eval(), torch.zeros(1, *loaded.entry.input_shape),
+                                   Path(tmp) / "baseline.onnx")
             section = phone_model_latencies(out, device=cfg.device, farm=farm, baseline=baseline)
         except Exception as exc:  # the search's result stands without this section
             log.warning("job %s: could not time the result on the farm's phone models: %s", job_id, exc)

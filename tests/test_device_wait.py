@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from test_server_harness import ServerProcess, wait_for
@@ -133,8 +134,11 @@ def test_a_job_waits_for_its_phone_fails_resumably_past_the_deadline_and_resumes
     server = ServerProcess(tmp_path / "data", env={"AMC_MAX_WORKERS": "1"}).start()
     try:
         with server.client() as c:
+            c.timeout = httpx.Timeout(300)  # (a loaded machine: the server validates a spec by building its model)
+            # round_to 32 and a_min 0.8: few kernel shapes to time, so the job's table is built in a few measurements
             spec = {"model": "demo-cnn", "data": "digits", "target": "latency-ms=1000", "strategy": "random",
-                    "episodes": 2, "device": phone.spec, "seed": 0, "device_wait_s": 15}
+                    "episodes": 2, "device": phone.spec, "seed": 0, "device_wait_s": 15, "round_to": 32,
+                    "a_min": 0.8, "measure_top": 1}
             registered = c.post("/devices", json={"spec": phone.spec})
             assert registered.status_code in (200, 201), registered.text
             r = c.post("/jobs", json=spec)
@@ -180,7 +184,7 @@ def test_a_job_waits_for_its_phone_fails_resumably_past_the_deadline_and_resumes
             phone.stop()
             until(lambda j: j["phase"] == "device", "the resumed job to wait for its phone", 120)
             phone.start()
-            done = wait_for(c, job_id, {"failed", "succeeded", "cancelled"}, timeout=900)
+            done = wait_for(c, job_id, {"failed", "succeeded", "cancelled"}, timeout=1800)
             assert done["state"] == "succeeded", (done, server.log()[-3000:])
             kinds = [e["kind"] for e in done["events"]]
             assert "resume" in kinds
