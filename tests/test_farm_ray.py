@@ -443,3 +443,35 @@ def test_one_search_latency_on_every_phone_model(cluster: Cluster, tmp_path: Pat
             assert "## Latency on every phone model" in md and "| Galaxy S23 |" in md and "| Pixel 7 |" in md
     finally:
         server.stop()
+
+
+def test_a_farm_device_waits_for_its_only_phone(cluster: Cluster, slow_onnx: Path) -> None:
+    """The only phone of a model killed while it measures: a job's device (`PatientDevice` over `model:NAME`)
+    waits for it, and measures on it once its host serves it again."""
+    from profiler.farm.client import Farm
+    from profiler.waiting import PatientDevice
+
+    proc, spec = cluster.phone("ONLY", "Lone Phone")
+    port = spec.rpartition(":")[2]
+    cluster.host("hostW", spec)
+    farm = Farm(cluster.address)
+    _wait_for(lambda: any(p.spec == spec and p.health == "ok" for p in farm.phones()), "the phone served", 150)
+    device = PatientDevice(open_device("model:Lone_Phone", farm=cluster.address), wait_s=240, poll_s=1.0)
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: outcome.update(m=device.measure(slow_onnx, MeasureConfig(warmup=2,
+                                                                                                       runs=1500))))
+    worker.start()
+    _wait_for(lambda: any(p.spec == spec and p.lease and p.lease.get("measuring") for p in farm.phones()),
+              "the phone measuring", 60, every=0.2)
+    time.sleep(1.0)
+    _end_sessions(proc.pid)
+    _wait_for(lambda: [w.state for w in device.waits] == ["waiting"], "the device to wait", 120, every=0.2)
+    assert worker.is_alive()
+    again = cluster.start(str(BIN / "amc"), "phone-sim", "--port", port, "--root", str(cluster.root / "ONLY"),
+                          "--serial", "ONLY", "--model-name", "Lone Phone", "--auth-keys", f"{cluster.key}.pub",
+                          log="ONLY-again.log")
+    worker.join(300)
+    assert not worker.is_alive() and again.poll() is None
+    m = outcome["m"]
+    assert m.min_ms <= m.median_ms <= m.max_ms and m.raw["farm"]["phone"] == spec  # type: ignore[attr-defined]
+    assert [w.state for w in device.waits] == ["waiting", "back"], device.waits
