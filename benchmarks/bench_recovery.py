@@ -34,6 +34,10 @@ SETTINGS: list[tuple[str, dict]] = [
     ("distill, lr 0.003, warm-up 1 epoch", {"lr": 0.003, "warmup_epochs": 1.0}),
     ("distill + cutmix, lr 0.003, warm-up 1 epoch", {"mix": "cutmix", "lr": 0.003, "warmup_epochs": 1.0}),
     ("distill, lr 0.001", {"lr": 0.001}),
+    ("distill + stage outputs (weight 1)", {"stage_weight": 1.0}),
+    ("distill + cutmix + stage outputs (weight 1)", {"mix": "cutmix", "stage_weight": 1.0}),
+    ("distill, lr 0.005", {"lr": 0.005}),
+    ("distill + cutmix, no held-out slice", {"mix": "cutmix", "holdout": 0.0}),
 ]
 
 

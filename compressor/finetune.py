@@ -54,6 +54,10 @@ class RecoveryConfig:
     temperature: float = 4.0
     feature_weight: float = 1.0  # distill: weight of the pooled-feature mimicking term
     label_weight: float = 0.0  # distill: weight of cross-entropy on the labels
+    # distill: weight of mimicking the outputs of the model's top-level stages (its direct children
+    # with weights, the classifier excepted) wherever the student's output has the teacher's shape
+    # (FitNets-style hints; a residual stage keeps its output width however its blocks are pruned)
+    stage_weight: float = 0.0
     holdout: float = 0.1  # fraction of the training split held out to pick the best epoch
     augment: bool = True
     # distill: blend pairs of images (`mixup`: a weighted average; `cutmix`: a box of one pasted into
@@ -136,6 +140,36 @@ ProgressFn = Callable[[EpochStats], None]
 def _classifier(model: nn.Module) -> nn.Linear | None:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
+
+
+class _StageOutputs:
+    """Captures the outputs of a model's top-level stages: its direct children that hold weights,
+    the classifier excepted (for a CIFAR ResNet: conv1, bn1, layer1, layer2, layer3)."""
+
+    def __init__(self, model: nn.Module):
+        self.values: dict[str, torch.Tensor] = {}
+        head = _classifier(model)
+        self._handles = []
+        for name, child in model.named_children():
+            if child is head or not any(True for _ in child.parameters()):
+                continue
+            self._handles.append(child.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output) -> None:
+            if isinstance(output, torch.Tensor):
+                self.values[name] = output
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def stage_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """Mean over the stages both models have, with outputs of one shape, of the MSE between them."""
+    terms = [F.mse_loss(s, teacher[k]) for k, s in student.items() if k in teacher and s.shape == teacher[k].shape]
+    return torch.stack(terms).mean() if terms else None
 
 
 class _Features:
@@ -286,6 +320,8 @@ def _epochs(model: nn.Module, split: Split, config: RecoveryConfig, *, teacher: 
     distill = config.method == "distill"
     s_feat = _Features(model) if distill and config.feature_weight > 0 else None
     t_feat = _Features(teacher) if s_feat is not None and teacher is not None else None
+    s_stage = _StageOutputs(model) if distill and config.stage_weight > 0 else None
+    t_stage = _StageOutputs(teacher) if s_stage is not None and teacher is not None else None
     if teacher is not None:
         teacher.eval()
     try:
@@ -306,18 +342,22 @@ def _epochs(model: nn.Module, split: Split, config: RecoveryConfig, *, teacher: 
                 if distill:
                     key = (split.description, n, config.seed, config.batch_size, config.augment, config.mix,
                            epoch, i)
-                    if cache is not None and key in cache:
+                    if cache is not None and key in cache and t_stage is None:
                         target, t_value = cache[key]
-                    else:
+                    else:  # the stages' outputs are too large to keep: with them, the teacher runs each time
                         with torch.no_grad():
                             target = teacher(x)  # type: ignore[misc]
                         t_value = t_feat.value if t_feat is not None else None
-                        if cache is not None:
+                        if cache is not None and t_stage is None:
                             cache[key] = (target, t_value)
                     loss = distillation_loss(out, target, temperature=config.temperature)
                     if s_feat is not None and t_value is not None and s_feat.value is not None \
                             and s_feat.value.shape == t_value.shape:
                         loss = loss + config.feature_weight * F.mse_loss(s_feat.value, t_value)
+                    if s_stage is not None and t_stage is not None:
+                        hint = stage_loss(s_stage.values, t_stage.values)
+                        if hint is not None:
+                            loss = loss + config.stage_weight * hint
                     if config.label_weight > 0:
                         loss = loss + config.label_weight * F.cross_entropy(out, y)
                 else:
@@ -331,7 +371,7 @@ def _epochs(model: nn.Module, split: Split, config: RecoveryConfig, *, teacher: 
             yield EpochStats(epoch=epoch + 1, epochs=config.epochs, loss=loss_sum / max(seen, 1),
                              holdout_accuracy=None, seconds=time.perf_counter() - t0)
     finally:
-        for f in (s_feat, t_feat):
+        for f in (s_feat, t_feat, s_stage, t_stage):
             if f is not None:
                 f.close()
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.data import DataBundle, load_dataset
+from compressor.data import DataBundle, Split, load_dataset
 from compressor.finetune import (
     RecoveryConfig,
     augment,
@@ -232,3 +232,46 @@ def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine():
     assert lr_factor(0, 100, 0) == 1.0  # no warm-up: the plain cosine
     with pytest.raises(ValueError, match="warmup_epochs"):
         RecoveryConfig(epochs=2, warmup_epochs=3)
+
+
+def test_stage_hints_match_the_teachers_stage_outputs_where_shapes_agree():
+    from compressor.finetune import _StageOutputs, stage_loss
+    from compressor.reconstruct import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    teacher = load_model("resnet20").model
+    x = torch.randn(48, 3, 32, 32)
+    recalibrate_batchnorm(teacher, x)  # an untrained network, but with the statistics of its inputs
+    teacher.eval()
+    pruner = ChannelPruner(teacher, x[:1], prune_blocks=True)
+    kept = [u.kept_for(0.5) if u.removable and u.block else u.channels for u in pruner.units]
+    student = pruner.apply(kept).model
+    recalibrate_batchnorm(student, x)
+    probe = x[:16]
+
+    def hint_mse() -> float:
+        s_out, t_out = _StageOutputs(student), _StageOutputs(teacher)
+        student.eval()
+        with torch.inference_mode():
+            student(probe), teacher(probe)
+        s_out.close(), t_out.close()
+        assert {"layer1", "layer2", "layer3"} <= set(s_out.values)  # the stages, not the classifier
+        assert "linear" not in s_out.values and "fc" not in s_out.values
+        return float(stage_loss(s_out.values, t_out.values))
+
+    before = hint_mse()
+    split = Split(x=x, y=torch.zeros(len(x), dtype=torch.int64), description="48 random images")
+    bundle = DataBundle(train=split, search=split, report=split, num_classes=10, input_shape=(3, 32, 32),
+                        description="random", spec="random")
+    config = RecoveryConfig(epochs=8, method="distill", holdout=0.0, stage_weight=1.0, feature_weight=0.0,
+                            augment=False, lr=0.05, batch_size=16)
+    without = copy.deepcopy(student)
+    recover(student, bundle, config, teacher=teacher)
+    recover(without, bundle, dataclasses.replace(config, stage_weight=0.0), teacher=teacher)
+    after = hint_mse()
+    assert after < 0.85 * before, (before, after)
+    student = without
+    assert after < hint_mse(), after  # the hints, not the output term alone, pulled the stages together
+    # stages whose outputs differ in shape are left out; none in common: no term
+    assert stage_loss({"a": torch.zeros(2, 3)}, {"a": torch.zeros(2, 4)}) is None
+    assert float(stage_loss({"a": torch.ones(2), "b": torch.zeros(2)}, {"a": torch.zeros(2), "b": torch.zeros(2)})) == 0.5
