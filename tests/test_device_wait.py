@@ -81,6 +81,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 
 def test_a_device_call_waits_for_the_phone_and_goes_on_when_it_is_back(phone, tiny_onnx, tmp_path, monkeypatch):
     monkeypatch.setenv("AMC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))
     config = MeasureConfig(warmup=1, runs=5)
     heard: list[str] = []
     device = PatientDevice(open_device(phone.spec), wait_s=120, poll_s=0.5, on_wait=lambda n: heard.append(n.state))
@@ -104,6 +105,7 @@ def test_a_device_call_waits_for_the_phone_and_goes_on_when_it_is_back(phone, ti
 def test_past_the_deadline_the_wait_expires_and_a_live_device_is_never_waited_for(phone, tiny_onnx, tmp_path,
                                                                                    monkeypatch):
     monkeypatch.setenv("AMC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))
     device = PatientDevice(open_device(phone.spec), wait_s=3, poll_s=0.5)
     device.identity()
     # A failure while the phone answers (here: a model file that does not exist is the model's fault, and an
@@ -131,7 +133,8 @@ def test_past_the_deadline_the_wait_expires_and_a_live_device_is_never_waited_fo
 
 def test_a_job_waits_for_its_phone_fails_resumably_past_the_deadline_and_resumes(tmp_path):
     phone = Phone(tmp_path / "sim").start()
-    server = ServerProcess(tmp_path / "data", env={"AMC_MAX_WORKERS": "1"}).start()
+    # its own measurement cache and tables: the phone is asked for every kernel, whatever ran before
+    server = ServerProcess(tmp_path / "data", env={"AMC_MAX_WORKERS": "1", "AMC_CACHE_DIR": str(tmp_path / "cache")}).start()
     try:
         with server.client() as c:
             c.timeout = httpx.Timeout(300)  # (a loaded machine: the server validates a spec by building its model)

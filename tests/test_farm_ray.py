@@ -421,6 +421,7 @@ def test_one_search_latency_on_every_phone_model(cluster: Cluster, tmp_path: Pat
 
     # A finished job on a server with the farm: the final model's latency per phone model in its report.
     server = ServerProcess(tmp_path / "data", env={"AMC_RAY_ADDRESS": cluster.address,
+                                                   "AMC_CACHE_DIR": str(tmp_path / "cache"),
                                                    "RAY_AUTH_MODE": "token",
                                                    "RAY_AUTH_TOKEN": cluster.env["RAY_AUTH_TOKEN"]}).start()
     try:
@@ -445,9 +446,11 @@ def test_one_search_latency_on_every_phone_model(cluster: Cluster, tmp_path: Pat
         server.stop()
 
 
-def test_a_farm_device_waits_for_its_only_phone(cluster: Cluster, slow_onnx: Path) -> None:
+def test_a_farm_device_waits_for_its_only_phone(cluster: Cluster, slow_onnx: Path, tmp_path: Path,
+                                                monkeypatch) -> None:
     """The only phone of a model killed while it measures: a job's device (`PatientDevice` over `model:NAME`)
     waits for it, and measures on it once its host serves it again."""
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))  # measured afresh, never from a cache
     from profiler.farm.client import Farm
     from profiler.waiting import PatientDevice
 
