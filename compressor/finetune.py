@@ -56,7 +56,8 @@ class RecoveryConfig:
     label_weight: float = 0.0  # distill: weight of cross-entropy on the labels
     # distill: weight of mimicking the outputs of the model's top-level stages (its direct children
     # with weights, the classifier excepted) wherever the student's output has the teacher's shape
-    # (FitNets-style hints; a residual stage keeps its output width however its blocks are pruned)
+    # (FitNets-style hints; a residual stage keeps its output width however its blocks are pruned).
+    # Off: on the thinned ResNet-56 it changed nothing measurable (docs/BENCHMARKS.md, "Recovery").
     stage_weight: float = 0.0
     holdout: float = 0.1  # fraction of the training split held out to pick the best epoch
     augment: bool = True
