@@ -222,7 +222,7 @@ def test_the_worker_numbers_a_frontiers_episodes_job_wide_and_records_recovery(a
         return {"points": [{"target": t} for t in targets]}
 
     monkeypatch.setattr("compressor.frontier.run_frontier", fake_run_frontier)
-    monkeypatch.setattr(worker, "make_oracle", lambda cfg, force=False: f"oracle(force={force})")
+    monkeypatch.setattr(worker, "make_oracle", lambda cfg, force=False, **_: f"oracle(force={force})")
     folder = api.settings.jobs_dir / job.id
     folder.mkdir(parents=True)
     from compressor.config import SearchConfig
