@@ -46,3 +46,15 @@ class DeviceWaitExpired(DeviceUnavailable):
                                  "come back",
                          hint="reconnect the device (check `amc devices`), then resume: POST /jobs/{id}/resume, or "
                               "`amc compress ... --resume DIR`; a longer device_wait_s waits longer")
+
+
+class DeviceWaitStopped(DeviceWaitExpired):
+    """The wait for a device was cut short because its job is stopping (cancelled, or the server shutting
+    down): the job ends as cancelled (or pauses), not as failed."""
+
+    def __init__(self, device: str, reason: str, *, waited_s: float, wait_s: float):
+        self.waited_s = waited_s
+        self.wait_s = wait_s
+        DeviceUnavailable.__init__(self, device, f"{reason}; stopped waiting for it after {waited_s:.0f} s: the job "
+                                                 "is stopping",
+                                   hint="resume the job when the device is back")

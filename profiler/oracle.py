@@ -156,20 +156,22 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
                 cache: MeasurementCache | None = None, pool: DevicePool | None = None,
                 kernel_config: MeasureConfig | None = None, device_options: dict | None = None,
                 statistic: Statistic = "median", device_wait_s: float | None = None,
-                on_wait: Callable[[DeviceWait], None] | None = None) -> LatencyOracle:
+                on_wait: Callable[[DeviceWait], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> LatencyOracle:
     """Turn `--device SPEC` into an oracle. With `model` and `example_input`, the device's table is
     completed for the kernels that model can run as under the search's pruning settings (`round_to`,
     `a_min`, `prune_residual`, `prune_blocks`; only kernels never timed before) and calibrated on the
     whole model, once; later calls reuse the stored table. `statistic` is the number of a whole-model
     measurement the oracle uses (median, or min on a shared machine). With `device_wait_s`, a device that
     stops answering is waited for that long (`on_wait` hears of it; profiler.waiting) before
-    DeviceWaitExpired; without it, DeviceUnavailable at once. Raises ConfigError for a malformed spec."""
+    DeviceWaitExpired; without it, DeviceUnavailable at once; `should_stop` (a job's cancel flag) cuts a
+    wait short with DeviceWaitStopped. Raises ConfigError for a malformed spec."""
     parse_device_spec(device_spec)
     check_runtime(runtime)
     cache = cache if cache is not None else MeasurementCache(default_cache_path())
     device = open_device(device_spec, **(device_options or {}))
     if device_wait_s is not None:
-        device = PatientDevice(device, wait_s=device_wait_s, on_wait=on_wait)
+        device = PatientDevice(device, wait_s=device_wait_s, on_wait=on_wait, should_stop=should_stop)
     if pool is None:
         pool = DevicePool([device], cache=cache)
     table = device_table(device, lut_dir=lut_dir, runtime=runtime, threads=threads)

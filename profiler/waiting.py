@@ -16,7 +16,7 @@ from typing import Literal, TypeVar
 
 from profiler.devices.base import CommandResult, Device, Health
 from profiler.devices.identity import DeviceIdentity
-from profiler.errors import DeviceUnavailable, DeviceWaitExpired
+from profiler.errors import DeviceUnavailable, DeviceWaitExpired, DeviceWaitStopped
 from profiler.protocol import MeasureConfig, Measurement
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,14 @@ class DeviceWait:
 class PatientDevice(Device):
     """`inner`, waiting up to `wait_s` for it whenever it stops answering. A failure while the device still
     answers a health check (an agent that cannot start, a bad model) is not waited for: it is raised at once.
-    After one wait expired, later calls do not wait again until the device has answered once."""
+    After one wait expired, later calls do not wait again until the device has answered once. `should_stop`
+    (the job's cancel flag) is asked at every poll: when it says stop, the wait ends with DeviceWaitStopped."""
 
     kind = "patient"
 
     def __init__(self, inner: Device, *, wait_s: float, poll_s: float = 2.0,
                  on_wait: Callable[[DeviceWait], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         if wait_s < 0:
             raise ValueError("wait_s must be at least 0")
@@ -62,6 +64,7 @@ class PatientDevice(Device):
         self.wait_s = wait_s
         self.poll_s = poll_s
         self.on_wait = on_wait
+        self.should_stop = should_stop
         self.waits: list[DeviceWait] = []  # every notice, for logs and tests
         self._given_up = False
         self._clock = clock
@@ -108,6 +111,8 @@ class PatientDevice(Device):
                 self._given_up = True
                 self._notify(DeviceWait(self.spec, "expired", reason, waited, self.wait_s))
                 raise DeviceWaitExpired(self.spec, reason, waited_s=waited, wait_s=self.wait_s) from cause
+            if self.should_stop is not None and self.should_stop():
+                raise DeviceWaitStopped(self.spec, reason, waited_s=waited, wait_s=self.wait_s) from cause
             self._sleep(min(self.poll_s, self.wait_s - waited))
             if self._answers():
                 self._notify(DeviceWait(self.spec, "back", reason, self._clock() - start, self.wait_s))

@@ -20,12 +20,14 @@ def needs_latency(config: SearchConfig) -> bool:
 
 def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], None] | None = None,
                 force: bool = False, statistic: str = "median", device_wait_s: float | None = None,
-                on_wait: Callable[[DeviceWait], None] | None = None) -> LatencyOracle | None:
+                on_wait: Callable[[DeviceWait], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> LatencyOracle | None:
     """The device's latency oracle, its lookup table completed for this model, when the search needs
     one (or, with `force`, whenever results are to be timed on the device). `statistic`: which number
     of a measurement stands for a model (`median`; `min` on a machine shared with other work).
     `device_wait_s`: how long a device that stops answering is waited for (`on_wait` hears of it) before
-    the search fails with DeviceWaitExpired, to be resumed; None fails at once."""
+    the search fails with DeviceWaitExpired, to be resumed; None fails at once. `should_stop` (the job's
+    cancel flag) ends such a wait early (DeviceWaitStopped: the job ends as cancelled)."""
     if not (needs_latency(config) or force):
         return None
     import torch
@@ -39,4 +41,4 @@ def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], Non
                            a_min=config.a_min, prune_residual=config.prune_residual,
                            prune_blocks=config.prune_blocks, progress=progress,
                            statistic=statistic, device_wait_s=device_wait_s,  # type: ignore[arg-type]
-                           on_wait=on_wait)
+                           on_wait=on_wait, should_stop=should_stop)

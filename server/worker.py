@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from compressor.config import SearchConfig
 from compressor.errors import SearchCancelled
+from profiler.errors import DeviceWaitStopped
 from server.artifacts import ArtifactLimitExceeded, FolderQuota
 from server.frontier import FrontierEpisodes, FrontierPlan, recovery_target
 from server.latency import make_oracle, needs_latency
@@ -115,11 +116,12 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
         store.finish(job_id, JobState.SUCCEEDED, report=_jsonable(report), message="finished")
         log.info("job %s succeeded", job_id)
     except Exception as exc:
-        if isinstance(exc, SearchCancelled) and interrupted() and not cancelled.is_set():
+        stopping = isinstance(exc, (SearchCancelled, DeviceWaitStopped))  # a wait for the device cut short too
+        if stopping and interrupted() and not cancelled.is_set():
             log.warning("job %s paused by a server shutdown; it resumes on the next start", job_id)
             return
         try:
-            if isinstance(exc, SearchCancelled):
+            if stopping:
                 store.finish(job_id, JobState.CANCELLED, message="cancelled; checkpoint kept")
                 log.info("job %s cancelled", job_id)
             else:
@@ -218,7 +220,8 @@ def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resum
         store.set_phase(job_id, "resume", "resuming from the last checkpoint")
     if needs_latency(cfg):
         store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
-    oracle = make_oracle(cfg, device_wait_s=device_wait_s, on_wait=device_waiter(job_id, store))
+    oracle = make_oracle(cfg, device_wait_s=device_wait_s, on_wait=device_waiter(job_id, store),
+                         should_stop=should_stop)
     report = search.run_search(cfg, out, oracle=oracle, on_event=recorder(job_id, store, quota=quota),
                                should_stop=should_stop, resume=can_resume)
     return with_phone_models(job_id, store, out, cfg, report)
@@ -269,7 +272,8 @@ def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, pl
         store.set_phase(job_id, "restart", "interrupted by a server restart; a frontier starts over")
     # A frontier is judged on measured latency, so it asks the device even for FLOPs targets.
     store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
-    oracle = make_oracle(cfg, force=True, device_wait_s=device_wait_s, on_wait=device_waiter(job_id, store))
+    oracle = make_oracle(cfg, force=True, device_wait_s=device_wait_s, on_wait=device_waiter(job_id, store),
+                         should_stop=should_stop)
     return run_frontier(cfg, plan.targets, out, oracle=oracle, references=[r.argument(out) for r in plan.references],
                         on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
 

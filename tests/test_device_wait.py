@@ -20,7 +20,8 @@ from test_server_harness import ServerProcess, wait_for
 from torch import nn
 
 from profiler.devices import open_device
-from profiler.errors import DeviceUnavailable, DeviceWaitExpired
+from profiler.devices.base import CommandResult, Device
+from profiler.errors import DeviceUnavailable, DeviceWaitExpired, DeviceWaitStopped
 from profiler.export import export_onnx
 from profiler.protocol import MeasureConfig
 from profiler.waiting import PatientDevice
@@ -197,3 +198,42 @@ def test_a_job_waits_for_its_phone_fails_resumably_past_the_deadline_and_resumes
     finally:
         server.stop()
         phone.stop()
+
+
+class _GonePhone(Device):
+    """A device that never answers: every command fails as an unplugged phone's would."""
+
+    kind = "gone"
+
+    def run(self, command: str, *, timeout_s: float) -> CommandResult:
+        raise DeviceUnavailable(self.spec, "the device closed the connection")
+
+    def model_path_on_device(self, model_path: Path, sha256: str) -> str:
+        raise DeviceUnavailable(self.spec, "the device closed the connection")
+
+    def agent_command(self) -> str:
+        return "true"
+
+
+def test_a_cancelled_job_stops_waiting_for_its_device_at_the_next_poll():
+    stop = threading.Event()
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 6:
+            stop.set()  # the user cancels the job while it waits
+
+    device = PatientDevice(_GonePhone("adb:gone:5555"), wait_s=600, poll_s=2, should_stop=stop.is_set,
+                           clock=lambda: now[0], sleep=sleep)
+    with pytest.raises(DeviceWaitStopped, match="the job is stopping") as caught:
+        device.run("echo hi", timeout_s=5)
+    assert isinstance(caught.value, DeviceWaitExpired)  # a search's measurement falls back to the table
+    assert 6 <= now[0] < 10 and [n.state for n in device.waits] == ["waiting"]  # not the 600 s deadline
+    # without a cancel the same wait runs to its deadline
+    now[0] = 0.0
+    patient = PatientDevice(_GonePhone("adb:gone:5555"), wait_s=30, poll_s=2, should_stop=lambda: False,
+                            clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    with pytest.raises(DeviceWaitExpired) as expired:
+        patient.run("echo hi", timeout_s=5)
+    assert not isinstance(expired.value, DeviceWaitStopped) and now[0] == 30
