@@ -214,13 +214,17 @@ def run_bench_all_models(args: argparse.Namespace) -> int:
         table.add_row(r["model"], str(r["phones"]), f"{r['median_ms']:.4g}" if measured else "-",
                       f"{r['p90_ms']:.4g}" if measured else "-", f"{r['min_ms']:.4g}" if measured else "-",
                       str(r.get("measured_on") or "-"), "cached" if r.get("cached") else (r["error"] or ""))
+    _print_farm_table(table, empty_note=None if rows else "the farm serves no phones")
+    return 0 if rows and all(r["median_ms"] is not None for r in rows) else 1
+
+
+def _print_farm_table(table, *, empty_note: str | None) -> None:
+    """Print a table of the farm; `empty_note` (the farm has no phones) says how phones join it."""
     console = _console()
     console.print(table)
-    if not rows:
-        console.print("note: the farm serves no phones; run `amc device-host --address ADDRESS` on the hosts the "
-                      "phones are plugged into", markup=False)
-        return 1
-    return 0 if all(r["median_ms"] is not None for r in rows) else 1
+    if empty_note is not None:
+        console.print(f"note: {empty_note}; run `amc device-host --address ADDRESS` on the hosts the phones are "
+                      "plugged into", markup=False)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -290,11 +294,7 @@ def run_farm_devices(args: argparse.Namespace, address: str) -> int:
         state = {"ok": "[green]ok[/green]", "unhealthy": "[red]down[/red]"}.get(p.health, p.health)
         lease = "-" if not p.lease else f"{p.lease['holder']}{' (measuring)' if p.lease.get('measuring') else ''}"
         table.add_row(p.spec, p.host, p.model or "?", p.android or "?", state, lease, str(p.measurements))
-    console = _console()
-    console.print(table)
-    if not phones:
-        console.print("note: no phones; run `amc device-host --address ADDRESS` on the hosts the phones are "
-                      "plugged into", markup=False)
+    _print_farm_table(table, empty_note=None if phones else "no phones")
     return 0
 
 
