@@ -199,10 +199,11 @@ def run_bench_all_models(args: argparse.Namespace) -> int:
                                       runtime=args.runtime, cache=cache)
     except (AmcError, FileNotFoundError) as exc:
         return _fail(str(exc))
+    rc = 0 if rows and all(r["median_ms"] is not None for r in rows) else 1  # every phone model measured
     if args.json:
         print(json.dumps({"model": args.model, "farm": address, "runtime": args.runtime, "threads": args.threads,
                           "phone_models": rows}))
-        return 0 if rows and all(r["median_ms"] is not None for r in rows) else 1
+        return rc
     from rich.table import Table
 
     table = Table(title=f"{args.model} on every phone model of the farm at {address} ({args.runtime}, "
@@ -215,7 +216,7 @@ def run_bench_all_models(args: argparse.Namespace) -> int:
                       f"{r['p90_ms']:.4g}" if measured else "-", f"{r['min_ms']:.4g}" if measured else "-",
                       str(r.get("measured_on") or "-"), "cached" if r.get("cached") else (r["error"] or ""))
     _print_farm_table(table, empty_note=None if rows else "the farm serves no phones")
-    return 0 if rows and all(r["median_ms"] is not None for r in rows) else 1
+    return rc
 
 
 def _print_farm_table(table, *, empty_note: str | None) -> None:

@@ -16,14 +16,14 @@ import os
 import shutil
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from compressor.config import SearchConfig
 from compressor.errors import SearchCancelled
-from profiler.errors import DeviceWaitStopped
+from profiler.errors import DeviceWaitExpired, DeviceWaitStopped
 from server.artifacts import ArtifactLimitExceeded, FolderQuota
 from server.frontier import FrontierEpisodes, FrontierPlan, recovery_target
 from server.latency import make_oracle, needs_latency
@@ -141,32 +141,25 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def _disk_full(exc: BaseException) -> bool:
-    """Whether `exc`, or an error it was raised from, says the disk (or quota) is full."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the errors it was raised from (its causes and contexts), each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _DISK_FULL:
-            return True
-        text = str(current)
-        if "No space left on device" in text or "database or disk is full" in text:
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from, says the disk (or quota) is full."""
+    return any((isinstance(e, OSError) and e.errno in _DISK_FULL)
+               or "No space left on device" in str(e) or "database or disk is full" in str(e) for e in _chain(exc))
 
 
 def _device_wait_expired(exc: BaseException) -> bool:
-    from profiler.errors import DeviceWaitExpired
-
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, DeviceWaitExpired):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    """Whether `exc`, or an error it was raised from, is a wait for the job's device that ran out."""
+    return any(isinstance(e, DeviceWaitExpired) for e in _chain(exc))
 
 
 def device_waiter(job_id: str, store: Store) -> Callable[[DeviceWait], None]:
