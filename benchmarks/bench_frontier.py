@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="ddpg")
     parser.add_argument("--no-flops", action="store_true", help="skip the flops=0.5 model")
     parser.add_argument("--no-prune-blocks", action="store_true", help="channels only (for comparison)")
+    parser.add_argument("--no-width-seeds", action="store_true", help="no per-stage width seeds (for comparison)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                           weights=str(data / "weights" / SIBLINGS[56]), target=targets[0], strategy=args.strategy,
                           episodes=args.episodes, seed=args.seed, reward_samples=args.reward_samples,
                           finetune_epochs=args.finetune_epochs, prune_blocks=not args.no_prune_blocks,
-                          finetune_mix=args.finetune_mix, latency_rounds=args.latency_rounds)
+                          finetune_mix=args.finetune_mix, latency_rounds=args.latency_rounds,
+                          width_seeds=not args.no_width_seeds)
     oracle = make_oracle(config, force=True, statistic=args.statistic, progress=lambda d, t, what: log(f"  latency table {d}/{t} {what}")
                          if d == t or d % 50 == 0 else None)
     frontier = run_frontier(config, targets, out / "frontier", oracle=oracle, on_event=search_progress)
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"strategy": args.strategy, "episodes": args.episodes, "reward_samples": args.reward_samples,
                 "finetune_epochs": args.finetune_epochs, "prune_blocks": not args.no_prune_blocks,
                 "finetune_mix": args.finetune_mix, "depth_seeds": config.depth_seeds,
+                "width_seeds": config.width_seeds,
                 "latency_rounds": args.latency_rounds,
                 "statistic": args.statistic,
                 "rounds": args.rounds, "depths": depths, "targets": targets, "total_s": total_s}
@@ -153,7 +156,8 @@ def render(results: dict) -> str:
     points = {p["target"]: p for p in results["frontier"]["points"]}
     targets = [str(Target.parse(t)) for t in st["targets"]]
     stat = "the fastest" if st.get("statistic") == "min" else "a median"
-    seeds = f" ({st['depth_seeds']} depth seeds)" if st.get("depth_seeds") and st["prune_blocks"] else ""
+    seeds = f" ({st['depth_seeds']} depth seeds{', width seeds' if st.get('width_seeds') else ''})" \
+        if st.get("depth_seeds") and st["prune_blocks"] else ""
     mix = f" + {st['finetune_mix']}" if st.get("finetune_mix", "none") != "none" else ""
     lines = [
         f"ResNet-56 (pretrained) compressed to each sibling's measured latency: {st['strategy']}, "

@@ -36,6 +36,7 @@ from compressor.latency import LatencyOracle
 from compressor.pruning import PRUNERS, PrunedModel, Pruner
 from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
 from compressor.rewards import REWARDS
+from compressor.stages import ThinningOrder, width_seeds
 from compressor.strategies import SeededStrategy, Strategy, Transition, forget_best, make_strategy
 from compressor.training import evaluate
 
@@ -71,6 +72,7 @@ class Problem:
     _cache: dict[tuple[int, ...], dict[str, Any]] = field(default_factory=dict)
     teacher_cache: dict = field(default_factory=dict)  # recovery: the unpruned network's answers
     depth_order: RemovalOrder | None = None  # the greedy block-removal order, shared by every budget
+    thinning: ThinningOrder | None = None  # the greedy per-stage thinning path, shared by every budget
 
     @property
     def reward_name(self) -> str:
@@ -239,6 +241,8 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
                       reconstructor=reconstructor, weights=weights, predictions=predictions)
     if any(u.removable for u in pruner.units):
         problem.depth_order = RemovalOrder(pruner, lambda kept: problem.score(kept)["accuracy"])
+    if problem.depth_order is not None and config.width_seeds:  # like the depth seeds, only with prune_blocks
+        problem.thinning = ThinningOrder(pruner, lambda kept: problem.score(kept)["accuracy"])
     return problem
 
 
@@ -303,12 +307,25 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _depth_seeds(problem: Problem, emit: EventSink) -> list[list[float]]:
-    """The greedy depth seeds for the problem's budget (none without removable blocks or a budget)."""
+    """The policies a search plays first under its budget, after the uniform one: the greedy depth seeds
+    (with removable blocks), then the per-stage width seeds (every block kept, then each depth seed's
+    blocks removed). None without a budget."""
     config = problem.config
-    if problem.depth_order is None or problem.budget is None or config.depth_seeds <= 0:
+    if problem.budget is None:
         return []
-    return depth_seeds(problem.depth_order, problem.budget, a_min=config.a_min, count=config.depth_seeds,
-                       progress=lambda text: emit(SearchEvent("phase", "depth", text)))
+    seeds: list[list[float]] = []
+    if problem.depth_order is not None and config.depth_seeds > 0:
+        seeds = depth_seeds(problem.depth_order, problem.budget, a_min=config.a_min, count=config.depth_seeds,
+                            progress=lambda text: emit(SearchEvent("phase", "depth", text)))
+    if problem.thinning is not None:
+        removals = [[i for i, a in enumerate(seed) if a == 0.0] for seed in seeds]
+        seeds += width_seeds(problem.thinning, problem.budget, removals=removals,
+                             progress=lambda text: emit(SearchEvent("phase", "depth", text)))
+    units = problem.pruner.units
+    unique: dict[tuple[int, ...], list[float]] = {}  # a depth seed whose other units keep all their channels
+    for seed in seeds:                                # is also the width seed with its blocks removed
+        unique.setdefault(tuple(u.kept_for(a) for u, a in zip(units, seed)), seed)
+    return list(unique.values())
 
 
 def _new_strategy(problem: Problem, name: str, seed: int, emit: EventSink = ignore) -> Strategy:
