@@ -169,6 +169,10 @@ class SearchConfig:
         "also run uniform and random baselines at the same budget and episode count"))
     measure_top: int = field(default=3, metadata=option(
         "latency targets: how many of the best candidates are measured on the real device", ge=1))
+    calibrate_latency: bool = field(default=True, metadata=option(
+        "latency targets: time the unpruned network on the device before the search and scale the table's "
+        "predictions by measured/predicted (a table timed on another day or another phone of the model)",
+        flag_help="trust the latency table's milliseconds as they are until the correction rounds"))
     latency_rounds: int = field(default=2, metadata=option(
         "latency targets: correction rounds after the search. Each measures the best candidates, rescales "
         "the table's budget by how far its predictions were from the measurements and searches a third as "

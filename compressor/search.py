@@ -73,6 +73,8 @@ class Problem:
     teacher_cache: dict = field(default_factory=dict)  # recovery: the unpruned network's answers
     depth_order: RemovalOrder | None = None  # the greedy block-removal order, shared by every budget
     thinning: ThinningOrder | None = None  # the greedy per-stage thinning path, shared by every budget
+    latency_scale: float = 1.0  # measured/predicted for the unpruned network (calibrate_latency)
+    calibration: dict | None = None
 
     @property
     def reward_name(self) -> str:
@@ -81,7 +83,7 @@ class Problem:
     def retarget(self, config: SearchConfig) -> Problem:
         """The same problem (model, data, statistics, latency table, scored policies) under another
         target: a frontier's searches share everything but the budget."""
-        budget = _make_budget(config, self.pruner, self.predictions)
+        budget = _make_budget(config, self.pruner, self.predictions, scale=self.latency_scale)
         if budget is not None:
             check_feasible(budget, self.pruner)
         return dataclasses.replace(self, config=config, budget=budget)
@@ -165,11 +167,36 @@ class Predictions:
         return self._memo[key]
 
 
-def _make_budget(config: SearchConfig, pruner: Pruner, predictions: Predictions | None) -> Budget | None:
-    """The action wall's budget; None in accuracy-guaranteed mode (a cost-aware reward, no clamp)."""
+def _make_budget(config: SearchConfig, pruner: Pruner, predictions: Predictions | None, *,
+                 scale: float = 1.0) -> Budget | None:
+    """The action wall's budget; None in accuracy-guaranteed mode (a cost-aware reward, no clamp). A
+    latency target is divided by `scale` (measured/predicted for the unpruned network): the budget is in
+    the table's milliseconds."""
     if config.reward not in (None, "err"):
         return None
-    return make_budget(config.parsed_target, pruner, latency_fn=predictions)
+    budget = make_budget(config.parsed_target, pruner, latency_fn=predictions)
+    if budget.kind == "latency-ms" and scale != 1.0:
+        budget = dataclasses.replace(budget, limit=budget.limit / scale)
+    return budget
+
+
+def _latency_scale(config: SearchConfig, model: nn.Module, example: torch.Tensor, oracle: LatencyOracle | None,
+                   predictions: Predictions | None, pruner: Pruner, emit: EventSink) -> tuple[float, dict | None]:
+    """Measured/predicted latency of the unpruned network, timed once before a latency search: a table
+    timed on another day (or another phone of the model, or a warmer one) is off by a share that a
+    whole-network measurement shows. 1.0 when not a latency search, not asked for, or not measurable."""
+    if (not config.calibrate_latency or oracle is None or predictions is None
+            or config.parsed_target.kind != "latency-ms" or config.reward not in (None, "err")):
+        return 1.0, None
+    emit(SearchEvent("phase", "measure", f"timing the unpruned network on {config.device} to calibrate the table"))
+    measured = oracle.measure_ms(model, example)
+    predicted = predictions([float(c) for c in pruner.cost_model.full])
+    if not measured or not predicted or not math.isfinite(measured) or measured <= 0 or predicted <= 0:
+        return 1.0, None
+    scale = float(measured / predicted)
+    log.info("latency calibration: the unpruned network measures %.4g ms, the table predicts %.4g ms (x%.3f)",
+             measured, predicted, scale)
+    return scale, {"measured_ms": float(measured), "predicted_ms": float(predicted), "ratio": scale}
 
 
 def _check_oracle(config: SearchConfig, oracle: LatencyOracle | None) -> None:
@@ -221,7 +248,8 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
     example = bundle.search.x[:1].clone()
     pruner = _make_pruner(config, model, example)
     predictions = Predictions(oracle, pruner) if oracle is not None else None
-    budget = _make_budget(config, pruner, predictions)
+    scale, calibration = _latency_scale(config, model, example, oracle, predictions, pruner, emit)
+    budget = _make_budget(config, pruner, predictions, scale=scale)
     if budget is not None:
         check_feasible(budget, pruner)
     reward_split = bundle.search
@@ -238,7 +266,8 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
         bn_images = bundle.search.x[:BN_IMAGES]
     problem = Problem(config=config, entry=entry, model=model, bundle=bundle, example=example, pruner=pruner,
                       budget=budget, oracle=oracle, reward_split=reward_split, bn_images=bn_images,
-                      reconstructor=reconstructor, weights=weights, predictions=predictions)
+                      reconstructor=reconstructor, weights=weights, predictions=predictions,
+                      latency_scale=scale, calibration=calibration)
     if any(u.removable for u in pruner.units):
         problem.depth_order = RemovalOrder(pruner, lambda kept: problem.score(kept)["accuracy"])
     if problem.depth_order is not None and config.width_seeds:  # like the depth seeds, only with prune_blocks
@@ -531,9 +560,10 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
 
 def _budget_summary(budget: Budget, kept: list[int], latency: dict[str, Any]) -> dict[str, Any]:
     """The budget as the user set it; under a latency target met means met *as measured*, and the
-    limit the action wall used (rescaled by correction rounds) is `predicted_limit`."""
+    limit the action wall used (rescaled by the calibration and the correction rounds) is
+    `predicted_limit`."""
     out = {"kind": budget.kind, "limit": budget.limit, "full": budget.full, "met": budget.cost(kept) <= budget.limit}
-    if latency and latency.get("corrections"):
+    if latency and (latency.get("corrections") or latency.get("calibration")):
         out.update(limit=latency["target_ms"], predicted_limit=budget.limit)
     if latency and budget.kind == "latency-ms":
         out["met"] = bool(latency["target_met"])
@@ -629,6 +659,8 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         problem, rows, best_row, latency, refine_s = _correct_latency(problem, rows, best_row, latency, strategy,
                                                                      emit=emit, should_stop=stop)
         search_s += refine_s
+    if latency and problem.calibration:
+        latency["calibration"] = problem.calibration
     baseline["latency_measured_ms"] = _measure(problem, problem.model)
     kept = list(best_row["kept"])
     final = problem.build(kept).model

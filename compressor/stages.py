@@ -9,10 +9,11 @@ search is also seeded with per-stage widths:
 
 1. a *stage* is a run of consecutive units of the same width (ResNet-56: three stages of nine blocks);
    every unit of a stage keeps the same channel count;
-2. from the full network, step by step, each stage is tried one step thinner (an eighth of its width)
-   and scored (the search's own reward: accuracy after BatchNorm re-estimation); the stage that loses the
-   least accuracy per unit of cost saved goes down (NetAdapt's greedy step, over stages instead of
-   layers). With many stages only the few best by their last known merit are re-scored at each step;
+2. from the full network, step by step, each stage is tried thinner by as few eighths of its width as
+   save a sixteenth of the full network's cost (a latency table is a staircase: 64 channels cost what 56
+   do) and scored (the search's own reward: accuracy after BatchNorm re-estimation); the stage that loses
+   the least accuracy per unit of cost saved goes down (NetAdapt's greedy step with its fixed cost
+   reduction, over stages instead of layers). With many stages only the few best by their last known merit are re-scored at each step;
 3. for a budget, the seed is the first point of that path that meets it — with every block kept, and
    with each depth seed's blocks removed (its other units then follow the path, not one ratio).
 
@@ -34,6 +35,7 @@ ScoreFn = Callable[[list[int]], float]  # accuracy of a policy (kept channels pe
 CostFn = Callable[[list[int]], float]
 ProgressFn = Callable[[str], None]
 STEPS = 8  # widths per stage: full, 7/8, ..., 1/8 of it (as near as the allowed counts get)
+DELTA = 1 / 16  # each step saves at least this share of the full network's cost (NetAdapt's fixed reduction)
 SHORTLIST = 3  # stages re-scored at each step (the best by their last known merit)
 
 
@@ -68,8 +70,10 @@ class ThinningOrder:
     """The greedy path from the full network down to every stage at its thinnest, extended as far as a
     budget needs. A point of the path is one level per stage (0: full width)."""
 
-    def __init__(self, pruner: Pruner, score: ScoreFn, *, steps: int = STEPS, shortlist: int = SHORTLIST):
+    def __init__(self, pruner: Pruner, score: ScoreFn, *, steps: int = STEPS, shortlist: int = SHORTLIST,
+                 delta: float = DELTA):
         self.pruner = pruner
+        self.delta = delta
         self.score = score
         self.shortlist = max(1, shortlist)
         self.stages = stages(pruner)
@@ -87,6 +91,18 @@ class ThinningOrder:
             out[i] = 0
         return out
 
+    def _step(self, here: list[int], s: int, cost: CostFn, c: float, want: float) -> tuple[list[int], float]:
+        """Stage `s` thinned by the fewest levels that save `want` of the cost (all the way down when no
+        level does: a latency table saves nothing for some widths, then much at once), and what it saved."""
+        step = list(here)
+        saved = 0.0
+        while step[s] + 1 < len(self.levels[s]):
+            step[s] += 1
+            saved = c - cost(self.kept(step))
+            if saved >= want:
+                break
+        return step, saved
+
     def extend(self, cost: CostFn, limit: float, *, gone: Iterable[int] = (),
                progress: ProgressFn | None = None) -> list[int] | None:
         """Kept channels at the first point of the path that meets `cost <= limit` with the units in
@@ -99,24 +115,22 @@ class ThinningOrder:
         for point in self.path:
             if cost(self.kept(point, gone)) <= limit:
                 return self.kept(point, gone)
+        full = cost(self.kept(self.path[0]))
         while True:
             here = self.path[-1]
             acc, c = self.score(self.kept(here)), cost(self.kept(here))
-            best: tuple[float, float, int] | None = None  # (merit, -saved, stage)
+            best: tuple[float, float, int, list[int]] | None = None  # (merit, -saved, stage, point)
             movable = [s for s, levels in enumerate(self.levels) if here[s] + 1 < len(levels)]
             # Stages never scored first, then the best by their last known merit.
             movable.sort(key=lambda s: (self._merit.get(s, -float("inf")), s))
             for s in movable[:self.shortlist]:
-                step = list(here)
-                step[s] += 1
-                saved = c - cost(self.kept(step))
+                step, saved = self._step(here, s, cost, c, self.delta * full)
                 merit = (acc - self.score(self.kept(step))) / saved if saved > 0 else float("inf")
                 self._merit[s] = merit
-                if best is None or (merit, -saved, s) < best:
-                    best = (merit, -saved, s)
+                if best is None or (merit, -saved, s) < best[:3]:
+                    best = (merit, -saved, s, step)
             assert best is not None  # the floor meets the limit, so the path has not reached it
-            point = list(here)
-            point[best[2]] += 1
+            point = best[3] if best[0] < float("inf") else floor  # nothing saves: the floor fits
             self.path.append(point)
             widths = "/".join(str(levels[lv]) for levels, lv in zip(self.levels, point))
             if progress is not None:

@@ -38,13 +38,28 @@ def demo_weights_path(tmp_path_factory):
     return train_demo_cnn(tmp_path_factory.mktemp("cache"))
 
 
-def _search(tmp_path, weights, rounds):
+def _search(tmp_path, weights, rounds, *, calibrate=False):
     oracle = _BiasedTable()
     full = _BiasedTable().measure_ms(load_model("demo-cnn").model, None)
     target = round(0.6 * full, 3)
     config = SearchConfig(model="demo-cnn", data="digits", episodes=9, strategy="random", weights=str(weights),
-                          target=f"latency-ms={target}", latency_rounds=rounds, seed=1)
-    return run_search(config, tmp_path / f"r{rounds}", oracle=oracle), target
+                          target=f"latency-ms={target}", latency_rounds=rounds, seed=1, calibrate_latency=calibrate)
+    return run_search(config, tmp_path / f"r{rounds}{'c' if calibrate else ''}", oracle=oracle), target
+
+
+def test_timing_the_unpruned_network_first_calibrates_the_table(tmp_path, demo_weights_path):
+    """The same biased table, calibrated before the search by one measurement of the unpruned network:
+    the search uses its budget as measured without any correction round."""
+    plain, target = _search(tmp_path, demo_weights_path, 0)
+    calibrated, _ = _search(tmp_path, demo_weights_path, 0, calibrate=True)
+    calibration = calibrated["latency"]["calibration"]
+    assert calibration["ratio"] == pytest.approx(calibration["measured_ms"] / calibration["predicted_ms"])
+    assert 0.4 < calibration["ratio"] < 0.7  # the table predicts about twice what the device measures
+    assert "corrections" not in calibrated["latency"]
+    assert calibrated["budget"]["limit"] == pytest.approx(target)
+    assert calibrated["budget"]["predicted_limit"] == pytest.approx(target / calibration["ratio"])
+    assert calibrated["budget"]["met"] and calibrated["result"]["latency_measured_ms"] <= target
+    assert calibrated["result"]["latency_measured_ms"] > 0.8 * target > plain["result"]["latency_measured_ms"]
 
 
 def test_a_table_that_over_predicts_is_corrected_by_measurements(tmp_path, demo_weights_path):
