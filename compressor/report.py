@@ -68,6 +68,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         measured = " as measured" if budget["kind"] == "latency-ms" and report.get("latency") else ""
         lines += ["", f"Budget `{budget['kind']}` ≤ {budget['limit']:,.3f}: {'met' if budget['met'] else 'NOT met'}"
                       f"{measured}."]
+    calibration = (report.get("latency") or {}).get("calibration")
+    if calibration:
+        lines += [f"Latency calibration: the unpruned network measured {_fmt_ms(calibration['measured_ms'])} ms "
+                  f"where the table predicted {_fmt_ms(calibration['predicted_ms'])} ms; the search's budget, in the "
+                  f"table's milliseconds, was scaled by that before it began."]
     for i, c in enumerate((report.get("latency") or {}).get("corrections") or []):
         lines += [f"Latency correction {i + 1}: the table predicted {1 / c['ratio']:.2f}× the measured latency, "
                   f"so {c['episodes']} more episodes searched at {c['limit_ms']:.3f} ms as predicted; best measured "
