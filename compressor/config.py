@@ -190,9 +190,9 @@ class SearchConfig:
         "uniform ratio that fits) are played before the agent explores, in the search and in each latency "
         "correction round (0: none)", ge=0, le=20))
     width_seeds: bool = field(default=True, metadata=option(
-        "with prune_blocks under a budget, DDPG or random search also plays policies that keep each stage (a run of layers of "
-        "one width) at one width, from a greedy path that thins first the stage losing the least accuracy per "
-        "unit of cost saved: with every block kept, and with each depth seed's blocks removed",
+        "with prune_blocks under a budget, DDPG or random search also plays policies that keep each stage "
+        "(a run of layers of one width) at one width, from a greedy path that thins first the stage losing the "
+        "least accuracy per unit of cost saved: with every block kept, and with each depth seed's blocks removed",
         flag_help="play only the uniform policy and the depth seeds before the agent explores"))
     tflite: bool = field(default=False, metadata=option(
         "also export model.tflite (needs the tflite extra)", spec_default=None))

@@ -335,7 +335,7 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _depth_seeds(problem: Problem, emit: EventSink) -> list[list[float]]:
+def _seed_policies(problem: Problem, emit: EventSink) -> list[list[float]]:
     """The policies a search plays first under its budget, after the uniform one: the greedy depth seeds
     (with removable blocks), then the per-stage width seeds (every block kept, then each depth seed's
     blocks removed). None without a budget."""
@@ -359,7 +359,7 @@ def _depth_seeds(problem: Problem, emit: EventSink) -> list[list[float]]:
 
 def _new_strategy(problem: Problem, name: str, seed: int, emit: EventSink = ignore) -> Strategy:
     config = problem.config
-    seeds = _depth_seeds(problem, emit) if name != "uniform" else []
+    seeds = _seed_policies(problem, emit) if name != "uniform" else []
     return make_strategy(name, pruner=problem.pruner, budget=problem.budget, a_min=config.a_min,
                          warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior, seeds=seeds,
                          local_moves=config.local_moves)
@@ -497,7 +497,7 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
     over-predicts, or the device is slower or faster today than when the table was calibrated), the
     budget is rescaled by the median measured/predicted ratio of the candidates measured last (after
     a round, those the round found: the table's error depends on the size) and the search goes on for
-    a third of its episodes (the uniform policy and the depth seeds at the new budget first, then the
+    a third of its episodes (the uniform policy and the depth and width seeds at the new budget first, then the
     same agent), and the
     candidates are measured again. At most `latency_rounds` times. The rounds are not checkpointed: a
     resumed search replays them after its last episode."""
@@ -538,8 +538,8 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
         more: list[dict[str, Any]] = []
         s2 = 0.0
         if config.strategy != "uniform":
-            # The depth seeds at the new budget first (the greedy order is extended as far as it needs).
-            seeded = SeededStrategy(strategy, _depth_seeds(problem, emit), start=first + 1)
+            # The depth and width seeds at the new budget first (the greedy orders extend as far as they need).
+            seeded = SeededStrategy(strategy, _seed_policies(problem, emit), start=first + 1)
             more, s2 = _search_loop(problem, config.strategy, episodes, out_dir=None, emit=emit,
                                     should_stop=should_stop, resume_state=None, label="refine", seed=config.seed,
                                     strategy=seeded, first=first + 1)

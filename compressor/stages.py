@@ -13,7 +13,8 @@ search is also seeded with per-stage widths:
    save a sixteenth of the full network's cost (a latency table is a staircase: 64 channels cost what 56
    do) and scored (the search's own reward: accuracy after BatchNorm re-estimation); the stage that loses
    the least accuracy per unit of cost saved goes down (NetAdapt's greedy step with its fixed cost
-   reduction, over stages instead of layers). With many stages only the few best by their last known merit are re-scored at each step;
+   reduction, over stages instead of layers). With many stages only the few best by their last known
+   merit are re-scored at each step;
 3. for a budget, the seed is the first point of that path that meets it — with every block kept, and
    with each depth seed's blocks removed (its other units then follow the path, not one ratio).
 
