@@ -73,8 +73,12 @@ class Problem:
     teacher_cache: dict = field(default_factory=dict)  # recovery: the unpruned network's answers
     depth_order: RemovalOrder | None = None  # the greedy block-removal order, shared by every budget
     thinning: ThinningOrder | None = None  # the greedy per-stage thinning path, shared by every budget
-    latency_scale: float = 1.0  # measured/predicted for the unpruned network (calibrate_latency)
-    calibration: dict | None = None
+    calibration: dict | None = None  # the unpruned network measured against the table (calibrate_latency)
+
+    @property
+    def latency_scale(self) -> float:
+        """Measured/predicted for the unpruned network: what a latency target is divided by."""
+        return float(self.calibration["ratio"]) if self.calibration else 1.0
 
     @property
     def reward_name(self) -> str:
@@ -180,23 +184,24 @@ def _make_budget(config: SearchConfig, pruner: Pruner, predictions: Predictions 
     return budget
 
 
-def _latency_scale(config: SearchConfig, model: nn.Module, example: torch.Tensor, oracle: LatencyOracle | None,
-                   predictions: Predictions | None, pruner: Pruner, emit: EventSink) -> tuple[float, dict | None]:
-    """Measured/predicted latency of the unpruned network, timed once before a latency search: a table
-    timed on another day (or another phone of the model, or a warmer one) is off by a share that a
-    whole-network measurement shows. 1.0 when not a latency search, not asked for, or not measurable."""
-    if (not config.calibrate_latency or oracle is None or predictions is None
-            or config.parsed_target.kind != "latency-ms" or config.reward not in (None, "err")):
-        return 1.0, None
+def _calibrate(config: SearchConfig, model: nn.Module, example: torch.Tensor, oracle: LatencyOracle | None,
+               predictions: Predictions | None, pruner: Pruner, emit: EventSink) -> dict | None:
+    """The unpruned network timed once on the device against the table's prediction, before any
+    episode: a table timed on another day (or another phone of the model, or a warmer one) is off by a
+    share that a whole-network measurement shows, and latency budgets are scaled by it (a frontier's
+    later latency targets too, whatever its first). None when not asked for, without a device, or not
+    measurable."""
+    if not config.calibrate_latency or oracle is None or predictions is None:
+        return None
     emit(SearchEvent("phase", "measure", f"timing the unpruned network on {config.device} to calibrate the table"))
     measured = oracle.measure_ms(model, example)
     predicted = predictions([float(c) for c in pruner.cost_model.full])
     if not measured or not predicted or not math.isfinite(measured) or measured <= 0 or predicted <= 0:
-        return 1.0, None
-    scale = float(measured / predicted)
+        return None
+    ratio = float(measured / predicted)
     log.info("latency calibration: the unpruned network measures %.4g ms, the table predicts %.4g ms (x%.3f)",
-             measured, predicted, scale)
-    return scale, {"measured_ms": float(measured), "predicted_ms": float(predicted), "ratio": scale}
+             measured, predicted, ratio)
+    return {"measured_ms": float(measured), "predicted_ms": float(predicted), "ratio": ratio}
 
 
 def _check_oracle(config: SearchConfig, oracle: LatencyOracle | None) -> None:
@@ -240,7 +245,10 @@ def validate(config: SearchConfig, *, oracle: LatencyOracle | None = None) -> No
         check_feasible(budget, pruner)
 
 
-def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: EventSink = ignore) -> Problem:
+def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: EventSink = ignore,
+            calibration: dict | None = None) -> Problem:
+    """Model, data, pruner, budget and caches for a search. `calibration`: the one a resumed search's
+    checkpoint holds (the budget it ran under), instead of timing the unpruned network again."""
     _check_oracle(config, oracle)
     emit(SearchEvent("phase", "load", f"loading {config.model} and {config.data}"))
     model, entry, weights = _load_model(config, emit)
@@ -248,8 +256,9 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
     example = bundle.search.x[:1].clone()
     pruner = _make_pruner(config, model, example)
     predictions = Predictions(oracle, pruner) if oracle is not None else None
-    scale, calibration = _latency_scale(config, model, example, oracle, predictions, pruner, emit)
-    budget = _make_budget(config, pruner, predictions, scale=scale)
+    if calibration is None:
+        calibration = _calibrate(config, model, example, oracle, predictions, pruner, emit)
+    budget = _make_budget(config, pruner, predictions, scale=calibration["ratio"] if calibration else 1.0)
     if budget is not None:
         check_feasible(budget, pruner)
     reward_split = bundle.search
@@ -267,7 +276,7 @@ def prepare(config: SearchConfig, *, oracle: LatencyOracle | None = None, emit: 
     problem = Problem(config=config, entry=entry, model=model, bundle=bundle, example=example, pruner=pruner,
                       budget=budget, oracle=oracle, reward_split=reward_split, bn_images=bn_images,
                       reconstructor=reconstructor, weights=weights, predictions=predictions,
-                      latency_scale=scale, calibration=calibration)
+                      calibration=calibration)
     if any(u.removable for u in pruner.units):
         problem.depth_order = RemovalOrder(pruner, lambda kept: problem.score(kept)["accuracy"])
     if problem.depth_order is not None and config.width_seeds:  # like the depth seeds, only with prune_blocks
@@ -395,7 +404,7 @@ def _search_loop(problem: Problem, strategy_name: str, episodes: int, *, out_dir
         if out_dir is not None:
             _save_checkpoint(out_dir, {"version": CHECKPOINT_VERSION, "config": config.to_dict(),
                                        "next_episode": episode + 1, "strategy": strategy.state_dict(),
-                                       "log": rows, "elapsed": elapsed})
+                                       "log": rows, "elapsed": elapsed, "calibration": problem.calibration})
         emit(SearchEvent("episode", label, episode=episode + 1, episodes=total, record=dict(row)))
     return rows, elapsed
 
@@ -637,7 +646,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()
     if problem is None:
-        problem = prepare(config, oracle=oracle, emit=emit)
+        problem = prepare(config, oracle=oracle, emit=emit, calibration=(state or {}).get("calibration"))
     elif problem.config != config:
         problem = problem.retarget(config)
     setup_s = time.perf_counter() - t_start

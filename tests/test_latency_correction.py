@@ -90,3 +90,40 @@ def test_a_table_that_over_predicts_is_corrected_by_measurements(tmp_path, demo_
 def test_latency_rounds_are_bounded():
     with pytest.raises(ConfigError, match="latency_rounds"):
         SearchConfig(model="demo-cnn", data="digits", latency_rounds=11)
+
+
+class _SlowerToday(_BiasedTable):
+    """The same device, a third slower than when the search started (thermal throttling)."""
+
+    def measure_ms(self, model, example_input):
+        return 1.5 * super().measure_ms(model, example_input)
+
+
+def test_a_resumed_search_keeps_the_calibration_it_ran_under(tmp_path, demo_weights_path):
+    from compressor.errors import SearchCancelled
+
+    full = _BiasedTable().measure_ms(load_model("demo-cnn").model, None)
+    config = SearchConfig(model="demo-cnn", data="digits", episodes=9, strategy="random",
+                          weights=str(demo_weights_path), target=f"latency-ms={round(0.6 * full, 3)}",
+                          latency_rounds=0, seed=1)
+    whole = run_search(config, tmp_path / "whole", oracle=_BiasedTable())
+    calls = {"n": 0}
+
+    def stop_after_four() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    with pytest.raises(SearchCancelled):
+        run_search(config, tmp_path / "split", oracle=_BiasedTable(), should_stop=stop_after_four)
+    # Resumed on a device that now measures slower: the remaining episodes keep the budget the first
+    # ones ran under, so they play what the uninterrupted search played (the final pick is measured
+    # on today's device, so it may differ).
+    resumed = run_search(config, tmp_path / "split", oracle=_SlowerToday(), resume=True)
+    assert resumed["latency"]["calibration"] == whole["latency"]["calibration"]
+    assert resumed["budget"]["predicted_limit"] == pytest.approx(whole["budget"]["predicted_limit"])
+
+    def played(out) -> list[str]:
+        with open(out / "episodes.csv") as fh:
+            return [r["kept"] for r in csv.DictReader(fh)]
+
+    assert played(tmp_path / "split") == played(tmp_path / "whole") and len(played(tmp_path / "whole")) == 9
