@@ -410,3 +410,17 @@ def test_the_oracle_reports_the_statistic_it_was_asked_for(statistic, expected):
 def test_an_unknown_statistic_is_refused():
     with pytest.raises(LutError, match="median, min"):
         LutOracle(LatencyTable(device_id="d", runtime="onnxruntime", threads=1), None, statistic="mean")  # type: ignore[arg-type]
+
+
+def test_a_fit_with_a_negative_offset_never_predicts_a_small_network_near_zero():
+    from profiler.lut.calibration import Calibration
+
+    cal = Calibration()
+    for raw, measured in [(10.0, 8.0), (12.0, 10.5), (14.0, 13.0)]:  # slope > 1, offset well below 0
+        cal.add(raw, measured)
+    assert cal.b < 0 and cal.a * 1.0 + cal.b <= 0  # the line alone puts a 1 ms network at or below 0
+    assert cal.apply(1.0) == pytest.approx(0.8)  # the smallest measured/sum share (8/10) of its sum
+    assert cal.apply(14.0) == pytest.approx(cal.a * 14.0 + cal.b)  # inside the points: the fit itself
+    # The floor survives a save and load (it is derived from the points).
+    reloaded = Calibration(cal.a, cal.b, list(cal.points))
+    assert reloaded.apply(1.0) == pytest.approx(0.8)

@@ -31,10 +31,22 @@ class Calibration:
     intercept: float = 0.0
     outliers: int = 0
 
+    @property
+    def floor(self) -> float:
+        """The smallest measured/sum ratio among the points: no network is predicted faster than that
+        share of its kernels' sum. A line fitted on a few large networks can have a negative offset that
+        puts a much smaller one at 0 ms (and a search would then accept any latency target); every
+        network measured so far took at least this share, and a smaller one, with more of its time in
+        fixed overhead, takes more."""
+        ratios = [m / s for s, m in self.points if s > 0]
+        return min(ratios) if ratios else 0.0
+
     def apply(self, raw_sum: float, parts: dict[str, float] | None = None) -> float:
         if self.slopes and parts is not None and set(parts) <= set(self.slopes):
-            return max(sum(self.slopes[g] * v for g, v in parts.items()) + self.intercept, 0.0)
-        return max(self.a * raw_sum + self.b, 0.0)
+            fitted = sum(self.slopes[g] * v for g, v in parts.items()) + self.intercept
+        else:
+            fitted = self.a * raw_sum + self.b
+        return max(fitted, self._floor * raw_sum, 0.0)
 
     def add(self, raw_sum: float, measured: float, parts: dict[str, float] | None = None) -> None:
         if len(self.parts) != len(self.points):  # points from before parts were recorded
@@ -48,7 +60,11 @@ class Calibration:
         del self.parts[:-MAX_CALIBRATION_POINTS]
         self.fit()
 
+    def __post_init__(self) -> None:
+        self._floor = self.floor  # apply() is on the search's hot path; points change only through add()
+
     def fit(self) -> None:
+        self._floor = self.floor
         self.slopes, self.intercept, self.outliers = {}, 0.0, 0
         if not self.points:
             self.a, self.b = 1.0, 0.0
