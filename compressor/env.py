@@ -43,6 +43,9 @@ class Budget:
     limit: float
     full: float  # the unpruned network's cost
     cost: CostFn
+    # latency-ms: the device's milliseconds per table millisecond (the calibration), so that a refusal
+    # names targets in the milliseconds the user asked in
+    scale: float = 1.0
 
     def describe(self, value: float) -> str:
         if self.kind == "latency-ms":
@@ -79,10 +82,11 @@ def check_feasible(budget: Budget, pruner: Pruner) -> None:
     if smallest <= budget.limit:
         return
     if budget.kind == "latency-ms":
+        smallest *= budget.scale
         raise BudgetInfeasible(
-            f"latency-ms={budget.limit:g} cannot be reached: with every prunable layer at its minimum the "
-            f"predicted latency is {smallest:.5g} ms. Ask for at least latency-ms={_ceil_sig(smallest):g}, "
-            "or lower --a-min.", smallest=smallest)
+            f"latency-ms={budget.limit * budget.scale:g} cannot be reached: with every prunable layer at its "
+            f"minimum the predicted latency is {smallest:.5g} ms. Ask for at least "
+            f"latency-ms={_ceil_sig(smallest):g}, or lower --a-min.", smallest=smallest)
     frac = smallest / budget.full
     raise BudgetInfeasible(
         f"{budget.kind}={budget.limit / budget.full:g} cannot be reached: with every prunable layer at the "

@@ -180,8 +180,11 @@ def _make_budget(config: SearchConfig, pruner: Pruner, predictions: Predictions 
         return None
     budget = make_budget(config.parsed_target, pruner, latency_fn=predictions)
     if budget.kind == "latency-ms" and scale != 1.0:
-        budget = dataclasses.replace(budget, limit=budget.limit / scale)
+        budget = dataclasses.replace(budget, limit=budget.limit / scale, scale=scale)
     return budget
+
+
+CALIBRATION_RANGE = (0.2, 5.0)  # measured/predicted for the unpruned network that a calibration accepts
 
 
 def _calibrate(config: SearchConfig, model: nn.Module, example: torch.Tensor, oracle: LatencyOracle | None,
@@ -199,6 +202,11 @@ def _calibrate(config: SearchConfig, model: nn.Module, example: torch.Tensor, or
     if not measured or not predicted or not math.isfinite(measured) or measured <= 0 or predicted <= 0:
         return None
     ratio = float(measured / predicted)
+    if not CALIBRATION_RANGE[0] <= ratio <= CALIBRATION_RANGE[1]:
+        log.warning("latency calibration ignored: the unpruned network measures %.4g ms where the table predicts "
+                    "%.4g ms; a table that far off is broken, not stale (rebuild it: amc lut build)",
+                    measured, predicted)
+        return None
     log.info("latency calibration: the unpruned network measures %.4g ms, the table predicts %.4g ms (x%.3f)",
              measured, predicted, ratio)
     return {"measured_ms": float(measured), "predicted_ms": float(predicted), "ratio": ratio}

@@ -127,3 +127,24 @@ def test_a_resumed_search_keeps_the_calibration_it_ran_under(tmp_path, demo_weig
             return [r["kept"] for r in csv.DictReader(fh)]
 
     assert played(tmp_path / "split") == played(tmp_path / "whole") and len(played(tmp_path / "whole")) == 9
+
+
+def test_a_refused_latency_target_is_named_in_the_devices_milliseconds(tmp_path, demo_weights_path):
+    """With a calibrated table the budget is held in the table's milliseconds; the refusal still names
+    what the user can ask for in the device's, and asking for it works."""
+    from compressor.errors import BudgetInfeasible
+
+    def search(target: float, out: str) -> dict:
+        config = SearchConfig(model="demo-cnn", data="digits", episodes=2, strategy="random",
+                              weights=str(demo_weights_path), target=f"latency-ms={target}", latency_rounds=0, seed=1)
+        return run_search(config, tmp_path / out, oracle=_BiasedTable())
+
+    with pytest.raises(BudgetInfeasible, match=r"latency-ms=0\.001 cannot be reached") as refused:
+        search(0.001, "refused")
+    # The table predicts about twice what the device measures: the smallest reachable target, in the
+    # device's milliseconds, is about half the table's smallest prediction, and it can be asked for.
+    report = search(round(refused.value.smallest * 1.01, 5), "asked")
+    ratio = report["latency"]["calibration"]["ratio"]
+    assert ratio < 0.7
+    assert report["budget"]["limit"] == pytest.approx(round(refused.value.smallest * 1.01, 5))
+    assert report["budget"]["predicted_limit"] == pytest.approx(report["budget"]["limit"] / ratio)
