@@ -46,11 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flops", action="store_true", help="skip the flops=0.5 model")
     parser.add_argument("--no-prune-blocks", action="store_true", help="channels only (for comparison)")
     parser.add_argument("--no-width-seeds", action="store_true", help="no per-stage width seeds (for comparison)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    parser.add_argument("--margin", type=float, default=1.0,
+                        help="each latency target is this share of its sibling's measured latency (below 1: "
+                             "room for the measurement noise of a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_frontier"))
     args = parser.parse_args(argv)
+    if not 0.5 <= args.margin <= 1.0:
+        parser.error(f"--margin must be within 0.5-1.0, got {args.margin}")
     data = Path(args.data_dir)
     if not (data / "cifar10_test.npz").is_file():
         log(f"bench_frontier: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         log("bench_frontier: latencies stay out of order (a busy machine); run it on a quiet one")
         return 1
 
-    targets = [f"latency-ms={before[d]:.4f}" for d in depths] + ([] if args.no_flops else ["flops=0.5"])
+    targets = [f"latency-ms={args.margin * before[d]:.4f}" for d in depths] + ([] if args.no_flops else ["flops=0.5"])
     config = SearchConfig(model="resnet56", data=f"cifar10:{data / 'cifar10_test.npz'}",
                           weights=str(data / "weights" / SIBLINGS[56]), target=targets[0], strategy=args.strategy,
                           episodes=args.episodes, seed=args.seed, reward_samples=args.reward_samples,
@@ -133,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                 "width_seeds": config.width_seeds,
                 "latency_rounds": args.latency_rounds,
                 "statistic": args.statistic,
-                "rounds": args.rounds, "depths": depths, "targets": targets, "total_s": total_s}
-    corrections = {}
+                "rounds": args.rounds, "margin": args.margin, "depths": depths, "targets": targets, "total_s": total_s}
+    corrections, drifts = {}, {}
     for point in frontier["points"]:
         report = json.loads((out / "frontier" / point["dir"] / "report.json").read_text())
         corrections[point["target"]] = (report.get("latency") or {}).get("corrections") or []
+        drifts[point["target"]] = (report.get("latency") or {}).get("drift")
     results = {"settings": settings, "before": before, "after": {"siblings": sib_ms, "ours": our_ms},
-               "accuracy": sib_acc, "frontier": frontier, "corrections": corrections}
+               "accuracy": sib_acc, "frontier": frontier, "corrections": corrections,
+               "drifts": drifts}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(render(results))
     return 0
@@ -159,6 +166,10 @@ def render(results: dict) -> str:
     seeds = f" ({st['depth_seeds']} depth seeds{', width seeds' if st.get('width_seeds') else ''})" \
         if st.get("depth_seeds") and st["prune_blocks"] else ""
     mix = f" + {st['finetune_mix']}" if st.get("finetune_mix", "none") != "none" else ""
+    margin = (f", at {st['margin']:.0%} of each sibling's latency for the noise of this machine"
+              if st.get("margin", 1.0) < 1.0 else "")
+    paired = (", each right after the unpruned network, and held them to the target at the machine's speed "
+              "when the search was calibrated" if "drifts" in results else "")
     lines = [
         f"ResNet-56 (pretrained) compressed to each sibling's measured latency: {st['strategy']}, "
         f"{st['episodes']} episodes, reward on {st['reward_samples']} search images, whole blocks "
@@ -168,7 +179,8 @@ def render(results: dict) -> str:
         f"{st.get('latency_rounds', 0)} latency correction rounds at most. Accuracy on the report split "
         f"(test images 5000-9999). Latency: `local`, ONNX Runtime, 1 thread, the fastest of {st['rounds']} "
         f"interleaved rounds (each {stat} of 50 runs) taken after all searches (targets were set the same way "
-        f"before them; the searches measured candidates the same way). Total {st['total_s'] / 60:.0f} min.",
+        f"before them{margin}; the searches measured candidates the same way{paired}). "
+        f"Total {st['total_s'] / 60:.0f} min.",
         "",
         "| sibling | its accuracy | its latency | ours: accuracy before → after recovery | ours: latency | "
         "blocks removed | faster? | more accurate? | search + recovery |",
@@ -190,6 +202,11 @@ def render(results: dict) -> str:
         for i, c in enumerate(corrections.get(t) or []):
             notes.append(f"`{t}` round {i + 1}: measured/predicted {c['ratio']:.2f}, {c['episodes']} more episodes at "
                          f"{c['limit_ms']:.3f} ms as predicted, best measured then {c['measured_ms']:.3f} ms")
+    for t in targets:
+        drift = (results.get("drifts") or {}).get(t)
+        if drift is not None and abs(drift - 1) > 0.005:
+            notes.append(f"`{t}`: the machine ran at {1 / drift:.2f}× its speed at calibration when the pick was "
+                         f"measured (corrected for)")
     if notes:
         lines += ["", "Latency corrections (the table's predictions against the searches' own measurements): "
                       + "; ".join(notes) + "."]

@@ -73,6 +73,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"Latency calibration: the unpruned network measured {_fmt_ms(calibration['measured_ms'])} ms "
                   f"where the table predicted {_fmt_ms(calibration['predicted_ms'])} ms; the search's budget, in the "
                   f"table's milliseconds, was scaled by that before it began."]
+    latency = report.get("latency") or {}
+    drift = latency.get("drift")
+    if drift is not None and abs(drift - 1.0) > 0.005:
+        lines += [f"Device drift: the unpruned network, timed right before the final model, measured {drift:.2f}× "
+                  f"its calibration; the final model measured {_fmt_ms(latency.get('measured_ms'))} ms, "
+                  f"{_fmt_ms(latency.get('comparable_ms'))} ms at the device's speed when the budget was set, "
+                  f"which is what was held against the target."]
     for i, c in enumerate((report.get("latency") or {}).get("corrections") or []):
         lines += [f"Latency correction {i + 1}: the table predicted {1 / c['ratio']:.2f}× the measured latency, "
                   f"so {c['episodes']} more episodes searched at {c['limit_ms']:.3f} ms as predicted; best measured "

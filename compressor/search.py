@@ -465,12 +465,32 @@ def _measure(problem: Problem, model: nn.Module) -> float | None:
 
 
 MAX_EXTRA_MEASUREMENTS = 12
+# Drift factors (the unpruned network now against its calibration) outside this range are taken for a
+# disturbed measurement, not the device's speed, and clamped.
+DRIFT_RANGE = (0.5, 2.0)
+
+
+def _measure_against_reference(problem: Problem, model: nn.Module) -> dict[str, Any]:
+    """A candidate measured right after the unpruned network (the reference), so a device that drifted
+    since the search was calibrated (thermal throttling, a busy host) is seen and corrected for:
+    `comparable_ms` is the candidate's latency at the device's speed when the budget was set
+    (measured / drift, drift = reference now / reference at calibration). Without a calibration
+    there is nothing to compare with and the measurement stands as it is."""
+    calibration = problem.calibration
+    reference = _measure(problem, problem.model) if calibration else None
+    measured = _measure(problem, model)
+    drift = 1.0
+    if calibration and reference and reference > 0 and calibration.get("measured_ms"):
+        drift = min(max(reference / float(calibration["measured_ms"]), DRIFT_RANGE[0]), DRIFT_RANGE[1])
+    return {"measured_ms": measured, "reference_ms": reference, "drift": drift,
+            "comparable_ms": None if measured is None else measured / drift}
 
 
 def _pick_final(problem: Problem, rows: list[dict[str, Any]], emit: EventSink) -> tuple[dict[str, Any], dict]:
     """The best episode. In latency mode the best `measure_top` distinct policies are measured on the
-    device, and the most rewarding one that meets the target *as measured* wins; when none does (the
-    table's prediction was optimistic), measuring goes on down the ranking, a bounded number of times."""
+    device (each right after the unpruned network, to correct for the device's drift since calibration),
+    and the most rewarding one that meets the target *as measured* wins; when none does (the table's
+    prediction was optimistic), measuring goes on down the ranking, a bounded number of times."""
     order = sorted(range(len(rows)), key=lambda i: (-rows[i]["reward"], i))
     config = problem.config
     latency_mode = problem.oracle is not None and (
@@ -479,23 +499,28 @@ def _pick_final(problem: Problem, rows: list[dict[str, Any]], emit: EventSink) -
         return rows[order[0]], {}
     limit = config.parsed_target.value if config.parsed_target.kind == "latency-ms" else math.inf
     emit(SearchEvent("phase", "measure", f"measuring the best {config.measure_top} candidates on {config.device}"))
-    measured: list[tuple[dict[str, Any], float | None]] = []
+    measured: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen = set()
+
+    def meets(m: dict[str, Any]) -> bool:
+        return m["comparable_ms"] is not None and m["comparable_ms"] <= limit
+
     for i in order:
         key = tuple(rows[i]["kept"])
         if key in seen:
             continue
         seen.add(key)
         model = problem.build(list(key)).model
-        measured.append((rows[i], _measure(problem, model)))
-        met = any(m is not None and m <= limit for _, m in measured)
+        measured.append((rows[i], _measure_against_reference(problem, model)))
+        met = any(meets(m) for _, m in measured)
         if len(measured) >= config.measure_top and (met or len(measured) >= config.measure_top + MAX_EXTRA_MEASUREMENTS):
             break
-    meeting = [(r, m) for r, m in measured if m is not None and m <= limit]
-    row, ms = (meeting[0] if meeting else min(measured, key=lambda rm: rm[1] if rm[1] is not None else math.inf))
-    info = {"candidates": [{"episode": r["episode"], "predicted_ms": r["latency_ms"], "measured_ms": m}
-                           for r, m in measured],
-            "measured_ms": ms, "predicted_ms": row["latency_ms"], "target_met": bool(meeting),
+    meeting = [(r, m) for r, m in measured if meets(m)]
+    row, m = (meeting[0] if meeting else
+              min(measured, key=lambda rm: rm[1]["comparable_ms"] if rm[1]["comparable_ms"] is not None else math.inf))
+    info = {"candidates": [{"episode": r["episode"], "predicted_ms": r["latency_ms"], **c} for r, c in measured],
+            "measured_ms": m["measured_ms"], "comparable_ms": m["comparable_ms"], "drift": m["drift"],
+            "predicted_ms": row["latency_ms"], "target_met": bool(meeting),
             "target_ms": None if limit == math.inf else limit}
     if not meeting:
         log.warning("no measured candidate meets %s; the fastest measured one is reported", config.target)
@@ -526,10 +551,10 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
     # limit (the table's error is not the same at every size).
     fresh = info["candidates"]
     for r in range(config.latency_rounds):
-        measured = info.get("measured_ms")
+        measured = info.get("comparable_ms")
         if measured is not None and LATENCY_FILL * target <= measured <= target:
             break
-        ratios = [c["measured_ms"] / c["predicted_ms"] for c in fresh if c["measured_ms"] and c["predicted_ms"]]
+        ratios = [c["comparable_ms"] / c["predicted_ms"] for c in fresh if c["comparable_ms"] and c["predicted_ms"]]
         if not ratios:
             break
         ratio = float(np.median(ratios))
@@ -565,7 +590,7 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
         previous = info
         best_row, info = _pick_final(problem, rows, emit)
         rounds.append({"ratio": ratio, "limit_ms": limit, "episodes": len(uniform) + len(more),
-                       "measured_ms": info.get("measured_ms"), "seconds": s1 + s2})
+                       "measured_ms": info.get("comparable_ms"), "seconds": s1 + s2})
         fresh = [c for c in info["candidates"] if c["episode"] > first] or list(info["candidates"])
         # Keep what was already measured: a candidate measured twice keeps its later measurement.
         seen = {c["episode"] for c in info["candidates"]}

@@ -121,6 +121,14 @@ def test_a_resumed_search_keeps_the_calibration_it_ran_under(tmp_path, demo_weig
     resumed = run_search(config, tmp_path / "split", oracle=_SlowerToday(), resume=True)
     assert resumed["latency"]["calibration"] == whole["latency"]["calibration"]
     assert resumed["budget"]["predicted_limit"] == pytest.approx(whole["budget"]["predicted_limit"])
+    # The final pick is measured beside the unpruned network, which now runs 1.5x slower than at the
+    # calibration: the drift is seen and divided out, so the same candidate meets the same target.
+    assert resumed["latency"]["drift"] == pytest.approx(1.5)
+    assert whole["latency"]["drift"] == pytest.approx(1.0)
+    assert resumed["result"]["channels"] == whole["result"]["channels"]
+    assert resumed["latency"]["measured_ms"] == pytest.approx(1.5 * whole["latency"]["measured_ms"])
+    assert resumed["latency"]["comparable_ms"] == pytest.approx(whole["latency"]["measured_ms"])
+    assert resumed["budget"]["met"] and whole["budget"]["met"]
 
     def played(out) -> list[str]:
         with open(out / "episodes.csv") as fh:
