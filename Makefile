@@ -8,7 +8,7 @@ SYSSTAMP := $(VENV)/.system-deps
 # Debian packages the tests use for real: the standard adb client, libusb for adb-shell USB, chromium.
 DEBS := adb libusb-1.0-0 chromium
 
-.PHONY: install system-deps demo test test-slow bench lint serve clean
+.PHONY: install system-deps demo test test-slow bench lint serve clean images
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,6 +60,31 @@ lint: install
 
 serve: install
 	$(BIN)/amc serve
+
+# The orchestrator and device-host images (docker/README.md), built from the Dockerfiles as they stand with
+# buildah (no Docker engine here; ../shared/tools/oci), then smoke-tested (docker/smoke.sh). Needs root: the
+# local python base image is made once if missing. TORCH_INDEX_URL empty: torch from pip's configuration.
+images: OCI := ../shared/tools/oci
+images: TORCH_INDEX_URL ?=
+images:
+	@set -e; mkdir -p runs/images; \
+	if ! command -v buildah >/dev/null || ! buildah inspect --type image docker.io/library/python:3.11-slim-bookworm >/dev/null 2>&1; then \
+	  [ "$$(id -u)" = 0 ] || { echo "!! images: the base images are missing and $(OCI)/base.sh needs root"; exit 1; }; \
+	  echo ">> images: making the local base images ($(OCI)/base.sh)"; \
+	  $(OCI)/base.sh || { echo "!! images: $(OCI)/base.sh failed"; exit 1; }; \
+	fi; \
+	for image in server device-host; do \
+	  start=$$SECONDS; log=runs/images/build-$$image.log; \
+	  echo ">> images: building localhost/amc-$$image from docker/Dockerfile.$$image (log: $$log)"; \
+	  $(OCI)/build.sh --layers --format docker --ignorefile docker/Dockerfile.$$image.dockerignore \
+	    -f docker/Dockerfile.$$image -t localhost/amc-$$image:latest --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) . \
+	    >$$log 2>&1 || { tail -n 30 $$log; echo "!! images: building docker/Dockerfile.$$image failed (log: $$log)"; exit 1; }; \
+	  echo ">> images: built localhost/amc-$$image in $$((SECONDS - start)) s"; \
+	done; \
+	start=$$SECONDS; \
+	docker/smoke.sh localhost/amc-server:latest localhost/amc-device-host:latest \
+	  || { echo "!! images: the smoke test failed (above: which step)"; exit 1; }; \
+	echo ">> images: smoke test passed in $$((SECONDS - start)) s"
 
 clean:
 	rm -rf runs .pytest_cache
