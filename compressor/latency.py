@@ -41,6 +41,7 @@ class LatencyOracle(Protocol):
         """Fast prediction (lookup table) for a network given as its kernel list, in milliseconds."""
         ...
 
-    def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor) -> float | None:
-        """Real measurement (median ms) of a PyTorch model, or None when no device could answer."""
+    def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor, *, fresh: bool = False) -> float | None:
+        """Real measurement (median ms) of a PyTorch model, or None when no device could answer.
+        `fresh`: time it now, not from a cache of earlier measurements (a device's speed drifts)."""
         ...

@@ -197,7 +197,7 @@ def _calibrate(config: SearchConfig, model: nn.Module, example: torch.Tensor, or
     if not config.calibrate_latency or oracle is None or predictions is None:
         return None
     emit(SearchEvent("phase", "measure", f"timing the unpruned network on {config.device} to calibrate the table"))
-    measured = oracle.measure_ms(model, example)
+    measured = oracle.measure_ms(model, example, fresh=True)  # the device today, not a cached number
     predicted = predictions([float(c) for c in pruner.cost_model.full])
     if not measured or not predicted or not math.isfinite(measured) or measured <= 0 or predicted <= 0:
         return None
@@ -458,10 +458,10 @@ def _recover(problem: Problem, model: nn.Module, emit: EventSink) -> tuple[nn.Mo
     return model, result.to_dict()
 
 
-def _measure(problem: Problem, model: nn.Module) -> float | None:
+def _measure(problem: Problem, model: nn.Module, *, fresh: bool = False) -> float | None:
     if problem.oracle is None:
         return None
-    return problem.oracle.measure_ms(model, problem.example)
+    return problem.oracle.measure_ms(model, problem.example, fresh=fresh)
 
 
 MAX_EXTRA_MEASUREMENTS = 12
@@ -477,8 +477,9 @@ def _measure_against_reference(problem: Problem, model: nn.Module) -> dict[str, 
     (measured / drift, drift = reference now / reference at calibration). Without a calibration
     there is nothing to compare with and the measurement stands as it is."""
     calibration = problem.calibration
-    reference = _measure(problem, problem.model) if calibration else None
-    measured = _measure(problem, model)
+    # Both timed now: a cached number is the device's speed on another day.
+    reference = _measure(problem, problem.model, fresh=True) if calibration else None
+    measured = _measure(problem, model, fresh=bool(calibration))
     drift = 1.0
     if calibration and reference and reference > 0 and calibration.get("measured_ms"):
         drift = min(max(reference / float(calibration["measured_ms"]), DRIFT_RANGE[0]), DRIFT_RANGE[1])

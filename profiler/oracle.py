@@ -103,12 +103,13 @@ class LutOracle:
             build_lut(builder, mk, runtime=self.runtime, config=a.config, table=self.table, max_points=a.max_points,
                       round_to=a.round_to, a_min=a.a_min, cache=a.cache, progress=a.progress)
 
-    def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor) -> float | None:
+    def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor, *, fresh: bool = False) -> float | None:
         if self.pool is None:
             return None
         with tempfile.TemporaryDirectory(prefix="amc-measure-") as tmp:
             path = export_onnx(model, example_input, Path(tmp) / "candidate.onnx")
-            result = self.pool.measure(path, self.config, runtime=self.runtime, deadline_s=self.deadline_s)
+            result = self.pool.measure(path, self.config, runtime=self.runtime, deadline_s=self.deadline_s,
+                                       fresh=fresh)
         if result is None:
             return None
         self.measurements += 1

@@ -164,14 +164,16 @@ class DevicePool:
 
     # -- measuring --------------------------------------------------------------------------------
     def measure(self, model_path: Path | str, config: MeasureConfig | None = None, *,
-                runtime: str = "onnxruntime", deadline_s: float | None = None) -> Measurement | None:
+                runtime: str = "onnxruntime", deadline_s: float | None = None,
+                fresh: bool = False) -> Measurement | None:
         """Measure on the first free device, retrying on the others when one fails. Returns None when
         no device answered before the deadline (or every device failed); raises MeasurementError only
-        when the model itself is at fault."""
+        when the model itself is at fault. `fresh`: measure now even when the cache knows the model (the
+        device's speed today is the question, e.g. a search's calibration); the result is cached."""
         config = config or MeasureConfig()
         check_runtime(runtime)
         sha = sha256_file(Path(model_path))
-        if self.cache is not None:
+        if self.cache is not None and not fresh:
             # Devices already identified answer from the cache without being leased or asked anything.
             for cached_on in self.devices:
                 known = cached_on.known_identity
@@ -196,8 +198,8 @@ class DevicePool:
                 timeout = self.measure_timeout_s if left is None else max(1.0, min(self.measure_timeout_s, left))
                 try:
                     # Identifying the device (first lease) may find its numbers already cached.
-                    hit = None if self.cache is None else self.cache.get(device_id=device.id, runtime=runtime,
-                                                                         config=config, sha256=sha)
+                    hit = None if self.cache is None or fresh else self.cache.get(
+                        device_id=device.id, runtime=runtime, config=config, sha256=sha)
                     if hit is not None:
                         return hit
                     result = device.measure(model_path, config, runtime=runtime, timeout_s=timeout, sha256=sha)

@@ -23,7 +23,7 @@ class _FakeOracle:
     def predict_ms(self, kernels):
         return float(sum(k.cin * k.cout for k in kernels)) / 1000
 
-    def measure_ms(self, model, example_input):
+    def measure_ms(self, model, example_input, *, fresh=False):
         return sum(p.numel() for p in model.parameters()) / 1000
 
 

@@ -28,7 +28,7 @@ class _BiasedTable:
     def predict_ms(self, kernels):
         return 2 * sum(k.cin * k.cout * k.k * k.k for k in kernels if k.op in ("conv", "linear")) / 1000
 
-    def measure_ms(self, model, example_input):
+    def measure_ms(self, model, example_input, *, fresh=False):
         self.measured += 1
         return sum(p.numel() for p in model.parameters()) / 1000
 
@@ -95,8 +95,8 @@ def test_latency_rounds_are_bounded():
 class _SlowerToday(_BiasedTable):
     """The same device, a third slower than when the search started (thermal throttling)."""
 
-    def measure_ms(self, model, example_input):
-        return 1.5 * super().measure_ms(model, example_input)
+    def measure_ms(self, model, example_input, *, fresh=False):
+        return 1.5 * super().measure_ms(model, example_input, fresh=fresh)
 
 
 def test_a_resumed_search_keeps_the_calibration_it_ran_under(tmp_path, demo_weights_path):

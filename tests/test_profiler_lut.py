@@ -388,7 +388,7 @@ def test_cli_lut_build_and_check(tmp_path: Path, capsys) -> None:
 class _OneMeasurementPool:
     """A pool whose device answers every measurement with runs between 1.5 and 4 ms, median 2 ms."""
 
-    def measure(self, path, config, *, runtime, deadline_s):
+    def measure(self, path, config, *, runtime, deadline_s, fresh=False):
         from profiler.protocol import Measurement
 
         return Measurement(device_id="d", runtime=runtime, threads=1, model_sha256="x", median_ms=2.0, p90_ms=3.0,

@@ -127,6 +127,10 @@ def test_pool_answers_from_the_cache(tiny_onnx: Path, tmp_path: Path) -> None:
     second = pool.measure(tiny_onnx, FAST)
     assert first is not None and second is not None and second.cached
     assert device.measure_calls == 1
+    # A fresh measurement times the device now (a search's calibration: today's speed, not a stored one).
+    third = pool.measure(tiny_onnx, FAST, fresh=True)
+    assert third is not None and not third.cached
+    assert device.measure_calls == 2
 
 
 def test_pool_from_specs_rejects_a_malformed_spec() -> None:

@@ -162,9 +162,10 @@ class FarmPool:
 
     def measure(self, model_path: Path | str, config: MeasureConfig | None = None, *,
                 runtime: str = "onnxruntime", deadline_s: float | None = None,
-                timeout_s: float | None = None) -> Measurement | None:
+                timeout_s: float | None = None, fresh: bool = False) -> Measurement | None:
         """Measure on a free matching phone, retrying on another when one fails or vanishes. None when no
-        phone measured before `deadline_s` (None: only as long as some untried phone is there)."""
+        phone measured before `deadline_s` (None: only as long as some untried phone is there). `fresh`:
+        measure now even when the cache knows the model (the result is cached)."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -183,7 +184,7 @@ class FarmPool:
                            "the lookup table answers instead")
                 return None
             phones = [p for p in self.farm.phones() if p.matches(self.selector)]
-            if self.cache is not None:
+            if self.cache is not None and not fresh:
                 for p in phones:
                     hit = None if p.key is None else self.cache.get(device_id=p.key, runtime=runtime,
                                                                     config=config, sha256=sha)
