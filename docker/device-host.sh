@@ -19,8 +19,7 @@ if [ "${RAY_AUTH_MODE:-}" != token ]; then
   fi
   insecure=--insecure-ray-network
 fi
-# Not in the phones' environment: a phone actor with AMC_RAY_ADDRESS set would look its own phone up in
-# the farm (open_device) instead of opening it.
+# Not in Ray's processes, which need nothing from it (phone actors open their phones directly).
 unset AMC_RAY_ADDRESS
 # shellcheck disable=SC2086 # AMC_RAY_START_ARGS is a list of flags
 ray start --address "$address" --num-cpus "${AMC_RAY_CPUS:-1}" ${AMC_RAY_START_ARGS:-}

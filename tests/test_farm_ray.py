@@ -59,6 +59,16 @@ def test_names_and_policy(monkeypatch) -> None:
         check_ray_address("ray://10.0.0.5:10001")
 
 
+def test_a_device_host_opens_its_own_phones_directly_whatever_farm_its_environment_names(monkeypatch) -> None:
+    """A phone actor inherits its host's AMC_RAY_ADDRESS; through the farm it would look its own phone
+    up among the farm's phones (which it is about to serve) and never find it."""
+    from profiler.devices.adb import AdbDevice
+
+    monkeypatch.setenv("AMC_RAY_ADDRESS", "127.0.0.1:1")
+    device = open_device("adb:127.0.0.1:5555", direct=True)  # constructing connects to nothing
+    assert isinstance(device, AdbDevice) and device.spec == "adb:127.0.0.1:5555"
+
+
 def test_device_host_refuses_ray_without_authentication(tmp_path: Path) -> None:
     env = {**os.environ, "AMC_CONFIG_DIR": str(tmp_path)}
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "AMC_RAY_INSECURE"):

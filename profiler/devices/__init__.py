@@ -80,11 +80,13 @@ DEVICE_KINDS: dict[str, Callable[..., Device]] = {
 }
 
 
-def open_device(spec: str | DeviceSpec, *, farm: str | None = None, **options: Any) -> Device:
+def open_device(spec: str | DeviceSpec, *, farm: str | None = None, direct: bool = False, **options: Any) -> Device:
     """A Device for `spec`; `options` go to its constructor (e.g. key_path, python, benchmark_binary).
-    With a farm (`farm`, else `$AMC_RAY_ADDRESS`), a phone or phone model is the farm's."""
+    With a farm (`farm`, else `$AMC_RAY_ADDRESS`), a phone or phone model is the farm's; `direct`: the
+    device itself, never through a farm (a device host serving its own phones, whose environment names
+    the farm it serves them to)."""
     parsed = spec if isinstance(spec, DeviceSpec) else parse_device_spec(spec)
-    address = farm_address(farm)
+    address = None if direct else farm_address(farm)
     if parsed.kind != "local" and address is not None:
         return open_farm_device(parsed.text, address)
     if parsed.kind == "model":

@@ -27,7 +27,9 @@ class PhoneActorBody(PhoneServer):
     """The phone actor's class: opens its device itself, on the host's node."""
 
     def __init__(self, spec: str, host: str, options: dict[str, Any], lease_ttl_s: float = 60.0):
-        super().__init__(open_device(spec, **options), host=host, lease_ttl_s=lease_ttl_s)
+        # Directly: the actor inherits the host's AMC_RAY_ADDRESS, and through the farm it would look
+        # for its own phone among the farm's (which it is about to serve) and never find it.
+        super().__init__(open_device(spec, direct=True, **options), host=host, lease_ttl_s=lease_ttl_s)
 
 
 def tcp_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
