@@ -82,10 +82,12 @@ def test_emulator_agrees_with_local(phone: PhoneSimulator, key: Path, few_ms_onn
     device, local = _device(phone, key), LocalDevice()
     sim_ms, local_ms = [], []
     for _ in range(5):  # interleaved, so load from other processes hits both alike
-        sim_ms.append(device.measure(few_ms_onnx, config).median_ms)
-        local_ms.append(local.measure(few_ms_onnx, config).median_ms)
-    # The least disturbed round of each: other processes only ever slow a round down (a median of
-    # three rounds was 30% apart on a busy 2-core machine while the fastest rounds agreed within 2%).
+        sim_ms.append(device.measure(few_ms_onnx, config).min_ms)
+        local_ms.append(local.measure(few_ms_onnx, config).min_ms)
+    # The least disturbed run of each: other processes only ever slow a run down (a median of three
+    # rounds was 30% apart on a busy 2-core machine while the fastest rounds agreed within 2%; the
+    # fastest rounds' medians once differed by 15.5% in a clean-clone CI run). An overhead timed on
+    # one path and not the other (transport, agent start) would show in every run, the fastest too.
     s, lo = min(sim_ms), min(local_ms)
     assert lo > 0.5  # a few milliseconds, so process and transport overheads cannot hide in it
     assert abs(s - lo) / lo < 0.15, (sim_ms, local_ms)
