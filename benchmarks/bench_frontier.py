@@ -201,7 +201,8 @@ def render(results: dict) -> str:
     for t in targets:
         for i, c in enumerate(corrections.get(t) or []):
             notes.append(f"`{t}` round {i + 1}: measured/predicted {c['ratio']:.2f}, {c['episodes']} more episodes at "
-                         f"{c['limit_ms']:.3f} ms as predicted, best measured then {c['measured_ms']:.3f} ms")
+                         f"{c['limit_ms']:.3f} ms as predicted, best measured then "
+                         f"{c.get('comparable_ms') or c['measured_ms']:.3f} ms (comparable)")
     for t in targets:
         drift = (results.get("drifts") or {}).get(t)
         if drift is not None and abs(drift - 1) > 0.005:

@@ -13,6 +13,14 @@ def _fmt_pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
+def _at_calibration(c: dict[str, Any]) -> str:
+    """", X ms at the device's speed when the budget was set" where drift made the two differ."""
+    comparable, measured = c.get("comparable_ms"), c.get("measured_ms")
+    if comparable is None or measured is None or abs(comparable - measured) <= 0.0005:
+        return ""
+    return f" ({_fmt_ms(comparable)} ms at the device's speed when the budget was set)"
+
+
 def _fmt_ms(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
@@ -83,7 +91,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for i, c in enumerate((report.get("latency") or {}).get("corrections") or []):
         lines += [f"Latency correction {i + 1}: the table predicted {1 / c['ratio']:.2f}× the measured latency, "
                   f"so {c['episodes']} more episodes searched at {c['limit_ms']:.3f} ms as predicted; best measured "
-                  f"{_fmt_ms(c['measured_ms'])} ms."]
+                  f"{_fmt_ms(c['measured_ms'])} ms{_at_calibration(c)}."]
     timing = report.get("episode_timing") or {}
     if timing:
         lines += ["", "Mean time per episode (s): " + ", ".join(

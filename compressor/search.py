@@ -591,7 +591,8 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
         previous = info
         best_row, info = _pick_final(problem, rows, emit)
         rounds.append({"ratio": ratio, "limit_ms": limit, "episodes": len(uniform) + len(more),
-                       "measured_ms": info.get("comparable_ms"), "seconds": s1 + s2})
+                       "measured_ms": info.get("measured_ms"), "comparable_ms": info.get("comparable_ms"),
+                       "seconds": s1 + s2})
         fresh = [c for c in info["candidates"] if c["episode"] > first] or list(info["candidates"])
         # Keep what was already measured: a candidate measured twice keeps its later measurement.
         seen = {c["episode"] for c in info["candidates"]}

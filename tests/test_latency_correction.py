@@ -72,6 +72,9 @@ def test_a_table_that_over_predicts_is_corrected_by_measurements(tmp_path, demo_
     assert 1 <= len(rounds) <= 2
     assert rounds[0]["ratio"] == pytest.approx(0.5, rel=0.15)  # measured / predicted
     assert rounds[0]["limit_ms"] == pytest.approx(target / rounds[0]["ratio"])
+    # A round records its pick's raw measurement and the drift-corrected one it held against the target.
+    assert rounds[-1]["measured_ms"] == corrected["latency"]["measured_ms"]
+    assert rounds[-1]["comparable_ms"] == corrected["latency"]["comparable_ms"]
     # The correction round searched the budget the measurements said was free: candidates predicted
     # past the target (up to the rescaled limit), so measured up to about the target itself.
     with open(tmp_path / "r2" / "episodes.csv") as fh:
