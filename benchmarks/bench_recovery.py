@@ -4,7 +4,9 @@ A pretrained ResNet-20 (needs ../shared/data) is damaged in a fixed way — bloc
 `layer2.2` removed, the other first-stage and second-stage blocks at half width, BN re-estimated — and
 trained back with each setting on the first `--images` search images (a tenth held out to pick the
 epoch), `--epochs` epochs; accuracy on the first 2,000 report images. ResNet-20 rather than -56 keeps
-one setting to a couple of minutes on 2 cores; the ranking is what carries over.
+one setting to a couple of minutes on 2 cores; the ranking is what carries over. `--teacher resnet56`
+damages the ResNet-56 the frontier benchmark compresses instead (`--cut`), or rebuilds a search's own
+pick from its policy (`--policy runs/.../latency-ms-1.1062`).
 
     python -m benchmarks.bench_recovery --epochs 5 --images 1500
 """
@@ -38,7 +40,36 @@ SETTINGS: list[tuple[str, dict]] = [
     ("distill + cutmix + stage outputs (weight 1)", {"mix": "cutmix", "stage_weight": 1.0}),
     ("distill, lr 0.005", {"lr": 0.005}),
     ("distill + cutmix, no held-out slice", {"mix": "cutmix", "holdout": 0.0}),
+    ("distill + labels (cross-entropy weight 0.5)", {"label_weight": 0.5}),
+    ("distill + cutmix + labels (cross-entropy weight 0.5)", {"mix": "cutmix", "label_weight": 0.5}),
 ]
+
+
+def _policy_cut(path: str, pruner) -> tuple[str, list[int]]:
+    """The kept channel counts of a search's pick, checked against the pruner's units."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "policy.json"
+    if not file.is_file():
+        raise SystemExit(f"bench_recovery: {file} not found; pass a search's policy.json or its output folder")
+    rows = json.loads(file.read_text())
+    names = [u.name for u in pruner.units]
+    if [r.get("unit") for r in rows] != names:
+        raise SystemExit(f"bench_recovery: {file} is not a policy of this network's {len(names)} prunable units "
+                         f"({names[0]} … {names[-1]})")
+    kept = [int(r["kept"]) for r in rows]
+    removed = sum(bool(r.get("removed")) for r in rows)
+    return f"the pick in {file} ({removed} blocks removed)", kept
+
+
+def _rebuild_as_searched(weights: Path, data: Path, kept: list[int]):
+    """Prune, reconstruct and re-estimate BatchNorm exactly as a search with default settings does."""
+    from compressor.config import SearchConfig
+    from compressor.search import prepare
+
+    config = SearchConfig(model="resnet56", data=f"cifar10:{data / 'cifar10_test.npz'}", target="flops=0.5",
+                          prune_blocks=True, weights=str(weights))
+    return prepare(config).build(kept).model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +85,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="resnet56 only: 'thin' keeps every block and thins the inner channels to 8/24/40 "
                              "of 16/32/64 per stage (the model the frontier benchmark picked at ResNet-44's "
                              "latency) instead of removing blocks")
+    parser.add_argument("--policy", default=None,
+                        help="resnet56 only: instead of a fixed cut, the pick of a search (its policy.json, or the "
+                             "folder holding it), rebuilt the way the search built it (least-squares "
+                             "reconstruction, BN re-estimation)")
     parser.add_argument("--report-images", type=int, default=2000,
                         help="report images scored (from the first; at most 5,000)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     args = parser.parse_args(argv)
+    if args.policy is not None and args.teacher != "resnet56":
+        parser.error("--policy rebuilds a ResNet-56 search's pick: use it with --teacher resnet56")
     data = Path(args.data_dir)
     if not (data / "cifar10_test.npz").is_file():
         print(f"bench_recovery: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data", file=sys.stderr)
@@ -85,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                   "width")
         kept = [0 if u.block in ("layer1.1", "layer2.2") else u.kept_for(0.5) if u.removable else u.channels
                 for u in pruner.units]
+    elif args.policy is not None:
+        damage, kept = _policy_cut(args.policy, pruner)
     elif args.cut == "thin":
         damage = "every block kept, inner channels thinned to 8, 24 and 40 of 16, 32 and 64 by stage"
         width = {"layer1": 8, "layer2": 24, "layer3": 40}
@@ -95,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         kept = [0 if u.block and int(u.block.rsplit(".", 1)[1]) % 2 == 1 and int(u.block.rsplit(".", 1)[1]) < 8
                 else u.channels for u in pruner.units]
     chosen = SETTINGS if args.only is None else [SETTINGS[int(i)] for i in args.only.split(",")]
-    damaged = pruner.apply(kept).model
-    recalibrate_batchnorm(damaged, full.search.x[:256])
+    if args.policy is not None:
+        damaged = _rebuild_as_searched(weights, data, kept)
+    else:
+        damaged = pruner.apply(kept).model
+        recalibrate_batchnorm(damaged, full.search.x[:256])
     start_acc, teacher_acc = evaluate(damaged, bundle.report), evaluate(teacher, bundle.report)
     rows = []
     cache: dict = {}  # the teacher's answers, shared by settings that draw the same batches
