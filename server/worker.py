@@ -17,9 +17,10 @@ import shutil
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from compressor.config import SearchConfig
 from compressor.errors import SearchCancelled
@@ -42,6 +43,39 @@ def load_search_module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
+class JobView(Protocol):
+    """What a job's own process reads of its job row."""
+
+    @property
+    def job_state(self) -> JobState: ...
+
+    @property
+    def phase(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+
+class JobRecords(Protocol):
+    """Where a job's own process records its progress: the `Store` itself (a local worker process), or a
+    relay to the orchestrator's Store (a job that runs as a Ray task on another machine: server/ray_jobs.py)."""
+
+    def get_job(self, job_id: str) -> JobView: ...
+
+    def set_phase(self, job_id: str, phase: str, message: str) -> None: ...
+
+    def add_episode(self, job_id: str, number: int, record: dict[str, Any], *, total: int | None = None) -> bool: ...
+
+    def add_epoch(self, job_id: str, record: dict[str, Any]) -> None: ...
+
+    def add_event(self, job_id: str, kind: JobEventKind, message: str) -> None: ...
+
+    def reset_progress(self, job_id: str) -> None: ...
+
+    def finish(self, job_id: str, state: JobState, *, report: dict[str, Any] | None = None,
+               error: str | None = None, message: str = "") -> Any: ...
+
+
 def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict[str, Any], resume: bool,
                     lifeline: Any, search_module: str, threads: int, frontier: FrontierPlan | None = None,
                     nice: int = 0, max_job_bytes: int | None = None,
@@ -55,20 +89,8 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     os.umask(0o077)  # the job's files are the operator's alone
     out = Path(folder)
     handler = logging.FileHandler(out / LOG_NAME)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
     store = Store(database_url, create=False)
-
-    # Only one process works in a job folder: a worker orphaned by a killed server holds this lock
-    # until it has stopped, and the resumed worker waits for it. The lock file names its holder.
-    lock = open(out / ".lock", "a+")  # noqa: SIM115 - held for the life of the process
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-
+    lock = lock_job_folder(out)
     orphaned = threading.Event()
     cancelled = threading.Event()
     done = threading.Event()
@@ -91,21 +113,64 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
             os._exit(3)
 
     threading.Thread(target=watch_parent, daemon=True).start()
+    try:
+        with job_log(handler):
+            run_job(job_id=job_id, store=store, out=out, config=config, frontier=frontier, resume=resume,
+                    search_module=search_module, threads=threads, max_job_bytes=max_job_bytes,
+                    device_wait_s=device_wait_s, cancelled=cancelled, orphaned=orphaned)
+    finally:
+        done.set()
+        store.close()
+        lock.close()
 
-    def interrupted() -> bool:
-        return orphaned.is_set()
 
+def lock_job_folder(out: Path) -> IO[str]:
+    """Only one process works in a job folder: a worker orphaned by a killed server holds this lock until
+    it has stopped, and the resumed worker waits for it. The lock file names its holder; closing it
+    (or the process's end) releases it."""
+    lock = open(out / ".lock", "a+")  # noqa: SIM115 - held until the caller closes it
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+@contextmanager
+def job_log(handler: logging.Handler) -> Iterator[None]:
+    """The job's log lines (this process's, INFO and up) go to `handler` while the job runs."""
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        handler.flush()
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+def run_job(*, job_id: str, store: JobRecords, out: Path, config: dict[str, Any], frontier: FrontierPlan | None,
+            resume: bool, search_module: str, threads: int, max_job_bytes: int | None,
+            device_wait_s: float | None, cancelled: threading.Event, orphaned: threading.Event) -> None:
+    """A job from its start to its recorded end, wherever it runs (a worker process, a Ray task): run the
+    search or the frontier in `out`, record its end in `store` (succeeded with the report, failed with
+    `failure_reason`, cancelled). `cancelled`: a client cancelled the job; `orphaned`: the server is gone
+    or stopping, so the job stops at its next episode *without* recording an end (a restart resumes it)."""
     quota = FolderQuota(out, max_job_bytes)
     try:
         job = store.get_job(job_id)
         if job.job_state is not JobState.RUNNING:
-            log.info("job %s is %s; nothing to do", job_id, job.state)
+            log.info("job %s is %s; nothing to do", job_id, job.job_state.value)
             return
         import torch
 
         torch.set_num_threads(threads)
         cfg = SearchConfig.from_dict(config)
-        should_stop = lambda: cancelled.is_set() or interrupted()  # noqa: E731
+        should_stop = lambda: cancelled.is_set() or orphaned.is_set()  # noqa: E731
         if frontier is None:
             report = run_single(job_id, store, out, cfg, resume=resume, should_stop=should_stop,
                                 search=load_search_module(search_module), quota=quota, device_wait_s=device_wait_s)
@@ -117,7 +182,7 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
         log.info("job %s succeeded", job_id)
     except Exception as exc:
         stopping = isinstance(exc, (SearchCancelled, DeviceWaitStopped))  # a wait for the device cut short too
-        if stopping and interrupted() and not cancelled.is_set():
+        if stopping and orphaned.is_set() and not cancelled.is_set():
             log.warning("job %s paused by a server shutdown; it resumes on the next start", job_id)
             return
         try:
@@ -129,13 +194,6 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
                 store.finish(job_id, JobState.FAILED, error=failure_reason(exc, job_id=job_id, folder=out))
         except InvalidTransition as again:
             log.warning("could not record the end of job %s: %s", job_id, again)
-    finally:
-        done.set()
-        handler.flush()
-        root.removeHandler(handler)
-        handler.close()
-        store.close()
-        lock.close()
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -162,7 +220,7 @@ def _device_wait_expired(exc: BaseException) -> bool:
     return any(isinstance(e, DeviceWaitExpired) for e in _chain(exc))
 
 
-def device_waiter(job_id: str, store: Store) -> Callable[[DeviceWait], None]:
+def device_waiter(job_id: str, store: JobRecords) -> Callable[[DeviceWait], None]:
     """What a job does while it waits for its device: its phase says so (the previous phase comes back with
     the device), and each start, return and expiry of a wait is an event of the job (and a line of its log)."""
     saved: dict[str, tuple[str, str]] = {}
@@ -199,7 +257,7 @@ def failure_reason(exc: BaseException, *, job_id: str, folder: Path) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resume: bool,
+def run_single(job_id: str, store: JobRecords, out: Path, cfg: SearchConfig, *, resume: bool,
                should_stop: Callable[[], bool], search: ModuleType, quota: FolderQuota | None = None,
                device_wait_s: float | None = None) -> dict[str, Any]:
     """One search into the job folder, resumed from its checkpoint after a restart; returns its report."""
@@ -220,7 +278,7 @@ def run_single(job_id: str, store: Store, out: Path, cfg: SearchConfig, *, resum
     return with_phone_models(job_id, store, out, cfg, report)
 
 
-def with_phone_models(job_id: str, store: Store, out: Path, cfg: SearchConfig, report: dict[str, Any]) -> dict[str, Any]:
+def with_phone_models(job_id: str, store: JobRecords, out: Path, cfg: SearchConfig, report: dict[str, Any]) -> dict[str, Any]:
     """The report with the final model's latency on each phone model of the farm (server/phone_models.py),
     written into report.json and report.md; without a farm, a note that the job's device is the only one."""
     import tempfile
@@ -251,7 +309,7 @@ def with_phone_models(job_id: str, store: Store, out: Path, cfg: SearchConfig, r
     return add_to_report(out, report, section)
 
 
-def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, plan: FrontierPlan, *, resume: bool,
+def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfig, plan: FrontierPlan, *, resume: bool,
                      should_stop: Callable[[], bool], quota: FolderQuota | None = None,
                      device_wait_s: float | None = None) -> dict[str, Any]:
     """One search per target into the job folder's target folders, then the references and
@@ -271,7 +329,7 @@ def run_frontier_job(job_id: str, store: Store, out: Path, cfg: SearchConfig, pl
                         on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
 
 
-def recorder(job_id: str, store: Store, plan: FrontierPlan | None = None, *,
+def recorder(job_id: str, store: JobRecords, plan: FrontierPlan | None = None, *,
              quota: FolderQuota | None = None) -> Callable[[SearchEvent], None]:
     """The job's event sink: phases, each search episode (a frontier's numbered job-wide, with its
     target), each recovery epoch. With a `quota`, an event past the job's size limit stops the search."""
