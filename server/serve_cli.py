@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 # Settings that `amc serve` also takes as flags: setting name -> flag (each is read from AMC_<NAME> too).
 FLAGS = {"host": "--host", "port": "--port", "data_dir": "--data-dir", "max_workers": "--workers",
          "database_url": "--database-url", "max_job_mb": "--max-job-mb", "keep_days": "--keep-days",
-         "max_worker_restarts": "--max-worker-restarts", "worker_nice": "--worker-nice"}
+         "max_worker_restarts": "--max-worker-restarts", "worker_nice": "--worker-nice",
+         "jobs_on_ray": "--jobs-on-ray", "ray_job_cpus": "--ray-job-cpus"}
 
 SECRET = ("api_token", "database_url")  # never echoed in an error (a URL may hold a password)
 
@@ -55,6 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--worker-nice", type=int, default=None, metavar="NICE",
                         help="niceness of job processes, so that requests stay responsive while a search "
                              "runs (0..19, default 10; AMC_WORKER_NICE)")
+    ray = p.add_argument_group("jobs on a Ray cluster (docs/FARM.md)")
+    ray.add_argument("--jobs-on-ray", action="store_true", default=None,
+                     help="run each job as a Ray task on the cluster at AMC_RAY_ADDRESS, on whichever node has "
+                          "the CPUs, instead of in a process of this machine; its state, log and files come back "
+                          "here (AMC_JOBS_ON_RAY=1)")
+    ray.add_argument("--ray-job-cpus", type=float, default=None, metavar="N",
+                     help="CPUs each job's Ray task reserves (default: AMC_WORKER_THREADS, the torch threads it "
+                          "runs; AMC_RAY_JOB_CPUS)")
     p.set_defaults(func=run)
 
 
@@ -115,5 +124,7 @@ def run(args: argparse.Namespace) -> int:
     elif not os.environ.get("AMC_API_TOKEN"):
         console.print(f"API token: in {settings.token_file}")
     console.print(f"AMC service on http://{settings.host}:{settings.port}/  (API docs: /docs, data: {settings.data_dir})")
+    if settings.jobs_on_ray:
+        console.print(f"Jobs run as Ray tasks on the cluster at {settings.ray_address} ({settings.job_cpus:g} CPU each)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     # Join a Ray cluster without token authentication (AMC_RAY_INSECURE=1): only on a trusted network.
     ray_insecure: bool = False
+    # Run each job as a Ray task on the cluster at ray_address instead of a local process (docs/FARM.md).
+    jobs_on_ray: bool = False
+    # CPUs a job's Ray task reserves (num_cpus); None: worker_threads, the torch threads it runs.
+    ray_job_cpus: float | None = Field(None, gt=0, le=1024)
+    # The most a job on Ray may ship to its node: its data set, uploaded weights and reference models.
+    ray_max_input_mb: float = Field(1024.0, gt=0)
+    # How often a job on Ray sends its checkpoint back (a job whose node dies resumes from the last one).
+    ray_checkpoint_every_s: float = Field(30.0, gt=0)
+    # Where on its node a job on Ray works (amc-ray-<job id>/ there; removed when the job ends). The same
+    # path on every node, so that a job resumed on another node reads its inputs where the first one did.
+    ray_work_dir: str = "/tmp"
     # The module that provides validate/run_search/load_episode_log (kept as a setting so a test can
     # point the service at a tiny search; production never changes it).
     search_module: str = "compressor.search"
@@ -103,8 +114,20 @@ class Settings(BaseSettings):
             raise ValueError("AMC_API_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 24`)")
         return value or None
 
+    @field_validator("ray_work_dir")
+    @classmethod
+    def _absolute_work_dir(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"AMC_RAY_WORK_DIR: {value!r} is not an absolute path (a folder every node of the "
+                             "cluster can write to, e.g. /tmp or /scratch)")
+        return value
+
     @model_validator(mode="after")
     def _ray_policy(self) -> Settings:
+        if self.jobs_on_ray and not self.ray_address:
+            raise ValueError("AMC_JOBS_ON_RAY: jobs run on a Ray cluster only with one to run on; set "
+                             "AMC_RAY_ADDRESS=HOST:PORT (docs/FARM.md), or leave AMC_JOBS_ON_RAY off to run "
+                             "jobs in this machine's own worker processes")
         # Checked when the server starts, not on the first GET /devices: Ray without authentication
         # would let anyone who reaches the cluster run code on this machine.
         if self.ray_address:
@@ -144,6 +167,15 @@ class Settings(BaseSettings):
     @property
     def max_job_bytes(self) -> int | None:
         return None if self.max_job_mb is None else int(self.max_job_mb * 2**20)
+
+    @property
+    def job_cpus(self) -> float:
+        """CPUs a job's Ray task reserves."""
+        return float(self.worker_threads) if self.ray_job_cpus is None else self.ray_job_cpus
+
+    @property
+    def ray_max_input_bytes(self) -> int:
+        return int(self.ray_max_input_mb * 2**20)
 
     @property
     def max_body_bytes(self) -> int:
