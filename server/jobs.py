@@ -2,7 +2,9 @@
 concurrency limit, cancel, and resume jobs a dead server left behind.
 
 The job process itself (`run_job_process`, which records the job's progress in the store) is in
-`server/worker.py`; turning a job spec into a SearchConfig is `server.options.build_config`.
+`server/worker.py`; turning a job spec into a SearchConfig is `server.options.build_config`. With
+`AMC_JOBS_ON_RAY` a job runs as a Ray task on the cluster instead (`server/ray_jobs.py`), behind a handle
+that looks like the process's, so that everything here treats both alike.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from compressor.config import SearchConfig
 from compressor.errors import ConfigError
 from server.artifacts import ARTIFACTS, FRONTIER_ARTIFACTS, artifact_file, artifact_names
 from server.core.config import Settings
-from server.frontier import check_plan, job_targets, plan_from_spec, refield
+from server.frontier import FrontierPlan, check_plan, job_targets, plan_from_spec, refield
 from server.latency import needs_latency
 from server.options import build_config, device_wait_s
 from server.store import InvalidTransition, Job, JobState, Store, utcnow
@@ -57,6 +59,12 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.jobs_dir / job_id
 
 
+def _ended(process: Any) -> str:
+    """How a job's worker ended without recording a result: a process's exit, or what a job's Ray task
+    says about its own end (`server.ray_jobs.RayJob.ended`)."""
+    return getattr(process, "ended", "") or f"the worker process {_exit_description(process.exitcode)}"
+
+
 def _exit_description(code: int | None) -> str:
     if code is not None and code < 0:
         try:
@@ -71,7 +79,7 @@ def _exit_description(code: int | None) -> str:
 @dataclass
 class _Running:
     job_id: str
-    process: Any  # multiprocessing.Process (spawn)
+    process: Any  # multiprocessing.Process (spawn), or a server.ray_jobs.RayJob
     lifeline: Any  # write end of a pipe: "cancel" messages; EOF tells the job process the server is gone
     cancel_at: float | None = None
     killed_at: float | None = None
@@ -157,6 +165,10 @@ class JobService:
         plan = plan_from_spec(spec, store=self.store)
         config = build_config(spec, store=self.store, settings=self.settings)
         self.devices.check(config.device)
+        if self.settings.jobs_on_ray:  # its files travel with it: refused now rather than when it starts
+            from server.ray_jobs import check_inputs, job_inputs
+
+            check_inputs(job_inputs(config, plan), self.settings.ray_max_input_bytes)
         if plan is None:
             self._validate_search(config)
             return config
@@ -298,6 +310,9 @@ class JobService:
         except ConfigError as exc:  # validated at submit; only a lost upload gets here
             self.store.finish(job.id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
             return
+        if self.settings.jobs_on_ray:
+            self._launch_on_ray(job, folder, plan)
+            return
         lifeline_read, lifeline_write = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=run_job_process,
@@ -322,6 +337,25 @@ class JobService:
         if job.cancel_requested:
             self._signal_cancel(h)
         log.info("job %s started in process %s (resume=%s)", job.id, proc.pid, job.resume)
+
+    def _launch_on_ray(self, job: Job, folder: Path, plan: FrontierPlan | None) -> None:
+        from server.ray_jobs import RayJob
+
+        try:
+            task = RayJob(job=job, folder=folder, plan=plan, settings=self.settings, store=self.store,
+                          device_wait_s=device_wait_s(job.spec))
+            lifeline = task.start()
+        except Exception as exc:
+            log.exception("could not start job %s on the Ray cluster", job.id)
+            self.store.finish(job.id, JobState.FAILED,
+                              error=f"could not start the job on the Ray cluster at {self.settings.ray_address} "
+                                    f"({type(exc).__name__}: {exc}); POST /jobs/{job.id}/resume once it answers")
+            return
+        with self._lock:
+            self._running[job.id] = h = _Running(job.id, task, lifeline)
+        if job.cancel_requested:
+            self._signal_cancel(h)
+        log.info("job %s started as a Ray task (resume=%s)", job.id, job.resume)
 
     def _signal_cancel(self, h: _Running) -> None:
         if h.cancel_at is not None:
@@ -369,18 +403,17 @@ class JobService:
         job = self.store.get_job(h.job_id)
         if job.job_state is not JobState.RUNNING or self._stopping.is_set():
             return
-        how = _exit_description(h.process.exitcode)
+        what = _ended(h.process)
         try:
             if h.cancel_at is not None or job.cancel_requested:
                 self.store.finish(h.job_id, JobState.CANCELLED, message="cancelled")
                 return
             limit = self.settings.max_worker_restarts
-            if self.store.requeue_after_crash(h.job_id, max_restarts=limit,
-                                              reason=f"the worker process {how} without a result"):
-                log.warning("job %s: its worker process %s; restarting it from its checkpoint", h.job_id, how)
+            if self.store.requeue_after_crash(h.job_id, max_restarts=limit, reason=f"{what} without a result"):
+                log.warning("job %s: %s; restarting it from its checkpoint", h.job_id, what)
                 return
             self.store.finish(h.job_id, JobState.FAILED,
-                              error=f"WorkerDied: the worker process {how} without a result"
+                              error=f"WorkerDied: {what} without a result"
                                     + (f", after {limit} restart(s) from its checkpoint" if limit else "")
                                     + f"; see GET /jobs/{h.job_id}/log for why (often memory: a smaller model or "
                                       f"fewer workers), then POST /jobs/{h.job_id}/resume to try again")
