@@ -344,6 +344,10 @@ class JobService:
         try:
             task = RayJob(job=job, folder=folder, plan=plan, settings=self.settings, store=self.store,
                           device_wait_s=device_wait_s(job.spec))
+        except (ConfigError, OSError) as exc:  # its inputs: checked at submit; only a file lost since gets here
+            self.store.finish(job.id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            return
+        try:
             lifeline = task.start()
         except Exception as exc:
             log.exception("could not start job %s on the Ray cluster", job.id)

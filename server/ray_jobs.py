@@ -225,7 +225,9 @@ class RelayRecords:
         self.cancelled, self.orphaned = cancelled, orphaned
         self.view = JobSnapshot()
         self.final: tuple[JobState, dict[str, Any]] | None = None
-        self._lock = threading.RLock()
+        self._gone = threading.Event()  # the relay did not answer: nothing more is sent
+        self._sending = threading.Lock()  # one push at a time, in order
+        self._buffer = threading.Lock()  # the log lines waiting (never held across a push: see add_log)
         self._log: list[str] = []
         self._log_bytes = 0
         self._dropped = 0
@@ -261,7 +263,9 @@ class RelayRecords:
 
     # -- the channel
     def add_log(self, line: str) -> None:
-        with self._lock:
+        # Any thread may log at any time, Ray's own threads too while a push waits for the relay: this
+        # only ever waits for another line to be added or taken.
+        with self._buffer:
             if self._log_bytes > MAX_PENDING_LOG:
                 self._dropped += 1
                 return
@@ -272,21 +276,24 @@ class RelayRecords:
         """Push the pending log lines and `items` to the relay; note the signals it answers with."""
         failure: Exception | None = None
         signals: list[str] = []
-        with self._lock:  # (reentrant: Ray may log from inside the call, and a log line comes back here)
-            if self.orphaned.is_set():
+        with self._sending:
+            if self._gone.is_set():
                 return
+            with self._buffer:
+                lines, dropped = self._log, self._dropped
+                self._log, self._log_bytes, self._dropped = [], 0, 0
             batch: list[tuple[Any, ...]] = []
-            if self._log:
-                text = "\n".join(self._log) + "\n"
-                if self._dropped:
-                    text += f"({self._dropped} log line(s) dropped: the orchestrator did not keep up)\n"
+            if lines:
+                text = "\n".join(lines) + "\n"
+                if dropped:
+                    text += f"({dropped} log line(s) dropped: the orchestrator did not keep up)\n"
                 batch.append(("log", text))
             batch.extend(items)
             try:
                 signals = self.push(batch)
-                self._log, self._log_bytes, self._dropped = [], 0, 0
             except Exception as exc:  # the orchestrator (and its relay) is gone
                 failure = exc
+                self._gone.set()
                 self.orphaned.set()
         if failure is not None:
             log.warning("the orchestrator no longer answers (%s: %s); stopping at the next episode",
@@ -510,11 +517,15 @@ class RayJob:
         here = ray.get_runtime_context().get_node_id()
         self.relay = ray.remote(JobRelay).options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
-        task = ray.remote(run_job_on_node).options(num_cpus=self.settings.job_cpus, max_retries=0, max_calls=1,
-                                                   name=f"amc-job-{self.job_id[:8]}")
-        # (inputs and checkpoint as top-level arguments: Ray hands the task the bytes, not references)
-        self.ref = task.remote(self.job_id, self.relay, ray.put(self._inputs), ray.put(self._checkpoint),
-                               self._options)
+        try:
+            task = ray.remote(run_job_on_node).options(num_cpus=self.settings.job_cpus, max_retries=0, max_calls=1,
+                                                       name=f"amc-job-{self.job_id[:8]}")
+            # (inputs and checkpoint as top-level arguments: Ray hands the task the bytes, not references)
+            self.ref = task.remote(self.job_id, self.relay, ray.put(self._inputs), ray.put(self._checkpoint),
+                                   self._options)
+        except Exception:
+            ray.kill(self.relay)
+            raise
         self._inputs, self._checkpoint = {}, {}
         self._thread.start()
         log.info("job %s submitted to the Ray cluster at %s (%g CPU)", self.job_id, self.settings.ray_address,
