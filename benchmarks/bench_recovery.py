@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     entry = zoo.MODELS[name]
     full = load_dataset(f"cifar10:{data / 'cifar10_test.npz'}", input_shape=entry.input_shape, mean=entry.mean,
                         std=entry.std, seed=0)
-    bundle = dataclasses.replace(full, search=full.search.subset(range(args.images)),
+    # Recovery trains on `train` (which for this file is the search split itself): both are cut to
+    # `--images` (before 2026-11-29 only `search` was, so every run trained on all 5,000 search images).
+    recovery_images = full.search.subset(range(args.images))
+    bundle = dataclasses.replace(full, search=recovery_images, train=recovery_images,
                                  report=full.report.subset(range(min(args.report_images, len(full.report)))))
     weights = next((data / "weights").glob(f"{name}-*.th"))
     teacher = zoo.load_model(name, weights=str(weights)).model.eval()
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     lines = [f"{name} (pretrained, {teacher_acc:.2%} on these {len(bundle.report):,} report images) with {damage}: "
              f"{start_acc:.2%} after BN re-estimation. Trained back {args.epochs} epochs on {args.images} search images (a tenth held out).",
+             *([f"Recovery trained on {rows[0][2].train}; epoch picked on {rows[0][2].holdout}."] if rows else []),
              "", f"| setting | accuracy ({len(bundle.report):,} report images) | best epoch | held-out accuracy by epoch | time |",
              "|---|---:|---:|---|---:|"]
     for label, acc, result, seconds in rows:
