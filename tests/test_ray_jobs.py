@@ -1,10 +1,11 @@
 """Jobs as Ray tasks (AMC_JOBS_ON_RAY): a real Ray cluster started here, a head with no CPUs and one more
 node joined with `ray start --address` (so a job can only run on that other node), each in its own session
-so that every process they start is ended by session id, never `ray stop`. The node works in a folder of
-its own (AMC_RAY_WORK_DIR), apart from the orchestrator's data dir: the job's state, episodes, log and
-files come back to the orchestrator's store and job folder; its report is the local worker's for the same
-seed; uploaded weights travel with it; a cancelled job stops, a killed task resumes from the checkpoint
-that came back. Without Ray: the settings' rules and the file shipping's checks."""
+so that every process they start is ended by session id, never `ray stop`; and a real server (uvicorn)
+with jobs on Ray, whose data dir is apart from the node's work dir (AMC_RAY_WORK_DIR). A job's state,
+episodes, log and files come back to the server's store and job folder; its report is the local worker's
+for the same seed; uploaded weights travel with it; a killed task resumes from the checkpoint that came
+back; a cancel stops it. Without Ray: the settings' rules, the file shipping's checks, the relay's records,
+and a task with its orchestrator through a relay in this process."""
 
 from __future__ import annotations
 
@@ -289,65 +290,39 @@ class TwoNodes:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[TwoNodes]:
-    # Not importorskip: Ray reads RAY_AUTH_MODE once, when imported, so it is imported after the token is set.
     if importlib.util.find_spec("ray") is None:
         pytest.skip("the farm extra is not installed (pip install -e '.[farm]')")
     with tempfile.TemporaryDirectory(prefix="amc-rayjobs-") as tmp:
         c = TwoNodes(Path(tmp))
-        saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED",
-                                                 "AMC_CACHE_DIR")}
         try:
             c.start()
-            os.environ.update({k: c.env[k] for k in saved})
             yield c
         finally:
-            if "ray" in sys.modules:
-                import ray
-
-                ray.shutdown()
             c.close()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
-def service(cluster: TwoNodes, tmp_path_factory) -> Iterator[Any]:
-    """A started job service with jobs on Ray: its data dir apart from the node's work dir."""
-    from server.jobs import JobService
+def server(cluster: TwoNodes, tmp_path_factory) -> Iterator[Any]:
+    """A real server (uvicorn, its own process: Ray keeps the first token a process uses, so this one never
+    joins a cluster with another's) with jobs on Ray; its data dir apart from the node's work dir."""
+    from test_server_harness import ServerProcess
 
     tmp = tmp_path_factory.mktemp("rayjobs")
-    settings = Settings(data_dir=tmp / "data", api_token=TOKEN, ray_address=cluster.address, jobs_on_ray=True,
-                        ray_work_dir=str(tmp / "node-work"), ray_checkpoint_every_s=0.5, max_workers=1,
-                        max_worker_restarts=1)
-    settings.prepare_dirs()
-    store = Store(settings.db_url)
-    svc = JobService(store=store, settings=settings)
-    svc.start()
+    srv = ServerProcess(tmp / "data", env={
+        "AMC_RAY_ADDRESS": cluster.address, "AMC_JOBS_ON_RAY": "1", "AMC_RAY_WORK_DIR": str(tmp / "node-work"),
+        "AMC_RAY_CHECKPOINT_EVERY_S": "0.5", "AMC_MAX_WORKER_RESTARTS": "1", "AMC_MAX_WORKERS": "1",
+        **{k: cluster.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED", "AMC_CACHE_DIR")},
+    })
+    srv.work_dir = tmp / "node-work"
+    srv.start()
     try:
-        yield svc
+        yield srv
     finally:
-        svc.stop()
-        store.close()
+        srv.stop()
 
 
-def _wait(store: Store, job_id: str, done: Any, what: str, timeout: float = 600.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = store.get_job(job_id)
-        if done(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id}: timed out after {timeout:.0f} s waiting for {what}; it is {job.state}: "
-                         f"{job.phase} {job.message} {job.error}")
-
-
-def _worker_node(cluster: TwoNodes) -> str:
-    import ray
-
-    return next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1)
+def _server_store(server: Any) -> Store:
+    return Store(f"sqlite:///{server.data_dir / 'amc.db'}", create=False)
 
 
 def _local_run(tmp_path: Path, spec: dict[str, Any], config: dict[str, Any]) -> tuple[Job, list[dict[str, Any]], Path]:
@@ -371,20 +346,33 @@ def _local_run(tmp_path: Path, spec: dict[str, Any], config: dict[str, Any]) -> 
     return done, episodes, folder
 
 
-_TIMES_AND_PATHS = {"episode_timing", "weights", "seconds"}
+# Timings, the weights' path (the node read its own copy) and the farm's section (this process has no farm).
+_DIFFERENT = {"episode_timing", "weights", "seconds", "latency_per_phone_model"}
 
 
 def _comparable(value: Any) -> Any:
-    """A report or episode without its timings and the weights' path (the node read its own copy)."""
+    """A report or episode without what may differ between two runs of one job on two machines."""
     if isinstance(value, dict):
         return {k: _comparable(v) for k, v in value.items()
-                if k not in _TIMES_AND_PATHS and not k.endswith(("_seconds", "_s"))}
+                if k not in _DIFFERENT and not k.endswith(("_seconds", "_s"))}
     if isinstance(value, list):
         return [_comparable(v) for v in value]
     return value
 
 
-def _upload_weights(service: Any) -> str:
+def _wait_job(c: Any, job_id: str, done: Any, what: str, timeout: float = 600.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = c.get(f"/jobs/{job_id}").json()
+        if done(job):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id}: timed out after {timeout:.0f} s waiting for {what}; last: {job}")
+
+
+def test_a_job_runs_on_the_other_node_and_comes_back_whole(server: Any, cluster: TwoNodes, tmp_path: Path,
+                                                          monkeypatch) -> None:
     import io
 
     import torch
@@ -394,70 +382,72 @@ def _upload_weights(service: Any) -> str:
     torch.manual_seed(0)
     buf = io.BytesIO()
     torch.save(zoo.load_model("demo-cnn").model.state_dict(), buf)
-    upload_id = secrets.token_hex(16)
-    path = service.settings.uploads_dir / upload_id
-    path.write_bytes(buf.getvalue())
-    service.store.add_upload(kind="weights", filename="demo.pt", size=path.stat().st_size, sha256="0" * 64,
-                             path=str(path), upload_id=upload_id)
-    return upload_id
-
-
-def test_a_job_runs_on_the_other_node_and_comes_back_whole(cluster: TwoNodes, service: Any, tmp_path: Path,
-                                                          monkeypatch) -> None:
-    spec = {**SMALL_JOB, "episodes": 3, "weights": _upload_weights(service)}  # the weights travel with the task
-    job = service.submit(spec)
-    done = _wait(service.store, job.id, lambda j: j.state in FINISHED, "its end")
-    folder = service.settings.jobs_dir / job.id
-    log_text = (folder / "job.log").read_text()
-    assert done.state == "succeeded", (done.error, log_text[-3000:])
-
-    # It ran on the node with the CPU, in that node's folder, and recorded everything here.
-    assert f"({_worker_node(cluster)[:12]})" in log_text and "runs on node" in log_text, log_text[-3000:]
-    assert f"job {job.id} succeeded" in log_text  # the task's own log lines came back
-    episodes = service.store.list_episodes(job.id)
-    assert [e.number for e in episodes] == [1, 2, 3] and done.episodes_done == 3
-    assert done.best is not None and done.phase == "succeeded"
+    with server.client() as c:
+        up = c.post("/uploads", files={"file": ("demo.pt", buf.getvalue())})
+        assert up.status_code == 201, up.text
+        spec = {**SMALL_JOB, "episodes": 3, "weights": up.json()["id"]}  # the weights travel with the task
+        r = c.post("/jobs", json=spec)
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        job = _wait_job(c, job_id, lambda j: j["state"] in FINISHED, "its end")
+        log_text = c.get(f"/jobs/{job_id}/log").text
+        assert job["state"] == "succeeded", (job, log_text[-3000:], server.log()[-3000:])
+        # The task's own log lines came back: it ran in the node's folder (the head has no CPU for it).
+        node_dir = server.work_dir / f"amc-ray-{job_id}"
+        assert "runs on node" in log_text and f"{node_dir}/job" in log_text and f"job {job_id} succeeded" in log_text
+        assert not node_dir.exists()  # the node cleans up after itself
+        report = c.get(f"/jobs/{job_id}/artifacts/report.json").json()
+        assert c.get(f"/jobs/{job_id}/artifacts/model.onnx").status_code == 200
+    assert report["weights"] == f"{node_dir}/inputs/weights/{spec['weights']}"  # the node's copy
+    assert report["latency_per_phone_model"]["farm"] == cluster.address
+    folder = server.data_dir / "jobs" / job_id
     for name in ("report.json", "report.md", "model.onnx", "model.pt", "policy.json", "episodes.csv",
                  "checkpoint/state.pt"):
         assert (folder / name).is_file(), name
-    assert service.available_artifacts(service.store.get_job(job.id))[:1] == ["model.onnx"]
-    node_dir = Path(service.settings.ray_work_dir) / f"amc-ray-{job.id}"
-    assert done.report["weights"] == f"{node_dir}/inputs/weights/{spec['weights']}"  # the node's copy
-    assert not node_dir.exists()  # the node cleans up after itself
+    store = _server_store(server)
+    episodes = store.list_episodes(job_id)
+    done = store.get_job(job_id)
+    store.close()
+    assert [e.number for e in episodes] == [1, 2, 3] and done.episodes_done == 3 and done.best is not None
 
     # The same job in a local worker: the same episodes and the same report.
-    monkeypatch.setenv("AMC_RAY_ADDRESS", cluster.address)  # a local worker of this server would see the farm
-    local, local_episodes, local_folder = _local_run(tmp_path, spec, job.config)
+    monkeypatch.delenv("AMC_RAY_ADDRESS", raising=False)
+    local, local_episodes, local_folder = _local_run(tmp_path, spec, done.config)
     assert local.state == "succeeded", local.error
     assert _comparable([e.record for e in episodes]) == _comparable(local_episodes)
-    assert _comparable(done.report) == _comparable(local.report)
-    on_ray = json.loads((folder / "report.json").read_text())
-    assert _comparable(on_ray) == _comparable(json.loads((local_folder / "report.json").read_text()))
+    assert _comparable(done.report) == _comparable(local.report) == _comparable(report)
+    assert _comparable(report) == _comparable(json.loads((local_folder / "report.json").read_text()))
 
 
-def test_cancel_and_a_killed_task_resumes_from_the_checkpoint_that_came_back(cluster: TwoNodes, service: Any) -> None:
-    store = service.store
-    job = service.submit({**SMALL_JOB, "episodes": 5000, "seed": 3})  # minutes of work unless stopped
-    folder = service.settings.jobs_dir / job.id
-    _wait(store, job.id, lambda j: j.episodes_done >= 2 or j.job_state.finished, "2 episodes")
-    _wait(store, job.id, lambda j: (folder / "checkpoint" / "state.pt").is_file(), "its checkpoint here", 60)
-    m = re.search(r"\(process (\d+)\)", (folder / "job.log").read_text())
-    assert m, (folder / "job.log").read_text()[-3000:]
+def test_cancel_and_a_killed_task_resumes_from_the_checkpoint_that_came_back(server: Any) -> None:
+    folder_of = lambda job_id: server.data_dir / "jobs" / job_id  # noqa: E731
+    with server.client() as c:
+        r = c.post("/jobs", json={**SMALL_JOB, "episodes": 5000, "seed": 3})  # minutes of work unless stopped
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        folder = folder_of(job_id)
+        _wait_job(c, job_id, lambda j: j["episodes_done"] >= 2 or j["state"] in FINISHED, "2 episodes")
+        _wait_job(c, job_id, lambda j: (folder / "checkpoint" / "state.pt").is_file(), "its checkpoint here", 60)
+        m = re.search(r"\(process (\d+)\)", c.get(f"/jobs/{job_id}/log").text)
+        assert m, c.get(f"/jobs/{job_id}/log").text[-3000:]
 
-    # The task's worker process dies (as with its node): the job restarts from the checkpoint that came back.
-    os.kill(int(m.group(1)), signal.SIGKILL)
-    restarted = _wait(store, job.id, lambda j: any(e["kind"] == "worker-restart" for e in j.events or []),
-                      "a restart", 120)
-    assert "Ray task failed" in restarted.events[-1]["message"], restarted.events
-    before = restarted.episodes_done
-    _wait(store, job.id, lambda j: j.episodes_done >= before + 2 or j.job_state.finished, "2 more episodes")
-    assert "resuming job" in (folder / "job.log").read_text()
+        # The task's worker process dies (as with its node): the job restarts from the checkpoint that came back.
+        os.kill(int(m.group(1)), signal.SIGKILL)
+        job = _wait_job(c, job_id, lambda j: any(e["kind"] == "worker-restart" for e in j["events"]), "a restart",
+                        120)
+        assert "Ray task failed" in job["events"][-1]["message"], job["events"]
+        before = job["episodes_done"]
+        _wait_job(c, job_id, lambda j: j["episodes_done"] >= before + 2 or j["state"] in FINISHED, "2 more episodes")
+        assert "resuming job" in c.get(f"/jobs/{job_id}/log").text
 
-    t = time.monotonic()
-    service.cancel(job.id)
-    done = _wait(store, job.id, lambda j: j.job_state.finished, "the cancel", 60)
-    assert done.job_state is JobState.CANCELLED and time.monotonic() - t < 30, done.message
-    numbers = [e.number for e in store.list_episodes(job.id)]
-    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) < 5000
-    assert (folder / "checkpoint" / "state.pt").is_file()
-    _wait(store, job.id, lambda j: job.id not in service.running_ids(), "the task's handle to go", 30)
+        t = time.monotonic()
+        assert c.post(f"/jobs/{job_id}/cancel").status_code == 200
+        job = _wait_job(c, job_id, lambda j: j["state"] in FINISHED, "the cancel", 60)
+        assert job["state"] == "cancelled" and time.monotonic() - t < 30, job
+        numbers = [e["episode"] for e in c.get(f"/jobs/{job_id}/episodes").json()["episodes"]]
+        assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) < 5000
+        assert (folder / "checkpoint" / "state.pt").is_file()
+        deadline = time.monotonic() + 30
+        while c.get("/healthz").json()["running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get("/healthz").json()["running"] == []
