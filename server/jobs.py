@@ -347,6 +347,9 @@ class JobService:
         except (ConfigError, OSError) as exc:  # its inputs: checked at submit; only a file lost since gets here
             self.store.finish(job.id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
             return
+        # (before the task starts: afterwards its own phases come back and must not be overwritten)
+        self.store.set_phase(job.id, "starting",
+                             f"waiting for a node of the Ray cluster with {self.settings.job_cpus:g} free CPU(s)")
         try:
             lifeline = task.start()
         except Exception as exc:

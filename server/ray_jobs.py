@@ -518,8 +518,10 @@ class RayJob:
         self.relay = ray.remote(JobRelay).options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         try:
-            task = ray.remote(run_job_on_node).options(num_cpus=self.settings.job_cpus, max_retries=0, max_calls=1,
-                                                       name=f"amc-job-{self.job_id[:8]}")
+            # A fresh worker process per job (max_calls=1, which only the decorator takes): nothing a search
+            # leaves in its process (torch threads, memory) reaches the next job on that node.
+            task = ray.remote(max_calls=1)(run_job_on_node).options(
+                num_cpus=self.settings.job_cpus, max_retries=0, name=f"amc-job-{self.job_id[:8]}")
             # (inputs and checkpoint as top-level arguments: Ray hands the task the bytes, not references)
             self.ref = task.remote(self.job_id, self.relay, ray.put(self._inputs), ray.put(self._checkpoint),
                                    self._options)
