@@ -100,6 +100,28 @@ def test_inputs_travel_bounded_and_land_inside_the_node_folder(tmp_path: Path) -
             write_files(node, {bad: b""})
 
 
+def test_post_jobs_refuses_inputs_a_job_on_ray_could_not_send(tmp_path: Path, monkeypatch) -> None:
+    """Checked at submit (422 naming the field), not when the job starts; nothing connects to Ray for it."""
+    from test_server_harness import in_process_app
+
+    monkeypatch.setenv("AMC_CONFIG_DIR", str(tmp_path / "config"))
+    with in_process_app(tmp_path / "data", jobs_on_ray=True, ray_address="10.0.0.5:6379", ray_insecure=True,
+                        ray_max_input_mb=0.01) as api:
+        import io
+
+        import torch
+
+        from compressor import zoo
+
+        buf = io.BytesIO()
+        torch.save(zoo.load_model("demo-cnn").model.state_dict(), buf)  # ~250 kB, over 0.01 MB
+        up = api.client.post("/uploads", files={"file": ("demo.pt", buf.getvalue())}).json()
+        r = api.client.post("/jobs", json={**SMALL_JOB, "weights": up["id"]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "weights"], r.text
+        assert "AMC_RAY_MAX_INPUT_MB" in r.json()["detail"][0]["msg"]
+        assert api.client.post("/jobs", json=SMALL_JOB).status_code == 201  # the embedded data set: nothing to send
+
+
 def test_relay_records_keep_order_carry_signals_and_stop_when_the_orchestrator_is_gone(tmp_path: Path) -> None:
     import threading
 
