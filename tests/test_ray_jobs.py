@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from test_farm_ray import _end_sessions, _nice  # (a session per Ray process, ended by session id)
 from test_server_harness import SMALL_JOB, TOKEN
 
 from compressor.config import SearchConfig
@@ -244,38 +245,6 @@ def test_a_task_and_its_orchestrator_through_a_relay_without_ray(tmp_path: Path)
 # -- a real cluster ------------------------------------------------------------------------------------
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
-def _end_sessions(*sids: int) -> None:
-    """End every process of the sessions `sids` (all started by this test), TERM then KILL."""
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
-        for sid in sids:
-            for pid in _session_pids(sid):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace
-        while any(_session_pids(sid) for sid in sids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-
-def _new_session() -> None:
-    if os.environ.get("AMC_TEST_RAY_NICE"):  # (see tests/test_farm_ray.py)
-        os.setpriority(os.PRIO_PROCESS, 0, int(os.environ["AMC_TEST_RAY_NICE"]))
-    os.setsid()
-
-
 class TwoNodes:
     """A Ray head without CPUs and one node with one CPU, on this machine."""
 
@@ -293,7 +262,7 @@ class TwoNodes:
     def _ray(self, *args: str, log: str) -> None:
         with open(self.root / log, "w") as out:
             proc = subprocess.Popen([str(BIN / "ray"), "start", *args], cwd=self.root, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, preexec_fn=_new_session)
+                                    stderr=subprocess.STDOUT, preexec_fn=_nice)
             self.sessions.append(proc.pid)  # setsid: the session id is the pid
             assert proc.wait(timeout=600) == 0, (self.root / log).read_text()[-3000:]
 
