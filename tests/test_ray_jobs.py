@@ -389,7 +389,6 @@ def test_a_job_runs_on_the_other_node_and_comes_back_whole(server: Any, cluster:
         assert not node_dir.exists()  # the node cleans up after itself
         report = c.get(f"/jobs/{job_id}/artifacts/report.json").json()
         assert c.get(f"/jobs/{job_id}/artifacts/model.onnx").status_code == 200
-    assert report["weights"] == f"{node_dir}/inputs/weights/{spec['weights']}"  # the node's copy
     assert report["latency_per_phone_model"]["farm"] == cluster.address
     folder = server.data_dir / "jobs" / job_id
     for name in ("report.json", "report.md", "model.onnx", "model.pt", "policy.json", "episodes.csv",
@@ -400,6 +399,7 @@ def test_a_job_runs_on_the_other_node_and_comes_back_whole(server: Any, cluster:
     done = store.get_job(job_id)
     store.close()
     assert [e.number for e in episodes] == [1, 2, 3] and done.episodes_done == 3 and done.best is not None
+    assert report["weights"] == f"{node_dir}/inputs/weights/{Path(done.config['weights']).name}"  # the node's copy
 
     # The same job in a local worker: the same episodes and the same report.
     monkeypatch.delenv("AMC_RAY_ADDRESS", raising=False)
