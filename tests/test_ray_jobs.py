@@ -3,8 +3,8 @@ node joined with `ray start --address` (so a job can only run on that other node
 so that every process they start is ended by session id, never `ray stop`; and a real server (uvicorn)
 with jobs on Ray, whose data dir is apart from the node's work dir (AMC_RAY_WORK_DIR). A job's state,
 episodes, log and files come back to the server's store and job folder; its report is the local worker's
-for the same seed; uploaded weights travel with it; a killed task resumes from the checkpoint that came
-back; a cancel stops it. Without Ray: the settings' rules, the file shipping's checks, the relay's records,
+for the same seed; uploaded weights travel with it; a job whose node dies resumes on a node that joins, from
+the checkpoint that came back; a cancel stops it. Without Ray: the settings' rules, the file shipping's checks, the relay's records,
 and a task with its orchestrator through a relay in this process."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -259,12 +258,13 @@ class TwoNodes:
         self.address = ""
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths are limited
 
-    def _ray(self, *args: str, log: str) -> None:
+    def _ray(self, *args: str, log: str) -> int:
         with open(self.root / log, "w") as out:
             proc = subprocess.Popen([str(BIN / "ray"), "start", *args], cwd=self.root, env=self.env, stdout=out,
                                     stderr=subprocess.STDOUT, preexec_fn=_nice)
             self.sessions.append(proc.pid)  # setsid: the session id is the pid
             assert proc.wait(timeout=600) == 0, (self.root / log).read_text()[-3000:]
+        return proc.pid
 
     def start(self) -> None:
         self._ray("--head", "--port", "0", "--num-cpus", "0", "--include-dashboard", "false",
@@ -272,7 +272,11 @@ class TwoNodes:
         m = re.search(r"ray start --address='([^']+)'", (self.root / "head.log").read_text())
         assert m, (self.root / "head.log").read_text()[-3000:]
         self.address = m.group(1)
-        self._ray("--address", self.address, "--num-cpus", "1", log="node.log")
+        self.node = self.add_node("node.log")
+
+    def add_node(self, log: str) -> int:
+        """One more node with one CPU; its session id (every process of that node is in it)."""
+        return self._ray("--address", self.address, "--num-cpus", "1", log=log)
 
     def close(self) -> None:
         _end_sessions(*self.sessions)
@@ -410,7 +414,8 @@ def test_a_job_runs_on_the_other_node_and_comes_back_whole(server: Any, cluster:
     assert _comparable(report) == _comparable(json.loads((local_folder / "report.json").read_text()))
 
 
-def test_cancel_and_a_killed_task_resumes_from_the_checkpoint_that_came_back(server: Any) -> None:
+def test_a_job_whose_node_dies_resumes_on_another_from_the_checkpoint_that_came_back_and_cancels(
+        server: Any, cluster: TwoNodes) -> None:
     folder_of = lambda job_id: server.data_dir / "jobs" / job_id  # noqa: E731
     with server.client() as c:
         r = c.post("/jobs", json={**SMALL_JOB, "episodes": 5000, "seed": 3})  # minutes of work unless stopped
@@ -419,13 +424,14 @@ def test_cancel_and_a_killed_task_resumes_from_the_checkpoint_that_came_back(ser
         folder = folder_of(job_id)
         _wait_job(c, job_id, lambda j: j["episodes_done"] >= 2 or j["state"] in FINISHED, "2 episodes")
         _wait_job(c, job_id, lambda j: (folder / "checkpoint" / "state.pt").is_file(), "its checkpoint here", 60)
-        m = re.search(r"\(process (\d+)\)", c.get(f"/jobs/{job_id}/log").text)
-        assert m, c.get(f"/jobs/{job_id}/log").text[-3000:]
+        assert re.search(r"\(process (\d+)\)", c.get(f"/jobs/{job_id}/log").text)
 
-        # The task's worker process dies (as with its node): the job restarts from the checkpoint that came back.
-        os.kill(int(m.group(1)), signal.SIGKILL)
+        # The node that runs it dies (every process of it, its raylet included: the only node with a CPU) and
+        # another joins: the job restarts there from the checkpoint that came back.
+        _end_sessions(cluster.node)
+        cluster.node = cluster.add_node("node-2.log")
         job = _wait_job(c, job_id, lambda j: any(e["kind"] == "worker-restart" for e in j["events"]), "a restart",
-                        120)
+                        180)
         assert "Ray task failed" in job["events"][-1]["message"], job["events"]
         before = job["episodes_done"]
         _wait_job(c, job_id, lambda j: j["episodes_done"] >= before + 2 or j["state"] in FINISHED, "2 more episodes")
