@@ -325,8 +325,15 @@ def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfi
     store.set_phase(job_id, "latency", f"completing the latency lookup table of {cfg.device} for {cfg.model}")
     oracle = make_oracle(cfg, force=True, device_wait_s=device_wait_s, on_wait=device_waiter(job_id, store),
                          should_stop=should_stop)
-    return run_frontier(cfg, plan.targets, out, oracle=oracle, references=[r.argument(out) for r in plan.references],
-                        on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
+    frontier = run_frontier(cfg, plan.targets, out, oracle=oracle,
+                            references=[r.argument(out) for r in plan.references],
+                            on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
+    # Each target's model on every phone model of the farm, in that target's report.json and report.md.
+    for point in frontier.get("points") or []:
+        folder = out / point["dir"]
+        if (folder / "report.json").is_file():
+            with_phone_models(job_id, store, folder, cfg, json.loads((folder / "report.json").read_text()))
+    return frontier
 
 
 def recorder(job_id: str, store: JobRecords, plan: FrontierPlan | None = None, *,

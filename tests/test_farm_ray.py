@@ -452,6 +452,21 @@ def test_one_search_latency_on_every_phone_model(cluster: Cluster, tmp_path: Pat
             assert report_json["latency_per_phone_model"] == section
             md = c.get(job["links"]["artifacts"]["report.md"]).text
             assert "## Latency on every phone model" in md and "| Galaxy S23 |" in md and "| Pixel 7 |" in md
+
+            # A frontier job: each target's model, in that target's report.json and report.md.
+            r = c.post("/jobs", json={"model": "demo-cnn", "data": "digits", "targets": ["flops=0.6", "flops=0.3"],
+                                      "strategy": "random", "episodes": 2, "device": "local", "seed": 0})
+            assert r.status_code == 201, r.text
+            job = wait_for(c, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+            assert job["state"] == "succeeded", (job, server.log()[-3000:])
+            links = job["links"]["artifacts"]
+            for target in ("flops-0.6", "flops-0.3"):
+                section = c.get(links[f"{target}/report.json"]).json()["latency_per_phone_model"]
+                assert section["farm"] == cluster.address
+                assert {m["device"] for m in section["models"]} == set(rows)
+                assert all(m["median_ms"] > 0 and m["baseline_median_ms"] > 0 for m in section["models"])
+                md = c.get(links[f"{target}/report.md"]).text
+                assert "## Latency on every phone model" in md and "| Pixel 7 |" in md
     finally:
         server.stop()
 

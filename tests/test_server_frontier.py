@@ -64,6 +64,11 @@ def test_a_frontier_job_serves_its_frontier_and_each_targets_files(server):
             report = c.get(f"/jobs/{job_id}/artifacts/{p['dir']}/report.json")
             assert report.status_code == 200 and report.json()["target"] == p["target"]
             assert report.json()["result"]["macs"] == p["macs"]
+            # No farm here: each target's per-phone-model section says the job's device is the only one.
+            section = report.json()["latency_per_phone_model"]
+            assert section["farm"] is None and section["models"] == [] and "local" in section["note"]
+            md = c.get(f"/jobs/{job_id}/artifacts/{p['dir']}/report.md").text
+            assert "## Latency on every phone model" in md
             assert f"{p['dir']}/model.onnx" in links and f"{p['dir']}/episodes.csv" in links
         model = c.get(f"/jobs/{job_id}/artifacts/flops-0.3/model.onnx")
         sess = ort.InferenceSession(model.content, providers=["CPUExecutionProvider"])
