@@ -14,7 +14,7 @@ def _fmt_pct(x: float | None) -> str:
 
 
 def _at_calibration(c: dict[str, Any]) -> str:
-    """", X ms at the device's speed when the budget was set" where drift made the two differ."""
+    """The suffix naming a round's drift-corrected time, where drift made it differ from the raw one."""
     comparable, measured = c.get("comparable_ms"), c.get("measured_ms")
     if comparable is None or measured is None or abs(comparable - measured) <= 0.0005:
         return ""
