@@ -330,8 +330,8 @@ def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfi
                             on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
     # Each target's model on every phone model of the farm, in that target's report.json and report.md.
     for point in frontier.get("points") or []:
-        folder = out / point["dir"]
-        if (folder / "report.json").is_file():
+        folder = out / str(point.get("dir") or "")
+        if point.get("dir") and (folder / "report.json").is_file():
             with_phone_models(job_id, store, folder, cfg, json.loads((folder / "report.json").read_text()))
     return frontier
 
