@@ -206,7 +206,8 @@ class JobService:
         config = self.validate(spec)
         targets = job_targets(spec)
         job = self.store.create_job(spec=spec, config=config.to_dict(),
-                                    episodes_total=None if targets is None else len(targets) * config.episodes)
+                                    episodes_total=None if targets is None else len(targets) * config.episodes,
+                                    max_queued=self.settings.max_queued_jobs)
         log.info("queued job %s (%s%s)", job.id, config.model,
                  "" if targets is None else f", a frontier of {len(targets)} targets")
         self._wake.set()
@@ -224,7 +225,7 @@ class JobService:
 
     def resume(self, job_id: str) -> Job:
         """Queue a failed or cancelled job again, to continue from its checkpoint (InvalidTransition otherwise)."""
-        job = self.store.resume_job(job_id)
+        job = self.store.resume_job(job_id, max_queued=self.settings.max_queued_jobs)
         log.info("job %s resumed by request", job_id)
         self._wake.set()
         return job

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 # Settings that `amc serve` also takes as flags: setting name -> flag (each is read from AMC_<NAME> too).
 FLAGS = {"host": "--host", "port": "--port", "data_dir": "--data-dir", "max_workers": "--workers",
-         "database_url": "--database-url", "max_job_mb": "--max-job-mb", "keep_days": "--keep-days",
-         "max_worker_restarts": "--max-worker-restarts", "worker_nice": "--worker-nice",
+         "database_url": "--database-url", "max_job_mb": "--max-job-mb", "max_queued_jobs": "--max-queued-jobs",
+         "keep_days": "--keep-days", "max_worker_restarts": "--max-worker-restarts", "worker_nice": "--worker-nice",
          "jobs_on_ray": "--jobs-on-ray", "ray_job_cpus": "--ray-job-cpus"}
 
 SECRET = ("api_token", "database_url")  # never echoed in an error (a URL may hold a password)
@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-job-mb", type=float, default=None, metavar="MB",
                         help="the most a job's folder (checkpoint, models, reports) may hold; a job past it "
                              "fails and says so (default 10240; AMC_MAX_JOB_MB)")
+    limits.add_argument("--max-queued-jobs", type=int, default=None, metavar="N",
+                        help="jobs that may wait for a worker; a submit past it is answered 503 with Retry-After "
+                             "(default 10000; AMC_MAX_QUEUED_JOBS)")
     limits.add_argument("--keep-days", type=float, default=None, metavar="DAYS",
                         help="remove finished jobs and their folders this many days after they finished "
                              "(default: keep them all; AMC_KEEP_DAYS)")

@@ -11,10 +11,12 @@ import functools
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -88,6 +90,15 @@ class InvalidTransition(StoreError):
     def __init__(self, job_id: str, current: JobState, wanted: JobState, hint: str = ""):
         super().__init__(f"job {job_id} is {current.value}; it cannot become {wanted.value}{hint}")
         self.job_id, self.current, self.wanted = job_id, current, wanted
+
+
+class QueueFull(StoreError):
+    """As many jobs are queued as the server accepts (AMC_MAX_QUEUED_JOBS): a submit waits until some have started."""
+
+    def __init__(self, queued: int, limit: int):
+        super().__init__(f"{queued} jobs are already queued, the most this server accepts (AMC_MAX_QUEUED_JOBS="
+                         f"{limit}); submit again once some have started or been cancelled, or raise the limit")
+        self.queued, self.limit = queued, limit
 
 
 class DatabaseBusy(StoreError):
@@ -276,6 +287,16 @@ def _add_missing_columns(engine: Engine) -> None:
 BEST_FIELDS = ("episode", "reward", "accuracy", "macs", "params", "latency_ms", "ratios")
 
 
+@dataclass
+class _NewJob:
+    """A job on its way into the database; `outcome` is set once its transaction committed: the job, or
+    what refused it (QueueFull, an error of the insert)."""
+
+    job: Job
+    max_queued: int | None
+    outcome: Job | BaseException | None = None
+
+
 class Store:
     """CRUD over jobs, episodes and uploads (registered devices live in the profiler's registry)."""
 
@@ -287,6 +308,10 @@ class Store:
         self.lock_retries, self.lock_backoff_s = lock_retries, lock_backoff_s
         self.engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reentrant: a write may call a helper that writes in its own session (finish -> transition).
+        self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
+        self._pending: list[_NewJob] = []  # jobs waiting for the next group commit (create_job)
+        self._pending_lock = threading.Lock()
         if create:
             Base.metadata.create_all(self.engine)
             _add_missing_columns(self.engine)
@@ -305,11 +330,30 @@ class Store:
         with self._sessions() as s, s.begin():
             yield s
 
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A session that writes. SQLite lets one writer in at a time and makes the others sleep in steps
+        of 1 to 100 ms until the database is free (its busy handler), which under a burst of submits
+        turned into 50-200 ms stalls; this process's threads queue on a lock instead and go in as soon as
+        the writer before them commits. Another process's writer (a job's worker) still meets the busy
+        handler, but it writes about once an episode."""
+        if self._write_lock is None:
+            with self.session() as s:
+                yield s
+            return
+        with self._write_lock, self.session() as s:
+            yield s
+
     # ---- jobs
-    @retry_locked
-    def create_job(self, *, spec: dict[str, Any], config: dict[str, Any], episodes_total: int | None = None) -> Job:
-        """Queue a job; `episodes_total` defaults to the config's episodes (a frontier runs several searches)."""
-        job = Job(
+    def create_job(self, *, spec: dict[str, Any], config: dict[str, Any], episodes_total: int | None = None,
+                   max_queued: int | None = None) -> Job:
+        """Queue a job; `episodes_total` defaults to the config's episodes (a frontier runs several searches).
+        QueueFull when `max_queued` jobs are queued already (checked in the transaction that inserts it).
+
+        Group commit (SQLite): a submit puts its job on a list, and whichever thread holds the write lock
+        next inserts every job on it in one transaction; the others find theirs done when they get the
+        lock. Under a burst of submits one commit serves many, instead of each waiting its turn."""
+        new = _NewJob(Job(
             id=uuid.uuid4().hex,
             state=JobState.QUEUED.value,
             spec=spec,
@@ -318,10 +362,42 @@ class Store:
             episodes_total=int(config.get("episodes", 0)) if episodes_total is None else episodes_total,
             phase="queued",
             message="waiting for a worker",
-        )
-        with self.session() as s:
-            s.add(job)
-        return job
+        ), max_queued)
+        if self._write_lock is None:
+            self._insert_jobs([new])
+        else:
+            with self._pending_lock:
+                self._pending.append(new)
+            with self._write_lock:
+                if new.outcome is None:
+                    with self._pending_lock:
+                        batch, self._pending = self._pending, []
+                    try:
+                        self._insert_jobs(batch)
+                    except BaseException as exc:
+                        for other in batch:
+                            other.outcome = exc
+        if isinstance(new.outcome, BaseException):
+            raise new.outcome
+        assert new.outcome is not None
+        return new.outcome
+
+    @retry_locked
+    def _insert_jobs(self, batch: list[_NewJob]) -> None:
+        refused: dict[int, QueueFull] = {}
+        with self.writing() as s:
+            queued = None
+            if any(new.max_queued is not None for new in batch):
+                queued = s.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED.value)) or 0
+            for i, new in enumerate(batch):
+                if queued is not None and new.max_queued is not None and queued >= new.max_queued:
+                    refused[i] = QueueFull(queued, new.max_queued)
+                    continue
+                s.add(new.job)
+                if queued is not None:
+                    queued += 1
+        for i, new in enumerate(batch):  # only once committed: a retried transaction decides again
+            new.outcome = refused.get(i, new.job)
 
     @retry_locked
     def get_job(self, job_id: str) -> Job:
@@ -364,13 +440,13 @@ class Store:
 
     @retry_locked
     def transition(self, job_id: str, wanted: JobState, **values: Any) -> Job:
-        with self.session() as s:
+        with self.writing() as s:
             return self._transition(s, job_id, wanted, **values)
 
     @retry_locked
     def claim_next(self) -> Job | None:
         """The oldest queued job, now marked running; None when the queue is empty."""
-        with self.session() as s:
+        with self.writing() as s:
             ids = list(s.scalars(
                 select(Job.id).where(Job.state == JobState.QUEUED.value).order_by(Job.created_at, Job.id).limit(5)
             ))
@@ -389,7 +465,7 @@ class Store:
     def requeue_interrupted(self) -> list[str]:
         """Jobs left `running` by a server that died: queue them again, to resume from their checkpoint."""
         message = "interrupted by a server restart; will resume from its checkpoint"
-        with self.session() as s:
+        with self.writing() as s:
             jobs = list(s.scalars(select(Job).where(Job.state == JobState.RUNNING.value)))
             for job in jobs:
                 s.execute(
@@ -403,7 +479,7 @@ class Store:
     def requeue_after_crash(self, job_id: str, *, max_restarts: int, reason: str) -> bool:
         """A running job whose worker process died without recording a result: queue it again to resume
         from its checkpoint, unless it has used its `max_restarts`; False when it was not requeued."""
-        with self.session() as s:
+        with self.writing() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise JobNotFound(job_id)
@@ -419,10 +495,10 @@ class Store:
             return _rowcount(res) == 1
 
     @retry_locked
-    def resume_job(self, job_id: str) -> Job:
+    def resume_job(self, job_id: str, *, max_queued: int | None = None) -> Job:
         """Queue a failed or cancelled job again; its worker continues from the job's checkpoint (a job
-        that never wrote one, or a frontier, starts over)."""
-        with self.session() as s:
+        that never wrote one, or a frontier, starts over). QueueFull as in create_job."""
+        with self.writing() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise JobNotFound(job_id)
@@ -431,6 +507,10 @@ class Store:
                 raise InvalidTransition(job_id, state, JobState.QUEUED,
                                         hint="; only a failed or cancelled job can be resumed"
                                         + (" (cancel it first)" if not state.finished else ""))
+            if max_queued is not None:
+                queued = s.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED.value)) or 0
+                if queued >= max_queued:
+                    raise QueueFull(queued, max_queued)
             message = f"resumed after it {'was cancelled' if state is JobState.CANCELLED else 'failed'}"
             res = s.execute(
                 update(Job).where(Job.id == job_id, Job.state == state.value)
@@ -448,7 +528,7 @@ class Store:
     @retry_locked
     def add_event(self, job_id: str, kind: JobEventKind, message: str) -> None:
         """Note something that happened to a job besides its search (kept in `Job.events`)."""
-        with self.session() as s:
+        with self.writing() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise JobNotFound(job_id)
@@ -467,7 +547,7 @@ class Store:
         if not job_ids:
             return []
         finished = [st.value for st in JobState if st.finished]
-        with self.session() as s:
+        with self.writing() as s:
             gone = list(s.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.state.in_(finished))))
             s.execute(delete(Episode).where(Episode.job_id.in_(gone)))
             s.execute(delete(Job).where(Job.id.in_(gone)))
@@ -481,7 +561,7 @@ class Store:
     @retry_locked
     def request_cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once; flag a running one (its worker stops it)."""
-        with self.session() as s:
+        with self.writing() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise JobNotFound(job_id)
@@ -498,7 +578,7 @@ class Store:
 
     @retry_locked
     def set_phase(self, job_id: str, phase: str, message: str) -> None:
-        with self.session() as s:
+        with self.writing() as s:
             s.execute(update(Job).where(Job.id == job_id).values(phase=phase, message=message[:2000]))
 
     def finish(self, job_id: str, state: JobState, *, report: dict[str, Any] | None = None,
@@ -510,7 +590,7 @@ class Store:
     @retry_locked
     def add_episode(self, job_id: str, number: int, record: dict[str, Any], *, total: int | None = None) -> bool:
         """Record one finished episode (idempotent: a resumed job may report an episode twice)."""
-        with self.session() as s:
+        with self.writing() as s:
             if s.get(Episode, (job_id, number)) is not None:
                 return False
             s.add(Episode(job_id=job_id, number=number, record=record, recorded_at=utcnow()))
@@ -540,7 +620,7 @@ class Store:
     @retry_locked
     def reset_progress(self, job_id: str) -> None:
         """Forget a job's episodes, best result and recovery epochs (a job that starts over)."""
-        with self.session() as s:
+        with self.writing() as s:
             s.execute(delete(Episode).where(Episode.job_id == job_id))
             s.execute(update(Job).where(Job.id == job_id).values(episodes_done=0, best=None, recovery=None))
 
@@ -548,7 +628,7 @@ class Store:
     @retry_locked
     def add_epoch(self, job_id: str, record: dict[str, Any]) -> None:
         """Record a finished recovery epoch; one already recorded for the same target and epoch is replaced."""
-        with self.session() as s:
+        with self.writing() as s:
             job = s.get(Job, job_id, with_for_update=True)
             if job is None:
                 raise JobNotFound(job_id)
@@ -566,7 +646,7 @@ class Store:
     def add_upload(self, *, kind: str, filename: str, size: int, sha256: str, path: str, upload_id: str) -> Upload:
         up = Upload(id=upload_id, kind=kind, filename=filename, size=size, sha256=sha256, path=path,
                     created_at=utcnow())
-        with self.session() as s:
+        with self.writing() as s:
             s.add(up)
         return up
 

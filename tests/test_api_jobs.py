@@ -179,3 +179,27 @@ def test_a_status_poll_takes_no_thread_hop_and_a_submit_one(api, monkeypatch):
     assert polled.json()["state"] == "queued" and polled.json()["restarts"] == 0
     assert hops == []
     assert api.client.get(f"/jobs/{'0' * 32}").status_code == 404 and hops == []
+
+
+def test_a_full_queue_refuses_submits_with_retry_after_until_a_job_leaves_it(tmp_path):
+    spec = {"model": "demo-cnn", "data": "digits", "target": "flops=0.5", "episodes": 2, "device": "local"}
+    with in_process_app(tmp_path / "data", max_queued_jobs=2) as api:
+        c = api.client
+        first, second = (c.post("/jobs", json={**spec, "seed": s}) for s in (1, 2))
+        assert first.status_code == second.status_code == 201
+        r = c.post("/jobs", json={**spec, "seed": 3})
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) > 0
+        assert "2 jobs are already queued" in r.json()["detail"] and "AMC_MAX_QUEUED_JOBS=2" in r.json()["detail"]
+        assert len(c.get("/jobs").json()["jobs"]) == 2  # the refused submit left nothing behind
+
+        assert c.post(f"/jobs/{first.json()['id']}/cancel").status_code == 200  # one leaves the queue
+        third = c.post("/jobs", json={**spec, "seed": 3})
+        assert third.status_code == 201
+        # resuming the cancelled job would queue a third one: refused the same way, the job stays cancelled
+        r = c.post(f"/jobs/{first.json()['id']}/resume")
+        assert r.status_code == 503 and "retry-after" in r.headers
+        assert api.store.get_job(first.json()["id"]).state == JobState.CANCELLED.value
+        # a job that is running no longer counts against the queue
+        api.store.claim_next()
+        assert c.post(f"/jobs/{first.json()['id']}/resume").status_code == 200

@@ -34,6 +34,7 @@ from server.store import (
     Job,
     JobEventKind,
     JobState,
+    QueueFull,
     Store,
     utcnow,
 )
@@ -170,6 +171,61 @@ def test_a_database_locked_for_good_gives_up_after_bounded_retries_and_says_what
     holder.join()
     store.set_phase(job.id, "search", "after the lock")  # and the store works afterwards
     assert store.get_job(job.id).message == "after the lock"
+    store.close()
+
+
+def test_concurrent_submits_are_each_stored_once_and_the_queue_limit_holds_exactly(tmp_path):
+    """Group commit: many threads submit at once; every job they were given is in the database once,
+    and with a queue limit exactly that many are accepted, the rest refused with QueueFull."""
+    store = Store(f"sqlite:///{tmp_path / 'amc.db'}")
+    results: list[Any] = []
+    start = threading.Barrier(16)
+
+    def submit(k: int) -> None:
+        start.wait()
+        for i in range(25):
+            try:
+                results.append(store.create_job(spec={"k": k, "i": i}, config={"episodes": 1}, max_queued=300))
+            except QueueFull as exc:
+                results.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    accepted = [r for r in results if isinstance(r, Job)]
+    refused = [r for r in results if isinstance(r, QueueFull)]
+    assert len(results) == 400 and len(accepted) == 300 and len(refused) == 100
+    assert {r.limit for r in refused} == {300} and all(r.queued == 300 for r in refused)
+    assert store.job_ids() == {j.id for j in accepted}  # each stored, nothing refused stored
+    assert len({(j.spec["k"], j.spec["i"]) for j in accepted}) == 300  # no submit got another's job
+    assert store.count_jobs() == {"queued": 300}
+    assert all(store.get_job(j.id).episodes_total == 1 and j.created_at is not None for j in accepted[:5])
+    store.close()
+
+
+def test_a_group_commit_that_fails_fails_every_submit_in_it(tmp_path, monkeypatch):
+    """The thread that commits a batch of other threads' jobs hands its error to each of them; nothing
+    of the batch is stored, and the store takes submits again afterwards."""
+    store = Store(f"sqlite:///{tmp_path / 'amc.db'}", busy_timeout_s=0.05, lock_retries=0)
+    holder = _lock_for(tmp_path / "amc.db", 1.0)
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            store.create_job(spec={}, config={"episodes": 1})
+        except DatabaseBusy as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    holder.join()
+    assert len(errors) == 4 and store.job_ids() == set()
+    assert store.create_job(spec={}, config={"episodes": 1}).id in store.job_ids()
     store.close()
 
 

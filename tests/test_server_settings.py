@@ -27,7 +27,7 @@ def parse(*argv: str) -> argparse.Namespace:
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     for name in ("AMC_KEEP_DAYS", "AMC_MAX_JOB_MB", "AMC_MAX_WORKER_RESTARTS", "AMC_WORKER_NICE", "AMC_API_TOKEN",
-                 "AMC_PORT"):
+                 "AMC_PORT", "AMC_MAX_QUEUED_JOBS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AMC_DATA_DIR", str(tmp_path / "data"))
 
@@ -35,6 +35,7 @@ def clean_env(monkeypatch, tmp_path):
 def test_job_limits_have_their_defaults_in_settings():
     s = Settings()
     assert (s.keep_days, s.max_job_mb, s.max_worker_restarts, s.worker_nice) == (None, 10_240.0, 2, 10)
+    assert s.max_queued_jobs == 10_000
     assert s.max_job_bytes == 10_240 * 2**20
 
 
@@ -45,8 +46,9 @@ def test_flags_set_the_job_limits_and_override_the_environment(monkeypatch):
     assert from_env.keep_days == 30 and from_env.worker_nice == 5
 
     s = settings_from_args(parse("--keep-days", "7", "--max-job-mb", "1.5", "--max-worker-restarts", "0",
-                                 "--worker-nice", "19"))
+                                 "--worker-nice", "19", "--max-queued-jobs", "3"))
     assert (s.keep_days, s.max_job_mb, s.max_worker_restarts, s.worker_nice) == (7, 1.5, 0, 19)
+    assert s.max_queued_jobs == 3
     assert s.max_job_bytes == int(1.5 * 2**20)
 
 
@@ -73,6 +75,7 @@ def test_the_job_service_takes_its_limits_from_the_settings(tmp_path):
         (("--keep-days", "0"), "--keep-days 0", "greater than 0"),
         (("--max-job-mb", "-5"), "--max-job-mb -5", "greater than 0"),
         (("--max-worker-restarts", "101"), "--max-worker-restarts 101", "less than or equal to 100"),
+        (("--max-queued-jobs", "0"), "--max-queued-jobs 0", "greater than or equal to 1"),
         (("--port", "70000"), "--port 70000", "less than or equal to 65535"),
     ],
 )

@@ -53,6 +53,16 @@ def responses(*codes: int, json_errors: bool = False) -> dict[int | str, dict[st
     return out
 
 
+# A route that queues a job (submit, resume) answers 503 when the queue is full.
+QUEUE_FULL: dict[int | str, dict[str, Any]] = {503: {
+    "model": ErrorOut,
+    "description": "as many jobs are queued as the server accepts (AMC_MAX_QUEUED_JOBS); try again after "
+                   "`Retry-After` seconds",
+    "headers": {"Retry-After": {"description": "seconds to wait before submitting again",
+                                "schema": {"type": "integer"}}},
+}}
+
+
 # Every route passes the request guard (server/api/guard.py): a wrong Host or an oversized body.
 GUARD = responses(400, 413)
 # ... and every route but the public ones needs the token.

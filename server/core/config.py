@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(200.0, gt=0)
     max_body_kb: float = Field(256.0, gt=0)  # every request body but an upload's
     max_episodes: int = Field(10_000, ge=1)
+    # Jobs waiting for a worker; a submit past it is answered 503 with Retry-After (a flood of submits cannot
+    # grow the queue, the database and the dispatcher's work without bound).
+    max_queued_jobs: int = Field(10_000, ge=1, le=10_000_000)
     # Job limits. Finished jobs (and their folders) older than this many days are removed; None keeps them all.
     keep_days: float | None = Field(None, gt=0)
     # The most a job's folder (checkpoint, models, reports) may hold; a job past it fails and says so.

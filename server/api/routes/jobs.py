@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from server.api.deps import Authorized, KnownQuery, ServiceDep, StoreDep
-from server.api.responses import GUARDED, json_body, responses
+from server.api.responses import GUARDED, QUEUE_FULL, json_body, responses
 from server.artifacts import ARTIFACTS, FRONTIER_ARTIFACTS
 from server.schemas import (
     EpisodeList,
@@ -37,7 +37,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized, Know
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
-             responses={201: {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}})
+             responses={201: {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}},
+                        **QUEUE_FULL})
 def submit_job(spec: JobSpec, service: ServiceDep) -> Response:
     """Validate a job spec fully (model, data, target, device, budget) and queue it."""
     job = service.submit(spec.model_dump(exclude_none=True))
