@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -76,6 +77,16 @@ def _exit_description(code: int | None) -> str:
 
 # ------------------------------------------------------------------------------------- service
 
+def settle_heap() -> None:
+    """Collect, then move every object alive now out of the cyclic collector's reach (gc.freeze): the
+    server holds about 250,000 long-lived objects once torch and a model have been loaded, and each full
+    collection walked them all, stopping every request for 100-170 ms a few times a minute under load
+    (docs/BENCHMARKS.md, "Orchestrator under load"). Frozen objects are still freed by reference counting;
+    after the first freeze a collection walks only what is new."""
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass
 class _Running:
     job_id: str
@@ -100,6 +111,9 @@ class JobService:
     _validated: dict[str, bool] = field(default_factory=dict)
     _devices: DeviceDirectory | None = None
     _next_purge: float = 0.0
+    # A server process (its lifespan sets it): freeze the heap after each first validation of a config,
+    # which imports torch and builds a model (settle_heap).
+    settle_heap: bool = False
 
     @property
     def devices(self) -> DeviceDirectory:
@@ -201,6 +215,8 @@ class JobService:
         if len(self._validated) > 1024:
             self._validated.clear()
         self._validated[key] = True
+        if self.settle_heap:
+            settle_heap()
 
     def submit(self, spec: dict[str, Any]) -> Job:
         config = self.validate(spec)

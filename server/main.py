@@ -20,7 +20,7 @@ from server.api.routes.pages import STATIC
 from server.core.config import Settings
 from server.core.security import ensure_token
 from server.devices import DeviceDirectory
-from server.jobs import JobService
+from server.jobs import JobService, settle_heap
 from server.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.prepare_dirs()
         token, _created = ensure_token(settings)
         store = Store(settings.db_url)
-        service = JobService(store=store, settings=settings, _devices=DeviceDirectory.for_settings(settings))
+        service = JobService(store=store, settings=settings, _devices=DeviceDirectory.for_settings(settings),
+                             settle_heap=True)
         app.state.settings, app.state.store, app.state.service, app.state.api_token = settings, store, service, token
         service.start()
+        settle_heap()
         log.info("AMC service ready; data in %s, database %s", settings.data_dir, store.engine.url)
         try:
             yield
