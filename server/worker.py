@@ -278,9 +278,12 @@ def run_single(job_id: str, store: JobRecords, out: Path, cfg: SearchConfig, *, 
     return with_phone_models(job_id, store, out, cfg, report)
 
 
-def with_phone_models(job_id: str, store: JobRecords, out: Path, cfg: SearchConfig, report: dict[str, Any]) -> dict[str, Any]:
+def with_phone_models(job_id: str, store: JobRecords, out: Path, cfg: SearchConfig, report: dict[str, Any], *,
+                      baseline: Path | None = None) -> dict[str, Any]:
     """The report with the final model's latency on each phone model of the farm (server/phone_models.py),
-    written into report.json and report.md; without a farm, a note that the job's device is the only one."""
+    written into report.json and report.md; without a farm, a note that the job's device is the only one.
+    `baseline`: the unpruned network's ONNX file when the caller has it (a frontier exports it once for all
+    its targets); exported here otherwise."""
     import tempfile
 
     from profiler.farm.names import farm_address
@@ -290,16 +293,9 @@ def with_phone_models(job_id: str, store: JobRecords, out: Path, cfg: SearchConf
     if farm is None or not (out / "model.onnx").is_file():
         return add_to_report(out, report, phone_model_latencies(out, device=cfg.device, farm=None))
     store.set_phase(job_id, "phone-models", f"timing the pruned model on every phone model of the farm at {farm}")
-    import torch
-
-    from compressor import zoo
-    from profiler.export import export_onnx
-
     with tempfile.TemporaryDirectory(prefix="amc-baseline-") as tmp:
         try:
-            loaded = zoo.load_model(cfg.model)  # the unpruned architecture: its weights do not change its latency
-            baseline = export_onnx(loaded.model.eval(), torch.zeros(1, *loaded.entry.input_shape),
-                                   Path(tmp) / "baseline.onnx")
+            baseline = baseline or baseline_onnx(cfg, Path(tmp))
             section = phone_model_latencies(out, device=cfg.device, farm=farm, baseline=baseline)
         except Exception as exc:  # the search's result stands without this section
             log.warning("job %s: could not time the result on the farm's phone models: %s", job_id, exc)
@@ -307,6 +303,17 @@ def with_phone_models(job_id: str, store: JobRecords, out: Path, cfg: SearchConf
                        "note": f"the farm at {farm} could not be asked ({type(exc).__name__}: {exc})"}
     log.info("job %s: %s", job_id, section["note"])
     return add_to_report(out, report, section)
+
+
+def baseline_onnx(cfg: SearchConfig, folder: Path) -> Path:
+    """The unpruned architecture of the job's model as ONNX in `folder` (its weights do not change its latency)."""
+    import torch
+
+    from compressor import zoo
+    from profiler.export import export_onnx
+
+    loaded = zoo.load_model(cfg.model)
+    return export_onnx(loaded.model.eval(), torch.zeros(1, *loaded.entry.input_shape), folder / "baseline.onnx")
 
 
 def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfig, plan: FrontierPlan, *, resume: bool,
@@ -328,11 +335,24 @@ def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfi
     frontier = run_frontier(cfg, plan.targets, out, oracle=oracle,
                             references=[r.argument(out) for r in plan.references],
                             on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
-    # Each target's model on every phone model of the farm, in that target's report.json and report.md.
-    for point in frontier.get("points") or []:
-        folder = out / str(point.get("dir") or "")
-        if point.get("dir") and (folder / "report.json").is_file():
-            with_phone_models(job_id, store, folder, cfg, json.loads((folder / "report.json").read_text()))
+    # Each target's model on every phone model of the farm, in that target's report.json and report.md;
+    # the unpruned network is exported once for all of them.
+    import tempfile
+
+    from profiler.farm.names import farm_address
+
+    folders = [out / str(p["dir"]) for p in frontier.get("points") or []
+               if p.get("dir") and (out / str(p["dir"]) / "report.json").is_file()]
+    with tempfile.TemporaryDirectory(prefix="amc-baseline-") as tmp:
+        baseline = None
+        if folders and farm_address() is not None:
+            try:
+                baseline = baseline_onnx(cfg, Path(tmp))
+            except Exception as exc:  # each target says so in its own report (with_phone_models tries again)
+                log.warning("job %s: could not export the unpruned network for the farm: %s", job_id, exc)
+        for folder in folders:
+            with_phone_models(job_id, store, folder, cfg, json.loads((folder / "report.json").read_text()),
+                              baseline=baseline)
     return frontier
 
 

@@ -6,6 +6,8 @@ sink numbers a frontier's episodes job-wide with their target and records recove
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import pytest
 from test_server_harness import SMALL_JOB, in_process_app
@@ -289,3 +291,51 @@ def test_a_database_from_before_recovery_progress_gets_the_column(tmp_path):
         assert store.get_job(job.id).recovery == [{"epoch": 1, "loss": 0.5}]
     finally:
         store.close()
+
+
+def test_a_frontier_with_a_farm_exports_the_unpruned_network_once_for_all_its_targets(api, monkeypatch, tmp_path):
+    """Each target's report gets its per-phone-model section, timed against one baseline export."""
+    from compressor.config import SearchConfig
+    from server import phone_models, worker
+    from server.frontier import plan_from_spec
+
+    job = api.service.submit(dict(FRONTIER, episodes=2))
+    api.store.claim_next()
+    plan = plan_from_spec(job.spec, store=api.store)
+    folder = api.settings.jobs_dir / job.id
+
+    def fake_run_frontier(config, targets, out_dir, *, oracle, references, on_event, should_stop):
+        points = []
+        for i, t in enumerate(targets):
+            (out_dir / f"t{i}").mkdir(parents=True)
+            (out_dir / f"t{i}" / "model.onnx").write_bytes(b"onnx")
+            (out_dir / f"t{i}" / "report.json").write_text(json.dumps({"target": t}))
+            points.append({"target": t, "dir": f"t{i}"})
+        return {"points": points}
+
+    exports: list[Path] = []
+    timed: list[tuple[Path, Path | None]] = []
+
+    def fake_baseline(cfg, where):
+        exports.append(where / "baseline.onnx")
+        (where / "baseline.onnx").write_bytes(b"base")
+        return where / "baseline.onnx"
+
+    def fake_latencies(out_dir, *, device, farm, baseline=None, deadline_s=300.0):
+        assert baseline is not None and baseline.read_bytes() == b"base"  # still there while it is timed
+        timed.append((out_dir, baseline))
+        return {"farm": farm, "device": device, "note": "timed",
+                "models": [{"model": "Pixel_7", "phones": 2, "median_ms": 1.0, "baseline_median_ms": 2.0}]}
+
+    monkeypatch.setattr("compressor.frontier.run_frontier", fake_run_frontier)
+    monkeypatch.setattr(worker, "make_oracle", lambda cfg, force=False, **_: "oracle")
+    monkeypatch.setattr(worker, "baseline_onnx", fake_baseline)
+    monkeypatch.setattr(phone_models, "phone_model_latencies", fake_latencies)
+    monkeypatch.setattr("profiler.farm.names.farm_address", lambda: "ray://farm:10001")
+    worker.run_frontier_job(job.id, api.store, folder, SearchConfig.from_dict(job.config), plan,
+                            resume=False, should_stop=lambda: False)
+    assert len(exports) == 1  # one export, not one per target
+    assert [d.name for d, _ in timed] == ["t0", "t1"] and {b for _, b in timed} == {exports[0]}
+    for i in range(2):
+        report = json.loads((folder / f"t{i}" / "report.json").read_text())
+        assert report["latency_per_phone_model"]["models"][0]["model"] == "Pixel_7"
