@@ -205,19 +205,30 @@ def test_a_full_queue_refuses_submits_with_retry_after_until_a_job_leaves_it(tmp
         assert c.post(f"/jobs/{first.json()['id']}/resume").status_code == 200
 
 
-def test_a_server_freezes_its_heap_after_a_new_validation_only(api):
+def test_a_server_freezes_its_heap_after_a_new_validation_only(api, monkeypatch):
     """What a served app does (its lifespan sets settle_heap): the objects a first validation leaves
     (torch, the model zoo) are frozen out of the collector's full passes; a repeat validation is cached
     and freezes nothing more."""
     import gc
 
+    from server import jobs
+
+    settled: list[int] = []
+
+    def counting() -> None:
+        jobs_settle()
+        settled.append(gc.get_freeze_count())
+
+    jobs_settle = jobs.settle_heap
+    monkeypatch.setattr(jobs, "settle_heap", counting)
     spec = {"model": "demo-cnn", "data": "digits", "target": "flops=0.5", "episodes": 2, "device": "local"}
     api.service.settle_heap = True
     try:
         assert api.client.post("/jobs", json={**spec, "seed": 1}).status_code == 201
-        frozen = gc.get_freeze_count()
-        assert frozen > 10_000
+        assert len(settled) == 1 and settled[0] > 10_000  # the process's objects, torch's among them
         assert api.client.post("/jobs", json={**spec, "seed": 2}).status_code == 201  # same config: cached
-        assert gc.get_freeze_count() == frozen
+        assert len(settled) == 1
+        assert api.client.post("/jobs", json={**spec, "target": "flops=0.4"}).status_code == 201  # a new one
+        assert len(settled) == 2
     finally:
         gc.unfreeze()  # this is a test process, not a server
