@@ -69,6 +69,21 @@ OPERATIONS = _operations()
 MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
 
 
+def _headers(case) -> dict[str, str]:
+    """The case's headers with the token last (schemathesis fills the bearer scheme's header with generated
+    values), except when the case is invalid *in its headers*: its missing or malformed Authorization is
+    then what it tests, and sent as generated (401 is a refusal). Putting the token back would turn the case
+    into a valid request and the server's 200 into a false "schema-violating request accepted" (the long run
+    found it for GET /jobs and GET /devices, whose other mutation, an extra query property with an empty
+    value, does not survive serialization)."""
+    headers = dict(case.headers or {})
+    meta = getattr(case, "meta", None)
+    components = getattr(meta, "components", None) or {}
+    mutated = any(str(getattr(where, "value", where)) == "header" and info.mode is schemathesis.GenerationMode.NEGATIVE
+                  for where, info in components.items())
+    return headers if mutated else {**headers, **AUTH}
+
+
 def fuzz(schema, label: str, mode, examples: int, *, derandomize: bool, tally: dict[str, int] | None = None) -> int:
     """Run `examples` generated cases of one operation; returns how many were sent (also counted in
     `tally["sent"]` as they go, so a run that fails still says how far it got)."""
@@ -83,8 +98,7 @@ def fuzz(schema, label: str, mode, examples: int, *, derandomize: bool, tally: d
               derandomize=derandomize, database=None, phases=[Phase.explicit, Phase.generate, Phase.shrink])
     def run(data):
         case = data.draw(strategy)
-        # the token last: schemathesis fills the bearer scheme's header with generated values
-        case.call_and_validate(headers={**(case.headers or {}), **AUTH}, checks=CHECKS)
+        case.call_and_validate(headers=_headers(case), checks=CHECKS)
         tally["sent"] += 1
 
     try:
