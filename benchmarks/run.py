@@ -31,6 +31,7 @@ BENCHMARKS = {
     "search": ("benchmarks.bench_search", "Search quality and time per episode (issue: search engine)"),
     "latency": ("benchmarks.bench_latency", "Latency lookup table, measurement noise, ADB overhead"),
     "server": ("benchmarks.bench_server", "Orchestrator under load"),
+    "farm": ("benchmarks.bench_farm", "The phone farm on Ray: overhead per measurement, measurements per minute"),
     "api-fuzz": ("benchmarks.bench_api_fuzz", "API contract fuzzing (schemathesis, long run)"),
 }
 

@@ -503,3 +503,94 @@ def test_a_farm_device_waits_for_its_only_phone(cluster: Cluster, slow_onnx: Pat
     m = outcome["m"]
     assert m.min_ms <= m.median_ms <= m.max_ms and m.raw["farm"]["phone"] == spec  # type: ignore[attr-defined]
     assert [w.state for w in device.waits] == ["waiting", "back"], device.waits
+
+
+# -- the farm's own costs (benchmarks.bench_farm runs this and writes docs/BENCHMARKS.md) ---------------
+
+
+def _measure_until(pool, model: Path, config: MeasureConfig, end: float, used: list[str]) -> int:
+    """Measure `model` through `pool` back to back until `end`; the phones used go to `used`."""
+    done = 0
+    while time.monotonic() < end:
+        m = pool.measure(model, config, fresh=True, deadline_s=120)
+        assert m is not None
+        used.append(m.raw["farm"]["phone"])
+        done += 1
+    return done
+
+
+@pytest.mark.slow
+def test_farm_overhead_and_measurements_per_minute(cluster: Cluster, tmp_path: Path, monkeypatch) -> None:
+    """What Ray adds to one measurement (the same emulated phone timed directly over ADB and through the
+    farm, alternately, both warm), and measurements per minute through the farm with 1, 2 and 4 phones of a
+    model on two hosts. Results go to $AMC_FARM_BENCH_OUT (JSON) when set."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    from profiler.farm.client import Farm, FarmPool
+    from profiler.measure import measure
+
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))
+    rounds = int(os.environ.get("AMC_FARM_BENCH_ROUNDS", "10"))
+    seconds = float(os.environ.get("AMC_FARM_BENCH_SECONDS", "20"))
+    torch.manual_seed(0)
+    small = export_onnx(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)),
+                        torch.randn(1, 3, 32, 32), tmp_path / "small.onnx")
+    config = MeasureConfig(warmup=2, runs=10)
+    # Phone models "Bench 1", "Bench 2", "Bench 4": that many phones, spread over two hosts.
+    layout = {"Bench 1": ("benchA",), "Bench 2": ("benchA", "benchB"), "Bench 4": ("benchA", "benchB") * 2}
+    specs: dict[str, list[str]] = {"benchA": [], "benchB": []}
+    phones: dict[str, list[str]] = {}
+    for model, hosts in layout.items():
+        for i, host in enumerate(hosts):
+            _, spec = cluster.phone(f"{model.replace(' ', '')}-{i}", model)
+            specs[host].append(spec)
+            phones.setdefault(model, []).append(spec)
+    for host, host_specs in specs.items():
+        cluster.host(host, *host_specs)
+    farm = Farm(cluster.address)
+    _wait_for(lambda: sum(p.model.startswith("Bench") and p.health == "ok" for p in farm.phones()) == 7,
+              "7 bench phones served", 180)
+
+    # Overhead: one phone, directly and through the farm, alternately (the first of each is a warm-up:
+    # agent and model pushed once).
+    spec = phones["Bench 1"][0]
+    direct_device = open_device(spec, direct=True, key_path=cluster.key)
+    pool = FarmPool(farm, "model:Bench_1")
+    direct, through = [], []
+    for i in range(rounds + 1):
+        t = time.perf_counter()
+        measure(direct_device, small, config, cache=None)
+        d = time.perf_counter() - t
+        t = time.perf_counter()
+        got = pool.measure(small, config, fresh=True, deadline_s=120)
+        f = time.perf_counter() - t
+        assert got is not None and got.raw["farm"]["phone"] == spec  # type: ignore[attr-defined]
+        if i:
+            direct.append(d * 1000)
+            through.append(f * 1000)
+    direct_device.close()
+
+    # Throughput: 2 clients per phone, measuring back to back for `seconds`.
+    per_minute: dict[int, dict[str, float]] = {}
+    for model, hosts in layout.items():
+        n = len(hosts)
+        selector = FarmPool(farm, f"model:{model.replace(' ', '_')}")
+        end = time.monotonic() + seconds
+        used: list[str] = []
+        started = time.monotonic()
+        with ThreadPoolExecutor(2 * n) as ex:
+            done = sum(ex.map(lambda _, s=selector, e=end, u=used: _measure_until(s, small, config, e, u),
+                              range(2 * n)))
+        wall = time.monotonic() - started
+        per_minute[n] = {"measurements": done, "seconds": wall, "per_minute": done / wall * 60,
+                         "phones_used": len(set(used))}
+        assert set(used) <= set(phones[model]) and len(set(used)) == n, (model, set(used))
+
+    result = {"rounds": rounds, "direct_ms": direct, "farm_ms": through,
+              "direct_median_ms": statistics.median(direct), "farm_median_ms": statistics.median(through),
+              "overhead_median_ms": statistics.median(through) - statistics.median(direct),
+              "runs_per_measurement": config.runs, "per_minute": per_minute, "cpus": os.cpu_count()}
+    if os.environ.get("AMC_FARM_BENCH_OUT"):
+        Path(os.environ["AMC_FARM_BENCH_OUT"]).write_text(json.dumps(result, indent=2))
+    assert all(v["measurements"] > 0 for v in per_minute.values())
