@@ -287,6 +287,11 @@ def _add_missing_columns(engine: Engine) -> None:
 BEST_FIELDS = ("episode", "reward", "accuracy", "macs", "params", "latency_ms", "ratios")
 
 
+def _queued(s: Session) -> int:
+    """How many jobs wait for a worker (an index count, about 0.3 ms at 10,000)."""
+    return s.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED.value)) or 0
+
+
 @dataclass
 class _NewJob:
     """A job on its way into the database; `outcome` is set once its transaction committed: the job, or
@@ -388,7 +393,7 @@ class Store:
         with self.writing() as s:
             queued = None
             if any(new.max_queued is not None for new in batch):
-                queued = s.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED.value)) or 0
+                queued = _queued(s)
             for i, new in enumerate(batch):
                 if queued is not None and new.max_queued is not None and queued >= new.max_queued:
                     refused[i] = QueueFull(queued, new.max_queued)
@@ -508,7 +513,7 @@ class Store:
                                         hint="; only a failed or cancelled job can be resumed"
                                         + (" (cancel it first)" if not state.finished else ""))
             if max_queued is not None:
-                queued = s.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED.value)) or 0
+                queued = _queued(s)
                 if queued >= max_queued:
                     raise QueueFull(queued, max_queued)
             message = f"resumed after it {'was cancelled' if state is JobState.CANCELLED else 'failed'}"
