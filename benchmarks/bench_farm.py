@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,12 +36,17 @@ def render(result: dict, *, load: float) -> str:
     for name, key in (("direct: `open_device(adb:HOST:PORT)` + `measure`", "direct_ms"),
                       ("through the farm: `FarmPool(model:NAME).measure` (lease, Ray call, release)", "farm_ms")):
         values = result[key]
-        lines.append(f"| {name} | {len(values)} | {sorted(values)[len(values) // 2]:.1f} | "
+        lines.append(f"| {name} | {len(values)} | {statistics.median(values):.1f} | "
                      f"{min(values):.1f}–{max(values):.1f} |")
     overhead = result["overhead_median_ms"]
     verdict = "within" if overhead < GOAL_MS else "over"
     lines += ["", f"**Overhead of the farm per measurement: {overhead:.1f} ms** (median through the farm minus "
                   f"median direct; {verdict} the {GOAL_MS:.0f} ms goal).", "",
+              f"One call to a phone's actor (`info`, a round trip through Ray from this process to the host's "
+              f"actor): median **{result['actor_call_median_ms']:.2f} ms** over {len(result['actor_call_ms'])} "
+              f"calls (min–max {min(result['actor_call_ms']):.2f}–{max(result['actor_call_ms']):.2f} ms); a "
+              "measurement through the farm makes three such calls (lease, measure with the model's bytes, release).",
+              "",
               "| phones of the model (hosts) | clients | measurements | seconds | per minute | phones used |",
               "|---|---:|---:|---:|---:|---:|"]
     for n, row in sorted(result["per_minute"].items(), key=lambda kv: int(kv[0])):

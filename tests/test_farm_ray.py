@@ -570,6 +570,17 @@ def test_farm_overhead_and_measurements_per_minute(cluster: Cluster, tmp_path: P
             direct.append(d * 1000)
             through.append(f * 1000)
     direct_device.close()
+    # The bare cost of one call to a phone's actor (a measurement through the farm makes three: lease,
+    # measure with the model's bytes, release), timed on its own: the pairs above cannot resolve it.
+    import ray
+
+    handle = next(p.handle for p in farm.phones() if p.spec == spec)
+    ray.get(handle.info.remote())
+    calls = []
+    for _ in range(50):
+        t = time.perf_counter()
+        ray.get(handle.info.remote())
+        calls.append((time.perf_counter() - t) * 1000)
 
     # Throughput: 2 clients per phone, measuring back to back for `seconds`.
     per_minute: dict[int, dict[str, float]] = {}
@@ -587,7 +598,8 @@ def test_farm_overhead_and_measurements_per_minute(cluster: Cluster, tmp_path: P
                          "phones_used": len(set(used))}
         assert set(used) <= set(phones[model]) and len(set(used)) == n, (model, set(used))
 
-    result = {"rounds": rounds, "direct_ms": direct, "farm_ms": through,
+    result = {"rounds": rounds, "direct_ms": direct, "farm_ms": through, "actor_call_ms": calls,
+              "actor_call_median_ms": statistics.median(calls),
               "direct_median_ms": statistics.median(direct), "farm_median_ms": statistics.median(through),
               "overhead_median_ms": statistics.median(through) - statistics.median(direct),
               "runs_per_measurement": config.runs, "per_minute": per_minute, "cpus": os.cpu_count()}
