@@ -113,7 +113,7 @@ class JobService:
     _next_purge: float = 0.0
     # A server process (its lifespan sets it): freeze the heap after each first validation of a config,
     # which imports torch and builds a model (settle_heap).
-    settle_heap: bool = False
+    freeze_heap: bool = False
 
     @property
     def devices(self) -> DeviceDirectory:
@@ -215,7 +215,7 @@ class JobService:
         if len(self._validated) > 1024:
             self._validated.clear()
         self._validated[key] = True
-        if self.settle_heap:
+        if self.freeze_heap:
             settle_heap()
 
     def submit(self, spec: dict[str, Any]) -> Job:

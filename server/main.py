@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         token, _created = ensure_token(settings)
         store = Store(settings.db_url)
         service = JobService(store=store, settings=settings, _devices=DeviceDirectory.for_settings(settings),
-                             settle_heap=True)
+                             freeze_heap=True)
         app.state.settings, app.state.store, app.state.service, app.state.api_token = settings, store, service, token
         service.start()
         settle_heap()

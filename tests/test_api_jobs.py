@@ -206,7 +206,7 @@ def test_a_full_queue_refuses_submits_with_retry_after_until_a_job_leaves_it(tmp
 
 
 def test_a_server_freezes_its_heap_after_a_new_validation_only(api, monkeypatch):
-    """What a served app does (its lifespan sets settle_heap): the objects a first validation leaves
+    """What a served app does (its lifespan sets freeze_heap): the objects a first validation leaves
     (torch, the model zoo) are frozen out of the collector's full passes; a repeat validation is cached
     and freezes nothing more."""
     import gc
@@ -222,7 +222,7 @@ def test_a_server_freezes_its_heap_after_a_new_validation_only(api, monkeypatch)
     jobs_settle = jobs.settle_heap
     monkeypatch.setattr(jobs, "settle_heap", counting)
     spec = {"model": "demo-cnn", "data": "digits", "target": "flops=0.5", "episodes": 2, "device": "local"}
-    api.service.settle_heap = True
+    api.service.freeze_heap = True
     try:
         assert api.client.post("/jobs", json={**spec, "seed": 1}).status_code == 201
         assert len(settled) == 1 and settled[0] > 10_000  # the process's objects, torch's among them
