@@ -307,13 +307,18 @@ def with_phone_models(job_id: str, store: JobRecords, out: Path, cfg: SearchConf
 
 def baseline_onnx(cfg: SearchConfig, folder: Path) -> Path:
     """The unpruned architecture of the job's model as ONNX in `folder` (its weights do not change its latency)."""
+    return architecture_onnx(cfg.model, folder / "baseline.onnx")
+
+
+def architecture_onnx(name: str, path: Path) -> Path:
+    """Zoo model `name`'s architecture, untrained, as ONNX at `path`: what its latency depends on."""
     import torch
 
     from compressor import zoo
     from profiler.export import export_onnx
 
-    loaded = zoo.load_model(cfg.model)
-    return export_onnx(loaded.model.eval(), torch.zeros(1, *loaded.entry.input_shape), folder / "baseline.onnx")
+    loaded = zoo.load_model(name)
+    return export_onnx(loaded.model.eval(), torch.zeros(1, *loaded.entry.input_shape), path)
 
 
 def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfig, plan: FrontierPlan, *, resume: bool,
@@ -336,16 +341,19 @@ def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfi
                             references=[r.argument(out) for r in plan.references],
                             on_event=recorder(job_id, store, plan, quota=quota), should_stop=should_stop)
     # Each target's model on every phone model of the farm, in that target's report.json and report.md;
-    # the unpruned network is exported once for all of them.
+    # the unpruned network is exported once for all of them. Then the frontier's own table: the unpruned
+    # network, the targets and the references, by phone model.
     import tempfile
 
     from profiler.farm.names import farm_address
+    from server.phone_models import add_to_frontier, frontier_latencies
 
+    farm = farm_address()
     folders = [out / str(p["dir"]) for p in frontier.get("points") or []
                if p.get("dir") and (out / str(p["dir"]) / "report.json").is_file()]
     with tempfile.TemporaryDirectory(prefix="amc-baseline-") as tmp:
         baseline = None
-        if folders and farm_address() is not None:
+        if folders and farm is not None:
             try:
                 baseline = baseline_onnx(cfg, Path(tmp))
             except Exception as exc:  # each target says so in its own report (with_phone_models tries again)
@@ -353,7 +361,20 @@ def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfi
         for folder in folders:
             with_phone_models(job_id, store, folder, cfg, json.loads((folder / "report.json").read_text()),
                               baseline=baseline)
-    return frontier
+        try:
+            references = [] if farm is None else [
+                (r.name, Path(r.path) if r.onnx else architecture_onnx(r.name, Path(tmp) / f"reference-{i}.onnx"))
+                for i, r in enumerate(plan.references)]
+            if references:
+                store.set_phase(job_id, "phone-models", f"timing {len(references)} reference(s) on every phone model "
+                                                        f"of the farm at {farm}")
+            section = frontier_latencies(frontier, out, device=cfg.device, farm=farm, references=references)
+        except Exception as exc:  # the frontier stands without this table
+            log.warning("job %s: could not time the frontier on the farm's phone models: %s", job_id, exc)
+            section = {"farm": farm, "device": cfg.device, "models": [], "rows": [],
+                       "note": f"the farm at {farm} could not be asked ({type(exc).__name__}: {exc})"}
+    log.info("job %s: frontier by phone model: %s", job_id, section["note"])
+    return add_to_frontier(out, frontier, section)
 
 
 def recorder(job_id: str, store: JobRecords, plan: FrontierPlan | None = None, *,

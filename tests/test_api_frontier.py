@@ -231,7 +231,8 @@ def test_the_worker_numbers_a_frontiers_episodes_job_wide_and_records_recovery(a
 
     report = worker.run_frontier_job(job.id, api.store, folder, SearchConfig.from_dict(job.config), plan,
                                      resume=False, should_stop=lambda: False)
-    assert report == {"points": [{"target": "flops=0.6"}, {"target": "flops=0.3"}]}
+    assert report["points"] == [{"target": "flops=0.6"}, {"target": "flops=0.3"}]
+    assert report["latency_per_phone_model"]["farm"] is None  # no farm here: a note, no rows
     assert seen["targets"] == ("flops=0.6", "flops=0.3") and seen["oracle"] == "oracle(force=True)"
     # Phase messages say which search they are about.
     assert "flops=0.6: ddpg search, 2 episodes" in seen["messages"]
@@ -293,13 +294,18 @@ def test_a_database_from_before_recovery_progress_gets_the_column(tmp_path):
         store.close()
 
 
-def test_a_frontier_with_a_farm_exports_the_unpruned_network_once_for_all_its_targets(api, monkeypatch, tmp_path):
-    """Each target's report gets its per-phone-model section, timed against one baseline export."""
+def test_a_frontier_with_a_farm_tables_its_targets_and_references_by_phone_model(api, monkeypatch, tmp_path):
+    """Each target's report gets its per-phone-model section, timed against one baseline export; the
+    frontier's own report and frontier.json get the unpruned network, the targets and the references
+    (timed here) by phone model."""
     from compressor.config import SearchConfig
+    from compressor.zoo import DemoCNN
     from server import phone_models, worker
     from server.frontier import plan_from_spec
 
-    job = api.service.submit(dict(FRONTIER, episodes=2))
+    weights = _upload(api, "demo.pt", _weights(DemoCNN().state_dict()))
+    job = api.service.submit(dict(FRONTIER, episodes=2, references=[f"demo-cnn={weights}",
+                                                                      _upload(api, "small.onnx", _onnx_bytes())]))
     api.store.claim_next()
     plan = plan_from_spec(job.spec, store=api.store)
     folder = api.settings.jobs_dir / job.id
@@ -311,7 +317,8 @@ def test_a_frontier_with_a_farm_exports_the_unpruned_network_once_for_all_its_ta
             (out_dir / f"t{i}" / "model.onnx").write_bytes(b"onnx")
             (out_dir / f"t{i}" / "report.json").write_text(json.dumps({"target": t}))
             points.append({"target": t, "dir": f"t{i}"})
-        return {"points": points}
+        (out_dir / "report.md").write_text("# Frontier\n")
+        return {"unpruned": {"name": "demo-cnn"}, "points": points}
 
     exports: list[Path] = []
     timed: list[tuple[Path, Path | None]] = []
@@ -324,18 +331,51 @@ def test_a_frontier_with_a_farm_exports_the_unpruned_network_once_for_all_its_ta
     def fake_latencies(out_dir, *, device, farm, baseline=None, deadline_s=300.0):
         assert baseline is not None and baseline.read_bytes() == b"base"  # still there while it is timed
         timed.append((out_dir, baseline))
+        pruned = 1.0 + len(timed) / 10  # t0 1.1 ms, t1 1.2 ms
         return {"farm": farm, "device": device, "note": "timed",
-                "models": [{"model": "Pixel_7", "phones": 2, "median_ms": 1.0, "baseline_median_ms": 2.0}]}
+                "models": [{"model": "Pixel 7", "device": "model:Pixel_7", "phones": 2, "median_ms": pruned,
+                            "baseline_median_ms": 2.0},
+                           {"model": "Galaxy S22", "device": "model:Galaxy_S22", "phones": 1, "median_ms": None,
+                            "baseline_median_ms": 3.0, "error": "no phone of this model measured"}]}
+
+    references: list[bytes] = []
+
+    def fake_each_model(client, path, config, *, deadline_s, cache):
+        references.append(Path(path).read_bytes())  # still there while it is timed
+        ms = 0.9 * len(references)
+        return [{"model": "Pixel 7", "device": "model:Pixel_7", "phones": 2, "median_ms": ms},
+                {"model": "Galaxy S22", "device": "model:Galaxy_S22", "phones": 1, "median_ms": 2 * ms}]
 
     monkeypatch.setattr("compressor.frontier.run_frontier", fake_run_frontier)
     monkeypatch.setattr(worker, "make_oracle", lambda cfg, force=False, **_: "oracle")
     monkeypatch.setattr(worker, "baseline_onnx", fake_baseline)
     monkeypatch.setattr(phone_models, "phone_model_latencies", fake_latencies)
     monkeypatch.setattr("profiler.farm.names.farm_address", lambda: "ray://farm:10001")
-    worker.run_frontier_job(job.id, api.store, folder, SearchConfig.from_dict(job.config), plan,
-                            resume=False, should_stop=lambda: False)
+    monkeypatch.setattr("profiler.farm.client.measure_each_model", fake_each_model)
+    monkeypatch.setattr("profiler.farm.client.Farm", lambda address, insecure=False: address)
+    frontier = worker.run_frontier_job(job.id, api.store, folder, SearchConfig.from_dict(job.config), plan,
+                                       resume=False, should_stop=lambda: False)
     assert len(exports) == 1  # one export, not one per target
     assert [d.name for d, _ in timed] == ["t0", "t1"] and {b for _, b in timed} == {exports[0]}
     for i in range(2):
         report = json.loads((folder / f"t{i}" / "report.json").read_text())
-        assert report["latency_per_phone_model"]["models"][0]["model"] == "Pixel_7"
+        assert report["latency_per_phone_model"]["models"][0]["model"] == "Pixel 7"
+    # The frontier's own table: the unpruned network, each target and the reference, by phone model.
+    # The zoo reference's architecture exported here, the ONNX reference timed as uploaded.
+    import onnx
+
+    assert len(references) == 2 and references[1] == _onnx_bytes()
+    assert onnx.load_from_string(references[0]).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 1
+    section = frontier["latency_per_phone_model"]
+    assert json.loads((folder / "frontier.json").read_text()) == frontier
+    assert [m["device"] for m in section["models"]] == ["model:Galaxy_S22", "model:Pixel_7"]
+    assert [(r["kind"], r["name"], r["ms"]) for r in section["rows"]] == [
+        ("unpruned", "demo-cnn", {"model:Pixel_7": 2.0, "model:Galaxy_S22": 3.0}),
+        ("point", "flops=0.6", {"model:Pixel_7": 1.1, "model:Galaxy_S22": None}),
+        ("point", "flops=0.3", {"model:Pixel_7": 1.2, "model:Galaxy_S22": None}),
+        ("reference", "demo-cnn", {"model:Pixel_7": 0.9, "model:Galaxy_S22": 1.8}),
+        ("reference", "small", {"model:Pixel_7": 1.8, "model:Galaxy_S22": 3.6})]
+    md = (folder / "report.md").read_text()
+    assert md.startswith("# Frontier\n") and "| model | Galaxy S22 (1 phone) | Pixel 7 (2 phones) |" in md
+    assert "| [flops=0.3](t1/report.md) | — | 1.2000 |" in md and "| small (reference) | 3.6000 | 1.8000 |" in md
+    assert "flops=0.6 on Galaxy S22: no phone of this model measured" in md

@@ -453,8 +453,20 @@ def test_one_search_latency_on_every_phone_model(cluster: Cluster, tmp_path: Pat
             md = c.get(job["links"]["artifacts"]["report.md"]).text
             assert "## Latency on every phone model" in md and "| Galaxy S23 |" in md and "| Pixel 7 |" in md
 
-            # A frontier job: each target's model, in that target's report.json and report.md.
+            # A frontier job: each target's model, in that target's report.json and report.md, and the
+            # frontier's own table with the reference a user could pick instead, by phone model.
+            import io
+
+            import torch
+
+            from compressor.zoo import DemoCNN
+
+            weights = io.BytesIO()
+            torch.save(DemoCNN().state_dict(), weights)
+            up = c.post("/uploads", files={"file": ("demo.pt", weights.getvalue())})
+            assert up.status_code == 201, up.text
             r = c.post("/jobs", json={"model": "demo-cnn", "data": "digits", "targets": ["flops=0.6", "flops=0.3"],
+                                      "references": [f"demo-cnn={up.json()['id']}"],
                                       "strategy": "random", "episodes": 2, "device": "local", "seed": 0})
             assert r.status_code == 201, r.text
             job = wait_for(c, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
@@ -467,6 +479,14 @@ def test_one_search_latency_on_every_phone_model(cluster: Cluster, tmp_path: Pat
                 assert all(m["median_ms"] > 0 and m["baseline_median_ms"] > 0 for m in section["models"])
                 md = c.get(links[f"{target}/report.md"]).text
                 assert "## Latency on every phone model" in md and "| Pixel 7 |" in md
+            section = job["report"]["latency_per_phone_model"]
+            assert {m["device"] for m in section["models"]} == set(rows)
+            assert [(r["kind"], r["name"]) for r in section["rows"]] == [
+                ("unpruned", "demo-cnn"), ("point", "flops=0.6"), ("point", "flops=0.3"), ("reference", "demo-cnn")]
+            assert all(v > 0 for r in section["rows"] for v in r["ms"].values()) and all(
+                set(r["ms"]) == set(rows) for r in section["rows"]), section
+            top = c.get(links["report.md"]).text
+            assert "Pixel 7 (" in top and "Galaxy S23 (" in top and "| demo-cnn (reference) |" in top
     finally:
         server.stop()
 

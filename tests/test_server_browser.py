@@ -6,6 +6,7 @@ and the recovery of each target, and screenshots are taken."""
 from __future__ import annotations
 
 import shutil
+from urllib.parse import urlparse
 
 import pytest
 from test_server_harness import SMALL_JOB, TOKEN, ServerProcess, wait_for
@@ -148,6 +149,39 @@ def test_a_frontier_jobs_page_shows_its_plot_table_and_recovery(browser, tmp_pat
                 assert target in recovery.nth(i).inner_text() and "epoch 1 / 1" in recovery.nth(i).inner_text()
             assert "6 / 6 episodes" in page.inner_text("#job-progress")
             assert page.locator("#job-artifacts a", has_text="flops-0.3/model.onnx").count() == 1
+            # No farm here: the frontier's by-phone-model table is a note.
+            assert "no phone farm" in page.inner_text("#frontier-phone-models-note")
+            # With a farm (its section put into the server's real answer): a row per model, a column per phone model.
+            def with_farm(route) -> None:
+                answer = route.fetch()
+                job = answer.json()
+                missing = {"model:Galaxy_S22": "no phone of this model measured"}
+                rows = [{"name": "demo-cnn", "kind": "unpruned", "ms": {"model:Pixel_7": 2.0, "model:Galaxy_S22": 3.0},
+                         "errors": {}},
+                        *({"name": p["target"], "kind": "point", "target": p["target"], "dir": p["dir"],
+                           "ms": {"model:Pixel_7": 1.0, "model:Galaxy_S22": None}, "errors": missing}
+                          for p in job["report"]["points"]),
+                        {"name": "demo-cnn", "kind": "reference", "ms": {"model:Pixel_7": 2.0, "model:Galaxy_S22": 3.1},
+                         "errors": {}}]
+                job["report"]["latency_per_phone_model"] = {
+                    "farm": "ray://farm:10001", "device": "local", "note": "timed", "rows": rows,
+                    "models": [{"model": "Galaxy S22", "device": "model:Galaxy_S22", "phones": 1},
+                               {"model": "Pixel 7", "device": "model:Pixel_7", "phones": 2}]}
+                route.fulfill(response=answer, json=job)
+
+            page.route(lambda url: urlparse(url).path == f"/jobs/{job_id}", with_farm)
+            page.reload()
+            table = page.locator("#frontier-phone-models-table")
+            table.wait_for(timeout=15_000)
+            assert table.locator("thead th").all_inner_texts() == ["model", "Galaxy S22 (1)", "Pixel 7 (2)"]
+            assert table.locator("tr.point").count() == len(targets)
+            assert table.locator("tr.unpruned td").all_inner_texts() == ["demo-cnn (unpruned)", "3.000", "2.000"]
+            assert table.locator("tr.reference td").all_inner_texts() == ["demo-cnn (reference)", "3.100", "2.000"]
+            point = table.locator("tr.point", has_text="flops=0.3")
+            assert point.locator("td").all_inner_texts() == ["flops=0.3", "—", "1.000"]
+            assert point.locator("a").get_attribute("href") == f"/jobs/{job_id}/artifacts/flops-0.3/report.md"
+            assert point.locator("td").nth(1).get_attribute("title") == "no phone of this model measured"
+            assert page.locator("#job-result #phone-models, #job-result #phone-models-note").count() == 0  # not twice
             shot = tmp_path / "frontier.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

@@ -59,7 +59,12 @@ def test_a_frontier_job_serves_its_frontier_and_each_targets_files(server):
         assert c.get(links["frontier.json"]).json() == frontier
         svg = ET.fromstring(c.get(links["frontier.svg"]).text)
         assert len([e for e in svg.iter() if e.tag.endswith("circle")]) == len(TARGETS)
-        assert "flops-0.6/report.md" in c.get(links["report.md"]).text
+        top = c.get(links["report.md"]).text
+        assert "flops-0.6/report.md" in top
+        # No farm: the frontier's own by-phone-model table is a note naming the job's device.
+        section = frontier["latency_per_phone_model"]
+        assert section["farm"] is None and section["rows"] == [] and "local" in section["note"]
+        assert top.index("## Latency on every phone model") > top.index("flops-0.6/report.md")
         for p in frontier["points"]:
             report = c.get(f"/jobs/{job_id}/artifacts/{p['dir']}/report.json")
             assert report.status_code == 200 and report.json()["target"] == p["target"]

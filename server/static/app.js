@@ -231,7 +231,8 @@ async function refreshJob() {
   const ms = (r) => (r && typeof r.latency_measured_ms === "number") ? `, ${r.latency_measured_ms.toFixed(3)} ms measured` : "";
   $("#job-result").innerHTML = rep && rep.result && rep.baseline ? `<p>Baseline ${pct(rep.baseline.accuracy)} at ${fmt(rep.baseline.macs, 0)} MACs${ms(rep.baseline)} →
     pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs, 0)} MACs (${fmt(rep.result.params, 0)} params)${ms(rep.result)}</p>` : "";
-  $("#job-result").insertAdjacentHTML("beforeend", phoneModels(rep && rep.latency_per_phone_model));
+  // A single search's section (a frontier's, by model and phone model, is drawn with the frontier).
+  $("#job-result").insertAdjacentHTML("beforeend", phoneModels(rep && rep.result ? rep.latency_per_phone_model : null));
   drawRecovery(job);
   drawFrontier(job);
   $("#job-artifacts").innerHTML = job.state === "succeeded"
@@ -299,6 +300,7 @@ function drawFrontier(job) {
   }
   if (!f) {
     $("#frontier-table tbody").innerHTML = "";
+    $("#frontier-phone-models").innerHTML = "";
     $("#frontier-note").textContent = job.state === "succeeded" ? "" : "the plot and the table appear when every search has finished";
     return;
   }
@@ -316,6 +318,20 @@ function drawFrontier(job) {
     <td>${ms(r.latency_measured_ms)}</td><td>${macs(r.macs)}</td><td>–</td></tr>`);
   $("#frontier-table tbody").innerHTML = rows.join("");
   $("#frontier-note").textContent = `Accuracy on ${f.report_split}; latency measured on ${f.device} (median).`;
+  $("#frontier-phone-models").innerHTML = frontierPhoneModels(f.latency_per_phone_model, link);
+}
+
+// A frontier's models (unpruned, each target, each reference) on every phone model of the farm.
+function frontierPhoneModels(sec, link) {
+  if (!sec) return "";
+  if (!sec.models.length) return `<p class="muted" id="frontier-phone-models-note">${esc(sec.note)}</p>`;
+  const ms = (v) => typeof v === "number" ? v.toFixed(3) : "—";
+  const head = sec.models.map((m) => `<th data-phone-model="${esc(m.device)}">${esc(m.model)} (${m.phones})</th>`).join("");
+  const name = (r) => r.kind === "point" ? link({ dir: r.dir, target: r.name }) : `${esc(r.name)} (${esc(r.kind)})`;
+  const rows = sec.rows.map((r) => `<tr class="${esc(r.kind)}"><td>${name(r)}</td>` +
+    sec.models.map((m) => `<td title="${esc((r.errors || {})[m.device] || "")}">${ms(r.ms[m.device])}</td>`).join("") + "</tr>").join("");
+  return `<table id="frontier-phone-models-table"><caption>Latency on every phone model of the farm (median ms; phones per model)</caption>` +
+    `<thead><tr><th>model</th>${head}</tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function poll(fn, ms) {
