@@ -33,6 +33,7 @@ BENCHMARKS = {
     "server": ("benchmarks.bench_server", "Orchestrator under load"),
     "farm": ("benchmarks.bench_farm", "The phone farm on Ray: overhead per measurement, measurements per minute"),
     "api-fuzz": ("benchmarks.bench_api_fuzz", "API contract fuzzing (schemathesis, long run)"),
+    "tests": ("benchmarks.bench_tests", "The test suite's time against the suite of issue #10 (same machine, same day)"),
 }
 
 HEADER = """# Benchmarks
