@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -167,6 +168,13 @@ def frontier_markdown(frontier: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _decimals(step: float, least: int) -> int:
+    """Decimals that tell ticks `step` apart: at least `least`, at most 6."""
+    if step <= 0:
+        return least
+    return max(least, min(6, math.ceil(-math.log10(step))))
+
+
 def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
@@ -205,16 +213,24 @@ def frontier_svg(frontier: dict[str, Any], *, width: int = 640, height: int = 40
             f'<text x="{(width + pad_l) / 2}" y="{height - 8}" text-anchor="middle">measured latency (ms)</text>',
             f'<text x="14" y="{(height - pad_b + pad_t) / 2}" text-anchor="middle" '
             f'transform="rotate(-90 14 {(height - pad_b + pad_t) / 2})">accuracy (%)</text>']
+    # Enough decimals that neighbouring ticks differ (a frontier of tiny models spans hundredths of a ms).
+    x_dec, y_dec = _decimals((x1 - x0) / 4, 2), _decimals(100 * (y1 - y0) / 4, 1)
     for i in range(5):
         xv, yv = x0 + i * (x1 - x0) / 4, y0 + i * (y1 - y0) / 4
-        body.append(f'<text x="{px(xv):.1f}" y="{height - pad_b + 14}" text-anchor="middle">{xv:.2f}</text>')
-        body.append(f'<text x="{pad_l - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{100 * yv:.1f}</text>')
+        body.append(f'<text x="{px(xv):.1f}" y="{height - pad_b + 14}" text-anchor="middle">{xv:.{x_dec}f}</text>')
+        body.append(f'<text x="{pad_l - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{100 * yv:.{y_dec}f}</text>')
     if len(ours) > 1:
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in ours)
         body.append(f'<polyline points="{path}" fill="none" stroke="#1f77b4" stroke-width="2"/>')
+    placed: list[tuple[float, float]] = []
+
     def label_at(x: float, y: float, text: str, colour: str, dy: float) -> str:
         right = px(x) > 0.65 * width  # near the right edge the label goes to the left of its marker
-        return (f'<text x="{px(x) + (-6 if right else 6):.1f}" y="{py(y) + dy:.1f}" fill="{colour}" '
+        lx, ly = px(x) + (-6 if right else 6), py(y) + dy
+        while any(abs(lx - ox) < 80 and abs(ly - oy) < 12 for ox, oy in placed):  # models at one spot: stack labels
+            ly += 13
+        placed.append((lx, ly))
+        return (f'<text x="{lx:.1f}" y="{ly:.1f}" fill="{colour}" '
                 f'text-anchor="{"end" if right else "start"}">{_xml(text)}</text>')
 
     for x, y, label in ours:

@@ -132,6 +132,36 @@ def test_phone_lease_is_exclusive_and_health_never_disturbs_a_leased_phone(tmp_p
     assert phone.info()["lease"]["holder"] == "c"
 
 
+class _EmptyFarm:
+    """A farm whose phones have all left (what `Farm.phones()` answers once their host stopped serving them)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def phones(self, check_health: bool = False) -> list:
+        self.asked += 1
+        return []
+
+
+def test_a_phone_absent_from_the_farm_is_not_waited_for_silently(tmp_path: Path) -> None:
+    """`FarmDevice` gives up after `absent_s` when no phone of its model is in the farm (a job's own wait,
+    which says so on its page, takes over); `FarmPool` without `absent_s` waits up to its deadline."""
+    from profiler.errors import DeviceUnavailable
+    from profiler.farm.client import FarmDevice, FarmPool
+
+    model = export_onnx(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx")
+    farm = _EmptyFarm()
+    device = FarmDevice("model:Pixel_7", farm=farm, absent_s=0.5)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    with pytest.raises(DeviceUnavailable, match="no healthy phone matching model:Pixel_7 has been in the farm"):
+        device.measure(model, MeasureConfig(runs=1))
+    assert time.monotonic() - t0 < 10 and farm.asked >= 2  # asked again while it waited, then gave up
+    pool = FarmPool(farm, "model:Pixel_7", poll_s=0.05)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    assert pool.measure(model, MeasureConfig(runs=1), deadline_s=1.0) is None
+    assert time.monotonic() - t0 >= 1.0 and "within 1 s" in pool.events[-1]
+
+
 # -- a real cluster ------------------------------------------------------------------------------------
 
 
@@ -494,7 +524,7 @@ def test_one_search_latency_on_every_phone_model(cluster: Cluster, tmp_path: Pat
 def test_a_farm_device_waits_for_its_only_phone(cluster: Cluster, slow_onnx: Path, tmp_path: Path,
                                                 monkeypatch) -> None:
     """The only phone of a model killed while it measures: a job's device (`PatientDevice` over `model:NAME`)
-    waits for it, and measures on it once its host serves it again."""
+    waits for it, and measures on it once its host serves it again; killed between measurements, the same."""
     monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))  # measured afresh, never from a cache
     from profiler.farm.client import Farm
     from profiler.waiting import PatientDevice
@@ -523,6 +553,25 @@ def test_a_farm_device_waits_for_its_only_phone(cluster: Cluster, slow_onnx: Pat
     m = outcome["m"]
     assert m.min_ms <= m.median_ms <= m.max_ms and m.raw["farm"]["phone"] == spec  # type: ignore[attr-defined]
     assert [w.state for w in device.waits] == ["waiting", "back"], device.waits
+
+    # Between measurements: the phone leaves and the farm no longer serves it healthy. The next measurement's
+    # wait (which a job's page shows) starts within FarmDevice's absent_s, not after the measurement deadline.
+    _end_sessions(again.pid)
+    _wait_for(lambda: not any(p.spec == spec and p.health == "ok" for p in farm.phones()), "the phone gone", 90)
+    t0 = time.monotonic()
+    worker = threading.Thread(target=lambda: outcome.update(m2=device.measure(slow_onnx, MeasureConfig(warmup=1,
+                                                                                                        runs=3))))
+    worker.start()
+    _wait_for(lambda: [w.state for w in device.waits] == ["waiting", "back", "waiting"], "the wait again", 90,
+              every=0.2)
+    assert time.monotonic() - t0 < 60, "the wait started only after the measurement deadline"
+    third = cluster.start(str(BIN / "amc"), "phone-sim", "--port", port, "--root", str(cluster.root / "ONLY"),
+                          "--serial", "ONLY", "--model-name", "Lone Phone", "--auth-keys", f"{cluster.key}.pub",
+                          log="ONLY-third.log")
+    worker.join(300)
+    assert not worker.is_alive() and third.poll() is None
+    assert outcome["m2"].raw["farm"]["phone"] == spec  # type: ignore[attr-defined]
+    assert [w.state for w in device.waits] == ["waiting", "back", "waiting", "back"], device.waits
 
 
 # -- the farm's own costs (benchmarks.bench_farm runs this and writes docs/BENCHMARKS.md) ---------------

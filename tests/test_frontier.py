@@ -95,6 +95,21 @@ def test_svg_without_measurements_says_so():
     ET.fromstring(svg)
 
 
+def test_svg_ticks_differ_and_labels_at_one_spot_do_not_overlap():
+    """A frontier of tiny models spans hundredths of a ms; a reference identical to the unpruned network
+    sits on its marker."""
+    svg = frontier_svg({"points": [{"latency_measured_ms": 0.021, "accuracy": 0.994, "target": "flops=0.6"},
+                                   {"latency_measured_ms": 0.0213, "accuracy": 0.983, "target": "flops=0.3"}],
+                        "references": [{"name": "demo-cnn", "latency_measured_ms": 0.046, "accuracy": 1.0}],
+                        "unpruned": {"name": "demo-cnn", "latency_measured_ms": 0.046, "accuracy": 1.0}})
+    texts = list(ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text"))
+    x_ticks = [t.text for t in texts if t.get("text-anchor") == "middle" and t.text and t.text[0].isdigit()]
+    assert len(x_ticks) == 5 and len(set(x_ticks)) == 5, x_ticks
+    labels = {t.text: (float(t.get("x")), float(t.get("y"))) for t in texts if t.get("fill") == "#d62728"}
+    (ax, ay), (bx, by) = labels["demo-cnn"], labels["demo-cnn (unpruned)"]
+    assert ax == bx and abs(ay - by) >= 12  # stacked, not drawn over each other
+
+
 def test_target_flag_repeats_and_the_first_configures_the_search():
     import argparse
 

@@ -162,10 +162,13 @@ class FarmPool:
 
     def measure(self, model_path: Path | str, config: MeasureConfig | None = None, *,
                 runtime: str = "onnxruntime", deadline_s: float | None = None,
-                timeout_s: float | None = None, fresh: bool = False) -> Measurement | None:
+                timeout_s: float | None = None, fresh: bool = False,
+                absent_s: float | None = None) -> Measurement | None:
         """Measure on a free matching phone, retrying on another when one fails or vanishes. None when no
-        phone measured before `deadline_s` (None: only as long as some untried phone is there). `fresh`:
-        measure now even when the cache knows the model (the result is cached)."""
+        phone measured before `deadline_s` (None: only as long as some untried phone is there), or when no
+        healthy matching phone has been in the farm for `absent_s` (None: wait for one up to the deadline;
+        busy phones are always waited for). `fresh`: measure now even when the cache knows the model (the
+        result is cached)."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -177,6 +180,7 @@ class FarmPool:
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         tried: set[str] = set()
         next_wait_note = time.monotonic()
+        absent_since: float | None = None
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -196,8 +200,14 @@ class FarmPool:
                     self._note(f"no phone matching {self.selector} is left to measure {path.name} "
                                f"(tried: {', '.join(sorted(tried)) or 'none'}); the lookup table answers instead")
                     return None
+                absent_since = time.monotonic() if absent_since is None else absent_since
+                if absent_s is not None and time.monotonic() - absent_since >= absent_s:
+                    self._note(f"no healthy phone matching {self.selector} has been in the farm for {absent_s:.0f} s "
+                               f"to measure {path.name}")
+                    return None
                 time.sleep(min(self.poll_s * 4, max(0.0, left or 0.0)))
                 continue
+            absent_since = None
             leased = None
             for phone in sorted(candidates, key=lambda p: (p.lease is not None, p.measurements)):
                 try:
@@ -253,15 +263,20 @@ class FarmPool:
 
 class FarmDevice(Device):
     """`model:NAME` or one farm phone as a Device: measurements go through a FarmPool (leased cluster-wide);
-    its identity is that of the phones it stands for (the most common one among a model's phones)."""
+    its identity is that of the phones it stands for (the most common one among a model's phones).
+    Busy phones are waited for up to the measurement's timeout (at least `wait_s`); when no matching phone
+    is in the farm for `absent_s` (a host re-listing a phone that reconnects takes seconds), a measurement
+    raises DeviceUnavailable at once, so a job's own wait for its device (profiler.waiting) starts and says so."""
 
     kind = "farm"
 
-    def __init__(self, spec: str, *, farm: Farm, cache: MeasurementCache | None = None, wait_s: float = 60.0):
+    def __init__(self, spec: str, *, farm: Farm, cache: MeasurementCache | None = None, wait_s: float = 60.0,
+                 absent_s: float = 15.0):
         super().__init__(spec)
         self.farm = farm
         self.pool = FarmPool(farm, spec, cache=cache)
         self.wait_s = wait_s
+        self.absent_s = absent_s
 
     def _probe_identity(self) -> DeviceIdentity:
         phones = [p for p in self.farm.phones() if p.matches(self.spec) and p.identity]
@@ -277,7 +292,7 @@ class FarmDevice(Device):
                 runtime: str = "onnxruntime", timeout_s: float = 300.0,
                 sha256: str | None = None) -> Measurement:
         result = self.pool.measure(model_path, config, runtime=runtime, deadline_s=max(timeout_s, self.wait_s),
-                                   timeout_s=timeout_s)
+                                   timeout_s=timeout_s, absent_s=self.absent_s)
         if result is None:
             raise DeviceUnavailable(self.spec, self.pool.events[-1] if self.pool.events else "no phone measured",
                                     hint="check `amc devices` with AMC_RAY_ADDRESS set")
