@@ -169,9 +169,6 @@ class FarmPool:
         healthy matching phone has been in the farm for `absent_s` (None: wait for one up to the deadline;
         busy phones are always waited for). `fresh`: measure now even when the cache knows the model (the
         result is cached)."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
         config = config or MeasureConfig()
         check_runtime(runtime)
         path = Path(model_path)
@@ -208,6 +205,10 @@ class FarmPool:
                 time.sleep(min(self.poll_s * 4, max(0.0, left or 0.0)))
                 continue
             absent_since = None
+            # Imported only once there is a phone to call: Ray reads RAY_AUTH_MODE when it is first imported.
+            import ray
+            from ray.exceptions import GetTimeoutError, RayActorError
+
             leased = None
             for phone in sorted(candidates, key=lambda p: (p.lease is not None, p.measurements)):
                 try:
