@@ -50,12 +50,17 @@ def phone_model_latencies(out_dir: Path, *, device: str, farm: str | None, basel
 
 def add_to_report(out_dir: Path, report: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
     """`report` with the section, written into report.json and appended to report.md."""
-    report = {**report, KEY: section}
-    atomic_write(out_dir / "report.json", json.dumps(report, indent=2, default=str).encode())
-    md = out_dir / "report.md"
+    return _add(out_dir / "report.json", report, section, markdown(section))
+
+
+def _add(json_path: Path, document: dict[str, Any], section: dict[str, Any], md_text: str) -> dict[str, Any]:
+    """`document` with the section under KEY, written to `json_path`; `md_text` appended to the report.md beside it."""
+    document = {**document, KEY: section}
+    atomic_write(json_path, json.dumps(document, indent=2, default=str).encode())
+    md = json_path.parent / "report.md"
     text = md.read_text() if md.is_file() else ""
-    atomic_write(md, (text.rstrip("\n") + "\n\n" + markdown(section)).encode())
-    return report
+    atomic_write(md, (text.rstrip("\n") + "\n\n" + md_text).encode())
+    return document
 
 
 def markdown(section: dict[str, Any]) -> str:
@@ -136,12 +141,7 @@ def frontier_latencies(frontier: dict[str, Any], out_dir: Path, *, device: str, 
 
 def add_to_frontier(out_dir: Path, frontier: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
     """`frontier` with the section, written into frontier.json and appended to the frontier's report.md."""
-    frontier = {**frontier, KEY: section}
-    atomic_write(out_dir / "frontier.json", json.dumps(frontier, indent=2, default=str).encode())
-    md = out_dir / "report.md"
-    text = md.read_text() if md.is_file() else ""
-    atomic_write(md, (text.rstrip("\n") + "\n\n" + frontier_markdown(section)).encode())
-    return frontier
+    return _add(out_dir / "frontier.json", frontier, section, frontier_markdown(section))
 
 
 def frontier_markdown(section: dict[str, Any]) -> str:
