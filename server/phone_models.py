@@ -102,11 +102,11 @@ def frontier_latencies(frontier: dict[str, Any], out_dir: Path, *, device: str, 
     unpruned: dict[str, Any] = {"name": (frontier.get("unpruned") or {}).get("name") or "unpruned",
                                 "kind": "unpruned", "ms": {}, "errors": {}}
 
-    def add(row: dict[str, Any], found: list[dict[str, Any]], key: str = "median_ms") -> dict[str, Any]:
+    def add(row: dict[str, Any], found: list[dict[str, Any]]) -> dict[str, Any]:
         for r in found:
             models.setdefault(r["device"], {"model": r["model"], "device": r["device"], "phones": r["phones"]})
-            row["ms"][r["device"]] = r.get(key)
-            if r.get(key) is None and r.get("error"):
+            row["ms"][r["device"]] = r.get("median_ms")
+            if r.get("median_ms") is None and r.get("error"):
                 row["errors"][r["device"]] = r["error"]
         return row
 
