@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="also run this commit's whole make test suite")
     args = ap.parse_args(argv)
     load = os.getloadavg()[0]
+    known = subprocess.run(["git", "cat-file", "-e", f"{args.base}^{{commit}}"], cwd=REPO, capture_output=True)
+    if known.returncode != 0:
+        print(f"commit {args.base} is not in this clone's history: run `git fetch --unshallow` (or clone without "
+              "--depth), or name another commit with --base", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="amc-bench-tests-") as tmp:
         old_tree = Path(tmp) / "main"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old_tree), args.base], cwd=REPO, check=True)
