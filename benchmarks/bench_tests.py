@@ -86,10 +86,9 @@ def render(base: str, old: dict, now: dict, full: dict | None, common: list[str]
              f"| this commit: the same {len(common)} tests | {len(common)} | {now['summary']} | {mmss(now['wall'])} | "
              f"{total(now, common):.1f} s | {total(now, common) / len(common):.2f} s |"]
     if full is not None:
-        n = len(full["per_test"]) or 1
-        lines.append(f"| this commit: its whole `make test` suite | {len(common) + added} | {full['summary']} | "
-                     f"{mmss(full['wall'])} | {sum(full['per_test'].values()):.1f} s | "
-                     f"{sum(full['per_test'].values()) / max(n, len(common) + added):.2f} s |")
+        n, spent = len(common) + added, sum(full["per_test"].values())
+        lines.append(f"| this commit: its whole `make test` suite | {n} | {full['summary']} | "
+                     f"{mmss(full['wall'])} | {spent:.1f} s | {spent / n:.2f} s |")
     change = total(now, common) / max(total(old, common), 1e-9) - 1
     lines += ["", f"The same {len(common)} tests: **{change:+.1%}** in the sum of their times. "
               f"{len(moved)} tests of `{base}` no longer exist under their ids (they took {total(old, moved):.1f} s "

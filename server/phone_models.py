@@ -85,13 +85,15 @@ def markdown(section: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ a frontier
-def frontier_latencies(frontier: dict[str, Any], out_dir: Path, *, device: str, farm: str | None,
-                       references: list[tuple[str, Path]], deadline_s: float = 300.0) -> dict[str, Any]:
+def frontier_latencies(frontier: dict[str, Any], sections: dict[str, dict[str, Any]], *, device: str,
+                       farm: str | None, references: list[tuple[str, Path]],
+                       deadline_s: float = 300.0) -> dict[str, Any]:
     """A frontier's section: the unpruned network, each target's pruned model and each reference a user
     could pick instead, on every phone model of the farm, so the choice can be made per phone model.
     {farm, device, note, models: [{model, device, phones}], rows: [{name, kind (unpruned, point,
     reference), target, dir, ms: {device: median_ms or None}, errors: {device: why}}]}. The targets' and
-    the unpruned network's numbers come from the targets' own sections (timed already); `references`
+    the unpruned network's numbers come from the targets' own sections (`sections`, by target folder;
+    timed already); `references`
     ((name, ONNX file) pairs) are timed here. Without a farm, `models` and `rows` are empty."""
     if farm is None:
         return {"farm": None, "device": device, "models": [], "rows": [],
@@ -111,9 +113,7 @@ def frontier_latencies(frontier: dict[str, Any], out_dir: Path, *, device: str, 
         return row
 
     for p in frontier.get("points") or []:
-        report = out_dir / str(p.get("dir") or "") / "report.json"
-        section = json.loads(report.read_text()).get(KEY) if p.get("dir") and report.is_file() else None
-        found = (section or {}).get("models") or []
+        found = (sections.get(str(p.get("dir"))) or {}).get("models") or []
         rows.append(add({"name": p["target"], "kind": "point", "target": p["target"], "dir": p["dir"],
                          "ms": {}, "errors": {}}, found))
         for r in found:  # every target timed the same unpruned network: the first number stands

@@ -346,11 +346,11 @@ def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfi
     import tempfile
 
     from profiler.farm.names import farm_address
-    from server.phone_models import add_to_frontier, frontier_latencies
+    from server.phone_models import KEY, add_to_frontier, frontier_latencies
 
     farm = farm_address()
-    folders = [out / str(p["dir"]) for p in frontier.get("points") or []
-               if p.get("dir") and (out / str(p["dir"]) / "report.json").is_file()]
+    folders = {str(p["dir"]): out / str(p["dir"]) for p in frontier.get("points") or []
+               if p.get("dir") and (out / str(p["dir"]) / "report.json").is_file()}
     with tempfile.TemporaryDirectory(prefix="amc-baseline-") as tmp:
         baseline = None
         if folders and farm is not None:
@@ -358,9 +358,9 @@ def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfi
                 baseline = baseline_onnx(cfg, Path(tmp))
             except Exception as exc:  # each target says so in its own report (with_phone_models tries again)
                 log.warning("job %s: could not export the unpruned network for the farm: %s", job_id, exc)
-        for folder in folders:
-            with_phone_models(job_id, store, folder, cfg, json.loads((folder / "report.json").read_text()),
-                              baseline=baseline)
+        sections = {name: with_phone_models(job_id, store, folder, cfg,
+                                             json.loads((folder / "report.json").read_text()), baseline=baseline)[KEY]
+                    for name, folder in folders.items()}
         try:
             references = [] if farm is None else [
                 (r.name, Path(r.path) if r.onnx else architecture_onnx(r.name, Path(tmp) / f"reference-{i}.onnx"))
@@ -368,7 +368,7 @@ def run_frontier_job(job_id: str, store: JobRecords, out: Path, cfg: SearchConfi
             if references:
                 store.set_phase(job_id, "phone-models", f"timing {len(references)} reference(s) on every phone model "
                                                         f"of the farm at {farm}")
-            section = frontier_latencies(frontier, out, device=cfg.device, farm=farm, references=references)
+            section = frontier_latencies(frontier, sections, device=cfg.device, farm=farm, references=references)
         except Exception as exc:  # the frontier stands without this table
             log.warning("job %s: could not time the frontier on the farm's phone models: %s", job_id, exc)
             section = {"farm": farm, "device": cfg.device, "models": [], "rows": [],
