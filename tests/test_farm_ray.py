@@ -169,12 +169,22 @@ def test_a_phone_absent_from_the_farm_is_not_waited_for_silently(tmp_path: Path)
 # -- a real cluster ------------------------------------------------------------------------------------
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: a child of this test that has ended stays in /proc until it is reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+
+
 def _session_pids(sid: int) -> list[int]:
+    """The live processes of session `sid`."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.getsid(int(entry)) == sid:
+                if os.getsid(int(entry)) == sid and _alive(int(entry)):
                     pids.append(int(entry))
             except OSError:
                 continue
