@@ -1,7 +1,11 @@
-"""`python -m device_agent bench MODEL ...` and `python -m device_agent info`: print exactly one JSON object.
+"""`python -m device_agent bench MODEL [MODEL ...]` and `python -m device_agent info`: print exactly one JSON
+object.
 
 Whatever happens, stdout carries one JSON object (a result or an error) so the host can always parse it;
-errors also set a non-zero exit status. This is the agent's command line, so it writes to stdout itself.
+errors also set a non-zero exit status. Several models are timed one after the other in this one process (a
+latency table's kernels: starting Python and importing a runtime costs more than timing a tiny model) and
+reported as one `batch` object holding a result or an error for each, in order. This is the agent's
+command line, so it writes to stdout itself.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_JsonArgumentParser)
     sub.required = True
 
-    bench = sub.add_parser("bench", help="time a model and print the timing JSON")
-    bench.add_argument("model", type=Path, help="model file (.onnx for onnxruntime, .tflite for litert)")
+    bench = sub.add_parser("bench", help="time a model (or several, one after the other) and print the timing JSON")
+    bench.add_argument("model", type=Path, nargs="+",
+                       help="model file (.onnx for onnxruntime, .tflite for litert); several give one batch result")
     bench.add_argument("--runtime", default="onnxruntime", help=f"one of {', '.join(RUNTIME_CHOICES)}")
     bench.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     bench.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
@@ -61,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
             _emit({"schema": SCHEMA_VERSION, "kind": "info", "ok": True, "device": device_info()})
             return 0
-        from .bench import BenchConfig, run_bench
+        from .bench import BenchConfig, run_batch, run_bench
 
-        config = BenchConfig(
-            model=args.model,
+        configs = [BenchConfig(
+            model=model,
             runtime=args.runtime,
             threads=args.threads,
             warmup=args.warmup,
@@ -73,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             cooldown_s=args.cooldown,
             seed=args.seed,
             keep_samples=args.samples,
-        )
-        _emit(dict(run_bench(config)))
+        ) for model in args.model]
+        _emit(dict(run_bench(configs[0]) if len(configs) == 1 else run_batch(configs)))
         return 0
     except AgentError as exc:
         _emit(dict(error_result(exc)))

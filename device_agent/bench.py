@@ -13,7 +13,18 @@ import numpy as np
 
 from . import deviceinfo
 from .runtimes import get_runner
-from .schema import SCHEMA_VERSION, AffinityError, BenchResult, ModelNotFound, UsageError
+from .schema import (
+    SCHEMA_VERSION,
+    AffinityError,
+    AgentError,
+    BatchResult,
+    BenchResult,
+    ErrorResult,
+    ModelNotFound,
+    RuntimeUnavailable,
+    UsageError,
+    error_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +157,25 @@ def run_bench(config: BenchConfig) -> BenchResult:
     if config.keep_samples:
         result["samples_ms"] = samples
     return result
+
+
+# Errors that are the device's or the command's, not one model's: every model of a batch would fail alike.
+_BATCH_FATAL = (UsageError, RuntimeUnavailable, AffinityError)
+
+
+def run_batch(configs: list[BenchConfig]) -> BatchResult:
+    """Time each model in turn in this process. A model that cannot be timed (missing, corrupt, failing)
+    gets its error in its place and the next one is timed; an error every model would share (the runtime
+    missing, the CPU mask refused) is raised for the whole batch."""
+    results: list[BenchResult | ErrorResult] = []
+    for config in configs:
+        try:
+            results.append(run_bench(config))
+        except _BATCH_FATAL:
+            raise
+        except AgentError as exc:
+            results.append(error_result(exc))
+        except Exception as exc:  # one model's failure, still reported in its place
+            logger.debug("timing %s failed", config.model, exc_info=True)
+            results.append(error_result(exc))
+    return {"schema": SCHEMA_VERSION, "kind": "batch", "ok": True, "results": results}

@@ -91,6 +91,15 @@ class ErrorResult(TypedDict):
     error_type: str
 
 
+class BatchResult(TypedDict):
+    """Several models timed by one agent run: a bench result or an error result for each, in order."""
+
+    schema: int
+    kind: Literal["batch"]
+    ok: Literal[True]
+    results: list[BenchResult | ErrorResult]
+
+
 TIMING_FIELDS = ("median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "load_ms")
 
 # field -> accepted JSON types; `None` in the tuple means null is allowed.
@@ -129,6 +138,7 @@ DEVICE_FIELDS: dict[str, tuple[Any, ...]] = {
     "python": (str,),
 }
 INFO_FIELDS: dict[str, tuple[Any, ...]] = {"schema": (int,), "kind": (str,), "ok": (bool,), "device": (dict,)}
+BATCH_FIELDS: dict[str, tuple[Any, ...]] = {"schema": (int,), "kind": (str,), "ok": (bool,), "results": (list,)}
 ERROR_FIELDS: dict[str, tuple[Any, ...]] = {
     "schema": (int,),
     "kind": (str,),
@@ -247,14 +257,31 @@ def parse_result(text: str) -> dict[str, Any]:
     """Parse and validate what `python -m device_agent bench|info` printed.
 
     Returns the result dict, including validated error results (`ok: false`); raises `ResultParseError`
-    when the text is not a well-formed agent result.
+    when the text is not a well-formed agent result. A batch's items are validated as bench or error results.
     """
     obj = _find_json_object(text)
+    if obj.get("kind") == "batch" and obj.get("ok") is not False:
+        _check_schema(obj, text)
+        _check_fields(obj, BATCH_FIELDS, "batch result", text)
+        for item in obj["results"]:
+            if not isinstance(item, dict) or item.get("kind") not in ("bench", "error"):
+                raise ResultParseError(f"a batch holds {str(item)[:80]!r}, not a bench or error result", text=text)
+            _check_item(item, text)
+        return obj
+    return _check_item(obj, text)
+
+
+def _check_schema(obj: dict[str, Any], text: str) -> None:
     if obj.get("schema") != SCHEMA_VERSION:
         raise ResultParseError(
             f"agent result schema {obj.get('schema')!r} is not {SCHEMA_VERSION}; push the matching device_agent",
             text=text,
         )
+
+
+def _check_item(obj: dict[str, Any], text: str) -> dict[str, Any]:
+    """One result (bench, info or error), validated."""
+    _check_schema(obj, text)
     kind = obj.get("kind")
     if kind == "error" or obj.get("ok") is False:
         _check_fields(obj, ERROR_FIELDS, "error result", text)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from profiler.devices.base import CommandResult, Device, Health
 from profiler.devices.identity import DeviceIdentity
-from profiler.errors import DeviceUnavailable, DeviceWaitExpired, DeviceWaitStopped
+from profiler.errors import DeviceUnavailable, DeviceWaitExpired, DeviceWaitStopped, MeasurementError
 from profiler.protocol import MeasureConfig, Measurement
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,11 @@ class PatientDevice(Device):
                 sha256: str | None = None) -> Measurement:
         return self.patiently(lambda: self.inner.measure(model_path, config, runtime=runtime, timeout_s=timeout_s,
                                                          sha256=sha256))
+
+    def measure_many(self, model_paths: Sequence[Path | str], config: MeasureConfig | None = None, *,
+                     runtime: str = "onnxruntime", timeout_s: float = 300.0) -> list[Measurement | MeasurementError]:
+        return self.patiently(lambda: self.inner.measure_many(model_paths, config, runtime=runtime,
+                                                              timeout_s=timeout_s))
 
     def health(self) -> Health:
         return self.inner.health()

@@ -140,6 +140,36 @@ def test_errors_are_json_with_nonzero_exit(device_dir: Path, args: tuple[str, ..
     assert parsed["error"]
 
 
+def test_several_models_are_timed_in_one_run_each_with_its_result_or_error(device_dir: Path) -> None:
+    make_onnx_model(device_dir / "wide.onnx", channels=32)
+    good = (device_dir / "model.onnx").read_bytes()
+    (device_dir / "corrupt.onnx").write_bytes(good[: len(good) // 2] + b"\x00garbage\xff")
+    rc, obj = run_agent(device_dir, "bench", "model.onnx", "missing.onnx", "corrupt.onnx", "wide.onnx",
+                        "--runs", "5", "--warmup", "1")
+    assert rc == 0
+    batch = parse_result(json.dumps(obj))
+    assert batch["kind"] == "batch" and batch["ok"] is True
+    kinds = [(r["kind"], r.get("error_type")) for r in batch["results"]]
+    assert kinds == [("bench", None), ("error", "ModelNotFound"), ("error", "ModelLoadError"), ("bench", None)]
+    first, last = batch["results"][0], batch["results"][3]
+    assert first["model_path"] == "model.onnx" and last["model_path"] == "wide.onnx" and last["runs"] == 5
+    assert first["model_sha256"] != last["model_sha256"]
+    # What every model would fail alike fails the whole run, as for one model.
+    rc, obj = run_agent(device_dir, "bench", "model.onnx", "wide.onnx", "--runtime", "no-such-runtime")
+    assert rc != 0 and obj["kind"] == "error" and obj["error_type"] == "RuntimeUnavailable"
+
+
+@pytest.mark.parametrize("item", [{"kind": "info"}, "text", None])
+def test_parse_result_rejects_a_batch_holding_anything_but_results(item) -> None:
+    batch = {"schema": SCHEMA_VERSION, "kind": "batch", "ok": True, "results": [_valid_bench(), item]}
+    with pytest.raises(ResultParseError, match="not a bench or error result"):
+        parse_result(json.dumps(batch))
+    bad = _valid_bench()
+    bad["median_ms"] = 9.0  # outside [min, max]: an item is checked as a result of its own
+    with pytest.raises(ResultParseError, match="outside"):
+        parse_result(json.dumps({**batch, "results": [bad]}))
+
+
 def test_info_reports_device() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "device_agent", "info"], cwd=REPO, capture_output=True, text=True, timeout=60

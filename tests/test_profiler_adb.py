@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from device_agent.phone_sim.server import PhoneSimulator
+from profiler.cache import MeasurementCache
 from profiler.devices import AdbTcpDevice, LocalDevice, open_device
 from profiler.devices.keys import AdbKeyError, check_key_pair, ensure_adb_key, load_signer
 from profiler.errors import DeviceUnavailable, MeasurementError
@@ -126,6 +127,41 @@ def test_model_and_agent_are_pushed_once(phone: PhoneSimulator, key: Path, tiny_
     assert (Path(phone.sandbox.root) / "amc" / "device_agent" / "__main__.py").is_file()
     assert not (Path(phone.sandbox.root) / "amc" / "device_agent" / "phone_sim").exists()
     again.close()
+
+
+class _CountingShell(AdbTcpDevice):
+    """The real ADB device, counting the agent runs it starts on the phone."""
+
+    agent_runs = 0
+
+    def run(self, command: str, *, timeout_s: float):
+        self.agent_runs += "-m device_agent bench" in command
+        return super().run(command, timeout_s=timeout_s)
+
+
+def test_several_models_are_timed_in_one_agent_run(phone: PhoneSimulator, key: Path, tiny_onnx: Path,
+                                                    few_ms_onnx: Path, tmp_path: Path) -> None:
+    from profiler.measure import measure_many
+
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(tiny_onnx.read_bytes()[:200])
+    device = _CountingShell(f"adb:127.0.0.1:{phone.port}", host="127.0.0.1", port=phone.port, key_path=key)
+    config = MeasureConfig(warmup=1, runs=5)
+    results = device.measure_many([tiny_onnx, tmp_path / "missing.onnx", corrupt, few_ms_onnx], config)
+    assert device.agent_runs == 1 and device.model_pushes == 3  # the missing file never left this computer
+    tiny, missing, bad, few = results
+    assert isinstance(missing, MeasurementError) and "does not exist" in missing.message
+    assert isinstance(bad, MeasurementError) and bad.model_fault and "ModelLoadError" in bad.message
+    assert tiny.model_sha256 != few.model_sha256 and tiny.raw["model_sha256"] == tiny.model_sha256
+    assert tiny.runs == few.runs == 5 and tiny.device_info["serial"] == "SIMA"
+    assert 0 < tiny.median_ms < few.median_ms  # ~150M MACs against a few thousand
+    # Through the cache: what it knows is not timed again; the rest in one more run.
+    cache = MeasurementCache(tmp_path / "m.sqlite")
+    cache.put(tiny, config)
+    again = measure_many(device, [tiny_onnx, few_ms_onnx, tiny_onnx], config, cache=cache)
+    assert device.agent_runs == 2 and [m.cached for m in again] == [True, False, True]
+    assert cache.get(device_id=device.id, runtime="onnxruntime", config=config, sha256=few.model_sha256)
+    device.close()
 
 
 def test_untrusted_key_is_refused(tmp_path: Path, key: Path, tiny_onnx: Path) -> None:

@@ -298,6 +298,41 @@ def test_build_predict_and_observe(built: LatencyTable, tiny, tmp_path: Path) ->
     assert after < 0.05
 
 
+class _BatchFails(LocalDevice):
+    """The local device whose runs of several models fail as a phone's would when it leaves mid-run."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.single = 0
+
+    def measure_many(self, model_paths, config=None, *, runtime="onnxruntime", timeout_s=300.0):
+        raise self.error
+
+    def measure(self, *args, **kwargs):
+        self.single += 1
+        return super().measure(*args, **kwargs)
+
+
+def test_a_batch_of_kernels_is_timed_in_one_run_and_one_by_one_when_the_run_fails(tmp_path: Path) -> None:
+    from profiler.errors import DeviceUnavailable, DeviceWaitExpired
+    from profiler.lut.build import time_kernels
+
+    specs = [KernelSpec("conv", 3, c, k=3, h=8, w=8) for c in (4, 8, 16)] + [KernelSpec("linear", 16, 10)]
+    fast = MeasureConfig(warmup=1, runs=5)
+    batched = time_kernels(LocalDevice(), specs, runtime="onnxruntime", config=fast, work_dir=tmp_path)
+    assert all(isinstance(ms, float) and ms > 0 for ms in batched), batched
+    # The run as a whole failed (the device went away and came back): each kernel on its own, none lost.
+    device = _BatchFails(DeviceUnavailable("local", "the connection dropped"))
+    alone = time_kernels(device, specs, runtime="onnxruntime", config=fast, work_dir=tmp_path)
+    assert device.single == len(specs) and all(isinstance(ms, float) and ms > 0 for ms in alone), alone
+    # A device a job gave up waiting for is not asked kernel by kernel.
+    gone = _BatchFails(DeviceWaitExpired("local", "gone", waited_s=3, wait_s=3))
+    with pytest.raises(DeviceWaitExpired):
+        time_kernels(gone, specs, runtime="onnxruntime", config=fast, work_dir=tmp_path)
+    assert gone.single == 0
+
+
 def test_oracle_builds_once_and_reuses(tiny, tmp_path: Path) -> None:
     model, x = tiny
     events: list[tuple[int, int, str]] = []

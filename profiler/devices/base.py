@@ -12,6 +12,7 @@ import shlex
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,6 +119,8 @@ class Device(ABC):
     measurement protocol, model transfer and result parsing are shared."""
 
     kind: ClassVar[str]
+    # Whether measure_many runs the agent once for several models (devices that run it themselves).
+    batches: ClassVar[bool] = True
 
     def __init__(self, spec: str, *, benchmark_binary: str | None = None):
         self.spec = spec
@@ -249,27 +252,102 @@ class Device(ABC):
                 measurement = self._measure_agent(remote, config, runtime, sha, timeout_s, identity.key)
             if measurement.temperature_c is None:  # the agent reads it itself; benchmark_model does not
                 measurement.temperature_c = self.temperature_c()
+        self._check_identity(identity, measurement)
+        checked = self._checked(measurement)
+        if isinstance(checked, MeasurementError):
+            raise checked
+        return checked
+
+    def measure_many(self, model_paths: Sequence[Path | str], config: MeasureConfig | None = None, *,
+                     runtime: str = "onnxruntime", timeout_s: float = 300.0) -> list[Measurement | MeasurementError]:
+        """Time several models under `config`, in order, in one run of the agent on the device: one start of
+        Python and of the runtime instead of one per model, which is most of what a latency table's tiny
+        kernels cost. Each model gets its Measurement or, when it alone could not be timed, its
+        MeasurementError; DeviceUnavailable is raised when the device cannot be used. `timeout_s` is per
+        model. Devices that do not run the agent themselves, and benchmark_model, time them one by one."""
+        config = config or MeasureConfig()
+        check_runtime(runtime)
+        paths = [Path(p) for p in model_paths]
+        if not self.batches or runtime == "benchmark_model" or len(paths) < 2:
+            return self._measure_each(paths, config, runtime, timeout_s)
+        out: list[Measurement | MeasurementError | None] = [None] * len(paths)
+        for i, path in enumerate(paths):
+            if not path.is_file():
+                out[i] = MeasurementError(self.spec, f"model file {path} does not exist",
+                                          hint="export the model first (.onnx or .tflite)")
+        todo = [i for i, done in enumerate(out) if done is None]
+        if not todo:
+            return [r for r in out if r is not None]
+        shas = {i: sha256_file(paths[i]) for i in todo}
+        identity = self.identity()
+        with self.lock:
+            self.measure_calls += len(todo)
+            remotes = {i: self.model_path_on_device(paths[i], shas[i]) for i in todo}
+            args = ["bench", *(remotes[i] for i in todo), *self._agent_bench_options(config, runtime)]
+            if config.cooldown_s:
+                args += ["--cooldown", str(config.cooldown_s)]  # before each model's timed runs
+            res = self.run(f"{self.agent_command()} {shlex.join(args)}", timeout_s=timeout_s * len(todo))
+            data = self._agent_result(res)
+            items = data.get("results") if data.get("kind") == "batch" else None
+            if not isinstance(items, list) or len(items) != len(todo):
+                raise MeasurementError(self.spec, f"the agent answered {len(items or [])} results for {len(todo)} "
+                                                  "models", output=res.output)
+            temperature: float | None = None
+            for i, item in zip(todo, items, strict=True):
+                try:
+                    self._agent_error(item, res.output)
+                    out[i] = self._agent_measurement(item, remotes[i], config, runtime, shas[i], identity.key,
+                                                     res.stdout)
+                except MeasurementError as exc:
+                    out[i] = exc
+            for m in out:
+                if isinstance(m, Measurement) and m.temperature_c is None:
+                    temperature = self.temperature_c() if temperature is None else temperature
+                    m.temperature_c = temperature
+        for m in out:
+            if isinstance(m, Measurement):
+                self._check_identity(identity, m)
+        return [self._checked(m) if isinstance(m, Measurement) else m for m in out if m is not None]
+
+    def _measure_each(self, paths: Sequence[Path], config: MeasureConfig, runtime: str,
+                      timeout_s: float) -> list[Measurement | MeasurementError]:
+        out: list[Measurement | MeasurementError] = []
+        for path in paths:
+            try:
+                out.append(self.measure(path, config, runtime=runtime, timeout_s=timeout_s))
+            except MeasurementError as exc:
+                out.append(exc)
+        return out
+
+    def _check_identity(self, identity: DeviceIdentity, measurement: Measurement) -> None:
         changed = identity.mismatch(measurement.device_info)
         if changed is not None:
             # Another phone answers at this address than the one the cache key was taken from.
             self.forget_identity()
             raise DeviceUnavailable(self.spec, f"the device at this address changed while measuring ({changed})",
                                     hint="measure again: the new device is identified afresh")
+
+    def _checked(self, measurement: Measurement) -> Measurement | MeasurementError:
         try:
             return measurement.check()
         except ValueError as exc:
-            raise MeasurementError(self.spec, f"inconsistent statistics: {exc}",
-                                   output=json.dumps(measurement.raw)) from exc
+            return MeasurementError(self.spec, f"inconsistent statistics: {exc}", output=json.dumps(measurement.raw))
+
+    @staticmethod
+    def _agent_bench_options(config: MeasureConfig, runtime: str) -> list[str]:
+        args = ["--runtime", runtime, "--threads", str(config.threads), "--warmup", str(config.warmup),
+                "--runs", str(config.runs)]
+        return args + (["--cpu-mask", config.cpu_mask] if config.cpu_mask else [])
 
     def _measure_agent(self, remote: str, config: MeasureConfig, runtime: str, sha: str,
                        timeout_s: float, device_id: str) -> Measurement:
-        args = ["bench", remote, "--runtime", runtime, "--threads", str(config.threads),
-                "--warmup", str(config.warmup), "--runs", str(config.runs)]
-        if config.cpu_mask:
-            args += ["--cpu-mask", config.cpu_mask]
-        command = f"{self.agent_command()} {shlex.join(args)}"
+        command = f"{self.agent_command()} {shlex.join(['bench', remote, *self._agent_bench_options(config, runtime)])}"
         res = self.run(command, timeout_s=timeout_s)
-        data = self._agent_result(res)
+        return self._agent_measurement(self._agent_result(res), remote, config, runtime, sha, device_id, res.stdout)
+
+    def _agent_measurement(self, data: dict[str, Any], remote: str, config: MeasureConfig, runtime: str, sha: str,
+                           device_id: str, output: str) -> Measurement:
+        """A Measurement from one validated bench result of the agent."""
         if data.get("model_sha256") not in (None, sha):
             # The file on the device is not the model we meant (a corrupted or interrupted copy).
             self.forget_model(remote)
@@ -291,7 +369,7 @@ class Device(ABC):
                 raw=data,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise MeasurementError(self.spec, f"the agent's result lacks a field ({exc})", output=res.stdout) from exc
+            raise MeasurementError(self.spec, f"the agent's result lacks a field ({exc})", output=output) from exc
 
     def _agent_result(self, res: CommandResult) -> dict[str, Any]:
         """The agent's validated result, or the matching error: a device that cannot run the agent is
@@ -308,16 +386,20 @@ class Device(ABC):
                                              "device, or use --runtime benchmark_model")
             raise DeviceUnavailable(self.spec, f"the agent crashed with status {res.rc}: {text}")
         data = parse_agent_output(self.spec, res.stdout)
+        self._agent_error(data, res.output)
+        return data
+
+    def _agent_error(self, data: dict[str, Any], output: str) -> None:
+        """Raise what an `ok: false` result of the agent means (nothing for a result)."""
         if data.get("ok") is False:
             etype, error = data.get("error_type", "AgentError"), data.get("error", "")
             if etype in _MODEL_FAULTS:
-                raise MeasurementError(self.spec, f"{etype}: {error}", output=res.output, model_fault=True,
+                raise MeasurementError(self.spec, f"{etype}: {error}", output=output, model_fault=True,
                                        hint="check that the model file is a valid model for this runtime")
             if etype == "RuntimeUnavailable":
                 raise DeviceUnavailable(self.spec, f"{etype}: {error}",
                                         hint="install the runtime on the device or choose another --runtime")
-            raise MeasurementError(self.spec, f"{etype}: {error}", output=res.output)
-        return data
+            raise MeasurementError(self.spec, f"{etype}: {error}", output=output)
 
     def _measure_benchmark_model(self, remote: str, config: MeasureConfig, sha: str,
                                  timeout_s: float, device_id: str) -> Measurement:

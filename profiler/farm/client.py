@@ -270,6 +270,7 @@ class FarmDevice(Device):
     raises DeviceUnavailable at once, so a job's own wait for its device (profiler.waiting) starts and says so."""
 
     kind = "farm"
+    batches = False  # each measurement is leased and sent to a phone's host on its own
 
     def __init__(self, spec: str, *, farm: Farm, cache: MeasurementCache | None = None, wait_s: float = 60.0,
                  absent_s: float = 15.0):

@@ -13,13 +13,13 @@ from pathlib import Path
 from compressor.latency import KernelSpec
 from profiler.cache import MeasurementCache
 from profiler.devices.base import Device
-from profiler.errors import ProfilerError
+from profiler.errors import DeviceWaitExpired, ProfilerError
 from profiler.export import export_onnx
 from profiler.kernels import kernel_module
 from profiler.lut.keys import LutError, Progress
 from profiler.lut.space import DEFAULT_MAX_POINTS, ModelKernels, kernel_grid
 from profiler.lut.table import LatencyTable, Statistic, load_or_new
-from profiler.measure import measure
+from profiler.measure import measure, measure_many
 from profiler.protocol import MeasureConfig
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,48 @@ DEFAULT_KERNEL_PASSES = 1
 OVERHEAD_PROBE = KernelSpec("add", 1, 1, h=1, w=1)
 
 
+# Kernels timed by one agent run on the device (Device.measure_many): starting Python and the runtime costs
+# more than timing a tiny kernel (0.26 s against ~0.03 s on the phone emulator), so a table is timed in
+# batches; a batch is small enough that progress still moves every few seconds.
+KERNELS_PER_RUN = 16
+
+
+def export_kernel(spec: KernelSpec, work_dir: Path) -> Path:
+    """One kernel as its own ONNX model."""
+    module, x = kernel_module(spec)
+    name = f"{spec.op}_c{spec.cin}_{spec.cout}_k{spec.k}_s{spec.stride}_{spec.h}x{spec.w}_{int(spec.relu)}.onnx"
+    return export_onnx(module, x, Path(work_dir) / name, validate=False)
+
+
 def time_kernel(device: Device, spec: KernelSpec, *, runtime: str, config: MeasureConfig,
                 work_dir: Path, cache: MeasurementCache | None = None) -> float:
     """Median ms of one kernel exported as its own ONNX model."""
-    module, x = kernel_module(spec)
-    name = f"{spec.op}_c{spec.cin}_{spec.cout}_k{spec.k}_s{spec.stride}_{spec.h}x{spec.w}_{int(spec.relu)}.onnx"
-    path = export_onnx(module, x, Path(work_dir) / name, validate=False)
-    return measure(device, path, config, runtime=runtime, cache=cache).median_ms
+    return measure(device, export_kernel(spec, work_dir), config, runtime=runtime, cache=cache).median_ms
+
+
+def time_kernels(device: Device, specs: Sequence[KernelSpec], *, runtime: str, config: MeasureConfig,
+                 work_dir: Path, cache: MeasurementCache | None = None) -> list[float | ProfilerError]:
+    """Median ms of each kernel, timed in one agent run; a kernel that could not be timed gets its error.
+    When the run as a whole fails (the device went away mid-batch), each kernel is timed on its own, as
+    before batches: one failure then costs one kernel, not the batch."""
+    paths = [export_kernel(spec, work_dir) for spec in specs]
+    try:
+        results = measure_many(device, paths, config, runtime=runtime, cache=cache)
+    except DeviceWaitExpired:
+        raise  # the device is gone past the job's wait for it: no kernel will be timed
+    except ProfilerError as exc:
+        log.warning("timing %d kernels in one run on %s failed (%s); timing them one by one", len(specs),
+                    device.spec, exc)
+        out: list[float | ProfilerError] = []
+        for path in paths:
+            try:
+                out.append(measure(device, path, config, runtime=runtime, cache=cache).median_ms)
+            except DeviceWaitExpired:
+                raise
+            except ProfilerError as one:
+                out.append(one)
+        return out
+    return [r if isinstance(r, ProfilerError) else r.median_ms for r in results]
 
 
 def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, runtime: str = "onnxruntime",
@@ -82,23 +117,26 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
         done = 0
         for p in range(passes):
             order = list(enumerate(grid)) if p % 2 == 0 else list(enumerate(grid))[::-1]
-            for i, spec in order:
+            for start_at in range(0, len(order), KERNELS_PER_RUN):
+                batch = order[start_at:start_at + KERNELS_PER_RUN]
                 if progress:
+                    spec = batch[0][1]
+                    more = f" and {len(batch) - 1} more" if len(batch) > 1 else ""
                     progress(done, total, f"{spec.op} {spec.cin}->{spec.cout} k{spec.k} s{spec.stride} "
-                                          f"{spec.h}x{spec.w}" + (f" (pass {p + 1})" if passes > 1 else ""))
-                done += 1
-                try:
-                    # Later passes bypass the cache: they exist to get an independent timing.
-                    ms = time_kernel(device, spec, runtime=runtime, config=config, work_dir=Path(tmp),
-                                     cache=cache if p == 0 else None)
-                except ProfilerError as exc:
-                    failures.append(f"{spec}: {exc}")
-                    log.warning("could not time kernel %s: %s", spec, exc)
-                    if len(failures) >= 3 and not best:
-                        raise LutError(f"the first kernels all failed on {device.spec}: {failures[-1]}") from exc
-                    continue
-                best[i] = min(ms, best.get(i, math.inf))
-                table.add_entry(spec, best[i])
+                                          f"{spec.h}x{spec.w}{more}" + (f" (pass {p + 1})" if passes > 1 else ""))
+                # Later passes bypass the cache: they exist to get an independent timing.
+                timed = time_kernels(device, [spec for _, spec in batch], runtime=runtime, config=config,
+                                     work_dir=Path(tmp), cache=cache if p == 0 else None)
+                for (i, spec), ms in zip(batch, timed, strict=True):
+                    done += 1
+                    if isinstance(ms, ProfilerError):
+                        failures.append(f"{spec}: {ms}")
+                        log.warning("could not time kernel %s: %s", spec, ms)
+                        continue
+                    best[i] = min(ms, best.get(i, math.inf))
+                    table.add_entry(spec, best[i])
+                if len(failures) >= 3 and not best:
+                    raise LutError(f"the first kernels all failed on {device.spec}: {failures[-1]}")
     if not len(table):
         raise LutError(f"no kernel could be timed on {device.spec}: {failures[:1]}")
     for j, (ks, path) in enumerate(calibrate_with):
