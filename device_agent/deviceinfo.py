@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -9,6 +10,7 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from .schema import DeviceInfo
 
@@ -112,11 +114,13 @@ def build_fingerprint() -> str | None:
     return getprop("ro.build.fingerprint") or platform.platform() or None
 
 
-def device_info() -> DeviceInfo:
+@functools.cache
+def _fixed_info() -> dict[str, Any]:
+    """What cannot change while this process runs, read once: on a phone each `getprop` is a process
+    start, and a batch of models reports the device with each result."""
     model = getprop("ro.product.model")
     if model is None:
         model = _read_text(DEVICE_TREE_MODEL) or platform.node() or None
-    temp, zone = temperature()
     return {
         "model": model,
         "manufacturer": getprop("ro.product.manufacturer"),
@@ -125,10 +129,15 @@ def device_info() -> DeviceInfo:
         "serial": getprop("ro.serialno"),
         "kernel": platform.release() or None,
         "cores": os.cpu_count(),
-        "governor": cpu_governor(),
-        "temperature_c": temp,
-        "thermal_zone": zone,
         "python": platform.python_version(),
         "build": build_fingerprint(),
         "runtimes": runtime_versions(),
     }
+
+
+def device_info() -> DeviceInfo:
+    """The device now: its fixed properties, its CPU governor and its temperature."""
+    temp, zone = temperature()
+    info: DeviceInfo = {**_fixed_info(), "governor": cpu_governor(),  # type: ignore[typeddict-item]
+                        "temperature_c": temp, "thermal_zone": zone}
+    return info

@@ -159,6 +159,27 @@ def test_several_models_are_timed_in_one_run_each_with_its_result_or_error(devic
     assert rc != 0 and obj["kind"] == "error" and obj["error_type"] == "RuntimeUnavailable"
 
 
+def test_a_batch_reads_the_phones_properties_once(device_dir: Path, tmp_path: Path) -> None:
+    """Each `getprop` is a process start on a phone: a batch of models asks once, not once per model."""
+    calls = tmp_path / "getprop.calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    getprop = bin_dir / "getprop"
+    getprop.write_text(f'#!/bin/sh\necho "$1" >> {calls}\ncase "$1" in ro.product.model) echo "Pixel 7";; '
+                       'ro.serialno) echo SER1;; *) echo;; esac\n')
+    getprop.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run([sys.executable, "-m", "device_agent", "bench", "model.onnx", "model.onnx", "model.onnx",
+                           "--runs", "2", "--warmup", "0"], cwd=device_dir, env=env, capture_output=True, text=True,
+                          timeout=120)
+    batch = parse_result(proc.stdout)
+    assert proc.returncode == 0 and len(batch["results"]) == 3
+    assert all(r["device"]["model"] == "Pixel 7" and r["device"]["serial"] == "SER1" for r in batch["results"])
+    asked = calls.read_text().split()
+    assert sorted(asked) == sorted(set(asked)) and "ro.product.model" in asked, asked  # each property once
+
+
 @pytest.mark.parametrize("item", [{"kind": "info"}, "text", None])
 def test_parse_result_rejects_a_batch_holding_anything_but_results(item) -> None:
     batch = {"schema": SCHEMA_VERSION, "kind": "batch", "ok": True, "results": [_valid_bench(), item]}
