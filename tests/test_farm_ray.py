@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from compressor.errors import ConfigError
+from compressor.latency import KernelSpec
 from profiler.devices import LocalDevice, open_device, parse_device_spec
 from profiler.export import export_onnx
 from profiler.farm.names import check_ray_address, model_slug, parse_model_spec
 from profiler.farm.phone import PhoneServer
+from profiler.lut import LatencyTable
 from profiler.protocol import MeasureConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +112,25 @@ class _CountingDevice(LocalDevice):
     def health(self):
         self.health_calls += 1
         return super().health()
+
+
+def test_a_phone_times_several_models_under_one_lease(tmp_path: Path) -> None:
+    model = export_onnx(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx")
+    wide = export_onnx(nn.Sequential(nn.Conv2d(3, 32, 3)), torch.randn(1, 3, 8, 8), tmp_path / "w.onnx")
+    phone = PhoneServer(LocalDevice("local"), host="h")
+    cfg = {"threads": 1, "warmup": 1, "runs": 3, "cpu_mask": None, "cooldown_s": 0.0}
+    models = [(model.read_bytes(), ".onnx"), (b"not a model", ".onnx"), (wide.read_bytes(), ".onnx")]
+    refused = phone.measure_many("not-the-token", models, cfg, "onnxruntime", 60)
+    assert refused["ok"] is False and "lease" in refused["message"]
+    token = phone.lease("a")
+    assert token
+    done = phone.measure_many(token, models, cfg, "onnxruntime", 60)
+    assert done["ok"] and [r["ok"] for r in done["results"]] == [True, False, True], done
+    first, bad, last = done["results"]
+    assert bad["error_type"] == "MeasurementError" and bad["model_fault"] and "ModelLoadError" in bad["message"]
+    assert first["measurement"]["model_sha256"] != last["measurement"]["model_sha256"]
+    assert first["measurement"]["raw"]["farm"]["phone"] == "local"
+    assert (phone.measurements, phone.failures) == (2, 1) and phone.info()["lease"]["measuring"] is False
 
 
 def test_phone_lease_is_exclusive_and_health_never_disturbs_a_leased_phone(tmp_path: Path) -> None:
@@ -372,6 +393,18 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
     quick = MeasureConfig(warmup=1, runs=3)
     assert FarmPool(farm, "model:Galaxy_S23").measure(slow_onnx, quick, deadline_s=3) is None
     ray.get(phone_s23.handle.release.remote(token))
+
+    # A latency table's kernels: several models in one agent run on one phone of the model, leased once.
+    from profiler.farm.client import FarmDevice
+    from profiler.lut import build_lut
+
+    before = phone_s23.handle.info.remote()
+    table = build_lut(FarmDevice("model:Galaxy_S23", farm=farm),
+                      [KernelSpec("conv", 3, c, k=3, h=8, w=8) for c in (8, 16)], max_points=4, round_to=4,
+                      table=LatencyTable(device_id=by_serial["S23"].key or "", runtime="onnxruntime", threads=1))
+    assert len(table) >= 2 and all(v > 0 for pts in table.entries.values() for v in pts.values())
+    after = next(p for p in farm.phones() if p.serial == "S23")
+    assert after.measurements - ray.get(before)["measurements"] == len(table) + 1  # and the runtime's overhead
 
     # Two measurements of one model at once: both run, on different phones, at the same time.
     config = MeasureConfig(warmup=2, runs=60)

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,74 @@ class FarmPool:
         path = Path(model_path)
         model = path.read_bytes()
         sha = sha256_file(path)
+
+        def cached(phones: list[FarmPhone]) -> Measurement | None:
+            if self.cache is None or fresh:
+                return None
+            for p in phones:
+                hit = None if p.key is None else self.cache.get(device_id=p.key, runtime=runtime, config=config,
+                                                                sha256=sha)
+                if hit is not None:
+                    return hit
+            return None
+
+        answer = self._on_a_phone(path.name, lambda handle, token, timeout: handle.measure.remote(
+            token, model, path.suffix.lower(), dataclasses.asdict(config), runtime, timeout),
+            cached=cached, deadline_s=deadline_s, timeout_s=timeout_s, absent_s=absent_s)
+        if answer is None or isinstance(answer, Measurement):
+            return answer
+        result = Measurement.from_dict(answer["measurement"])
+        if self.cache is not None:
+            self.cache.put(result, config)
+        return result
+
+    def measure_many(self, model_paths: list[Path], config: MeasureConfig | None = None, *,
+                     runtime: str = "onnxruntime", deadline_s: float | None = None, timeout_s: float | None = None,
+                     absent_s: float | None = None) -> list[Measurement | MeasurementError] | None:
+        """Several models in one agent run on one free matching phone (`PhoneServer.measure_many`), with
+        `measure`'s retries, deadline and `absent_s` for the run as a whole; each model gets its Measurement
+        or its MeasurementError. Cached models are not sent. None when no phone ran them."""
+        config = config or MeasureConfig()
+        check_runtime(runtime)
+        paths = [Path(p) for p in model_paths]
+        shas = [sha256_file(p) for p in paths]
+        out: list[Measurement | MeasurementError | None] = [None] * len(paths)
+        if self.cache is not None:
+            keys = {p.key for p in self.farm.phones() if p.matches(self.selector) and p.key}
+            for i, sha in enumerate(shas):
+                out[i] = next((hit for key in keys if (hit := self.cache.get(
+                    device_id=key, runtime=runtime, config=config, sha256=sha)) is not None), None)
+        todo = [i for i, hit in enumerate(out) if hit is None]
+        if todo:
+            models = [(paths[i].read_bytes(), paths[i].suffix.lower()) for i in todo]
+            what = f"{len(todo)} models ({paths[todo[0]].name}, ...)"
+            answer = self._on_a_phone(what, lambda handle, token, timeout: handle.measure_many.remote(
+                token, models, dataclasses.asdict(config), runtime, timeout / len(todo)),
+                deadline_s=deadline_s, timeout_s=timeout_s, absent_s=absent_s, count=len(todo))
+            if not isinstance(answer, dict):
+                return None
+            for i, item in zip(todo, answer["results"], strict=True):
+                if not item.get("ok"):
+                    try:
+                        raise_error(item)
+                    except MeasurementError as exc:
+                        out[i] = exc
+                    continue  # (a phone raises DeviceUnavailable for the whole run, never for one model)
+                result = Measurement.from_dict(item["measurement"])
+                out[i] = result
+                if self.cache is not None:
+                    self.cache.put(result, config)
+        return [r for r in out if r is not None]
+
+    def _on_a_phone(self, what: str, call: Callable[[Any, str, float], Any], *,
+                    cached: Callable[[list[FarmPhone]], Measurement | None] | None = None,
+                    deadline_s: float | None, timeout_s: float | None, absent_s: float | None,
+                    count: int = 1) -> dict[str, Any] | Measurement | None:
+        """`call(actor, lease token, timeout)` on a free matching phone, each phone tried once: its answer
+        (an `ok` dict), what `cached` finds for the phones listed, or None (see `measure`). The timeout is
+        `count` models' (`timeout_s` and `measure_timeout_s` are per model). A phone that
+        vanishes, fails the call as a whole, or reports a measurement error that is not the model's is
+        given up for the next one; a model's fault is raised."""
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         tried: set[str] = set()
         next_wait_note = time.monotonic()
@@ -181,26 +250,23 @@ class FarmPool:
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                self._note(f"no phone matching {self.selector} measured {path.name} within {deadline_s:.0f} s; "
+                self._note(f"no phone matching {self.selector} measured {what} within {deadline_s:.0f} s; "
                            "the lookup table answers instead")
                 return None
             phones = [p for p in self.farm.phones() if p.matches(self.selector)]
-            if self.cache is not None and not fresh:
-                for p in phones:
-                    hit = None if p.key is None else self.cache.get(device_id=p.key, runtime=runtime,
-                                                                    config=config, sha256=sha)
-                    if hit is not None:
-                        return hit
+            hit = cached(phones) if cached is not None else None
+            if hit is not None:
+                return hit
             candidates = [p for p in phones if p.name not in tried and p.health != "unhealthy"]
             if not candidates:
                 if tried or deadline is None:
-                    self._note(f"no phone matching {self.selector} is left to measure {path.name} "
+                    self._note(f"no phone matching {self.selector} is left to measure {what} "
                                f"(tried: {', '.join(sorted(tried)) or 'none'}); the lookup table answers instead")
                     return None
                 absent_since = time.monotonic() if absent_since is None else absent_since
                 if absent_s is not None and time.monotonic() - absent_since >= absent_s:
                     self._note(f"no healthy phone matching {self.selector} has been in the farm for {absent_s:.0f} s "
-                               f"to measure {path.name}")
+                               f"to measure {what}")
                     return None
                 time.sleep(min(self.poll_s * 4, max(0.0, left or 0.0)))
                 continue
@@ -212,7 +278,7 @@ class FarmPool:
             leased = None
             for phone in sorted(candidates, key=lambda p: (p.lease is not None, p.measurements)):
                 try:
-                    token = ray.get(phone.handle.lease.remote(_holder(path.name)), timeout=10)
+                    token = ray.get(phone.handle.lease.remote(_holder(what)), timeout=10)
                 except (RayActorError, GetTimeoutError) as exc:
                     tried.add(phone.name)
                     self._note(f"{phone.spec} on {phone.host} did not answer a lease ({type(exc).__name__})")
@@ -223,21 +289,18 @@ class FarmPool:
             if leased is None:  # all busy: wait for one to free up
                 if time.monotonic() >= next_wait_note:
                     log.info("waiting for a free phone matching %s to measure %s (%d busy%s)", self.selector,
-                             path.name, len(candidates), "" if left is None else f", {left:.0f} s left")
+                             what, len(candidates), "" if left is None else f", {left:.0f} s left")
                     next_wait_note = time.monotonic() + 10.0
                 time.sleep(self.poll_s if left is None else min(self.poll_s, max(0.0, left)))
                 continue
             phone, token = leased
             tried.add(phone.name)
-            timeout = self.measure_timeout_s if left is None else max(1.0, min(self.measure_timeout_s, left))
-            if timeout_s is not None:
-                timeout = min(timeout, timeout_s)
+            per_model = self.measure_timeout_s if timeout_s is None else min(self.measure_timeout_s, timeout_s)
+            timeout = per_model * count if left is None else max(1.0, min(per_model * count, left))
             try:
-                data = ray.get(phone.handle.measure.remote(token, model, path.suffix.lower(),
-                                                           dataclasses.asdict(config), runtime, timeout),
-                               timeout=timeout + 30)
+                data = ray.get(call(phone.handle, token, timeout), timeout=timeout + 30)
             except (RayActorError, GetTimeoutError) as exc:
-                self._note(f"{phone.spec} on {phone.host} vanished while measuring {path.name} "
+                self._note(f"{phone.spec} on {phone.host} vanished while measuring {what} "
                            f"({type(exc).__name__}); retrying on another phone matching {self.selector}")
                 continue
             finally:
@@ -256,10 +319,7 @@ class FarmPool:
                     self._note(f"{phone.spec} on {phone.host} became unavailable while measuring ({exc.reason}); "
                                f"retrying on another phone matching {self.selector}")
                 continue
-            result = Measurement.from_dict(data["measurement"])
-            if self.cache is not None:
-                self.cache.put(result, config)
-            return result
+            return data
 
 
 class FarmDevice(Device):
@@ -270,7 +330,6 @@ class FarmDevice(Device):
     raises DeviceUnavailable at once, so a job's own wait for its device (profiler.waiting) starts and says so."""
 
     kind = "farm"
-    batches = False  # each measurement is leased and sent to a phone's host on its own
 
     def __init__(self, spec: str, *, farm: Farm, cache: MeasurementCache | None = None, wait_s: float = 60.0,
                  absent_s: float = 15.0):
@@ -299,6 +358,20 @@ class FarmDevice(Device):
             raise DeviceUnavailable(self.spec, self.pool.events[-1] if self.pool.events else "no phone measured",
                                     hint="check `amc devices` with AMC_RAY_ADDRESS set")
         return result
+
+    def measure_many(self, model_paths: Sequence[Path | str], config: MeasureConfig | None = None, *,
+                     runtime: str = "onnxruntime", timeout_s: float = 300.0) -> list[Measurement | MeasurementError]:
+        """Several models in one agent run on one phone of the farm (a latency table's kernels)."""
+        paths = [Path(p) for p in model_paths]
+        if len(paths) < 2:
+            return self._measure_each(paths, config or MeasureConfig(), runtime, timeout_s)
+        results = self.pool.measure_many(paths, config, runtime=runtime,
+                                         deadline_s=max(timeout_s * len(paths), self.wait_s), timeout_s=timeout_s,
+                                         absent_s=self.absent_s)
+        if results is None:
+            raise DeviceUnavailable(self.spec, self.pool.events[-1] if self.pool.events else "no phone measured",
+                                    hint="check `amc devices` with AMC_RAY_ADDRESS set")
+        return results
 
     def health(self) -> Health:
         phones = [p for p in self.farm.phones(check_health=True) if p.matches(self.spec)]

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,20 @@ class PhoneServer:
     def measure(self, token: str, model: bytes, suffix: str, config: dict[str, Any], runtime: str,
                 timeout_s: float) -> dict[str, Any]:
         """Time `model` (the file's bytes) under the lease `token`: the Measurement as a dict, or an error dict."""
+        return self._leased(token, lambda paths: [self.device.measure(paths[0], MeasureConfig(**config),
+                                                                      runtime=runtime, timeout_s=timeout_s)],
+                            [(model, suffix)], batch=False)
+
+    def measure_many(self, token: str, models: list[tuple[bytes, str]], config: dict[str, Any], runtime: str,
+                     timeout_s: float) -> dict[str, Any]:
+        """Time several models (bytes, suffix) in one agent run under the lease `token`: `results`, a
+        Measurement or an error dict for each in order; an error dict when the phone could not be used."""
+        return self._leased(token, lambda paths: self.device.measure_many(paths, MeasureConfig(**config),
+                                                                          runtime=runtime, timeout_s=timeout_s),
+                            models, batch=True)
+
+    def _leased(self, token: str, timed: Callable[[list[Path]], list[Any]], models: list[tuple[bytes, str]], *,
+                batch: bool) -> dict[str, Any]:
         with self._lock:
             self._expire()
             if token != self._token:
@@ -144,13 +159,15 @@ class PhoneServer:
             self._measuring = True
         started = time.time()
         try:
-            sha = hashlib.sha256(model).hexdigest()
-            # Only while it is pushed: the phone keeps its own copy by content hash.
+            # Only while they are pushed: the phone keeps its own copy by content hash.
             with tempfile.TemporaryDirectory(prefix="amc-farm-") as tmp:
-                path = Path(tmp) / f"{sha}{suffix if suffix in ('.onnx', '.tflite') else '.onnx'}"
-                path.write_bytes(model)
-                result = self.device.measure(path, MeasureConfig(**config), runtime=runtime, timeout_s=timeout_s,
-                                             sha256=sha)
+                paths = []
+                for model, suffix in models:
+                    path = Path(tmp) / (hashlib.sha256(model).hexdigest()
+                                        + (suffix if suffix in (".onnx", ".tflite") else ".onnx"))
+                    path.write_bytes(model)
+                    paths.append(path)
+                results = timed(paths)
         except Exception as exc:
             self.failures += 1
             if isinstance(exc, DeviceUnavailable):
@@ -160,13 +177,20 @@ class PhoneServer:
             with self._lock:
                 self._measuring = False
                 self._lease_until = time.monotonic() + self.lease_ttl_s
-        self.measurements += 1
         self._health = {"ok": True, "detail": "", "checked_at": time.time()}
-        data = dataclasses.asdict(result)
-        # Where and when it ran: the caller's log says which phone answered; tests check phones overlap.
-        data["raw"] = {**data.get("raw", {}), "farm": {"phone": self.device.spec, "host": self.host,
-                                                       "started": started, "finished": time.time()}}
-        return {"ok": True, "measurement": data}
+        where = {"phone": self.device.spec, "host": self.host, "started": started, "finished": time.time()}
+        answers = []
+        for result in results:
+            if isinstance(result, Exception):
+                self.failures += 1
+                answers.append(error_dict(result))
+                continue
+            self.measurements += 1
+            data = dataclasses.asdict(result)
+            # Where and when it ran: the caller's log says which phone answered; tests check phones overlap.
+            data["raw"] = {**data.get("raw", {}), "farm": where}
+            answers.append({"ok": True, "measurement": data})
+        return {"ok": True, "results": answers} if batch else answers[0]
 
     def close(self) -> None:
         self.device.close()
