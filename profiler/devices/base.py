@@ -119,8 +119,6 @@ class Device(ABC):
     measurement protocol, model transfer and result parsing are shared."""
 
     kind: ClassVar[str]
-    # Whether measure_many runs the agent once for several models (devices that run it themselves).
-    batches: ClassVar[bool] = True
 
     def __init__(self, spec: str, *, benchmark_binary: str | None = None):
         self.spec = spec
@@ -264,11 +262,12 @@ class Device(ABC):
         Python and of the runtime instead of one per model, which is most of what a latency table's tiny
         kernels cost. Each model gets its Measurement or, when it alone could not be timed, its
         MeasurementError; DeviceUnavailable is raised when the device cannot be used. `timeout_s` is per
-        model. Devices that do not run the agent themselves, and benchmark_model, time them one by one."""
+        model. benchmark_model times them one by one; devices that do not run the agent themselves (the
+        farm) override this."""
         config = config or MeasureConfig()
         check_runtime(runtime)
         paths = [Path(p) for p in model_paths]
-        if not self.batches or runtime == "benchmark_model" or len(paths) < 2:
+        if runtime == "benchmark_model" or len(paths) < 2:
             return self._measure_each(paths, config, runtime, timeout_s)
         out: list[Measurement | MeasurementError | None] = [None] * len(paths)
         for i, path in enumerate(paths):
@@ -292,7 +291,6 @@ class Device(ABC):
             if not isinstance(items, list) or len(items) != len(todo):
                 raise MeasurementError(self.spec, f"the agent answered {len(items or [])} results for {len(todo)} "
                                                   "models", output=res.output)
-            temperature: float | None = None
             for i, item in zip(todo, items, strict=True):
                 try:
                     self._agent_error(item, res.output)
@@ -300,10 +298,11 @@ class Device(ABC):
                                                      res.stdout)
                 except MeasurementError as exc:
                     out[i] = exc
-            for m in out:
-                if isinstance(m, Measurement) and m.temperature_c is None:
-                    temperature = self.temperature_c() if temperature is None else temperature
-                    m.temperature_c = temperature
+            unread = [m for m in out if isinstance(m, Measurement) and m.temperature_c is None]
+            if unread:  # the agent reads it itself where the device has thermal zones
+                temperature = self.temperature_c()
+                for measurement in unread:
+                    measurement.temperature_c = temperature
         for m in out:
             if isinstance(m, Measurement):
                 self._check_identity(identity, m)
