@@ -183,8 +183,26 @@ def adb_overhead(work: Path) -> dict[str, Any]:
                 {"wall": wall, "timed": timed, "overhead": wall - timed,
                  "load_warmup": (m.load_ms or 0) / 1000 + config.warmup * m.mean_ms / 1000})
             _log(f"  [adb] {label}: wall {wall:.2f} s, timed runs {timed:.2f} s")
+        # 16 kernels timed one agent run each, then in one run (what a table does), alternately twice.
+        from compressor.latency import KernelSpec
+        from profiler.lut import LUT_MEASURE, build_lut, model_kernels, time_kernel, time_kernels
+
+        specs = [KernelSpec("conv", c, d, k=3, h=8, w=8) for c in (8, 16, 24, 32) for d in (8, 16, 24, 32)]
+        kernel_runs: dict[str, list[float]] = {"one agent run each": [], "all in one agent run": []}
+        medians: dict[str, list[float]] = {}
+        for _ in range(2):
+            t0 = time.perf_counter()
+            one = [time_kernel(device, k, runtime="onnxruntime", config=LUT_MEASURE, work_dir=work) for k in specs]
+            kernel_runs["one agent run each"].append((time.perf_counter() - t0) / len(specs))
+            t0 = time.perf_counter()
+            many = time_kernels(device, specs, runtime="onnxruntime", config=LUT_MEASURE, work_dir=work)
+            kernel_runs["all in one agent run"].append((time.perf_counter() - t0) / len(specs))
+            medians = {"one": one, "many": [float(m) for m in many]}
+            _log(f"  [adb] 16 kernels: {kernel_runs['one agent run each'][-1]:.3f} s a kernel one by one, "
+                 f"{kernel_runs['all in one agent run'][-1]:.3f} s in one run")
+        ratios = [m / o for o, m in zip(medians["one"], medians["many"], strict=True)]
+
         # A whole lookup table through the same phone: its kernels go 16 to an agent run (measure_many).
-        from profiler.lut import build_lut, model_kernels
 
         tables = []
         for name in ("resnet20", "mobilenet-v2"):
@@ -199,7 +217,8 @@ def adb_overhead(work: Path) -> dict[str, Any]:
     for label, runs in samples.items():
         row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         rows.append({"case": label, "n": len(runs), "size_mb": paths[0].stat().st_size / 1e6, **row})
-    return {"rows": rows, "tables": tables}
+    return {"rows": rows, "tables": tables, "kernel_runs": kernel_runs,
+            "kernel_ratio": (min(ratios), statistics.median(ratios), max(ratios))}
 
 
 # -- 4. latency-targeted vs FLOPs-targeted search ----------------------------------------------------
@@ -371,6 +390,15 @@ def _rest_markdown(args, adb: dict | None, search: dict | None) -> list[str]:
         for r in adb["rows"]:
             lines.append(f"| {r['case']} | {r['n']} | {r['size_mb']:.2f} MB | {r['wall']:.2f} s | {r['timed']:.2f} s | "
                          f"**{r['overhead']:.2f} s** | {r['load_warmup']:.2f} s |")
+        if adb.get("kernel_runs"):
+            lo, mid, hi = adb["kernel_ratio"]
+            lines += ["", "16 conv kernels (3×3, 8×8, 8–32 channels) timed through the same phone with the table's "
+                      "protocol (10 warm-up, 50 runs), one agent run each and then all in one agent run, twice "
+                      "alternately; wall time per kernel:", "",
+                      "| how | first round | second round |", "|---|---:|---:|"]
+            lines += [f"| {how} | {a:.3f} s | {b:.3f} s |" for how, (a, b) in adb["kernel_runs"].items()]
+            lines += ["", f"Medians in one run against one run each (second round), per kernel: {lo:.2f}–{hi:.2f}× "
+                      f"(median {mid:.2f}×)."]
         if adb.get("tables"):
             lines += ["", "A whole lookup table built through the same emulated phone (`build_lut`, default grid, no "
                       "calibration models; 16 kernels per agent run):", "",

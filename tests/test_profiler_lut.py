@@ -316,7 +316,7 @@ class _BatchFails(LocalDevice):
 
 def test_a_batch_of_kernels_is_timed_in_one_run_and_one_by_one_when_the_run_fails(tmp_path: Path) -> None:
     from profiler.errors import DeviceUnavailable, DeviceWaitExpired
-    from profiler.lut.build import time_kernels
+    from profiler.lut import time_kernels
 
     specs = [KernelSpec("conv", 3, c, k=3, h=8, w=8) for c in (4, 8, 16)] + [KernelSpec("linear", 16, 10)]
     fast = MeasureConfig(warmup=1, runs=5)

@@ -25,7 +25,14 @@ The parts, each importing only those listed before it:
 Everything is importable from `profiler.lut` itself.
 """
 
-from profiler.lut.build import DEFAULT_KERNEL_PASSES, LUT_MEASURE, OVERHEAD_PROBE, build_lut, time_kernel
+from profiler.lut.build import (
+    DEFAULT_KERNEL_PASSES,
+    LUT_MEASURE,
+    OVERHEAD_PROBE,
+    build_lut,
+    time_kernel,
+    time_kernels,
+)
 from profiler.lut.calibration import GROUP_PRIOR, MAX_CALIBRATION_POINTS, Calibration
 from profiler.lut.check import LutCheck, check_lut
 from profiler.lut.keys import (
@@ -64,5 +71,5 @@ __all__ = [
     "LatencyTable", "LutCheck", "LutError", "ModelKernels", "Progress", "Statistic", "build_lut",
     "calibration_set", "check_lut", "check_statistic", "family_key", "kernel_channels", "kernel_grid",
     "load_or_new", "lut_path", "model_family", "model_kernels", "op_group", "random_variants", "shape_key",
-    "structure_key", "time_kernel",
+    "structure_key", "time_kernel", "time_kernels",
 ]
