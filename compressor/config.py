@@ -8,6 +8,7 @@ field with its Option needs nothing else to reach the command line and the API."
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ STRATEGIES: tuple[str, ...] = ("ddpg", "random", "uniform")
 FINETUNE_METHODS: tuple[str, ...] = ("distill", "plain")
 FINETUNE_MIXES: tuple[str, ...] = ("none", "mixup", "cutmix")
 GRANULARITIES: tuple[str, ...] = ("channel", "weight")
+_TRAIN_DEVICE = re.compile(r"cpu|cuda(:\d{1,2})?")
 
 
 class _FieldDefault:
@@ -165,6 +167,20 @@ class SearchConfig:
         "distill: blend pairs of training images (mixup: weighted average; cutmix: a pasted box) and "
         "match the teacher on the blend, so every batch is new data",
         choices=FINETUNE_MIXES))
+    train_data: str | None = field(default=None, metadata=option(
+        "recovery's training images, apart from --data (which the reward, reconstruction and the report use): "
+        "digits | cifar10:PATH (an .npz of images, or cifar-10-batches-py: its data_batch_*) | "
+        "imagefolder:PATH; refused if any image is also a report image. Default: --data's own training "
+        "split, or its search split", min_length=1, max_length=1000, spec_default=None))
+    finetune_lr: float | None = field(default=None, metadata=option(
+        "recovery's learning rate (default: 0.003 for distill, 0.01 for plain; measured on a few thousand "
+        "images)", gt=0, le=1, spec_default=None))
+    finetune_batch_size: int | None = field(default=None, metadata=option(
+        "recovery's batch size (default: 64 for up to 10,000 training images, 128 above)", ge=2, le=4096,
+        spec_default=None))
+    train_device: str = field(default="cpu", metadata=option(
+        "where recovery trains: cpu, or cuda / cuda:N where a GPU exists (the search itself stays on the CPU)",
+        min_length=1, max_length=16, spec_default=None))
     compare: bool = field(default=False, metadata=option(
         "also run uniform and random baselines at the same budget and episode count"))
     measure_top: int = field(default=3, metadata=option(
@@ -221,6 +237,13 @@ class SearchConfig:
         if self.finetune_method not in FINETUNE_METHODS:
             raise ConfigError("finetune_method", f"{self.finetune_method!r} is unknown; choose one of "
                                                  f"{', '.join(FINETUNE_METHODS)}")
+        if self.finetune_lr is not None and not 0 < self.finetune_lr <= 1:
+            raise ConfigError("finetune_lr", f"must be in (0, 1], got {self.finetune_lr}")
+        if self.finetune_batch_size is not None and not 2 <= self.finetune_batch_size <= 4096:
+            raise ConfigError("finetune_batch_size", f"must be between 2 and 4096, got {self.finetune_batch_size}")
+        if not _TRAIN_DEVICE.fullmatch(self.train_device):
+            raise ConfigError("train_device", f"{self.train_device!r} is not a training device; use cpu, cuda "
+                                              "or cuda:N")
         if self.prune_blocks and self.granularity != "channel":
             raise ConfigError("prune_blocks", "removing blocks needs granularity 'channel'")
         if not 0 <= self.latency_rounds <= 10:

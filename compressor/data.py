@@ -11,7 +11,13 @@ Specs:
   input size; stratified split train 70% / search 15% / report 15%.
 
 The search split (reward, reconstruction, BN re-estimation, short fine-tuning) never overlaps the
-report split (final accuracy). Normalisation: `(pixel/255 - mean) / std` per channel with the model
+report split (final accuracy).
+
+Training data apart from validation data (`load_training_split`, `amc compress --train-data SPEC`): the
+same specs name the images recovery trains on. A source with a training set of its own gives that
+(`cifar-10-batches-py`'s data_batch_*, digits' train split); any other gives all its images (an `.npz`
+such as `cifar10_train_jpeg.npz`, an image folder). Training images that are also report images (same
+pixels: a content hash of each image) are refused. Normalisation: `(pixel/255 - mean) / std` per channel with the model
 entry's statistics; when mean/std are not given, each dataset's default below is used.
 """
 
@@ -99,6 +105,8 @@ class RawData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     description: str
+    # True when `splits["train"]` is a training set of the source's own (not a share of its test images)
+    has_train: bool = False
 
 
 LOADERS: dict[str, Loader] = {}
@@ -124,24 +132,8 @@ def load_dataset(
 
     `input_shape` is the model's (C, H, W): the data must match it (image folders are resized to it).
     """
-    prefix, _, arg = spec.partition(":")
-    loader = LOADERS.get(prefix)
-    if loader is None:
-        raise DataError(
-            f"unknown dataset spec {spec!r}: use one of 'digits', 'cifar10:PATH' "
-            "(.npz or cifar-10-batches-py folder), 'imagefolder:PATH' (one sub-folder per class)"
-        )
-    if prefix != "digits" and not arg:
-        raise DataError(f"dataset spec {spec!r} needs a path: '{prefix}:PATH'")
-    if prefix == "digits" and arg:
-        raise DataError(f"dataset spec {spec!r}: 'digits' takes no argument")
-    raw = loader(arg, input_shape, seed)
+    raw = _load_raw(spec, input_shape, seed)
     c = raw.input_shape[0]
-    if input_shape is not None and tuple(input_shape) != raw.input_shape:
-        raise DataError(
-            f"{raw.description} has images of shape {_fmt(raw.input_shape)} but the model expects "
-            f"{_fmt(tuple(input_shape))}; pick a model made for this data or another dataset"
-        )
     mean_t = _stats("mean", mean if mean is not None else raw.mean, c)
     std_t = _stats("std", std if std is not None else raw.std, c)
     if any(s <= 0 for s in std_t):
@@ -181,6 +173,103 @@ def load_dataset(
         spec, len(train) if train is not None else "none", len(search), len(report), _fmt(raw.input_shape),
     )  # fmt: skip
     return bundle
+
+
+def load_training_split(
+    spec: str,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int = 0,
+) -> Split:
+    """The images a training-data spec names, normalised like `load_dataset`'s (pass the same model
+    statistics): the source's own training set where it has one, else all its images."""
+    raw = _load_raw(spec, input_shape, seed)
+    c = raw.input_shape[0]
+    mean_t = _stats("mean", mean if mean is not None else raw.mean, c)
+    std_t = _stats("std", std if std is not None else raw.std, c)
+    own = raw.splits.get("train")
+    if raw.has_train and own is not None:
+        x, y, text, rows = own
+        text = f"training data {spec}: {text}"
+    else:  # every image of the source once (two split names may hold the same tensors)
+        unique = list({id(v): v for v in raw.splits.values() if v is not None}.values())
+        rows = np.concatenate([u[3] for u in unique])
+        order = np.argsort(rows, kind="stable")
+        x = np.concatenate([u[0] for u in unique])[order]
+        y = np.concatenate([u[1] for u in unique])[order]
+        rows = rows[order]
+        text = f"training data {spec}: all {len(y)} images"
+    split = Split(_normalise(x, mean_t, std_t), torch.as_tensor(y, dtype=torch.int64), text,
+                  torch.as_tensor(rows, dtype=torch.int64))
+    log.info("training data %s: %d images", spec, len(split))
+    return split
+
+
+def image_hashes(split: Split) -> list[bytes]:
+    """A content hash of each image of `split` (its normalised pixels: equal images under equal
+    statistics hash equal)."""
+    import hashlib
+
+    x = split.x.contiguous()
+    return [hashlib.blake2b(x[i].numpy().tobytes(), digest_size=16).digest() for i in range(len(split))]
+
+
+def with_training(bundle: DataBundle, train: Split, *, spec: str) -> DataBundle:
+    """`bundle` with `train` as its training split, after checking that it fits the bundle (shape,
+    classes) and that none of its images is a report image (content hash): recovery must never see
+    the images its accuracy is reported on. Images shared with the search split are allowed (the
+    default recovery trains on the search split) and logged."""
+    if tuple(train.x.shape[1:]) != tuple(bundle.report.x.shape[1:]):
+        raise DataError(
+            f"training data {spec} has images of shape {_fmt(tuple(train.x.shape[1:]))} but {bundle.spec} has "
+            f"{_fmt(tuple(bundle.report.x.shape[1:]))}; train on images of the validation data's kind"
+        )
+    if len(train) < 2:
+        raise DataError(f"training data {spec} holds {len(train)} image(s); recovery needs at least 2")
+    if len(train.y) and (int(train.y.min()) < 0 or int(train.y.max()) >= bundle.num_classes):
+        raise DataError(
+            f"training data {spec} has labels {int(train.y.min())}-{int(train.y.max())}; {bundle.spec} has "
+            f"{bundle.num_classes} classes (0-{bundle.num_classes - 1})"
+        )
+    report = set(image_hashes(bundle.report))
+    shared = [i for i, h in enumerate(image_hashes(train)) if h in report]
+    if shared:
+        rows = ", ".join(str(i) for i in shared[:5]) + (", ..." if len(shared) > 5 else "")
+        raise DataError(
+            f"training data {spec} holds {len(shared)} of the report split's images (training images {rows}; "
+            f"report: {bundle.report.description}); the report split must never be trained on: remove them "
+            "from the training data, or name other validation data"
+        )
+    search = set(image_hashes(bundle.search))
+    overlap = sum(1 for h in image_hashes(train) if h in search)
+    if overlap:
+        log.info("training data %s shares %d images with the search split (%s)", spec, overlap,
+                 bundle.search.description)
+    return DataBundle(train=train, search=bundle.search, report=bundle.report, num_classes=bundle.num_classes,
+                      input_shape=bundle.input_shape, description=bundle.description, spec=bundle.spec)
+
+
+def _load_raw(spec: str, input_shape: tuple[int, int, int] | None, seed: int) -> RawData:
+    prefix, _, arg = spec.partition(":")
+    loader = LOADERS.get(prefix)
+    if loader is None:
+        raise DataError(
+            f"unknown dataset spec {spec!r}: use one of 'digits', 'cifar10:PATH' "
+            "(.npz or cifar-10-batches-py folder), 'imagefolder:PATH' (one sub-folder per class)"
+        )
+    if prefix != "digits" and not arg:
+        raise DataError(f"dataset spec {spec!r} needs a path: '{prefix}:PATH'")
+    if prefix == "digits" and arg:
+        raise DataError(f"dataset spec {spec!r}: 'digits' takes no argument")
+    raw = loader(arg, input_shape, seed)
+    if input_shape is not None and tuple(input_shape) != raw.input_shape:
+        raise DataError(
+            f"{raw.description} has images of shape {_fmt(raw.input_shape)} but the model expects "
+            f"{_fmt(tuple(input_shape))}; pick a model made for this data or another dataset"
+        )
+    return raw
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
@@ -250,6 +339,7 @@ def _load_digits(arg: str, input_shape: tuple[int, int, int] | None, seed: int) 
         mean=(0.5,),
         std=(0.5,),
         description=desc,
+        has_train=True,
     )
 
 
@@ -376,6 +466,7 @@ def _cifar_batches(folder: Path) -> RawData:
             f"CIFAR-10 from {folder}: train = {train[2] if train else 'none (search split used)'}, "
             f"search = {search[2]}, report = {report[2]}"
         ),
+        has_train=train is not None,
     )
 
 

@@ -15,10 +15,12 @@ class SearchEvent:
     - `episode`: an episode finished; `episode` counts from 1, `record` is the row of episodes.csv;
     - `epoch`: a recovery (fine-tuning) epoch finished; `episode`/`episodes` count epochs, `record`
       holds epoch, loss, holdout_accuracy and seconds;
+    - `step`: within a recovery epoch, every few batches; `episode` is the epoch, `record` holds epoch,
+      images (done in this epoch), of (the epoch's images), seconds and epoch_eta_seconds;
     - `done`: the search finished; `record` holds the report.
     """
 
-    kind: Literal["phase", "episode", "epoch", "done"]
+    kind: Literal["phase", "episode", "epoch", "step", "done"]
     phase: str = ""
     message: str = ""
     episode: int = 0

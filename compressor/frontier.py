@@ -109,7 +109,7 @@ def run_frontier(config: SearchConfig, targets: Sequence[str], out_dir: str | Pa
         emit(SearchEvent("phase", "frontier", f"target {i + 1} of {len(parsed)}: {target}"))
 
         def labelled(event: SearchEvent, target: str = target) -> None:
-            emit(replace(event, phase=f"{event.phase} {target}" if event.kind in ("episode", "epoch") else event.phase))
+            emit(replace(event, phase=f"{event.phase} {target}" if event.kind in ("episode", "epoch", "step") else event.phase))
 
         sub = out_dir / target_dir(target)
         report = run_search(replace(config, target=target), sub, oracle=oracle, on_event=labelled,

@@ -26,7 +26,7 @@ from torch import nn
 
 from compressor import zoo
 from compressor.config import SearchConfig
-from compressor.data import LOADERS, DataBundle, Split, load_dataset
+from compressor.data import LOADERS, DataBundle, Split, load_dataset, load_training_split, with_training
 from compressor.depth import RemovalOrder, depth_seeds
 from compressor.env import Budget, PruningEnv, check_feasible, make_budget
 from compressor.errors import BudgetInfeasible, ConfigError, ModelLoadError, SearchCancelled
@@ -147,8 +147,13 @@ def _load_model(config: SearchConfig, emit: EventSink) -> tuple[nn.Module, zoo.M
 
 def _load_data(config: SearchConfig, entry: zoo.ModelEntry) -> DataBundle:
     is_zoo = config.model in zoo.MODELS
-    return load_dataset(config.data, input_shape=entry.input_shape,
-                        mean=entry.mean if is_zoo else None, std=entry.std if is_zoo else None, seed=0)
+    stats = {"input_shape": entry.input_shape, "mean": entry.mean if is_zoo else None,
+             "std": entry.std if is_zoo else None, "seed": 0}
+    bundle = load_dataset(config.data, **stats)
+    if config.train_data is not None:
+        train = load_training_split(config.train_data, **stats)
+        bundle = with_training(bundle, train, spec=config.train_data)
+    return bundle
 
 
 class Predictions:
@@ -228,12 +233,18 @@ def _make_pruner(config: SearchConfig, model: nn.Module, example: torch.Tensor) 
 
 def validate(config: SearchConfig, *, oracle: LatencyOracle | None = None) -> None:
     """Check model, data, device and budget without training or evaluating anything."""
-    prefix = config.data.partition(":")[0]
-    if prefix not in LOADERS:
-        raise ConfigError("data", f"unknown dataset {config.data!r}; use one of "
-                                  f"{', '.join(p if p == 'digits' else p + ':PATH' for p in LOADERS)}")
-    if ":" in config.data and not Path(config.data.partition(":")[2]).expanduser().exists():
-        raise ConfigError("data", f"{config.data.partition(':')[2]} does not exist")
+    for name, spec in (("data", config.data), ("train_data", config.train_data)):
+        if spec is None:
+            continue
+        prefix = spec.partition(":")[0]
+        if prefix not in LOADERS:
+            raise ConfigError(name, f"unknown dataset {spec!r}; use one of "
+                                    f"{', '.join(p if p == 'digits' else p + ':PATH' for p in LOADERS)}")
+        if ":" in spec and not Path(spec.partition(":")[2]).expanduser().exists():
+            raise ConfigError(name, f"{spec.partition(':')[2]} does not exist")
+    if config.train_device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError("train_device", f"{config.train_device} was asked for but this machine has no CUDA "
+                                          "device (torch.cuda.is_available() is False); use cpu")
     if config.weights is not None and not Path(config.weights).expanduser().is_file():
         raise ConfigError("weights", f"{config.weights} is not a file")
     try:
@@ -436,25 +447,42 @@ def _summary(problem: Problem, kept: list[int], model: nn.Module, *, search_row:
     return out
 
 
-def _recover(problem: Problem, model: nn.Module, emit: EventSink) -> tuple[nn.Module, dict[str, Any]]:
+RECOVERY_CHECKPOINT = "recovery.ckpt"
+
+
+def _recover(problem: Problem, model: nn.Module, emit: EventSink, *,
+             out_dir: Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train the pruned network back (distilling from the unpruned one, or on the labels); one
-    `epoch` event per epoch. Returns the model with its best held-out epoch's weights."""
+    `epoch` event per epoch, `step` events within one. Returns the model with its best held-out
+    epoch's weights. With `out_dir`, a checkpoint per epoch there lets a killed job resume its
+    recovery (removed once recovery has finished)."""
     from compressor.finetune import EpochStats, RecoveryConfig, recover
 
     config = problem.config
     recovery = RecoveryConfig(epochs=config.finetune_epochs, method=config.finetune_method, mix=config.finetune_mix,
-                              seed=config.seed)
+                              seed=config.seed, lr=config.finetune_lr, batch_size=config.finetune_batch_size,
+                              device=config.train_device)
     mix = f" + {config.finetune_mix}" if config.finetune_mix != "none" else ""
-    emit(SearchEvent("phase", "finetune", f"recovery: {config.finetune_method}{mix}, "
-                                          f"{config.finetune_epochs} epochs"))
+    source = problem.bundle.train if problem.bundle.train is not None else problem.bundle.search
+    emit(SearchEvent("phase", "finetune", f"recovery: {config.finetune_method}{mix}, {config.finetune_epochs} "
+                                          f"epochs on {len(source)} images ({source.description}), "
+                                          f"{config.train_device}"))
 
     def progress(stats: EpochStats) -> None:
         emit(SearchEvent("epoch", "finetune", episode=stats.epoch, episodes=stats.epochs,
                          record={"epoch": stats.epoch, "loss": stats.loss, "holdout_accuracy": stats.holdout_accuracy,
-                                 "seconds": stats.seconds}))
+                                 "seconds": stats.seconds, "eta_seconds": stats.eta_seconds}))
 
+    def step(epoch: int, done: int, total: int, seconds: float) -> None:
+        emit(SearchEvent("step", "finetune", episode=epoch, episodes=config.finetune_epochs,
+                         record={"epoch": epoch, "images": done, "of": total, "seconds": seconds,
+                                 "epoch_eta_seconds": seconds * (total - done) / max(done, 1)}))
+
+    checkpoint = out_dir / RECOVERY_CHECKPOINT if out_dir is not None else None
     model, result = recover(model, problem.bundle, recovery, teacher=problem.model, progress=progress,
-                            teacher_cache=problem.teacher_cache)
+                            teacher_cache=problem.teacher_cache, checkpoint=checkpoint, step_progress=step)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return model, result.to_dict()
 
 
@@ -728,7 +756,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
 
     recovery = None
     if config.finetune_epochs > 0:
-        final, recovery = _recover(problem, final, emit)
+        final, recovery = _recover(problem, final, emit, out_dir=out_dir)
         result["accuracy_before_finetune"] = result["accuracy"]
         result["accuracy"] = evaluate(final, problem.bundle.report)
 
@@ -737,7 +765,8 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
                                                                         "agent_s", "seconds")}
     budget = problem.budget
     report = {
-        "model": config.model, "weights": problem.weights, "data": config.data,
+        "model": config.model, "weights": problem.weights, "data": config.data, "train_data": config.train_data,
+        "train_images": len(problem.bundle.train if problem.bundle.train is not None else problem.bundle.search),
         "splits": {"train": problem.bundle.train.description if problem.bundle.train else None,
                    "reward": problem.reward_split.description, "report": problem.bundle.report.description},
         "target": config.target, "reward": problem.reward_name, "strategy": config.strategy,

@@ -49,9 +49,10 @@ def evaluate(
         raise ValueError(f"cannot evaluate on an empty split ({split.description})")
     model.eval()
     correct = 0
+    device = next(model.parameters(), torch.empty(0)).device  # recovery may train on a GPU
     with _threads(model, num_threads), torch.inference_mode():
         for x, y in split.batches(batch_size):
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
     return correct / len(split)
 
 

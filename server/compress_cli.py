@@ -97,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: bool, console,
                        targets: list[str] | None = None, references: list[str] | None = None) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -125,9 +131,18 @@ def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: b
             if name not in tasks:
                 tasks[name] = progress.add_task(name, total=event.episodes, info="")
             held = r.get("holdout_accuracy")
+            eta = r.get("eta_seconds")
             info = f"loss {r['loss']:.4f}" + (f"  held-out acc {held:.3f}" if held is not None else "") + \
-                f"  {r['seconds']:.0f} s/epoch"
+                f"  {r['seconds']:.0f} s/epoch" + (f"  ETA {_duration(eta)}" if eta else "")
             progress.update(tasks[name], completed=event.episode, total=event.episodes, info=info)
+        elif event.kind == "step":  # within a recovery epoch
+            r = event.record
+            name = event.phase.replace("finetune", "recovery", 1)
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=event.episodes, info="")
+            progress.update(tasks[name], completed=event.episode - 1 + r["images"] / max(r["of"], 1),
+                            info=f"epoch {r['epoch']}: {r['images']}/{r['of']} images, epoch ends in "
+                                 f"{_duration(r['epoch_eta_seconds'])}")
 
     with progress:
         if targets is not None:

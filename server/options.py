@@ -258,14 +258,14 @@ def check_model_factory(model: str, allowed_modules: Sequence[str]) -> None:
                                "`amc compress --model package.module:factory` on your own machine")
 
 
-def resolve_data(data: str, roots: Sequence[Path]) -> str:
+def resolve_data(data: str, roots: Sequence[Path], *, field: str = "data") -> str:
     """A data spec whose path lies inside one of `roots` (links followed; a relative path is taken from
     the first root), with that path made absolute; ConfigError otherwise, the same whether or not the
     path exists, so the answer says nothing about files outside the roots."""
     kind, sep, arg = data.partition(":")
     if not sep or not arg:
         return data  # `digits`, or a spec the data loader refuses naming the accepted forms
-    outside = ConfigError("data", f"{arg!r} is not inside a folder this server reads data from "
+    outside = ConfigError(field, f"{arg!r} is not inside a folder this server reads data from "
                                   f"({', '.join(str(r) for r in roots)}); put the data set there, or ask the "
                                   "operator to add its folder to AMC_DATA_ROOTS")
     if "\0" in arg:
@@ -288,6 +288,9 @@ def build_config(spec: dict[str, Any], *, store: Store, settings: Settings) -> S
     check_model_factory(model, settings.allowed_model_modules)
     if "data" in values:
         values["data"] = resolve_data(str(values["data"]), settings.data_root_paths)
+    if values.get("train_data"):
+        values["train_data"] = resolve_data(str(values["train_data"]), settings.data_root_paths,
+                                            field="train_data")
     if model.startswith("upload:"):
         up = store.get_upload(model.removeprefix("upload:"))
         if up is None:

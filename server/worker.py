@@ -405,6 +405,12 @@ def recorder(job_id: str, store: JobRecords, plan: FrontierPlan | None = None, *
             store.set_phase(job_id, "finetune", f"recovery{' ' + search if search else ''}: epoch {ev.episode} of "
                             f"{ev.episodes}, loss {record.get('loss', float('nan')):.4f}"
                             + (f", held-out accuracy {100 * held:.2f}%" if held is not None else ""))
+        elif ev.kind == "step":  # within a recovery epoch: the phase line says how far it is
+            search = recovery_target(ev.phase)
+            r = ev.record
+            store.set_phase(job_id, "finetune", f"recovery{' ' + search if search else ''}: epoch {ev.episode} of "
+                            f"{ev.episodes}, {r.get('images')} of {r.get('of')} images, epoch ends in about "
+                            f"{int(r.get('epoch_eta_seconds') or 0)} s")
         elif ev.kind == "phase":
             if ev.phase == "frontier":
                 current["target"] = ev.message.rpartition(": ")[2] if ev.message.startswith("target ") else ""

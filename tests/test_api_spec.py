@@ -124,7 +124,7 @@ def test_omitted_fields_take_the_search_defaults(api):
 def test_each_field_reaches_the_jobs_config(api, field):
     f = next(f for f in search_fields() if f.name == field)
     value = expected = other_value(f)
-    if field == "data":  # a path inside the server's data roots
+    if field in ("data", "train_data"):  # a path inside the server's data roots
         value = expected = f"cifar10:{api.settings.data_root_paths[0] / 'x.npz'}"
     if field == "weights":  # the spec names an upload; the config gets its file
         up = api.store.add_upload(upload_id="w" * 32, kind="weights", filename="w.pt",

@@ -90,8 +90,9 @@ def other_value(f: Any) -> Any:
     if f.type is int:
         return (f.default if isinstance(f.default, int) else 0) + 2
     if f.type is float:
-        return round(f.default + 0.1, 6)
-    return {"model": "resnet20", "data": "cifar10:/tmp/x.npz", "target": "params=0.4"}.get(f.name, f"{f.name}-x")
+        return round(f.default + 0.1, 6) if f.default is not None else 0.05
+    return {"model": "resnet20", "data": "cifar10:/tmp/x.npz", "target": "params=0.4",
+            "train_data": "cifar10:/tmp/train.npz", "train_device": "cuda:0"}.get(f.name, f"{f.name}-x")
 
 
 def free_port() -> int:
