@@ -7,12 +7,17 @@ One run:
   2. runs one frontier (`compressor.frontier.run_frontier`: one search per budget sharing the setup):
      `latency-ms=<each sibling's latency>`, plus `flops=0.5` (AMC's published setting), with DDPG,
      whole residual blocks removable, and recovery (distillation from the unpruned network) on the
-     search split (test images 0-4999); accuracy on the report split (test images 5000-9999);
+     search split (test images 0-4999), or with `--train-data` on a training set (the 50,000 CIFAR-10
+     training images of `cifar10_train_jpeg.npz`); accuracy on the report split (test images 5000-9999);
   3. re-measures every compressed model and every sibling in interleaved rounds, so a slow spell of
      the machine hits all alike.
 Prints a markdown section on stdout; progress on stderr.
 
     python -m benchmarks.bench_frontier --episodes 40 --reward-samples 500 --finetune-epochs 15 --rounds 3 --statistic min
+
+One sibling at a time, recovered on the training set (each run fits an afternoon on 2 cores):
+    python -m benchmarks.bench_frontier --siblings 20 --no-flops --train-data cifar10_train_jpeg.npz \
+        --finetune-epochs 8 --finetune-lr 0.01 --out runs/bench_frontier_r20
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reward-samples", type=int, default=500)
     parser.add_argument("--finetune-epochs", type=int, default=15)
     parser.add_argument("--finetune-mix", default="none", choices=["none", "mixup", "cutmix"])
+    parser.add_argument("--train-data", default=None,
+                        help="recover on this training set (a file name in --data-dir, or cifar10:PATH) instead of "
+                             "the search split, e.g. cifar10_train_jpeg.npz")
+    parser.add_argument("--finetune-lr", type=float, default=None, help="recovery's learning rate (default: the "
+                        "search's, 0.003)")
+    parser.add_argument("--finetune-batch-size", type=int, default=None)
+    parser.add_argument("--train-device", default="cpu", help="cpu, or cuda where a GPU exists")
     parser.add_argument("--latency-rounds", type=int, default=2, help="measured-latency correction rounds")
     parser.add_argument("--statistic", default="min", choices=["median", "min"],
                         help="which number of a measurement stands for a model, here and in the searches: the "
@@ -60,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "cifar10_test.npz").is_file():
         log(f"bench_frontier: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
         return 1
+    train_data = None
+    if args.train_data:
+        train_data = args.train_data if ":" in args.train_data else f"cifar10:{data / args.train_data}"
+        if not Path(train_data.partition(":")[2]).exists():
+            log(f"bench_frontier: training data {train_data} not found")
+            return 1
     import torch
 
     from compressor import zoo
@@ -114,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                           episodes=args.episodes, seed=args.seed, reward_samples=args.reward_samples,
                           finetune_epochs=args.finetune_epochs, prune_blocks=not args.no_prune_blocks,
                           finetune_mix=args.finetune_mix, latency_rounds=args.latency_rounds,
-                          width_seeds=not args.no_width_seeds)
+                          width_seeds=not args.no_width_seeds, train_data=train_data,
+                          finetune_lr=args.finetune_lr, finetune_batch_size=args.finetune_batch_size,
+                          train_device=args.train_device)
     oracle = make_oracle(config, force=True, statistic=args.statistic, progress=lambda d, t, what: log(f"  latency table {d}/{t} {what}")
                          if d == t or d % 50 == 0 else None)
     frontier = run_frontier(config, targets, out / "frontier", oracle=oracle, on_event=search_progress)
@@ -138,18 +158,28 @@ def main(argv: list[str] | None = None) -> int:
                 "width_seeds": config.width_seeds,
                 "latency_rounds": args.latency_rounds,
                 "statistic": args.statistic,
-                "rounds": args.rounds, "margin": args.margin, "depths": depths, "targets": targets, "total_s": total_s}
+                "rounds": args.rounds, "margin": args.margin, "depths": depths, "targets": targets, "total_s": total_s,
+                "train_data": train_data, "finetune_lr": args.finetune_lr, "train_device": args.train_device}
+    recoveries = {}
     corrections, drifts = {}, {}
     for point in frontier["points"]:
         report = json.loads((out / "frontier" / point["dir"] / "report.json").read_text())
         corrections[point["target"]] = (report.get("latency") or {}).get("corrections") or []
         drifts[point["target"]] = (report.get("latency") or {}).get("drift")
+        recoveries[point["target"]] = report.get("recovery")
     results = {"settings": settings, "before": before, "after": {"siblings": sib_ms, "ours": our_ms},
                "accuracy": sib_acc, "frontier": frontier, "corrections": corrections,
-               "drifts": drifts}
+               "drifts": drifts, "recoveries": recoveries}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(render(results))
     return 0
+
+
+def _recovery_time(recovery: dict | None, point: dict) -> str:
+    seconds = (recovery or {}).get("seconds") or point.get("recovery_seconds") or 0
+    epochs = [h["seconds"] for h in (recovery or {}).get("history") or []]
+    per = f" ({sum(epochs) / len(epochs) / 60:.1f} min)" if epochs else ""
+    return f"{seconds / 60:.1f} min{per}"
 
 
 def render(results: dict) -> str:
@@ -170,12 +200,20 @@ def render(results: dict) -> str:
               if st.get("margin", 1.0) < 1.0 else "")
     paired = (", each right after the unpruned network, and held them to the target at the machine's speed "
               "when the search was calibrated" if "drifts" in results else "")
+    recoveries = results.get("recoveries") or {}
+    trained_on = "the search split (test images 0-4999, a tenth held out to pick the epoch)"
+    if st.get("train_data"):
+        some = next((r for r in recoveries.values() if r), None)
+        trained_on = (f"the training data `{Path(st['train_data'].partition(':')[2]).name}` "
+                      f"({some['train'] if some else st['train_data']}; a tenth held out to pick the epoch)")
+    if st.get("finetune_lr"):
+        trained_on += f", lr {st['finetune_lr']:g}"
     lines = [
         f"ResNet-56 (pretrained) compressed to each sibling's measured latency: {st['strategy']}, "
         f"{st['episodes']} episodes, reward on {st['reward_samples']} search images, whole blocks "
         f"{'removable' if st['prune_blocks'] else 'kept'}{seeds}, recovery `distill`{mix} "
         f"{st['finetune_epochs']} "
-        f"epochs on the search split (test images 0-4999, a tenth held out to pick the epoch), "
+        f"epochs on {trained_on}, "
         f"{st.get('latency_rounds', 0)} latency correction rounds at most. Accuracy on the report split "
         f"(test images 5000-9999). Latency: `local`, ONNX Runtime, 1 thread, the fastest of {st['rounds']} "
         f"interleaved rounds (each {stat} of 50 runs) taken after all searches (targets were set the same way "
@@ -183,8 +221,8 @@ def render(results: dict) -> str:
         f"Total {st['total_s'] / 60:.0f} min.",
         "",
         "| sibling | its accuracy | its latency | ours: accuracy before → after recovery | ours: latency | "
-        "blocks removed | faster? | more accurate? | search + recovery |",
-        "|---|---:|---:|---:|---:|---:|:-:|:-:|---:|",
+        "blocks removed | faster? | more accurate? | search | recovery (per epoch) |",
+        "|---|---:|---:|---:|---:|---:|:-:|:-:|---:|---:|",
     ]
     for d, t in zip(st["depths"], targets):
         p = points[t]
@@ -194,7 +232,7 @@ def render(results: dict) -> str:
             f"| ResNet-{d} | {sib_acc[d]:.2%} | {sib_ms[d]:.3f} ms | "
             f"{'—' if before_acc is None else f'{before_acc:.2%}'} → **{p['accuracy']:.2%}** | {our_ms[t]:.3f} ms | "
             f"{p['blocks_removed']} | {'yes' if faster else 'no'} | {'yes' if better else 'no'} | "
-            f"{(p['search_seconds'] + (p['recovery_seconds'] or 0)) / 60:.1f} min |")
+            f"{p['search_seconds'] / 60:.1f} min | {_recovery_time(recoveries.get(t), p)} |")
     lines += ["", f"Unpruned ResNet-56: {sib_acc[56]:.2%} at {sib_ms[56]:.3f} ms."]
     corrections = results.get("corrections") or {}
     notes = []
@@ -214,7 +252,8 @@ def render(results: dict) -> str:
     if "flops=0.5" in points:
         p = points["flops=0.5"]
         lines += ["", f"`flops=0.5`: {p['macs'] / 1e6:.1f} M MACs, {p['accuracy_before_recovery']:.2%} → "
-                      f"**{p['accuracy']:.2%}** after recovery on 4,500 images, {our_ms['flops=0.5']:.3f} ms "
+                      f"**{p['accuracy']:.2%}** after recovery on "
+                      f"{'the training data' if st.get('train_data') else '4,500 images'}, {our_ms['flops=0.5']:.3f} ms "
                       f"({p['blocks_removed']} blocks removed). {AMC_PUBLISHED}."]
     return "\n".join(lines)
 
