@@ -44,6 +44,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- weights: {report['weights']}",
         f"- reward computed on: {report['splits']['reward']}",
         f"- accuracy reported on: {report['splits']['report']}",
+        f"- recovery trains on: {report['splits'].get('train') or report['splits']['reward']}"
+        + (f" (`--train-data {report['train_data']}`, {report['train_images']} images)" if report.get("train_data")
+           else ""),
         f"- pruning: {report['granularity']}, a_min {report['a_min']}, channels rounded to multiples of "
         f"{report['round_to']}, reconstruction {'on' if report['reconstruct'] else 'off'}, BN re-estimation "
         f"{'on' if report['bn_recalibration'] else 'off'}, whole blocks removable: "

@@ -267,12 +267,14 @@ function drawRecovery(job) {
     if (!latest.has(key) || r.epoch >= latest.get(key).epoch) latest.set(key, r);
   }
   const keys = (job.spec.targets && job.spec.targets.length) ? job.spec.targets.map((t) => latestKey(latest, t)) : [""];
-  box.innerHTML = `<div class="muted">Recovery: ${esc(job.spec.finetune_method || "distill")}, ${epochs} epoch${epochs === 1 ? "" : "s"} after ${keys.length > 1 ? "each search" : "the search"}</div>` +
+  const on = job.spec.train_data ? ` on ${esc(job.spec.train_data)}` : " on the search split";
+  box.innerHTML = `<div class="muted">Recovery: ${esc(job.spec.finetune_method || "distill")}, ${epochs} epoch${epochs === 1 ? "" : "s"}${on} after ${keys.length > 1 ? "each search" : "the search"}</div>` +
     keys.map((k) => {
       const r = latest.get(k);
       const done = r ? r.epoch : 0, total = r ? r.epochs : epochs;
       const info = r ? `epoch ${done} / ${total} · loss ${fmt(r.loss, 4)}` +
-        (typeof r.holdout_accuracy === "number" ? ` · held-out ${pct(r.holdout_accuracy)}` : "") + ` · ${fmt(r.seconds, 1)} s/epoch`
+        (typeof r.holdout_accuracy === "number" ? ` · held-out ${pct(r.holdout_accuracy)}` : "") + ` · ${fmt(r.seconds, 1)} s/epoch` +
+        (typeof r.eta_seconds === "number" && r.eta_seconds > 0 ? ` · ETA ${Math.round(r.eta_seconds / 60)} min` : "")
         : "waiting for the search";
       return `<div class="row recovery" data-target="${esc(k)}">${k ? `<span class="mono">${esc(k)}</span>` : ""}${bar(total ? done / total : 0)}<span>${esc(info)}</span></div>`;
     }).join("");
