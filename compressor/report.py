@@ -61,6 +61,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {_fmt_int(s['macs'])} | {s['macs'] / base['macs']:.3f} | {_fmt_int(s['params'])} | "
             f"{s['params'] / base['params']:.3f} | {_fmt_pct(s['accuracy'])} | "
             f"{_fmt_ms(s.get('latency_predicted_ms'))} | {_fmt_ms(s.get('latency_measured_ms'))} |")
+    curves = (report.get("curves") or {}).get("best_reward_so_far") or {}
+    if curves:
+        def at(curve: list[float], i: int) -> str:
+            return f"{curve[min(i, len(curve)) - 1]:.4f}" if curve else "—"
+
+        marks = sorted({m for m in (10, 25, 50, 100, 200, 400) if m < max(len(c) for c in curves.values())}
+                       | {max(len(c) for c in curves.values())})
+        lines += ["", "Best reward so far (plot: `curves.svg`):", "",
+                  "| strategy | " + " | ".join(f"episode {m}" for m in marks) + " |",
+                  "|---|" + "---:|" * len(marks)]
+        lines += [f"| {name} | " + " | ".join(at(c, m) for m in marks) + " |" for name, c in curves.items()]
     recovery = report.get("recovery")
     if recovery:
         held = recovery.get("holdout_accuracy")

@@ -26,6 +26,7 @@ from torch import nn
 
 from compressor import zoo
 from compressor.config import SearchConfig
+from compressor.curves import best_so_far, curves_svg
 from compressor.data import LOADERS, DataBundle, Split, load_dataset, load_training_split, with_training
 from compressor.depth import RemovalOrder, depth_seeds
 from compressor.env import Budget, PruningEnv, check_feasible, make_budget
@@ -669,6 +670,9 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
     from compressor.report import render_markdown
 
     atomic_write(out_dir / "report.md", render_markdown(report).encode())
+    curves = report["curves"]
+    atomic_write(out_dir / "curves.svg", curves_svg(curves["best_reward_so_far"], warmup=curves["warmup"],
+                                                    title=f"best reward so far ({problem.reward_name})").encode())
     atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
 
 
@@ -740,6 +744,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
     result["latency_measured_ms"] = latency["measured_ms"] if latency else _measure(problem, final)
 
     compare = {}
+    curves = {config.strategy: best_so_far(rows)}
     if config.compare:
         for name in ("uniform", "random"):
             if name == config.strategy:
@@ -749,6 +754,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
                                                should_stop=stop, resume_state=None, label=name,
                                                seed=config.seed + 1)
             other_best = other_rows[_best_index(other_rows)]
+            curves[name] = best_so_far(other_rows)
             other_model = problem.build(list(other_best["kept"])).model
             compare[name] = _summary(problem, list(other_best["kept"]), other_model, search_row=other_best)
             compare[name]["episodes"] = len(other_rows)
@@ -783,6 +789,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         "baseline": baseline, "result": result, "best_episode": best_row["episode"],
         "search_seconds": search_s, "setup_seconds": setup_s, "episode_timing": timing,
         "latency": latency or None, "config": config.to_dict(),
+        "curves": {"best_reward_so_far": curves, "warmup": config.warmup_episodes if config.strategy == "ddpg" else None},
     }
     if compare:
         report["compare"] = compare

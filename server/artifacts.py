@@ -22,6 +22,7 @@ ARTIFACTS: dict[str, str] = {
     "report.md": "text/markdown; charset=utf-8",
     "policy.json": "application/json",
     "episodes.csv": "text/csv; charset=utf-8",
+    "curves.svg": "image/svg+xml",
 }
 # A frontier's own files, beside its report.md (the table and the plot).
 FRONTIER_ARTIFACTS: dict[str, str] = {

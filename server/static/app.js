@@ -233,6 +233,7 @@ async function refreshJob() {
     pruned ${pct(rep.result.accuracy)} at ${fmt(rep.result.macs, 0)} MACs (${fmt(rep.result.params, 0)} params)${ms(rep.result)}</p>` : "";
   // A single search's section (a frontier's, by model and phone model, is drawn with the frontier).
   $("#job-result").insertAdjacentHTML("beforeend", phoneModels(rep && rep.result ? rep.latency_per_phone_model : null));
+  drawCurves(job);
   drawRecovery(job);
   drawFrontier(job);
   $("#job-artifacts").innerHTML = job.state === "succeeded"
@@ -253,6 +254,17 @@ function phoneModels(sec) {
     `<td>${ms(r.median_ms)}</td><td>${ms(r.baseline_median_ms)}</td><td class="mono">${esc(r.median_ms === null ? `not measured: ${r.error}` : (r.measured_on || "cache"))}</td></tr>`).join("");
   return `<table id="phone-models"><caption>Latency on every phone model of the farm (median ms)</caption>` +
     `<thead><tr><th>phone model</th><th>phones</th><th>pruned</th><th>unpruned</th><th>measured on</th></tr></thead><tbody>${rows}</tbody></table>`;
+}
+
+// Best reward so far of the search's strategy and, with compare, of the baselines (curves.svg).
+function drawCurves(job) {
+  const img = $("#curves-plot");
+  const svg = job.links.artifacts["curves.svg"];
+  img.hidden = !svg;
+  if (svg && img.dataset.url !== svg) {
+    img.dataset.url = svg;
+    objectURL(svg).then((u) => img.setAttribute("src", u)).catch(() => { delete img.dataset.url; });
+  }
 }
 
 // Recovery (fine-tuning) after the search: one bar per search (a frontier has one per target).
