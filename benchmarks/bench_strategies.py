@@ -16,6 +16,11 @@ Prints a markdown section on stdout; progress on stderr. The defaults are the do
 settings (2 recovery epochs rather than 3: the run took 29 min on the shared 2-core machine).
 
     python -m benchmarks.bench_strategies --episodes 30 --reward-samples 300 --finetune-epochs 2 --seeds 0,1,2
+
+At AMC's own budget (100 warm-up episodes of random actions, then 300 with decaying noise), with the
+best-reward-so-far curve of each strategy (mean ± std over seeds) written to `--curve`:
+    python -m benchmarks.bench_strategies --episodes 400 --warmup 100 --reward-samples 300 \
+        --finetune-epochs 2 --seeds 0,1,2 --curve docs/strategies-400.svg
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--reward-samples", type=int, default=300)
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=None, help="DDPG warm-up episodes (default: the search's, "
+                        "min(100, episodes / 4))")
+    parser.add_argument("--train-data", default=None, help="recover on this training set (a file in --data-dir, "
+                        "or cifar10:PATH) instead of the search split")
+    parser.add_argument("--curve", default=None, help="write the best-reward-so-far plot (SVG) here")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--threads", type=int, default=1)
@@ -72,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     weights = next((data / "weights").glob(f"{args.model}-*.th"))
     base = SearchConfig(model=args.model, weights=str(weights), data=f"cifar10:{data / 'cifar10_test.npz'}",
                         target=args.target, episodes=args.episodes, reward_samples=args.reward_samples,
-                        finetune_epochs=args.finetune_epochs, prune_blocks=False)
+                        finetune_epochs=args.finetune_epochs, prune_blocks=False, warmup=args.warmup,
+                        train_data=(None if not args.train_data else args.train_data if ":" in args.train_data
+                                    else f"cifar10:{data / args.train_data}"))
     t_start = time.perf_counter()
     problem = prepare(base)
     setup_s = time.perf_counter() - t_start
@@ -89,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {"seed": seed, "before": result["accuracy_before_finetune"], "after": result["accuracy"],
                    "search_accuracy": result["search_accuracy"], "macs_ratio": result["macs"] / report["baseline"]["macs"],
                    "search_s": report["search_seconds"], "recovery_s": report["recovery"]["seconds"],
-                   "total_s": time.perf_counter() - t0, "episodes": report["episodes"]}
+                   "total_s": time.perf_counter() - t0, "episodes": report["episodes"],
+                   "curve": report["curves"]["best_reward_so_far"][name]}
             results[name].append(row)
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
@@ -118,12 +131,32 @@ def main(argv: list[str] | None = None) -> int:
             f"| {_mean_std([r['search_accuracy'] for r in rows], 100)} "
             f"| {_mean_std([r['macs_ratio'] for r in rows], 1, 3)} | {_mean_std([r['search_s'] for r in rows], 1, 0)} "
             f"| {_mean_std([r['recovery_s'] for r in rows], 1, 0)} |")
+    lines += _curve_lines(results, strategies, base, args.curve)
     lines += ["", "Per seed (before → after recovery):", ""]
     for name in strategies:
         per = ", ".join(f"seed {r['seed']}: {r['before']:.2%} → {r['after']:.2%}" for r in results[name])
         lines.append(f"- {name}: {per}")
     print("\n".join(lines))
     return 0
+
+
+def _curve_lines(results: dict[str, list[dict]], strategies: list[str], base, path: str | None) -> list[str]:
+    """Best reward so far at a few episodes (mean ± std over seeds) and, with `path`, the plot."""
+    from compressor.curves import curves_svg, mean_band
+
+    bands = {name: mean_band([r["curve"] for r in results[name]]) for name in strategies}
+    length = max(len(m) for m, _ in bands.values())
+    marks = sorted({m for m in (10, 25, 50, 100, 150, 200, 300, 400) if m < length} | {length})
+    lines = ["", "Best reward so far (mean ± std over seeds) at episode:", "",
+             "| strategy | " + " | ".join(str(m) for m in marks) + " |", "|---|" + "---:|" * len(marks)]
+    for name, (mean, std) in bands.items():
+        cells = [f"{mean[min(m, len(mean)) - 1]:.4f} ± {std[min(m, len(std)) - 1]:.4f}" for m in marks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if path:
+        Path(path).write_text(curves_svg({n: m for n, (m, _) in bands.items()}, bands={n: s for n, (_, s) in bands.items()},
+                                         warmup=base.warmup_episodes, title="best reward so far (mean ± std over seeds)"))
+        lines += ["", f"Plot: `{path}`."]
+    return lines
 
 
 if __name__ == "__main__":
