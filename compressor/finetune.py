@@ -395,6 +395,11 @@ StepFn = Callable[[int, int, int, float], None]  # (epoch from 1, images done, i
 STEP_EVERY = 50  # batches between step_progress calls
 
 
+def _move(module: nn.Module, device: torch.device, memory_format: torch.memory_format) -> None:
+    # Module.to takes memory_format (4-d parameters and buffers only); torch's stubs do not say so.
+    module.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
+
+
 class _Trainer:
     """One recovery's optimizer, schedule and random streams, epoch by epoch; its state is what a
     checkpoint needs to continue exactly where it stopped."""
@@ -412,9 +417,9 @@ class _Trainer:
         # 2 cores); models without 4-d weights are left as they are.
         self.memory_format = (torch.channels_last if split.x.dim() == 4 and config.channels_last
                               else torch.contiguous_format)
-        model.to(device=device, memory_format=self.memory_format)
+        _move(model, device, self.memory_format)
         if teacher is not None:
-            teacher.to(device=device, memory_format=self.memory_format)
+            _move(teacher, device, self.memory_format)
             teacher.eval()
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
@@ -502,8 +507,8 @@ class _Trainer:
             if f is not None:
                 f.close()
         if self.teacher is not None:
-            self.teacher.to(device="cpu", memory_format=torch.contiguous_format)
-        self.model.to(memory_format=torch.contiguous_format)
+            _move(self.teacher, torch.device("cpu"), torch.contiguous_format)
+        _move(self.model, self.device, torch.contiguous_format)
 
 
 def finetune(model: nn.Module, bundle: DataBundle, *, epochs: int, lr: float = 0.01, seed: int = 0,

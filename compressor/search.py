@@ -148,11 +148,10 @@ def _load_model(config: SearchConfig, emit: EventSink) -> tuple[nn.Module, zoo.M
 
 def _load_data(config: SearchConfig, entry: zoo.ModelEntry) -> DataBundle:
     is_zoo = config.model in zoo.MODELS
-    stats = {"input_shape": entry.input_shape, "mean": entry.mean if is_zoo else None,
-             "std": entry.std if is_zoo else None, "seed": 0}
-    bundle = load_dataset(config.data, **stats)
+    mean, std = (entry.mean, entry.std) if is_zoo else (None, None)
+    bundle = load_dataset(config.data, input_shape=entry.input_shape, mean=mean, std=std, seed=0)
     if config.train_data is not None:
-        train = load_training_split(config.train_data, **stats)
+        train = load_training_split(config.train_data, input_shape=entry.input_shape, mean=mean, std=std, seed=0)
         bundle = with_training(bundle, train, spec=config.train_data)
     return bundle
 
