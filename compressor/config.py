@@ -20,6 +20,7 @@ StrategyName = Literal["ddpg", "random", "uniform"]
 Granularity = Literal["channel", "weight"]
 FinetuneMethod = Literal["distill", "plain"]
 FinetuneMix = Literal["none", "mixup", "cutmix"]
+QuantizeScheme = Literal["none", "int8"]
 
 TARGET_KINDS: tuple[str, ...] = ("flops", "params", "latency-ms")
 REWARD_KINDS: tuple[str, ...] = ("err", "flops", "params", "latency")
@@ -27,6 +28,7 @@ STRATEGIES: tuple[str, ...] = ("ddpg", "random", "uniform")
 FINETUNE_METHODS: tuple[str, ...] = ("distill", "plain")
 FINETUNE_MIXES: tuple[str, ...] = ("none", "mixup", "cutmix")
 GRANULARITIES: tuple[str, ...] = ("channel", "weight")
+QUANTIZE_SCHEMES: tuple[str, ...] = ("none", "int8")
 _TRAIN_DEVICE = re.compile(r"cpu|cuda(:\d{1,2})?")
 
 
@@ -212,6 +214,11 @@ class SearchConfig:
         flag_help="play only the uniform policy and the depth seeds before the agent explores"))
     tflite: bool = field(default=False, metadata=option(
         "also export model.tflite (needs the tflite extra)", spec_default=None))
+    quantize: QuantizeScheme = field(default="none", metadata=option(
+        "int8: also write model.int8.onnx, post-training int8 (ONNX Runtime static quantization, QDQ, int8 weights per "
+        "channel, uint8 activations) calibrated on search images and checked against the float model; its "
+        "accuracy on the report split (from the file) and its measured latency are reported beside the float "
+        "model's", choices=QUANTIZE_SCHEMES))
 
     def __post_init__(self) -> None:
         Target.parse(self.target)
@@ -252,6 +259,8 @@ class SearchConfig:
             raise ConfigError("depth_seeds", f"must be between 0 and 20, got {self.depth_seeds}")
         if self.measure_top < 1:
             raise ConfigError("measure_top", f"must be >= 1, got {self.measure_top}")
+        if self.quantize not in QUANTIZE_SCHEMES:
+            raise ConfigError("quantize", f"{self.quantize!r} is unknown; choose one of {', '.join(QUANTIZE_SCHEMES)}")
         if self.reward_samples is not None and self.reward_samples < 1:
             raise ConfigError("reward_samples", f"must be >= 1, got {self.reward_samples}")
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
 
 KernelOp = Literal["conv", "dwconv", "linear", "add", "pool"]
@@ -44,4 +46,13 @@ class LatencyOracle(Protocol):
     def measure_ms(self, model: torch.nn.Module, example_input: torch.Tensor, *, fresh: bool = False) -> float | None:
         """Real measurement (median ms) of a PyTorch model, or None when no device could answer.
         `fresh`: time it now, not from a cache of earlier measurements (a device's speed drifts)."""
+        ...
+
+
+@runtime_checkable
+class FileTimer(Protocol):
+    """An oracle that can also time a model file as it is (an int8 ONNX file, which has no PyTorch form)."""
+
+    def measure_file_ms(self, path: Path, *, fresh: bool = False) -> float | None:
+        """Real measurement (ms, the oracle's statistic) of a model file, or None when no device could answer."""
         ...

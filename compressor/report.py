@@ -26,11 +26,14 @@ def _fmt_ms(x: float | None) -> str:
 
 
 def comparison_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(name, summary) for baseline, the compared strategies and the search's result."""
+    """(name, summary) for baseline, the compared strategies, the search's result and its int8 form."""
     rows = [("baseline", report["baseline"])]
     for name, summary in (report.get("compare") or {}).items():
         rows.append((name, summary))
     rows.append((report["strategy"], report["result"]))
+    quantized = report.get("quantized")
+    if quantized:
+        rows.append((f"{report['strategy']} {quantized['scheme']}", quantized))
     return rows
 
 
@@ -81,6 +84,17 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"{recovery['holdout'] or 'no held-out images (the last epoch is kept)'}"
                       + (f" (held-out accuracy {_fmt_pct(recovery['holdout_accuracy_before'])} → {_fmt_pct(held)})."
                          if held is not None else ".")]
+    quantized = report.get("quantized")
+    if quantized:
+        speedup = quantized.get("speedup")
+        lines += ["", f"Int8 (`{quantized['file']}`, {_fmt_int(quantized['size_bytes'])} bytes): ONNX Runtime static "
+                      f"quantization (QDQ, int8 weights per channel, uint8 activations) calibrated on "
+                      f"{quantized['calibration_images']} search images; on {quantized['check_images']} other search "
+                      f"images it picks the float model's class {_fmt_pct(quantized['top1_agreement'])} of the time "
+                      f"(99th-percentile largest output difference {quantized['p99_abs_diff']:.3g}). Report-split "
+                      f"accuracy, scored from the file: {_fmt_pct(quantized['accuracy'])} (float "
+                      f"{_fmt_pct(report['result']['accuracy'])}); measured {_fmt_ms(quantized.get('latency_measured_ms'))} ms"
+                      + (f", {speedup:.2f}× the float model's speed." if speedup else ".")]
     dropped = [u.get("block") or u["name"] for u in report["units"] if report["result"]["channels"].get(u["name"]) == 0]
     if dropped:
         lines += ["", f"Residual blocks removed ({len(dropped)}, each now its shortcut): "

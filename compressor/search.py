@@ -652,6 +652,8 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
     if config.tflite:
         export = export_model("tflite", model, problem.example, out_dir / "model.tflite")
         report["exports"]["tflite"] = {"max_abs_diff": export.max_abs_diff, "size_bytes": export.size_bytes}
+    if config.quantize != "none":
+        report["quantized"] = _quantize(out_dir, problem, report, model)
     buffer = io.BytesIO()
     torch.save({"config": config.to_dict(), "kept": [int(k) for k in kept],
                 "input_shape": list(problem.entry.input_shape), "state_dict": model.state_dict()}, buffer)
@@ -673,6 +675,24 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
     atomic_write(out_dir / "curves.svg", curves_svg(curves["best_reward_so_far"], warmup=curves["warmup"],
                                                     title=f"best reward so far ({problem.reward_name})").encode())
     atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
+
+
+def _quantize(out_dir: Path, problem: Problem, report: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """model.int8.onnx from model.onnx, calibrated on the search split; the int8 row of the report:
+    accuracy on the report split scored from the file, latency timed from the file."""
+    from compressor.export.quantize import quantize_and_score
+    from compressor.latency import FileTimer
+
+    oracle = problem.oracle
+    time_file = oracle.measure_file_ms if isinstance(oracle, FileTimer) else None
+    q = quantize_and_score(model, problem.example, out_dir / "model.int8.onnx", float_path=out_dir / "model.onnx",
+                           calibration=problem.bundle.search, report=problem.bundle.report, time_file=time_file)
+    report["exports"][q["format"]] = {"max_abs_diff": q["max_abs_diff"], "size_bytes": q["size_bytes"]}
+    result = report["result"]
+    return {**q, "macs": result["macs"], "params": result["params"],
+            "accuracy_drop": result["accuracy"] - q["accuracy"],
+            "speedup": (result["latency_measured_ms"] / q["latency_measured_ms"]
+                        if result.get("latency_measured_ms") and q["latency_measured_ms"] else None)}
 
 
 def load_pruned(path: str | Path) -> nn.Module:
@@ -792,7 +812,8 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
     }
     if compare:
         report["compare"] = compare
-    emit(SearchEvent("phase", "export", "exporting and validating model.onnx"))
+    emit(SearchEvent("phase", "export", "exporting and validating model.onnx"
+                     + (" and model.int8.onnx" if config.quantize != "none" else "")))
     _write_outputs(out_dir, problem, report, rows, final, kept)
     emit(SearchEvent("done", "done", "search finished", record=report))
     return report

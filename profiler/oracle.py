@@ -117,6 +117,20 @@ class LutOracle:
         self.observe(search_kernels(model, example_input), ms)
         return ms
 
+    def measure_file_ms(self, path: Path, *, fresh: bool = False) -> float | None:
+        """A model file timed as it is (an int8 ONNX file); the float table learns nothing from it."""
+        if self.pool is None:
+            return None
+        if Path(path).suffix == ".onnx" and self.runtime != "onnxruntime":
+            log.info("%s is an ONNX file; this oracle times %s models, so it is not timed", path, self.runtime)
+            return None
+        result = self.pool.measure(Path(path), self.config, runtime=self.runtime, deadline_s=self.deadline_s,
+                                   fresh=fresh)
+        if result is None:
+            return None
+        self.measurements += 1
+        return result.min_ms if self.statistic == "min" else result.median_ms
+
     def observe(self, kernels: Sequence[KernelSpec], measured_ms: float) -> None:
         self.table.observe(kernels, measured_ms, self.family)
         if self.save and self.table.path is not None:

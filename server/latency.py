@@ -23,12 +23,13 @@ def make_oracle(config: SearchConfig, *, progress: Callable[[int, int, str], Non
                 on_wait: Callable[[DeviceWait], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> LatencyOracle | None:
     """The device's latency oracle, its lookup table completed for this model, when the search needs
-    one (or, with `force`, whenever results are to be timed on the device). `statistic`: which number
+    one (or, with `force` or `quantize`, whenever results are to be timed on the device). `statistic`: which number
     of a measurement stands for a model (`median`; `min` on a machine shared with other work).
     `device_wait_s`: how long a device that stops answering is waited for (`on_wait` hears of it) before
     the search fails with DeviceWaitExpired, to be resumed; None fails at once. `should_stop` (the job's
     cancel flag) ends such a wait early (DeviceWaitStopped: the job ends as cancelled)."""
-    if not (needs_latency(config) or force):
+    # An int8 model is reported with its measured latency beside the float one's, so the device is asked.
+    if not (needs_latency(config) or force or config.quantize != "none"):
         return None
     import torch
 

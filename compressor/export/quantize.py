@@ -1,0 +1,299 @@
+"""Post-training int8 quantization of an ONNX model with ONNX Runtime's static quantization: QDQ
+format, int8 weights per output channel, uint8 activations (U8S8, what ONNX Runtime's x86 and ARM
+kernels run fastest), activation ranges calibrated (min/max) on images of the search split.
+
+Like the float exporters, the written file is checked before it is used: it is run beside the float
+model on search images that calibration did not see, and `ExportError` is raised when the two pick
+a different class too often or their outputs drift further apart than quantization error does. The
+report split is never read here except by `evaluate_file`, which scores a finished file.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from onnxruntime.quantization import CalibrationDataReader
+from torch import nn
+
+from compressor.data import Split
+from compressor.errors import ExportError
+from compressor.export import onnx as onnx_export
+from compressor.export.common import ExportResult, Runner, Timer, atomic_target, check_inputs
+
+log = logging.getLogger(__name__)
+
+FORMAT = "onnx-int8"
+SCHEMES = ("int8",)
+
+CALIBRATION_IMAGES = 256  # ResNet-20 on CIFAR-10: 64 images 99.12% top-1 agreement, 256 99.18%, 1000 99.12%
+CHECK_IMAGES = 256
+
+# The checks, from quantizing the pretrained CIFAR-10 ResNet-20/32/44/56 and a digits CNN with these
+# settings (256 calibration images; docs/BENCHMARKS.md, "Post-training int8"): top-1 agreement with
+# the float model was 99.2-99.7% on held-out search images, and the 99th percentile of an image's
+# largest |int8 - float| logit difference was 2.5-4% of the float logits' range. The thresholds leave
+# several times that room so a correct quantization never fails on a few hundred images, while a
+# broken one (wrong ranges, a layer off by its scale) disagrees on most images and fails.
+MIN_AGREEMENT = 0.95
+MAX_RELATIVE_P99 = 0.15
+
+# Layers whose weights int8 is about: any of them left in floating point means the file is not an
+# int8 model, and its size and latency would say so.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class QuantizedExport(ExportResult):
+    """An int8 ONNX file checked against its float model on held-out search images."""
+
+    top1_agreement: float = 1.0  # share of check images where int8 and float pick the same class
+    p99_abs_diff: float = 0.0  # 99th percentile over check images of the largest |int8 - float| output
+    output_range: float = 0.0  # max - min of the float outputs over the check images
+    calibration_images: int = 0
+    check_images: int = 0
+    calibration_indices: tuple[int, ...] = ()  # source rows of the images calibration read
+    scheme: str = "int8"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "scheme": self.scheme, "file": self.path.name, "size_bytes": self.size_bytes,
+                "max_abs_diff": self.max_abs_diff, "p99_abs_diff": self.p99_abs_diff,
+                "output_range": self.output_range, "top1_agreement": self.top1_agreement,
+                "calibration_images": self.calibration_images, "check_images": self.check_images,
+                "seconds": self.seconds}
+
+
+class SplitReader(CalibrationDataReader):
+    """ONNX Runtime's calibration data reader over chosen rows of a split, one image per call (the
+    exported graphs have a fixed batch of 1); `seen` records the rows it handed out."""
+
+    def __init__(self, split: Split, rows: Sequence[int], *, input_name: str = "input"):
+        self.split = split
+        self.rows = list(rows)
+        self.input_name = input_name
+        self.seen: list[int] = []
+        self._next = iter(self.rows)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        row = next(self._next, None)
+        if row is None:
+            return None
+        self.seen.append(row)
+        return {self.input_name: self.split.x[row : row + 1].numpy().astype(np.float32)}
+
+    def rewind(self) -> None:
+        self._next = iter(self.rows)
+
+    @property
+    def seen_indices(self) -> tuple[int, ...]:
+        """The seen rows as indices of the split's source (its own row numbers when it has none)."""
+        if self.split.indices is None:
+            return tuple(self.seen)
+        return tuple(int(self.split.indices[r]) for r in self.seen)
+
+
+def pick_rows(n: int, *, calibration: int, check: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Seeded rows of a split of `n` images for calibration and, apart from them, for the check (the
+    check reuses calibration rows only when the split is too small to hold both)."""
+    if n == 0:
+        raise ExportError("int8 calibration needs images: the search split is empty")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    cal = order[: min(calibration, n)]
+    rest = order[len(cal):]
+    chk = (rest or cal)[:check]
+    if not rest:
+        log.warning("the search split holds only %d images: the int8 check reuses the calibration images", n)
+    return cal, chk
+
+
+def layer_name(node_name: str) -> str:
+    """The PyTorch module an exported node came from: `/layer1/layer1.0/conv1/Conv` -> `layer1.0.conv1`
+    (the exporter names each scope by its child's name, prefixed by its parent's scope name)."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    if not parts:
+        return node_name
+    names, prev = [], ""
+    for part in parts:
+        names.append(part[len(prev) + 1:] if prev and part.startswith(prev + ".") else part)
+        prev = part
+    return ".".join(names)
+
+
+def _describe(node: Any) -> str:
+    module = layer_name(node.name)
+    return f"{node.op_type} node {node.name!r}" + (f" (PyTorch module {module})" if module != node.name else "")
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _first_non_finite(float_path: Path, reader: SplitReader) -> str | None:
+    """The first node (in graph order) whose output is not finite on a calibration image, described."""
+    import onnx
+
+    model = onnx.load(str(float_path))
+    known = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for out in node.output:
+            if out and out not in known:
+                model.graph.output.append(onnx.ValueInfoProto(name=out))
+    with tempfile.TemporaryDirectory(prefix="amc-int8-") as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        onnx.save(model, str(probe))
+        sess = _session(probe)
+        names = [o.name for o in sess.get_outputs()]
+        producer = {out: node for node in model.graph.node for out in node.output}
+        reader.rewind()
+        for feed in reader:
+            values = dict(zip(names, sess.run(None, feed)))
+            for node in model.graph.node:
+                for out in node.output:
+                    v = values.get(out)
+                    if v is not None and np.issubdtype(np.asarray(v).dtype, np.floating) and \
+                            not np.all(np.isfinite(v)):
+                        row = reader.seen_indices[-1] if reader.seen_indices else "?"
+                        return (f"{_describe(producer[out])} outputs inf or NaN on calibration image {row}, so "
+                                "its int8 range cannot be set")
+    return None
+
+
+def _float_layers(qmodel: Any) -> list[str]:
+    """Weighted layers of a QDQ model whose weights are not fed through DequantizeLinear."""
+    dq = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [_describe(n) for n in qmodel.graph.node
+            if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] not in dq]
+
+
+def _calibrate(float_path: Path, out_path: Path, reader: SplitReader, *, name: str) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    root = logging.getLogger()
+    root.addFilter(_no_preprocessing_hint)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "All-NaN", RuntimeWarning)  # a non-finite range: diagnosed below
+            quantize_static(str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+    except Exception as e:
+        where = _first_non_finite(float_path, SplitReader(reader.split, reader.rows, input_name=reader.input_name))
+        detail = where or f"{type(e).__name__}: {e}"
+        raise ExportError(f"int8 quantization of {name} failed: {detail}") from e
+    finally:
+        root.removeFilter(_no_preprocessing_hint)
+
+
+def _no_preprocessing_hint(record: logging.LogRecord) -> bool:
+    # ONNX Runtime's quantizer logs, on the root logger, a hint to run its shape-inference pre-pass:
+    # our exports have fixed shapes, and the check below measures the result either way.
+    return "pre-processing" not in str(record.msg) and "pre-process" not in str(record.msg)
+
+
+def quantize_file(float_path: str | Path, path: str | Path, *, calibration: Split, reference: Runner | None = None,
+                  calibration_images: int = CALIBRATION_IMAGES, check_images: int = CHECK_IMAGES,
+                  min_agreement: float = MIN_AGREEMENT, max_relative_p99: float = MAX_RELATIVE_P99,
+                  seed: int = 0) -> QuantizedExport:
+    """Quantize the float ONNX file to int8 at `path`, calibrated on `calibration` (the search split),
+    and check it against `reference` (a batch of N x C x H x W images -> outputs: the PyTorch model;
+    the float file when None) on other images of that split. Nothing is written when a check fails."""
+    float_path, path = Path(float_path), Path(path)
+    timer = Timer()
+    cal_rows, check_rows = pick_rows(len(calibration), calibration=calibration_images, check=check_images, seed=seed)
+    sess = _session(float_path)
+    input_name = sess.get_inputs()[0].name
+    if reference is None:
+        def reference(x: np.ndarray) -> np.ndarray:  # the file has a fixed batch of 1
+            return np.concatenate([sess.run(None, {input_name: xi[None]})[0] for xi in x])
+    reader = SplitReader(calibration, cal_rows, input_name=input_name)
+    with atomic_target(path) as tmp:
+        _calibrate(float_path, tmp, reader, name=path.name)
+        import onnx
+
+        left = _float_layers(onnx.load(str(tmp)))
+        if left:
+            raise ExportError(f"int8 quantization of {path.name} left {len(left)} layer(s) in floating point: "
+                              f"{'; '.join(left)}. ONNX Runtime quantizes float32 Conv/Gemm/MatMul layers with "
+                              "constant weights; keep such layers float32 in the model, or export it in float only")
+        qsess = _session(tmp)
+        images = calibration.x[check_rows].numpy().astype(np.float32)
+        f = np.asarray(reference(images), dtype=np.float64).reshape(len(check_rows), -1)
+        q = np.concatenate([np.asarray(qsess.run(None, {input_name: x[None]})[0], dtype=np.float64).reshape(1, -1)
+                            for x in images])
+        per_image = np.abs(q - f).max(axis=1)
+        max_diff = float(per_image.max()) if np.all(np.isfinite(per_image)) else float("inf")
+        p99 = float(np.quantile(per_image, 0.99)) if np.all(np.isfinite(per_image)) else float("inf")
+        spread = float(f.max() - f.min())
+        agreement = float((q.argmax(1) == f.argmax(1)).mean())
+        what = (f"top-1 agreement with float {100 * agreement:.1f}%, 99th-percentile max |int8 - float| {p99:.3g} "
+                f"({p99 / max(spread, 1e-12):.1%} of the float outputs' range {spread:.3g}), over {len(check_rows)} "
+                "held-out search images")
+        if not (agreement >= min_agreement and p99 <= max_relative_p99 * spread):
+            raise ExportError(f"the int8 model {path.name} disagrees with the float model: {what}; "
+                              f"needed at least {100 * min_agreement:.0f}% agreement and at most "
+                              f"{max_relative_p99:.0%} of the range (a model whose classes are near-ties, e.g. "
+                              "untrained, or one with layers that do not survive 8 bits)")
+    result = QuantizedExport(path, FORMAT, max_diff, timer.seconds, path.stat().st_size, top1_agreement=agreement,
+                             p99_abs_diff=p99, output_range=spread, calibration_images=len(cal_rows),
+                             check_images=len(check_rows), calibration_indices=reader.seen_indices)
+    log.info("quantized %s to int8 (%d bytes): %s", path, result.size_bytes, what)
+    return result
+
+
+def export(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, calibration: Split,
+           float_path: str | Path | None = None, **kw: Any) -> QuantizedExport:
+    """Export `model` as an int8 ONNX file: the float ONNX (`float_path` if already exported and
+    validated, else exported and validated here), quantized, checked against PyTorch."""
+    check_inputs(model, example_input, FORMAT)
+    model.eval()
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    if float_path is not None:
+        return quantize_file(float_path, path, calibration=calibration, reference=reference, **kw)
+    with tempfile.TemporaryDirectory(prefix="amc-int8-") as tmp:
+        fp = Path(tmp) / "float.onnx"
+        onnx_export.export(model, example_input, fp)
+        return quantize_file(fp, path, calibration=calibration, reference=reference, **kw)
+
+
+def evaluate_file(path: str | Path, split: Split) -> float:
+    """Top-1 accuracy of an ONNX file run with ONNX Runtime (one thread, one image per run) on `split`."""
+    if len(split) == 0:
+        raise ExportError(f"cannot score {path} on an empty split ({split.description})")
+    try:
+        sess = _session(Path(path))
+    except Exception as e:
+        raise ExportError(f"ONNX Runtime cannot load {path}: {e}") from e
+    name = sess.get_inputs()[0].name
+    correct = 0
+    for i in range(len(split)):
+        scores = sess.run(None, {name: split.x[i : i + 1].numpy().astype(np.float32)})[0]
+        correct += int(np.asarray(scores).reshape(-1).argmax() == int(split.y[i]))
+    return correct / len(split)
+
+
+def quantize_and_score(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, float_path: str | Path,
+                       calibration: Split, report: Split,
+                       time_file: Callable[[Path], float | None] | None = None) -> dict[str, Any]:
+    """What a search reports of its int8 model: the export and its check, its accuracy on `report`
+    scored from the file itself, and its latency from `time_file` (None when nothing times files)."""
+    result = export(model, example_input, path, calibration=calibration, float_path=float_path)
+    out = result.to_dict()
+    out["accuracy"] = evaluate_file(result.path, report)
+    out["latency_measured_ms"] = time_file(result.path) if time_file is not None else None
+    return out
