@@ -16,6 +16,7 @@ from server.frontier import target_dir
 # The files of one search (a single job's folder, or each target's folder of a frontier job).
 ARTIFACTS: dict[str, str] = {
     "model.onnx": "application/octet-stream",
+    "model.int8.onnx": "application/octet-stream",  # with `quantize` int8
     "model.tflite": "application/octet-stream",
     "model.pt": "application/octet-stream",
     "report.json": "application/json",
