@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -235,3 +239,27 @@ def test_quantize_is_a_search_option():
     assert field.flag == "--quantize" and field.choices == ("none", "int8") and field.default == "none"
     with pytest.raises(ConfigError, match="quantize"):
         SearchConfig(model="demo-cnn", data="digits", quantize="int4")  # type: ignore[arg-type]
+
+
+def test_amc_compress_quantize_times_the_int8_file_on_an_emulated_phone(tmp_path):
+    """The one command of issue 24 over ADB: the int8 file is pushed to the phone and timed by the agent there."""
+    from device_agent.phone_sim import PhoneSimulator
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), AMC_CONFIG_DIR=str(tmp_path / "config"),
+               AMC_CACHE_DIR=str(tmp_path / "cache"))
+    sim = PhoneSimulator(port=0, root=tmp_path / "phone", serial="amc-int8-phone").start()
+    try:
+        run = subprocess.run([sys.executable, "-m", "server.cli", "compress", "--model", "demo-cnn", "--data", "digits",
+                              "--target", "flops=0.5", "--strategy", "random", "--episodes", "3", "--quantize", "int8",
+                              "--device", f"adb:127.0.0.1:{sim.port}", "--out", str(tmp_path / "out"), "--json"],
+                             cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        sim.stop()
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    q = report["quantized"]
+    assert q["latency_measured_ms"] > 0 and report["result"]["latency_measured_ms"] > 0
+    assert q["speedup"] == pytest.approx(report["result"]["latency_measured_ms"] / q["latency_measured_ms"])
+    int8 = (tmp_path / "out" / "model.int8.onnx").read_bytes()
+    assert any(p.read_bytes() == int8 for p in (tmp_path / "phone").rglob("*.onnx"))  # what the phone ran

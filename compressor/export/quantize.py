@@ -31,7 +31,6 @@ from compressor.export.common import ExportResult, Runner, Timer, atomic_target,
 log = logging.getLogger(__name__)
 
 FORMAT = "onnx-int8"
-SCHEMES = ("int8",)
 
 # ResNet-20, top-1 agreement with float on search images 4000-4999 (apart from calibration): 64 calibration
 # images 99.5%, 256 99.5%, 1000 99.7%; 256 calibrate ResNet-56 in about 4 s on this machine
