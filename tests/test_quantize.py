@@ -263,3 +263,27 @@ def test_amc_compress_quantize_times_the_int8_file_on_an_emulated_phone(tmp_path
     assert q["speedup"] == pytest.approx(report["result"]["latency_measured_ms"] / q["latency_measured_ms"])
     int8 = (tmp_path / "out" / "model.int8.onnx").read_bytes()
     assert any(p.read_bytes() == int8 for p in (tmp_path / "phone").rglob("*.onnx"))  # what the phone ran
+
+
+def test_a_job_with_quantize_serves_the_int8_model(tmp_path):
+    """POST /jobs with `quantize: int8` on a real server: the job's report has the int8 row and the
+    int8 file is an artifact."""
+    from test_server_harness import SMALL_JOB, ServerProcess, wait_for
+
+    srv = ServerProcess(tmp_path / "data", env={"AMC_CACHE_DIR": str(tmp_path / "cache")}).start()
+    try:
+        with srv.client() as c:
+            r = c.post("/jobs", json={**SMALL_JOB, "strategy": "random", "episodes": 3, "quantize": "int8"})
+            assert r.status_code == 201, r.text
+            job = wait_for(c, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=240)
+            assert job["state"] == "succeeded", job
+            report = c.get(f"/jobs/{job['id']}/artifacts/report.json").json()
+            model = c.get(f"/jobs/{job['id']}/artifacts/model.int8.onnx")
+            assert c.post("/jobs", json={**SMALL_JOB, "quantize": "int4"}).status_code == 422
+    finally:
+        srv.stop()
+    assert report["config"]["quantize"] == "int8"
+    q = report["quantized"]
+    assert model.status_code == 200 and len(model.content) == q["size_bytes"]
+    assert q["latency_measured_ms"] > 0 and q["accuracy"] > 0.9
+    onnx.checker.check_model(onnx.load_from_string(model.content))
