@@ -20,7 +20,7 @@ settings (2 recovery epochs rather than 3: the run took 29 min on the shared 2-c
 At AMC's own budget (100 warm-up episodes of random actions, then 300 with decaying noise), with the
 best-reward-so-far curve of each strategy (mean ± std over seeds) written to `--curve`:
     python -m benchmarks.bench_strategies --episodes 400 --warmup 100 --reward-samples 300 \
-        --finetune-epochs 2 --seeds 0,1,2 --curve docs/strategies-400.svg
+        --finetune-epochs 2 --seeds 0,1,2 --strategies ddpg,ddpg-amc,random,uniform --curve docs/strategies-400.svg
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from benchmarks.progress import log, search_progress
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = ("ddpg", "random", "uniform")
+# Variants a run may name beside the strategies: (strategy, extra SearchConfig fields).
+VARIANTS = {"ddpg-amc": ("ddpg", {"noise_decay": 0.95})}  # DDPG with AMC's fixed noise decay
 
 
 def _progress(event) -> None:
@@ -61,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                         "or cifar10:PATH) instead of the search split")
     parser.add_argument("--curve", default=None, help="write the best-reward-so-far plot (SVG) here")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help=f"comma-separated, of {', '.join([*STRATEGIES, *VARIANTS])} (ddpg-amc: DDPG with AMC's "
+                             "fixed exploration-noise decay 0.95 instead of one fitted to the episodes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_strategies"))
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     strategies = args.strategies.split(",")
+    unknown = [s for s in strategies if s not in STRATEGIES and s not in VARIANTS]
+    if unknown:
+        log(f"bench_strategies: unknown strategies {unknown}; choose from {[*STRATEGIES, *VARIANTS]}")
+        return 2
     weights = next((data / "weights").glob(f"{args.model}-*.th"))
     base = SearchConfig(model=args.model, weights=str(weights), data=f"cifar10:{data / 'cifar10_test.npz'}",
                         target=args.target, episodes=args.episodes, reward_samples=args.reward_samples,
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     report = None
     for seed in seeds:
         for name in strategies:
-            config = SearchConfig(**{**base.to_dict(), "strategy": name, "seed": seed})
+            strategy, extra = VARIANTS.get(name, (name, {}))
+            config = SearchConfig(**{**base.to_dict(), "strategy": strategy, "seed": seed, **extra})
             log(f"  {name}, seed {seed}")
             t0 = time.perf_counter()
             report = run_search(config, Path(args.out) / f"{name}-{seed}", on_event=_progress, problem=problem)
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                    "search_accuracy": result["search_accuracy"], "macs_ratio": result["macs"] / report["baseline"]["macs"],
                    "search_s": report["search_seconds"], "recovery_s": report["recovery"]["seconds"],
                    "total_s": time.perf_counter() - t0, "episodes": report["episodes"],
-                   "curve": report["curves"]["best_reward_so_far"][name]}
+                   "curve": report["curves"]["best_reward_so_far"][strategy]}
             results[name].append(row)
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
@@ -114,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"{args.model} (pretrained, {baseline:.2%} unpruned on the report split) at `{args.target}`, channel pruning "
         f"only (`prune_blocks=False`), {args.episodes} episodes (uniform: one), reward on the first "
-        f"{args.reward_samples} search images, DDPG and random search both exploring around the uniform policy. "
+        f"{args.reward_samples} search images, DDPG and random search both exploring around the uniform policy, "
+        f"{base.warmup_episodes} warm-up episodes; DDPG's exploration noise decays to a tenth of its start over the "
+        "episodes after the warm-up (ddpg-amc: AMC's fixed 0.95 per episode). "
         f"Recovery: distillation from the unpruned network, {args.finetune_epochs} epochs on the search split "
         "(test images 0-4999, a tenth held out to pick the epoch). Accuracy on the report split (test images "
         f"5000-9999). Seeds {args.seeds}; mean ± sample standard deviation over seeds. Torch threads "

@@ -147,6 +147,10 @@ class SearchConfig:
         flag_help="skip BatchNorm re-estimation"))
     warmup: int | None = field(default=None, metadata=option(
         "DDPG warm-up episodes (default: 100, at most a quarter of the episodes)", ge=0))
+    noise_decay: float | None = field(default=None, metadata=option(
+        "DDPG's exploration noise is multiplied by this every episode after the warm-up (AMC: 0.95, which "
+        "leaves no noise 60 episodes later); default: fitted to the episode budget, so the noise ends at a "
+        "tenth of where it started", gt=0, le=1))
     # Explore around the uniform policy's ratio (DDPG warm-up, actor start, random search) instead of
     # uniformly over [a_min, 1] as AMC does. Only under a budget.
     uniform_prior: bool = field(default=True, metadata=option(
@@ -236,6 +240,8 @@ class SearchConfig:
             raise ConfigError("round_to", f"must be >= 1, got {self.round_to}")
         if self.warmup is not None and self.warmup < 0:
             raise ConfigError("warmup", f"must be >= 0, got {self.warmup}")
+        if self.noise_decay is not None and not 0 < self.noise_decay <= 1:
+            raise ConfigError("noise_decay", f"must be in (0, 1], got {self.noise_decay}")
         if self.finetune_epochs < 0:
             raise ConfigError("finetune_epochs", f"must be >= 0, got {self.finetune_epochs}")
         if self.finetune_mix != "none" and self.finetune_method != "distill":

@@ -390,7 +390,7 @@ def _new_strategy(problem: Problem, name: str, seed: int, emit: EventSink = igno
     seeds = _seed_policies(problem, emit) if name != "uniform" else []
     return make_strategy(name, pruner=problem.pruner, budget=problem.budget, a_min=config.a_min,
                          warmup=config.warmup_episodes, seed=seed, uniform_prior=config.uniform_prior, seeds=seeds,
-                         local_moves=config.local_moves)
+                         local_moves=config.local_moves, episodes=config.episodes, noise_decay=config.noise_decay)
 
 
 def _search_loop(problem: Problem, strategy_name: str, episodes: int, *, out_dir: Path | None, emit: EventSink,

@@ -53,10 +53,11 @@ class DDPGStrategy:
     name = "ddpg"
 
     def __init__(self, *, n_layers: int, a_min: float, warmup: int, seed: int, prior: float | None = None,
-                 state_dim: int = STATE_DIM):
+                 state_dim: int = STATE_DIM, delta_decay: float = AgentConfig.delta_decay):
         self.n_layers = n_layers
         self.warmup = warmup
-        config = AgentConfig(warmup=warmup, a_min=a_min, memory_size=100 * n_layers, prior=prior)
+        config = AgentConfig(warmup=warmup, a_min=a_min, memory_size=100 * n_layers, prior=prior,
+                             delta_decay=delta_decay)
         self.agent = DDPGAgent(state_dim=state_dim, config=config, n_layers=n_layers, seed=seed)
 
     def act(self, state, *, episode, step):
@@ -365,23 +366,36 @@ def _rng_restore(d: dict[str, Any]) -> dict[str, Any]:
 
 StrategyFactory = Callable[..., Strategy]
 
+NOISE_END = 0.1  # where a budget-fitted schedule leaves DDPG's exploration noise, as a fraction of its start
+
+
+def fitted_noise_decay(episodes: int, warmup: int, *, end: float = NOISE_END) -> float:
+    """The per-episode decay that takes DDPG's exploration sigma from its start to `end` times it over
+    the episodes after the warm-up. AMC's fixed 0.95 is 0.05 of the start 60 episodes after warm-up
+    and 2e-7 after 300: past the first few dozen episodes its actor replays one proposal."""
+    return float(end ** (1.0 / max(episodes - warmup, 1)))
+
 
 def make_strategy(name: str, *, pruner: Pruner, budget: Budget | None, a_min: float, warmup: int,
                   seed: int, uniform_prior: bool = False, seeds: Sequence[Sequence[float]] = (),
-                  local_moves: bool = True) -> Strategy:
+                  local_moves: bool = True, episodes: int | None = None,
+                  noise_decay: float | None = None) -> Strategy:
     """`uniform_prior`: DDPG and random search explore around the uniform policy's ratio (under a
     budget) instead of uniformly over [a_min, 1]. `seeds`: policies (per-unit actions) DDPG and random
     search play first, after the uniform policy (`compressor.depth.depth_seeds`). `local_moves`: under
     a budget, after the warm-up every other episode moves a few units of the best policy so far
-    (`LocalSearch`)."""
+    (`LocalSearch`). `noise_decay`: DDPG's per-episode noise decay; None fits it to `episodes`
+    (`fitted_noise_decay`), or AMC's 0.95 where `episodes` is not given either."""
     seed_actions = uniform_policy(pruner, budget, a_min=a_min) if budget is not None else None
     prior = max(seed_actions) if uniform_prior and seed_actions is not None else None
     # Where blocks may be removed, actions reach down to 0 (below a_min removes a block; the
     # environment lifts other units to a_min).
     floor = action_floor(pruner, a_min)
+    decay = (noise_decay if noise_decay is not None else fitted_noise_decay(episodes, warmup)
+             if episodes is not None else AgentConfig.delta_decay)
     factories: dict[str, Callable[[], Strategy]] = {
         "ddpg": lambda: DDPGStrategy(n_layers=len(pruner.units), a_min=floor, warmup=warmup, seed=seed,
-                                     prior=prior, state_dim=state_dim(pruner)),
+                                     prior=prior, state_dim=state_dim(pruner), delta_decay=decay),
         "random": lambda: RandomStrategy(a_min=floor, seed=seed, prior=prior),
         "uniform": lambda: UniformStrategy(pruner=pruner, budget=budget, a_min=a_min),
     }

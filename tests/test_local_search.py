@@ -195,3 +195,28 @@ def test_a_search_plays_local_moves_after_the_warm_up(tmp_path):
         steps = sum(abs(a - b) // 8 for a, b in zip(kept[e], kept[best]))
         assert steps <= 4, (e, kept[e], kept[best])
     assert kept[4] not in kept[:4]
+
+
+def _ddpg(strategy):
+    while not hasattr(strategy, "agent"):
+        strategy = strategy.inner
+    return strategy.agent
+
+
+def test_ddpg_noise_is_fitted_to_the_episode_budget_unless_a_decay_is_given():
+    from compressor.strategies import NOISE_END, fitted_noise_decay
+
+    pruner = _pruner()
+    budget = make_budget(Target.parse("flops=0.5"), pruner)
+    agent = _ddpg(make_strategy("ddpg", pruner=pruner, budget=budget, a_min=0.2, warmup=100, seed=0,
+                                uniform_prior=True, episodes=400))
+    start = agent.noise_sigma(100)
+    # 300 episodes after the warm-up the noise is at a tenth of its start, not gone (AMC's 0.95: 2e-7).
+    assert abs(agent.noise_sigma(400) / start - NOISE_END) < 1e-9
+    assert agent.noise_sigma(250) / start > 0.3
+    assert fitted_noise_decay(400, 100) == agent.config.delta_decay
+    fixed = _ddpg(make_strategy("ddpg", pruner=pruner, budget=budget, a_min=0.2, warmup=100, seed=0,
+                                episodes=400, noise_decay=0.95))
+    assert fixed.config.delta_decay == 0.95 and fixed.noise_sigma(400) / fixed.noise_sigma(100) < 1e-6
+    # Without an episode budget (a caller that does not know it), AMC's own decay.
+    assert _ddpg(make_strategy("ddpg", pruner=pruner, budget=budget, a_min=0.2, warmup=3, seed=0)).config.delta_decay == 0.95
