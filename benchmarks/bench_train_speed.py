@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=50_000, help="seconds are given per this many images")
     args = parser.parse_args(argv)
     import torch
-    import torch.nn.functional as F
 
     from compressor.zoo import cifar_resnet
 
@@ -47,18 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
                 y = torch.randint(0, 10, (batch,))
 
-                def step() -> None:
-                    model.train()
-                    loss = F.cross_entropy(model(x), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-
-                def forward() -> None:
-                    model.eval()
-                    with torch.no_grad():
-                        model(x)
-
+                step, forward = _steps(model, opt, x, y)
                 train_s = _seconds_per(args.images, step, batch, args.steps)
                 teach_s = _seconds_per(args.images, forward, batch, args.steps)
                 rows.append((depth, batch, channels_last, train_s, teach_s))
@@ -71,6 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| ResNet-{d} | {b} | {'yes' if cl else 'no'} | {t:.0f} s | {f:.0f} s |" for d, b, cl, t, f in rows]
     print("\n".join(lines))
     return 0
+
+
+def _steps(model, opt, x, y):
+    """A student's training step and a teacher's forward pass on one batch."""
+    import torch
+    import torch.nn.functional as F
+
+    def step() -> None:
+        model.train()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def forward() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    return step, forward
 
 
 if __name__ == "__main__":
