@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_frontier"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for search and recovery (1 where "
+                        "another job shares a 2-core machine: more threads than cores stall every step)")
     args = parser.parse_args(argv)
     if not 0.5 <= args.margin <= 1.0:
         parser.error(f"--margin must be within 0.5-1.0, got {args.margin}")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from profiler.protocol import MeasureConfig
     from server.latency import make_oracle
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     depths = [int(d) for d in args.siblings.split(",") if d]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
