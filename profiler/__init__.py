@@ -2,7 +2,8 @@
 result cache, per-device latency lookup tables and parsers for stock benchmark tools.
 
 Map of the package (each layer only looks down; of the search it imports only compressor's public
-interfaces: `latency`, `kernel_space`, `ops`, `zoo`, `export`, `errors`):
+interfaces: `latency`, `kernel_space`, `ops`, `export`, `errors`, `fileio`; never the zoo, which
+server/profiler_cli.py hands to `cli`):
 
 - `protocol`   `MeasureConfig` (threads, warm-up, runs, CPU mask, cool-down) and `Measurement`.
 - `devices/`   `Device` ABC and the `DEVICE_KINDS` registry: `local` (the agent as a subprocess),
@@ -22,5 +23,6 @@ interfaces: `latency`, `kernel_space`, `ops`, `zoo`, `export`, `errors`):
                time, from `compressor.kernel_space`), then `build` (`build_lut`) and `check` (`check_lut`);
                `profiler.lut` re-exports them all.
 - `oracle`     `LutOracle` (compressor.latency.LatencyOracle) and `make_oracle(device_spec, ...)`.
-- `cli`        `amc bench`, `amc devices`, `amc lut build|check`.
+- `cli`        `amc bench`, `amc devices`, `amc lut build|check` (model names through the `load_model`
+               its composer passes: `server.profiler_cli`).
 """

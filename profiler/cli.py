@@ -1,5 +1,9 @@
 """`amc bench`, `amc devices` and `amc lut build|check`: the profiler's command line (rich output for
-people, `--json` for scripts)."""
+people, `--json` for scripts).
+
+Model names (a zoo name, `package.module:factory`) become PyTorch models through a `ModelLoader` the
+composer passes to `register` (`server.profiler_cli` passes the zoo's): the profiler does not know the
+search's model zoo. Without one, `amc bench` takes .onnx/.tflite files only."""
 
 from __future__ import annotations
 
@@ -8,11 +12,20 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
+
+# A model name -> (the model in eval mode, an example input). The same name must give the same weights
+# each time, so that the measurement cache recognises the exported file.
+ModelLoader = Callable[[str], "tuple[nn.Module, torch.Tensor]"]
 
 RUNTIME_CHOICES = ("onnxruntime", "litert", "tflite_runtime", "benchmark_model")
 
@@ -35,8 +48,9 @@ def _drop_stub(subparsers: argparse._SubParsersAction, name: str) -> None:
         subparsers._choices_actions[:] = [a for a in subparsers._choices_actions if a.dest != name]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `bench`, `devices` and `lut` to the `amc` command line."""
+def register(subparsers: argparse._SubParsersAction, *, load_model: ModelLoader | None = None) -> None:
+    """Add `bench`, `devices` and `lut` to the `amc` command line; `load_model` turns model names into
+    models (none: model files only)."""
     for name in ("bench", "devices", "lut"):
         _drop_stub(subparsers, name)
     bench = subparsers.add_parser("bench", help="measure a model's latency on a device",
@@ -55,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "instead of on --device; needs a farm (--ray or $AMC_RAY_ADDRESS)")
     bench.add_argument("--ray", default=None, metavar="HOST:PORT",
                        help="the phone farm's Ray cluster (default $AMC_RAY_ADDRESS; docs/FARM.md)")
-    bench.set_defaults(func=run_bench)
+    bench.set_defaults(func=run_bench, load_model=load_model)
 
     devices = subparsers.add_parser("devices", help="list devices (local, USB phones, registered TCP devices) with health",
                                     description="List devices with health; `add HOST:PORT` / `remove HOST:PORT` "
@@ -89,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--runs", type=int, default=50, help="timed runs per kernel (default 50, as for whole models)")
     build.add_argument("--out", type=Path, default=None, help="LUT folder (default ~/.cache/amc/lut)")
     build.add_argument("--json", action="store_true", help="print a JSON summary")
-    build.set_defaults(func=run_lut_build)
+    build.set_defaults(func=run_lut_build, load_model=load_model)
     check = lsub.add_parser("check", help="share of random pruned variants predicted within ±10%%")
     _device_args(check, default=None)
     check.add_argument("--model", required=True, help="zoo name or package.module:factory")
@@ -100,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--out", type=Path, default=None, help="LUT folder (default ~/.cache/amc/lut)")
     check.add_argument("--seed", type=int, default=1)
     check.add_argument("--json", action="store_true", help="print a JSON summary")
-    check.set_defaults(func=run_lut_check)
+    check.set_defaults(func=run_lut_check, load_model=load_model)
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -126,19 +140,18 @@ def _device_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def _load_model(spec: str):
-    import torch
+def _load_model(args: argparse.Namespace, spec: str) -> tuple[nn.Module, torch.Tensor]:
+    load_model: ModelLoader | None = getattr(args, "load_model", None)
+    if load_model is None:
+        from compressor.errors import ModelLoadError
 
-    from compressor.zoo import load_model
-
-    torch.manual_seed(0)  # the same zoo name exports to the same file, so the cache recognises it
-    loaded = load_model(spec)
-    example = torch.randn(1, *loaded.entry.input_shape)
-    return loaded.model.eval(), example
+        raise ModelLoadError(f"{spec!r} is a model name, and this command line has no model zoo: run it as "
+                             "`amc ...` (which composes the zoo), or give an .onnx/.tflite file")
+    return load_model(spec)
 
 
 @contextmanager
-def _model_file(spec: str):
+def _model_file(args: argparse.Namespace, spec: str):
     """A path to time: the file itself, or a zoo model exported to a temporary ONNX file."""
     path = Path(spec)
     if path.suffix.lower() in (".onnx", ".tflite"):
@@ -148,7 +161,7 @@ def _model_file(spec: str):
         return
     from profiler.export import export_onnx
 
-    model, example = _load_model(spec)
+    model, example = _load_model(args, spec)
     with tempfile.TemporaryDirectory(prefix="amc-bench-") as tmp:
         yield export_onnx(model, example, Path(tmp) / f"{spec.replace(':', '_')}.onnx")
 
@@ -193,7 +206,7 @@ def run_bench_all_models(args: argparse.Namespace) -> int:
         config = MeasureConfig(threads=args.threads, warmup=args.warmup, runs=args.runs, cpu_mask=args.cpu_mask,
                                cooldown_s=args.cooldown)
         cache = None if args.no_cache else MeasurementCache(default_cache_path())
-        with _model_file(args.model) as path, _console(stderr=True).status(
+        with _model_file(args, args.model) as path, _console(stderr=True).status(
                 f"timing {args.model} on every phone model of the farm at {address}"):
             rows = measure_each_model(Farm(address, insecure=insecure_from_env()), path, config,
                                       runtime=args.runtime, cache=cache)
@@ -244,7 +257,7 @@ def run_bench(args: argparse.Namespace) -> int:
                                cooldown_s=args.cooldown)
         device = open_device(args.device, **_device_options(args))
         cache = None if args.no_cache else MeasurementCache(default_cache_path())
-        with _model_file(args.model) as path:
+        with _model_file(args, args.model) as path:
             result = measure(device, path, config, runtime=args.runtime, cache=cache)
     except (AmcError, FileNotFoundError) as exc:
         return _fail(str(exc))
@@ -363,7 +376,7 @@ def run_lut_build(args: argparse.Namespace) -> int:
     device = None
     try:
         device = open_device(args.device, **_device_options(args))
-        model, example = _load_model(args.model)
+        model, example = _load_model(args, args.model)
         config = MeasureConfig(threads=args.threads, runs=args.runs)
         table = device_table(device, lut_dir=args.out, runtime=args.runtime, threads=args.threads)
         table.meta["device_spec"] = args.device
@@ -413,7 +426,7 @@ def run_lut_check(args: argparse.Namespace) -> int:
         pool = DevicePool([device], cache=MeasurementCache(default_cache_path()))
         oracle = LutOracle(table, pool, runtime=args.runtime,
                            config=MeasureConfig(threads=args.threads, runs=args.runs), save=False)
-        model, example = _load_model(args.model)
+        model, example = _load_model(args, args.model)
 
         def measure_fn(m, x):
             # Measure without letting the check's own samples refine the calibration it is judging.
@@ -445,11 +458,12 @@ def run_lut_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m profiler.cli ...`: the profiler's commands without the rest of `amc`."""
+def main(argv: list[str] | None = None, *, load_model: ModelLoader | None = None) -> int:
+    """`python -m profiler.cli ...`: the profiler's commands without the rest of `amc` (and, without
+    `load_model`, without model names: `python -m server.profiler_cli` has the zoo's)."""
     parser = argparse.ArgumentParser(prog="amc")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), load_model=load_model)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

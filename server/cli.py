@@ -11,9 +11,9 @@ import sys
 # (module, sub-commands it registers). Modules are imported only when their command runs or for --help.
 COMMAND_MODULES: dict[str, str] = {
     "compress": "server.compress_cli",
-    "bench": "profiler.cli",
-    "devices": "profiler.cli",
-    "lut": "profiler.cli",
+    "bench": "server.profiler_cli",  # profiler.cli with the model zoo composed in
+    "devices": "server.profiler_cli",
+    "lut": "server.profiler_cli",
     "serve": "server.serve_cli",
     "phone-sim": "device_agent.phone_sim.cli",
     "device-host": "profiler.farm.cli",

@@ -152,6 +152,21 @@ def test_cli_bench_json_and_devices(tiny_onnx: Path, capsys) -> None:
     assert main(["bench", str(tiny_onnx), "--device", "adb:nope:1:2"]) == 1
 
 
+
+def test_cli_model_names_come_from_the_composer(capsys) -> None:
+    """The profiler's command line knows no zoo: `amc` (server.cli) hands it one; alone it takes files only."""
+    from profiler.cli import main as profiler_main
+    from server.cli import COMMAND_MODULES
+    from server.cli import main as amc_main
+
+    assert {COMMAND_MODULES[c] for c in ("bench", "devices", "lut")} == {"server.profiler_cli"}
+    assert amc_main(["bench", "demo-cnn", "--runs", "5", "--warmup", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["min_ms"] <= out["median_ms"] <= out["max_ms"]
+    assert profiler_main(["bench", "demo-cnn", "--runs", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "'demo-cnn' is a model name" in err and ".onnx" in err
+
 def test_adb_key_is_generated_private(tmp_path: Path) -> None:
     from profiler.devices.keys import ensure_adb_key, load_signer
 

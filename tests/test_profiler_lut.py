@@ -401,7 +401,7 @@ def test_oracle_without_model_times_unseen_kernels_on_first_use(tiny, tmp_path: 
 def test_cli_lut_build_and_check(tmp_path: Path, capsys) -> None:
     import json
 
-    from profiler.cli import main
+    from server.profiler_cli import main  # the profiler's command line with zoo models, as `amc` runs it
 
     out = tmp_path / "lut"
     assert main(["lut", "build", "--device", "local", "--model", "demo-cnn", "--out", str(out),
