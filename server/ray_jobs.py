@@ -507,7 +507,7 @@ class RayJob:
 
     def start(self) -> RayLifeline:
         """Submit the task (joining the cluster first, once per process); the lifeline to it."""
-        from profiler.farm.host import ray_init
+        from profiler.farm.cluster import ray_init
 
         assert self.settings.ray_address is not None
         ray_init(self.settings.ray_address, insecure=self.settings.ray_insecure)

@@ -37,3 +37,62 @@ def test_every_lookup_table_module_is_in_a_layer():
     modules = {m.name for m in pkgutil.iter_modules(profiler.lut.__path__)}
     assert modules - layered == set(), f"add {sorted(modules - layered)} to a layer of the contract in pyproject.toml"
     assert layered - modules == set(), "the contract names modules that no longer exist"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    """No module of ours reaches itself through imports, lazy ones in functions included (once:
+    profiler.devices -> profiler.farm.client -> profiler.farm.host -> profiler.devices)."""
+    import grimp
+
+    packages = ("compressor", "profiler", "device_agent", "server")
+    graph = grimp.build_graph(*packages, exclude_type_checking_imports=True)
+    ours = {m for m in graph.modules if m.split(".")[0] in packages}
+    imports = {m: set(graph.find_modules_directly_imported_by(m)) & ours for m in ours}
+    assert _cycles(imports) == [], "import cycles (break each by moving what they share into a lower module)"

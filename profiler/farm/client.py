@@ -80,7 +80,7 @@ class Farm:
         self.insecure = insecure
 
     def connect(self) -> None:
-        from profiler.farm.host import ray_init
+        from profiler.farm.cluster import ray_init
 
         ray_init(self.address, insecure=self.insecure)
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from compressor.errors import ConfigError
 from profiler.devices import list_usb_serials, open_device, parse_device_spec
-from profiler.farm.names import NAMESPACE, check_ray_address, phone_actor_name
+from profiler.farm.cluster import ray_init
+from profiler.farm.names import NAMESPACE, phone_actor_name
 from profiler.farm.phone import PhoneServer
 
 log = logging.getLogger(__name__)
@@ -38,22 +39,6 @@ def tcp_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
         return True
     except OSError:
         return False
-
-
-def ray_init(address: str, *, insecure: bool = False) -> None:
-    """Join the cluster at `address` as a driver in the farm's namespace (once per process)."""
-    check_ray_address(address, insecure=insecure)  # before importing Ray: a refused address costs nothing
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=False)
-    except ConnectionError as exc:
-        raise ConfigError("ray", f"cannot join the Ray cluster at {address} ({exc}). Check the address `ray start "
-                                 "--head` printed, that this machine runs a Ray node of that cluster (`ray start "
-                                 "--address ADDRESS`), and that RAY_AUTH_TOKEN is the cluster's") from exc
 
 
 @dataclass
