@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSSTAMP := $(VENV)/.system-deps
-# Debian packages the tests use for real: the standard adb client, libusb for adb-shell USB, chromium.
-DEBS := adb libusb-1.0-0 chromium
+# Debian packages the tests use for real: the standard adb client, libusb for adb-shell USB, chromium, and
+# postgresql (the store's tests start a PostgreSQL server of their own: tests/pg.py).
+DEBS := adb libusb-1.0-0 chromium postgresql
 
 .PHONY: install system-deps demo test test-slow bench lint serve clean images
 
@@ -15,18 +16,19 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # torch first, pinned to the CPU build on local disk, so no other package pulls a CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	@echo ">> installing torch 2.13.0 (CPU) and the project into $(VENV)"
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,tflite,farm]'
+	$(BIN)/pip install -q -e '.[test,tflite,farm,postgres]'
 	@touch $@
 
 system-deps: $(SYSSTAMP)
-$(SYSSTAMP): | $(BIN)/python
+$(SYSSTAMP): Makefile | $(BIN)/python
 	@missing=""; \
 	command -v adb >/dev/null || missing="$$missing adb"; \
 	ldconfig -p | grep -q libusb-1.0 || missing="$$missing libusb-1.0-0"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo ">> apt-get install$$missing"; \

@@ -38,7 +38,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -269,18 +269,129 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Add the (nullable) columns a database made by an older version lacks: `create_all` makes
-    missing tables, never missing columns."""
-    for table in Base.metadata.sorted_tables:
-        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have:
-                assert column.nullable, f"{table.name}.{column.name}: only nullable columns are added in place"
-                kind = column.type.compile(engine.dialect)
-                with engine.begin() as conn:
-                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
-                log.info("database: added column %s.%s", table.name, column.name)
+# ---- the schema's version
+#
+# The database records the version of its schema (`amc_schema`, one row). Version 1 is every database
+# made before the schema was versioned (no `amc_schema` table); MIGRATIONS[n] upgrades version n to n + 1.
+# A change to the tables adds a migration and raises SCHEMA_VERSION; a migration is written against the
+# tables as they were then, not against the models above (they move on).
+SCHEMA_VERSION = 2
+VERSION_TABLE = "amc_schema"
+# Migrating servers and job processes take turns on this PostgreSQL advisory lock (any number, ours).
+_PG_MIGRATION_LOCK = 0x616D63
+
+
+class SchemaTooNew(StoreError):
+    """The database was made or upgraded by a newer version of the service; it is left as it is."""
+
+    def __init__(self, url: str, found: int, supported: int):
+        super().__init__(
+            f"the database {_redacted(url)} has schema version {found}, and this version of AMC Service knows "
+            f"schema versions up to {supported}: a newer release made or upgraded it. Run that release (or "
+            f"newer), or point AMC_DATABASE_URL at another database; nothing in this one was changed")
+        self.found, self.supported = found, supported
+
+
+class SchemaTooOld(StoreError):
+    """A process that does not migrate (a job's worker) found a database older than it needs."""
+
+    def __init__(self, url: str, found: int, supported: int):
+        super().__init__(
+            f"the database {_redacted(url)} has schema version {found}, older than this version's {supported}: "
+            "start the server (`amc serve`), which upgrades it, before its jobs")
+        self.found, self.supported = found, supported
+
+
+def _redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _add_columns(conn: Connection, table: str, columns: dict[str, Any]) -> None:
+    """Add the columns (name -> SQLAlchemy type, nullable) that `table` lacks."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, kind in columns.items():
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind.compile(conn.dialect)}"))
+            log.info("database: added column %s.%s", table, name)
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Databases from before versioning: the job columns added since the first release (recovery
+    progress, events, worker restarts), in place; the tables an old one may lack."""
+    for name in ("jobs", "episodes", "uploads"):
+        Base.metadata.tables[name].create(conn, checkfirst=True)
+    _add_columns(conn, "jobs", {"recovery": JSON(), "events": JSON(), "restarts": Integer()})
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION)), "one migration per version below SCHEMA_VERSION"
+
+
+@contextmanager
+def _schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction, held by one process at a time, in which the schema is read and changed: both
+    databases change tables transactionally, so a migration is applied whole or not at all. (SQLite: the
+    driver would commit before each ALTER TABLE on its own, so the transaction is ours, BEGIN IMMEDIATE.)"""
+    if engine.dialect.name == "sqlite":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+        return
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        yield conn
+
+
+def schema_version(conn: Connection) -> int | None:
+    """The schema version a database records; 1 for one from before versioning; None for an empty one."""
+    tables = set(inspect(conn).get_table_names())
+    if VERSION_TABLE in tables:
+        found = conn.execute(text(f"SELECT version FROM {VERSION_TABLE}")).scalars().all()
+        if len(found) != 1:
+            raise StoreError(f"{VERSION_TABLE} holds {len(found)} rows, not one: the database was changed by "
+                             "hand; restore it from a backup")
+        return int(found[0])
+    return 1 if "jobs" in tables else None
+
+
+def _set_version(conn: Connection, version: int) -> None:
+    conn.execute(text(f"DELETE FROM {VERSION_TABLE}"))
+    conn.execute(text(f"INSERT INTO {VERSION_TABLE} (version) VALUES (:v)"), {"v": version})
+
+
+def prepare_schema(engine: Engine, url: str, *, migrate: bool = True) -> int:
+    """Make an empty database's tables, upgrade an older one step by step, refuse a newer one
+    (SchemaTooNew, before anything is written). Without `migrate` (job processes) only check it.
+    Returns the version the database had."""
+    with engine.connect() as conn:  # the usual case, a current database, without taking the lock
+        found = schema_version(conn)
+    if found is not None and found > SCHEMA_VERSION:
+        raise SchemaTooNew(url, found, SCHEMA_VERSION)
+    if found == SCHEMA_VERSION or not migrate:
+        if found is not None and found < SCHEMA_VERSION:
+            raise SchemaTooOld(url, found, SCHEMA_VERSION)
+        return found or 0
+    with _schema_transaction(engine) as conn:
+        found = schema_version(conn)  # again: another process may have migrated it meanwhile
+        if found is not None and found > SCHEMA_VERSION:
+            raise SchemaTooNew(url, found, SCHEMA_VERSION)
+        if found == SCHEMA_VERSION:
+            return found
+        conn.execute(text(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)"))
+        if found is None:
+            Base.metadata.create_all(conn)
+        else:
+            for version in range(found, SCHEMA_VERSION):
+                MIGRATIONS[version](conn)
+                log.info("database %s: schema upgraded from version %d to %d", _redacted(url), version, version + 1)
+        _set_version(conn, SCHEMA_VERSION)
+        return found or 0
 
 
 # Summary fields of the best episode kept on the job row (the full record lives in `episodes`).
@@ -317,9 +428,8 @@ class Store:
         self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         self._pending: list[_NewJob] = []  # jobs waiting for the next group commit (create_job)
         self._pending_lock = threading.Lock()
-        if create:
-            Base.metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
+        # create: make, or upgrade, the schema (the server); else only check its version (a job's process).
+        prepare_schema(self.engine, url, migrate=create)
 
     @property
     def local_reads(self) -> bool:

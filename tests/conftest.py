@@ -26,3 +26,28 @@ def _few_threads(monkeypatch):
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session (tests/pg.py); skips when its binaries are absent."""
+    from pg import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are absent: `apt-get install postgresql` "
+                    "(`make install` does)")
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str | None:
+    """The store's database for a test run on both: None (the default, SQLite in the data dir), or a
+    fresh database of the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("pg_server").create_database()

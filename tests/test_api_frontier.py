@@ -283,8 +283,9 @@ def test_a_database_from_before_recovery_progress_gets_the_column(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'amc.db'}"
     Store(url).close()
-    with sqlite3.connect(tmp_path / "amc.db") as db:
+    with sqlite3.connect(tmp_path / "amc.db") as db:  # as a release before schema versions left it
         db.execute("ALTER TABLE jobs DROP COLUMN recovery")
+        db.execute("DROP TABLE amc_schema")
     store = Store(url)
     try:
         job = store.create_job(spec={"model": "demo-cnn"}, config={"episodes": 1})
