@@ -207,7 +207,8 @@ def render(results: dict) -> str:
     if st.get("train_data"):
         some = next((r for r in recoveries.values() if r), None)
         trained_on = (f"the training data `{Path(st['train_data'].partition(':')[2]).name}` "
-                      f"({some['train'] if some else st['train_data']}; a tenth held out to pick the epoch)")
+                      (f"({some['train']}; the held-out images pick the epoch)" if some
+                       else f"({st['train_data']}; a tenth held out to pick the epoch)"))
     if st.get("finetune_lr"):
         trained_on += f", lr {st['finetune_lr']:g}"
     lines = [
