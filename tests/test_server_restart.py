@@ -7,11 +7,13 @@ import pytest
 from test_server_harness import SMALL_JOB, TOKEN, ServerProcess, wait_for, wait_for_episodes
 
 
-def test_killed_server_resumes_the_job_without_losing_episodes(tmp_path):
+def test_killed_server_resumes_the_job_without_losing_episodes(tmp_path, database_url):
+    """On SQLite and on PostgreSQL (the server and its job process write to it both)."""
     data = tmp_path / "data"
+    env = {"AMC_DATABASE_URL": database_url} if database_url else {}
     # demo-cnn episodes take well under 0.1 s: enough of them that the kill lands mid-search.
     spec = {**SMALL_JOB, "episodes": 40, "seed": 1}
-    first = ServerProcess(data).start()
+    first = ServerProcess(data, env=env).start()
     try:
         with first.client() as c:
             job_id = c.post("/jobs", json=spec).json()["id"]
@@ -22,7 +24,7 @@ def test_killed_server_resumes_the_job_without_losing_episodes(tmp_path):
         first.kill()
     assert before and before == list(range(1, len(before) + 1))
 
-    second = ServerProcess(data, port=first.port).start()
+    second = ServerProcess(data, port=first.port, env=env).start()
     try:
         with second.client() as c:
             job = wait_for(c, job_id, {"succeeded", "failed", "cancelled"}, timeout=150)
