@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-data", default=None, help="recover on this training set (a file in --data-dir, "
                         "or cifar10:PATH) instead of the search split")
     parser.add_argument("--curve", default=None, help="write the best-reward-so-far plot (SVG) here")
+    parser.add_argument("--no-local-moves", action="store_true", help="DDPG and random search propose every "
+                        "episode (AMC's setting) instead of every other episode after the warm-up being a local "
+                        "move around the best candidate, which both strategies share")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help=f"comma-separated, of {', '.join([*STRATEGIES, *VARIANTS])} (ddpg-amc: DDPG with AMC's "
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     base = SearchConfig(model=args.model, weights=str(weights), data=f"cifar10:{data / 'cifar10_test.npz'}",
                         target=args.target, episodes=args.episodes, reward_samples=args.reward_samples,
                         finetune_epochs=args.finetune_epochs, prune_blocks=False, warmup=args.warmup,
+                        local_moves=not args.no_local_moves,
                         train_data=(None if not args.train_data else args.train_data if ":" in args.train_data
                                     else f"cifar10:{data / args.train_data}"))
     t_start = time.perf_counter()
@@ -124,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.model} (pretrained, {baseline:.2%} unpruned on the report split) at `{args.target}`, channel pruning "
         f"only (`prune_blocks=False`), {args.episodes} episodes (uniform: one), reward on the first "
         f"{args.reward_samples} search images, DDPG and random search both exploring around the uniform policy, "
-        f"{base.warmup_episodes} warm-up episodes; DDPG's exploration noise decays to a tenth of its start over the "
+        f"{base.warmup_episodes} warm-up episodes, "
+        + ("no local moves (each strategy proposes every episode); " if args.no_local_moves else
+           "local moves on every other episode after the warm-up; ")
+        + "DDPG's exploration noise decays to a tenth of its start over the "
         "episodes after the warm-up (ddpg-amc: AMC's fixed 0.95 per episode). "
         f"Recovery: distillation from the unpruned network, {args.finetune_epochs} epochs on the search split "
         "(test images 0-4999, a tenth held out to pick the epoch). Accuracy on the report split (test images "
