@@ -206,7 +206,7 @@ def render(results: dict) -> str:
     trained_on = "the search split (test images 0-4999, a tenth held out to pick the epoch)"
     if st.get("train_data"):
         some = next((r for r in recoveries.values() if r), None)
-        trained_on = (f"the training data `{Path(st['train_data'].partition(':')[2]).name}` "
+        trained_on = (f"the training data `{Path(st['train_data'].partition(':')[2]).name}` " +
                       (f"({some['train']}; the held-out images pick the epoch)" if some
                        else f"({st['train_data']}; a tenth held out to pick the epoch)"))
     if st.get("finetune_lr"):

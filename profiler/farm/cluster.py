@@ -5,10 +5,29 @@ orchestrator's Ray jobs) alike. Below both, and below `profiler.devices`: `host`
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 
 from compressor.errors import ConfigError
 from profiler.farm.names import NAMESPACE, check_ray_address
+
+
+def node_ip_address() -> str | None:
+    """The address of this host's own Ray node, from AMC_RAY_NODE_IP, or None (Ray's choice).
+
+    Ray attaches a driver to a Ray node it finds among this machine's processes, preferring the head. Where one
+    machine stands in for several hosts (network namespaces, tests/netbed.py), every node's processes are
+    visible to every namespace, so without this a device host attaches to the head's node and its phone actors
+    run in the head's namespace, where its phones are not reachable."""
+    value = os.environ.get("AMC_RAY_NODE_IP", "").strip()
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError("AMC_RAY_NODE_IP", f"{value!r} is not an IP address: give the address this host's Ray node "
+                                             "was started with (`ray start --node-ip-address`)") from None
 
 
 def ray_init(address: str, *, insecure: bool = False) -> None:
@@ -18,10 +37,17 @@ def ray_init(address: str, *, insecure: bool = False) -> None:
 
     if ray.is_initialized():
         return
+    node_ip = node_ip_address()
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=False)
+                 configure_logging=False, **({"_node_ip_address": node_ip} if node_ip else {}))
     except ConnectionError as exc:
         raise ConfigError("ray", f"cannot join the Ray cluster at {address} ({exc}). Check the address `ray start "
                                  "--head` printed, that this machine runs a Ray node of that cluster (`ray start "
                                  "--address ADDRESS`), and that RAY_AUTH_TOKEN is the cluster's") from exc
+    except RuntimeError as exc:
+        if node_ip is None or "No node info found" not in str(exc):
+            raise
+        raise ConfigError("AMC_RAY_NODE_IP", f"no Ray node of the cluster at {address} runs on {node_ip} on this "
+                                             "machine: start one (`ray start --address ADDRESS --node-ip-address "
+                                             f"{node_ip}`) or unset AMC_RAY_NODE_IP") from exc

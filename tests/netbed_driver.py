@@ -1,0 +1,87 @@
+"""The orchestrator's side of a test-bed scenario, run inside the bed's `orch` namespace (tests/netbed.py):
+measure a model, or build a latency table, through the farm, printing one JSON line per event on stdout
+so the test can inject a fault at the right moment:
+
+    {"measuring": SPEC, "host": HOST}       a matching phone started measuring (printed once per phone)
+    {"done": ..., "events": [...]}          the outcome, and what the pool noted (retries, reasons)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _say(**data: object) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _watch(farm, selector: str, stop: threading.Event) -> None:
+    seen: set[str] = set()
+    while not stop.is_set():
+        try:
+            phones = farm.phones(timeout_s=2.0)
+        except Exception as exc:  # the cluster itself is what a fault disturbs
+            _say(watch_error=f"{type(exc).__name__}: {exc}")
+            phones = []
+        for p in phones:
+            if p.matches(selector) and p.lease and p.lease.get("measuring") and p.spec + p.host not in seen:
+                seen.add(p.spec + p.host)
+                _say(measuring=p.spec, host=p.host)
+        stop.wait(0.3)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("action", choices=["measure", "lut"])
+    parser.add_argument("selector")
+    parser.add_argument("--model", type=Path, help="the ONNX model to measure")
+    parser.add_argument("--runs", type=int, default=1500)
+    parser.add_argument("--kernels", type=int, default=24, help="lut: how many conv kernels")
+    parser.add_argument("--deadline-s", type=float, default=120.0)
+    args = parser.parse_args()
+
+    from profiler.farm.client import Farm, FarmDevice, FarmPool
+    from profiler.protocol import MeasureConfig
+
+    farm = Farm(os.environ["AMC_RAY_ADDRESS"])
+    farm.connect()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(farm, args.selector, stop), daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        if args.action == "measure":
+            pool = FarmPool(farm, args.selector)
+            m = pool.measure(args.model, MeasureConfig(warmup=2, runs=args.runs), deadline_s=args.deadline_s)
+            _say(done=None if m is None else {"phone": m.raw["farm"]["phone"], "host": m.raw["farm"]["host"],
+                                              "median_ms": m.median_ms, "runs": m.runs},
+                 events=pool.events, seconds=time.monotonic() - started)
+        else:
+            from compressor.latency import KernelSpec
+            from profiler.lut import LatencyTable, build_lut
+            from profiler.lut.space import ModelKernels, kernel_grid
+
+            kernels = [KernelSpec("conv", 8, 8 + 8 * i, k=3, h=32, w=32) for i in range(args.kernels)]
+            expected = len(kernel_grid(ModelKernels.assumed(kernels, a_min=0.2, round_to=8), max_points=1))
+            device = FarmDevice(args.selector, farm=farm, wait_s=args.deadline_s)
+            table = build_lut(device, kernels, max_points=1, round_to=8,
+                              table=LatencyTable(device_id=device.id or "", runtime="onnxruntime", threads=1))
+            points = {f"{k}|{c}": v for k, pts in table.entries.items() for c, v in pts.items()}
+            _say(done={"entries": len(table), "points": len(points), "expected": expected,
+                       "positive": all(v > 0 for v in points.values())},
+                 events=device.pool.events, seconds=time.monotonic() - started)
+    finally:
+        stop.set()
+        watcher.join(5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
