@@ -13,8 +13,8 @@ them. Every process starts in its own session (`setsid`) inside its namespace an
 id, then by `ip netns pids` of the bed's namespaces, before the namespaces (and with them the links)
 are deleted; every wait has a deadline.
 
-    python -m tests.netbed up [--state FILE]     # as root: make the bed, print how to reach it
-    python -m tests.netbed down [--state FILE]   # end what `up` started and remove its namespaces
+    python tests/netbed.py up [--state FILE]     # as root: make the bed, print how to reach it
+    python tests/netbed.py down [--state FILE]   # end what `up` started and remove its namespaces
 
 Needs root and `ip netns` (iproute2); `skip_reason()` says why not when they are missing.
 """
@@ -35,6 +35,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sessions import alive, end_sessions, new_session, session_pids
 
 BIN = Path(sys.executable).parent
 SUBNET = "10.231.7"  # private; exists only inside the bed's namespaces
@@ -71,55 +73,14 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return out
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid and _alive(int(entry)):
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
 def netns_pids(ns: str) -> list[int]:
     out = _run("ip", "netns", "pids", ns, check=False)
-    return [int(p) for p in out.stdout.split() if p.isdigit() and _alive(int(p))]
+    return [int(p) for p in out.stdout.split() if p.isdigit() and alive(int(p))]
 
 
-def end_sessions(sids: Sequence[int], *, namespaces: Sequence[str] = (), grace_s: float = 5.0) -> None:
-    """End every process of the sessions `sids`, and any process left in `namespaces` (all the bed's own):
-    TERM, then KILL; bounded."""
-    for sig, grace in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        def left() -> list[int]:
-            pids = {p for sid in sids for p in session_pids(sid)}
-            pids |= {p for ns in namespaces for p in netns_pids(ns)}
-            return sorted(pids)
-
-        for pid in left():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while left() and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-
-def _preexec() -> None:
-    if os.environ.get("AMC_TEST_RAY_NICE"):  # as tests/test_farm_ray.py: a fair share on a busy machine
-        os.setpriority(os.PRIO_PROCESS, 0, int(os.environ["AMC_TEST_RAY_NICE"]))
-    os.setsid()
+def end_namespaces(sids: Sequence[int], namespaces: Sequence[str], *, grace_s: float = 5.0) -> None:
+    """End every process of the sessions `sids` and any process left in `namespaces` (all the bed's own)."""
+    end_sessions(sids, also=lambda: [p for ns in namespaces for p in netns_pids(ns)], grace_s=grace_s)
 
 
 @dataclass
@@ -201,7 +162,7 @@ class NetBed:
         out = open(self.root / f"{what}.log", "w")  # noqa: SIM115 - the child holds it
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns(host), *args], cwd=self.root,
                                 env=self.host_env(host, env), stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=_preexec)
+                                preexec_fn=new_session)
         out.close()
         self.sessions[what] = proc.pid
         return proc
@@ -214,7 +175,7 @@ class NetBed:
              ) -> subprocess.CompletedProcess:
         """Run `args` in `host`'s namespace to completion (its own session, killed whole on timeout)."""
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns(host), *args], cwd=self.root,
-                                env=self.host_env(host, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_preexec)
+                                env=self.host_env(host, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=new_session)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -311,7 +272,7 @@ class NetBed:
 
     def down(self) -> None:
         """End every process the bed started and remove its namespaces (with them, its links). Safe to repeat."""
-        end_sessions(list(self.sessions.values()), namespaces=[ns for ns in self.made if ns in _namespaces()])
+        end_namespaces(list(self.sessions.values()), [ns for ns in self.made if ns in _namespaces()])
         self.sessions.clear()
         for ns in reversed(self.made):
             if ns in _namespaces():
@@ -350,7 +311,7 @@ def _namespaces() -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.netbed", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python tests/netbed.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help=f"the bed's state file ({DEFAULT_STATE})")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sessions import end_sessions, new_session
 from torch import nn
 
 from compressor.errors import ConfigError
@@ -59,6 +60,18 @@ def test_names_and_policy(monkeypatch) -> None:
     assert check_ray_address("10.0.0.5:6379") == "10.0.0.5:6379"
     with pytest.raises(ConfigError, match="HOST:PORT"):
         check_ray_address("ray://10.0.0.5:10001")
+
+
+def test_the_node_to_attach_to_is_an_address_or_ray_s_choice(monkeypatch) -> None:
+    from profiler.farm.cluster import node_ip_address
+
+    monkeypatch.delenv("AMC_RAY_NODE_IP", raising=False)
+    assert node_ip_address() is None
+    monkeypatch.setenv("AMC_RAY_NODE_IP", " 10.231.7.2 ")
+    assert node_ip_address() == "10.231.7.2"
+    monkeypatch.setenv("AMC_RAY_NODE_IP", "hostA")
+    with pytest.raises(ConfigError, match="AMC_RAY_NODE_IP: 'hostA' is not an IP address"):
+        node_ip_address()
 
 
 def test_a_device_host_opens_its_own_phones_directly_whatever_farm_its_environment_names(monkeypatch) -> None:
@@ -190,50 +203,6 @@ def test_a_phone_absent_from_the_farm_is_not_waited_for_silently(tmp_path: Path)
 # -- a real cluster ------------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie: a child of this test that has ended stays in /proc until it is reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
-
-
-def _session_pids(sid: int) -> list[int]:
-    """The live processes of session `sid`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid and _alive(int(entry)):
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
-def _end_sessions(*sids: int) -> None:
-    """End every process of the sessions `sids` (all started by this test), TERM then KILL."""
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
-        for sid in sids:
-            for pid in _session_pids(sid):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace
-        while any(_session_pids(sid) for sid in sids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-
-def _nice() -> None:
-    # Ray's raylet aborts when its agents take over 15 s to start: on a machine busy with other work at a
-    # higher priority, AMC_TEST_RAY_NICE gives the cluster a fair share.
-    if os.environ.get("AMC_TEST_RAY_NICE"):
-        os.setpriority(os.PRIO_PROCESS, 0, int(os.environ["AMC_TEST_RAY_NICE"]))
-    os.setsid()
-
-
 class Cluster:
     def __init__(self, root: Path):
         self.root = root
@@ -252,7 +221,7 @@ class Cluster:
     def start(self, *args: str, log: str) -> subprocess.Popen:
         out = open(self.root / log, "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(args, cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=_nice)
+                                preexec_fn=new_session)
         self.sessions.append(proc.pid)  # setsid: the session id is the pid
         return proc
 
@@ -289,7 +258,7 @@ class Cluster:
         return self.start(*args, log=f"host-{name}.log")
 
     def close(self) -> None:
-        _end_sessions(*self.sessions)
+        end_sessions(self.sessions)
         if self.ray_tmp is not None:
             shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
@@ -436,7 +405,7 @@ def test_farm_listing_leases_and_faults(cluster: Cluster, slow_onnx: Path) -> No
                      "a Pixel 7 measuring", 60, every=0.2)
     time.sleep(1.0)  # into the timed runs
     killed = next(name for name, (_, spec) in sims.items() if spec == busy.spec)
-    _end_sessions(sims[killed][0].pid)
+    end_sessions([sims[killed][0].pid])
     worker.join(300)
     m = outcome.get("m")
     assert m is not None, pool.events
@@ -589,7 +558,7 @@ def test_a_farm_device_waits_for_its_only_phone(cluster: Cluster, slow_onnx: Pat
     _wait_for(lambda: any(p.spec == spec and p.lease and p.lease.get("measuring") for p in farm.phones()),
               "the phone measuring", 60, every=0.2)
     time.sleep(1.0)
-    _end_sessions(proc.pid)
+    end_sessions([proc.pid])
     _wait_for(lambda: [w.state for w in device.waits] == ["waiting"], "the device to wait", 120, every=0.2)
     assert worker.is_alive()
     again = cluster.start(str(BIN / "amc"), "phone-sim", "--port", port, "--root", str(cluster.root / "ONLY"),
@@ -603,7 +572,7 @@ def test_a_farm_device_waits_for_its_only_phone(cluster: Cluster, slow_onnx: Pat
 
     # Between measurements: the phone leaves and the farm no longer serves it healthy. The next measurement's
     # wait (which a job's page shows) starts within FarmDevice's absent_s, not after the measurement deadline.
-    _end_sessions(again.pid)
+    end_sessions([again.pid])
     _wait_for(lambda: not any(p.spec == spec and p.health == "ok" for p in farm.phones()), "the phone gone", 90)
     t0 = time.monotonic()
     worker = threading.Thread(target=lambda: outcome.update(m2=device.measure(slow_onnx, MeasureConfig(warmup=1,

@@ -8,7 +8,6 @@ Skipped unless root with `ip netns`."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -27,10 +26,6 @@ pytestmark = pytest.mark.netbed
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[NetBed]:
-    # Work in progress: a device host's phone actors still land on the head's Ray node, not their host's
-    # (a driver in a host's namespace attaches to the head's raylet), so no phone is served yet.
-    if os.environ.get("AMC_NETBED") != "1":
-        pytest.skip("the network test bed is work in progress: set AMC_NETBED=1 to run it")
     reason = skip_reason()
     if reason:
         pytest.skip(reason)

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-from test_farm_ray import _end_sessions, _nice  # (a session per Ray process, ended by session id)
+from sessions import end_sessions, new_session  # (a session per Ray process, ended by session id)
 from test_server_harness import SMALL_JOB, TOKEN
 
 from compressor.config import SearchConfig
@@ -261,7 +261,7 @@ class TwoNodes:
     def _ray(self, *args: str, log: str) -> int:
         with open(self.root / log, "w") as out:
             proc = subprocess.Popen([str(BIN / "ray"), "start", *args], cwd=self.root, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, preexec_fn=_nice)
+                                    stderr=subprocess.STDOUT, preexec_fn=new_session)
             self.sessions.append(proc.pid)  # setsid: the session id is the pid
             assert proc.wait(timeout=600) == 0, (self.root / log).read_text()[-3000:]
         return proc.pid
@@ -279,7 +279,7 @@ class TwoNodes:
         return self._ray("--address", self.address, "--num-cpus", "1", log=log)
 
     def close(self) -> None:
-        _end_sessions(*self.sessions)
+        end_sessions(self.sessions)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
@@ -428,7 +428,7 @@ def test_a_job_whose_node_dies_resumes_on_another_from_the_checkpoint_that_came_
 
         # The node that runs it dies (every process of it, its raylet included: the only node with a CPU) and
         # another joins: the job restarts there from the checkpoint that came back.
-        _end_sessions(cluster.node)
+        end_sessions([cluster.node])
         cluster.node = cluster.add_node("node-2.log")
         job = _wait_job(c, job_id, lambda j: any(e["kind"] == "worker-restart" for e in j["events"]), "a restart",
                         180)
