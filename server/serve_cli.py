@@ -101,9 +101,29 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise _explain(exc, given) from None
 
 
+def check_database(url: str) -> str | None:
+    """Open the store once before the server listens: an empty database gets its tables, an older one is
+    upgraded, and one the server cannot use (made by a newer release, unreachable, refusing the login) is
+    a message here rather than a traceback from inside uvicorn. None when the database is ready."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server.store import Store, StoreError, redacted_url
+
+    try:
+        Store(url).close()
+    except StoreError as exc:
+        return str(exc)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return (f"cannot open the database {redacted_url(url)}: {reason}. Check that its server runs and "
+                "that AMC_DATABASE_URL (or --database-url) names it, its user and password")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
     from rich.console import Console
+    from rich.markup import escape
 
     from server.core.security import InsecureBindError, TokenFileError, check_bind, ensure_token
     from server.main import create_app
@@ -121,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
         token, created = ensure_token(settings)
     except (OSError, TokenFileError) as exc:
         console.print(f"[red]amc serve:[/red] {exc}")
+        return 2
+    problem = check_database(settings.db_url)
+    if problem:
+        console.print(f"[red]amc serve:[/red] {escape(problem)}")
         return 2
     if created:
         console.print(f"[bold]API token[/bold] (shown once; stored in {settings.token_file}, mode 0600):\n{token}")

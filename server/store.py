@@ -286,7 +286,7 @@ class SchemaTooNew(StoreError):
 
     def __init__(self, url: str, found: int, supported: int):
         super().__init__(
-            f"the database {_redacted(url)} has schema version {found}, and this version of AMC Service knows "
+            f"the database {redacted_url(url)} has schema version {found}, and this version of AMC Service knows "
             f"schema versions up to {supported}: a newer release made or upgraded it. Run that release (or "
             f"newer), or point AMC_DATABASE_URL at another database; nothing in this one was changed")
         self.found, self.supported = found, supported
@@ -297,12 +297,13 @@ class SchemaTooOld(StoreError):
 
     def __init__(self, url: str, found: int, supported: int):
         super().__init__(
-            f"the database {_redacted(url)} has schema version {found}, older than this version's {supported}: "
+            f"the database {redacted_url(url)} has schema version {found}, older than this version's {supported}: "
             "start the server (`amc serve`), which upgrades it, before its jobs")
         self.found, self.supported = found, supported
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -389,7 +390,7 @@ def prepare_schema(engine: Engine, url: str, *, migrate: bool = True) -> int:
         else:
             for version in range(found, SCHEMA_VERSION):
                 MIGRATIONS[version](conn)
-                log.info("database %s: schema upgraded from version %d to %d", _redacted(url), version, version + 1)
+                log.info("database %s: schema upgraded from version %d to %d", redacted_url(url), version, version + 1)
         _set_version(conn, SCHEMA_VERSION)
         return found or 0
 

@@ -183,3 +183,33 @@ def test_a_migration_that_fails_leaves_the_database_as_it_was(url, monkeypatch):
 def test_the_password_of_a_database_url_stays_out_of_the_message():
     err = SchemaTooNew("postgresql+psycopg://amc:s3cret@db.example:5432/amc", 9, SCHEMA_VERSION)
     assert "s3cret" not in str(err) and "db.example" in str(err)
+
+
+def test_amc_serve_refuses_a_newer_database_with_the_message_before_it_listens(store, url, tmp_path):
+    import subprocess
+    import sys
+
+    from test_server_harness import REPO, free_port
+
+    store.close()
+    _sql(url, f"UPDATE {VERSION_TABLE} SET version = {SCHEMA_VERSION + 1}")
+    done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", str(free_port()), "--data-dir",
+                           str(tmp_path / "data"), "--database-url", url],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert f"schema version {SCHEMA_VERSION + 1}" in " ".join(out.split()), out
+    assert "Traceback" not in out and "Uvicorn running" not in out
+    assert _read(url, f"SELECT version FROM {VERSION_TABLE}") == [(SCHEMA_VERSION + 1,)]
+
+
+def test_amc_serve_names_a_database_it_cannot_reach(tmp_path):
+    from test_server_harness import free_port
+
+    from server.serve_cli import check_database
+
+    url = f"postgresql+psycopg://amc:s3cret@127.0.0.1:{free_port()}/amc"  # nothing listens there
+    problem = check_database(url)
+    assert problem is not None and "cannot open the database" in problem and "AMC_DATABASE_URL" in problem
+    assert "s3cret" not in problem
+    assert check_database(f"sqlite:///{tmp_path / 'fresh.db'}") is None
