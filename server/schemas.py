@@ -48,7 +48,8 @@ class JobEvent(BaseModel):
                                            "resumed on the next start; resume: a client resumed it "
                                            "(POST /jobs/{id}/resume); device-wait: its device stopped "
                                            "answering and it waits for it (device_wait_s), the device came "
-                                           "back, or the wait expired")
+                                           "back, or the wait expired; database-wait: the database server "
+                                           "was unreachable and the job waited for it")
     message: str = Field(description="why, e.g. 'the worker process was killed by SIGKILL without a result; "
                                      "restarting it from its checkpoint (restart 1 of 2)'")
 

@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,25 @@ class DatabaseBusy(StoreError):
     """The database stayed locked through every retry (another process holds a long write transaction)."""
 
 
+class DatabaseUnavailable(StoreError):
+    """The database server stayed unreachable (down, restarting, the network to it cut) for as long as
+    this process waits for it (`Store.outage_wait_s`)."""
+
+
+def _is_unavailable(exc: DBAPIError, dialect: str) -> bool:
+    """A database server that cannot be reached or dropped the connection (PostgreSQL restarting, the link
+    cut): worth waiting for. SQLite has no server; its operational errors are locks or files."""
+    if dialect == "sqlite":
+        return False
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line for line in str(orig).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(orig).__name__
+
+
 def _is_locked(exc: OperationalError) -> bool:
     text_ = str(exc.orig if exc.orig is not None else exc).lower()
     return "database is locked" in text_ or "database table is locked" in text_ or "database is busy" in text_
@@ -116,7 +135,8 @@ _R = TypeVar("_R")
 
 def retry_locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run a Store method (one transaction) again when SQLite answers "database is locked", with
-    exponential backoff and a bounded number of attempts (`Store.lock_retries`). Each decorated method
+    exponential backoff and a bounded number of attempts (`Store.lock_retries`), and while a database
+    server is unreachable, for up to `Store.outage_wait_s` (then DatabaseUnavailable). Each decorated method
     opens its own session, so a retry repeats the whole transaction; methods that call another
     decorated method are not decorated themselves (the attempts would multiply)."""
 
@@ -126,11 +146,18 @@ def retry_locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
         assert isinstance(store, Store)
         delay = store.lock_backoff_s
         started = time.monotonic()
-        for attempt in range(1, store.lock_retries + 2):
+        outage_since: float | None = None
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return method(*args, **kwargs)
-            except OperationalError as exc:
-                if not _is_locked(exc):
+                result = method(*args, **kwargs)
+            except DBAPIError as exc:
+                if _is_unavailable(exc, store.engine.dialect.name):
+                    outage_since = _wait_for_database(store, method.__name__, exc, outage_since)
+                    attempt = 0
+                    continue
+                if not isinstance(exc, OperationalError) or not _is_locked(exc):
                     raise
                 if attempt > store.lock_retries:
                     raise DatabaseBusy(
@@ -142,9 +169,32 @@ def retry_locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
                             method.__name__, attempt, store.lock_retries + 1, delay)
                 time.sleep(delay * (0.5 + random.random()))  # jitter: two waiting processes do not collide again
                 delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+                continue
+            if outage_since is not None:
+                store.database_back(method.__name__, time.monotonic() - outage_since)
+            return result
 
     return wrapper
+
+
+def _wait_for_database(store: Store, what: str, exc: DBAPIError, since: float | None) -> float:
+    """One wait of a method whose database is unreachable: returns when it has started (`since`), raises
+    DatabaseUnavailable once the outage has lasted `store.outage_wait_s`. The method is then retried whole
+    (its own transaction), so a write is either in the database once or not at all: episodes and epochs
+    are keyed by their numbers, a retried insert finds its row and adds nothing."""
+    now = time.monotonic()
+    if since is None:
+        since = now
+        log.warning("the database %s is unreachable during %s (%s); waiting up to %.0f s for it",
+                    redacted_url(store.url), what, _reason(exc), store.outage_wait_s)
+    waited = now - since
+    if waited >= store.outage_wait_s:
+        raise DatabaseUnavailable(
+            f"the database {redacted_url(store.url)} is unreachable ({_reason(exc)}); waited {waited:.0f} s "
+            f"during {what}. Check that its server runs and is reachable; jobs pause while it is down "
+            "and go on when it is back") from exc
+    time.sleep(min(2.0, 0.25 * 2 ** min(int(waited), 3), store.outage_wait_s - waited + 0.01))
+    return since
 
 
 def utcnow() -> datetime:
@@ -158,6 +208,7 @@ class JobEventKind(enum.StrEnum):
     SERVER_RESTART = "server-restart"  # the server stopped under it; resumed on the next start
     RESUME = "resume"  # a client resumed it (POST /jobs/{id}/resume) after it failed or was cancelled
     DEVICE_WAIT = "device-wait"  # its device stopped answering: waiting for it, back, or given up on
+    DATABASE_WAIT = "database-wait"  # the database server was unreachable; the job waited for it
 
 
 # Events kept per job: a job resumed again and again keeps its latest ones, not an ever-growing list.
@@ -418,8 +469,15 @@ class Store:
     """CRUD over jobs, episodes and uploads (registered devices live in the profiler's registry)."""
 
     def __init__(self, url: str, *, create: bool = True, busy_timeout_s: float = 30.0, lock_retries: int = 6,
-                 lock_backoff_s: float = 0.1):
+                 lock_backoff_s: float = 0.1, outage_wait_s: float = 5.0,
+                 on_database_back: Callable[[str, float], None] | None = None):
         self.url = url
+        # A database server that stops answering (restart, cut link) is waited for up to outage_wait_s per
+        # call: short for the server's requests (they answer 503 and the client retries), long for a job's
+        # process, whose search pauses until the database is back. on_database_back(method, seconds) is
+        # told when it is (a job records it as an event).
+        self.outage_wait_s, self.on_database_back = outage_wait_s, on_database_back
+        self._reporting_outage = False
         # A write that finds the database locked waits busy_timeout_s inside SQLite, then (as "database is
         # locked") is retried whole up to lock_retries times, lock_backoff_s doubling between tries.
         self.lock_retries, self.lock_backoff_s = lock_retries, lock_backoff_s
@@ -440,6 +498,19 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def database_back(self, what: str, seconds: float) -> None:
+        """A call waited `seconds` for the database and then went through."""
+        log.warning("the database %s is back after %.1f s (%s went on)", redacted_url(self.url), seconds, what)
+        if self.on_database_back is None or self._reporting_outage:
+            return
+        self._reporting_outage = True  # the report writes to the database too; it must not report itself
+        try:
+            self.on_database_back(what, seconds)
+        except StoreError as exc:
+            log.warning("could not record the database outage: %s", exc)
+        finally:
+            self._reporting_outage = False
 
     @contextmanager
     def session(self) -> Iterator[Session]:

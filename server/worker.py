@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_NAME = "job.log"  # in the job's folder; GET /jobs/{id}/log serves it
+# How long a job's process waits for a database server that stopped answering (a restart, a cut link)
+# before it gives up; the search pauses meanwhile. Past it the worker exits and the server restarts the
+# job from its checkpoint (AMC_MAX_WORKER_RESTARTS) once the database answers again.
+JOB_DATABASE_WAIT_S = 900.0
 
 
 def load_search_module(name: str) -> ModuleType:
@@ -89,7 +93,10 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     os.umask(0o077)  # the job's files are the operator's alone
     out = Path(folder)
     handler = logging.FileHandler(out / LOG_NAME)
-    store = Store(database_url, create=False)
+    store = Store(database_url, create=False, outage_wait_s=JOB_DATABASE_WAIT_S)
+    store.on_database_back = lambda what, seconds: store.add_event(
+        job_id, JobEventKind.DATABASE_WAIT,
+        f"the database was unreachable for {seconds:.0f} s; the job waited ({what}) and went on, nothing lost")
     lock = lock_job_folder(out)
     orphaned = threading.Event()
     cancelled = threading.Event()

@@ -69,11 +69,19 @@ class PostgresServer:
         self._check(self._run("initdb", "-D", str(self.data), "-U", USER, f"--pwfile={pwfile}",
                               "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"), "initdb")
         pwfile.unlink()
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """Start the server on its data folder (again, after `stop_server`: same port, same databases)."""
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._check(self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
                               "-o", options), "start")
-        return self
+
+    def stop_server(self) -> None:
+        """Stop the server, keeping its data (fast: open connections are cut, as in a restart)."""
+        self._check(self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "60"), "stop")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{USER}:{self.password}@127.0.0.1:{self.port}/{database}"

@@ -405,7 +405,8 @@ def test_the_job_resource_says_when_and_why_a_job_was_restarted_or_resumed(tmp_p
         schema = app.client.get("/openapi.json").json()["components"]["schemas"]
         assert {"restarts", "events"} <= set(schema["JobOut"]["required"])
         assert schema["JobEvent"]["properties"]["at"]["format"] == "date-time"
-        assert set(schema["JobEventKind"]["enum"]) == {"worker-restart", "server-restart", "resume", "device-wait"}
+        assert set(schema["JobEventKind"]["enum"]) == {"worker-restart", "server-restart", "resume", "device-wait",
+                                                         "database-wait"}
 
 
 # ---------------------------------------------------------------------------------- disk and limits

@@ -101,6 +101,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def database_env(request: Any) -> dict[str, str]:
+    """The server's database for a module-scoped fixture parametrized over ["sqlite", "postgresql"]: nothing
+    (SQLite in the data dir) or AMC_DATABASE_URL of a fresh database on the session's PostgreSQL server
+    (tests/pg.py; skips where PostgreSQL is absent)."""
+    if request.param == "sqlite":
+        return {}
+    return {"AMC_DATABASE_URL": request.getfixturevalue("pg_server").create_database()}
+
+
 class ServerProcess:
     """`python -m uvicorn --factory server.main:create_app` on loopback with its own data dir."""
 

@@ -12,12 +12,13 @@ import time
 
 import httpx
 import pytest
-from test_server_harness import REPO, SMALL_JOB, ServerProcess, free_port, wait_for, wait_for_episodes
+from test_server_harness import REPO, SMALL_JOB, ServerProcess, database_env, free_port, wait_for, wait_for_episodes
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("amc") / "data", env={"AMC_MAX_WORKERS": "1"}).start()
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory):
+    srv = ServerProcess(tmp_path_factory.mktemp("amc") / "data",
+                        env={"AMC_MAX_WORKERS": "1", **database_env(request)}).start()
     yield srv
     srv.stop()
 

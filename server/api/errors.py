@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from compressor.errors import AmcError, ConfigError
 from profiler.errors import DeviceUnavailable, MeasurementError
 from server.jobs import ArtifactNotFound, ArtifactNotReady
-from server.store import InvalidTransition, JobNotFound, QueueFull
+from server.store import DatabaseUnavailable, InvalidTransition, JobNotFound, QueueFull
 from server.uploads import UploadRejected, UploadTooLarge
 
 # The most specific class of a raised error picks its status (Starlette walks the MRO).
@@ -57,9 +57,19 @@ async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
                         headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)})
 
 
+# A database restart takes seconds; a client asked to come back sooner than this only adds load.
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Register the domain errors' handlers on `app`."""
     app.add_exception_handler(ConfigError, _config_error)
+    app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(UploadRejected, _upload_rejected)
     for cls in STATUS:

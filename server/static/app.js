@@ -15,6 +15,7 @@ const pct = (x) => (x === null || x === undefined) ? "–" : (100 * x).toFixed(1
 // (sessionStorage: gone when the tab closes, never sent anywhere but this server's API).
 const TOKEN_KEY = "amc-api-token";
 class Unauthorized extends Error {}
+class ServerSaid extends Error {}  // an HTTP error with the server's reason (its `detail`)
 const token = () => sessionStorage.getItem(TOKEN_KEY);
 
 function askForToken(message) {
@@ -33,7 +34,12 @@ async function apiFetch(url) {
     askForToken("The server refused this token; enter the current one.");
     throw new Unauthorized(url);
   }
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  if (!r.ok) {
+    // The server's own reason (e.g. "the database ... is unreachable") is what the page shows.
+    let detail = "";
+    try { const body = await r.json(); detail = typeof body.detail === "string" ? body.detail : ""; } catch (_) { /* not JSON */ }
+    throw new ServerSaid(detail || `${url}: HTTP ${r.status}`);
+  }
   return r;
 }
 
@@ -352,10 +358,13 @@ function poll(fn, ms) {
   const live = $("#live");
   const tick = async () => {
     let again = true;
-    try { again = await fn(); live.className = "live"; live.textContent = again ? "live" : "finished"; }
+    try { again = await fn(); live.className = "live"; live.textContent = again ? "live" : "finished"; live.title = "updates every second"; }
     catch (e) {
       if (e instanceof Unauthorized) return;  // the token form is shown; submitting it reloads the page
-      live.className = "live off"; live.textContent = "offline, retrying";
+      live.className = "live off";
+      // The server answered with a reason (503: its database is down, ...): say it; else it is unreachable.
+      live.textContent = e instanceof ServerSaid ? `${e.message.slice(0, 160)} (retrying)` : "offline, retrying";
+      live.title = e instanceof ServerSaid ? e.message : "the server does not answer (retrying)";
     }
     setTimeout(tick, again ? ms : ms * 5);
   };
