@@ -12,7 +12,15 @@ import time
 
 import httpx
 import pytest
-from test_server_harness import REPO, SMALL_JOB, ServerProcess, database_env, free_port, wait_for, wait_for_episodes
+from test_server_harness import (
+    REPO,
+    SMALL_JOB,
+    ServerProcess,
+    database_env,
+    free_port,
+    wait_for,
+    wait_for_episodes,
+)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -40,7 +40,7 @@ def ray_init(address: str, *, insecure: bool = False) -> None:
     node_ip = node_ip_address()
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=False, **({"_node_ip_address": node_ip} if node_ip else {}))
+                 configure_logging=False, _node_ip_address=node_ip)  # None: Ray's own choice
     except ConnectionError as exc:
         raise ConfigError("ray", f"cannot join the Ray cluster at {address} ({exc}). Check the address `ray start "
                                  "--head` printed, that this machine runs a Ray node of that cluster (`ray start "
