@@ -2,7 +2,8 @@
 one network namespace, two device hosts with emulated phones in two others, joined over veth links with
 token-authenticated Ray. Every phone is listed by model and host; a phone model asked for from the
 orchestrator is measured on the host that has it; Ray listens only inside the bed; a process without the
-cluster's token is refused; and faults: a host's link cut mid-measurement, a host killed mid-table-build.
+cluster's token is refused; and faults: a host's link cut mid-measurement, a host killed mid-table-build, a
+phone emulator killed while a model is pushed to it.
 Skipped unless root with `ip netns`."""
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ def bed() -> Iterator[NetBed]:
         finally:
             b.down()
             assert not b.made, f"namespaces left behind: {b.made}"
+
+
+@pytest.fixture(scope="module")
+def heavy_onnx(bed: NetBed) -> Path:
+    """A model of 64 MB of weights and little work: its push lasts long enough to kill the phone during it."""
+    import torch
+    from torch import nn
+
+    from profiler.export import export_onnx
+
+    torch.manual_seed(0)
+    return export_onnx(nn.Sequential(nn.Linear(4096, 4096), nn.ReLU()), torch.randn(1, 4096), bed.root / "heavy.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +236,40 @@ def test_a_host_killed_mid_table_build(bed: NetBed) -> None:
     assert driver.proc.wait(60) == 0
     bed.device_host(victim)
     bed.wait_served()
+
+
+def _pushed_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def test_a_phone_killed_mid_push(bed: NetBed, heavy_onnx: Path) -> None:
+    """SIGKILL to a Pixel 7's emulator while the model is being pushed to it: the measurement is made on the
+    other Pixel 7 (the other host), every run of it, and the pool says which phone failed; the phone, started
+    again on its port, is served again by its host without a restart of the host."""
+    folders = {serial: bed.root / serial for serial, model in
+               (s for phones in LAYOUT.values() for s in phones) if model == "Pixel 7"}
+    before = {serial: _pushed_bytes(folder) for serial, folder in folders.items()}
+    driver = Driver(bed, "measure", "model:Pixel_7", "--model", str(heavy_onnx), "--runs", "20",
+                    "--deadline-s", "240")
+    size = heavy_onnx.stat().st_size
+    victim = None
+    deadline = time.monotonic() + 180
+    while victim is None and time.monotonic() < deadline:  # the first bytes of the push land in its folder
+        for serial, folder in folders.items():
+            if 0 < _pushed_bytes(folder) - before[serial] < size:
+                victim = serial
+                break
+        else:
+            time.sleep(0.005)
+    assert victim is not None, f"no push was seen within 180 s: {driver.all}"
+    bed.stop(f"phone-{victim}", signal.SIGKILL)
+    done = driver.wait("done", 300)
+    host = bed.phones[victim]["host"]
+    other = next(h for h in LAYOUT if h != host)
+    assert done["done"] is not None, done
+    assert done["done"]["host"] == other and done["done"]["runs"] == 20, done
+    events = " | ".join(done["events"])
+    assert bed.phones[victim]["spec"] in events, events
+    assert driver.proc.wait(60) == 0
+    bed.phone(host, victim, bed.phones[victim]["model"], port=int(bed.phones[victim]["port"]))
+    bed.wait_served(within=120)
