@@ -332,7 +332,9 @@ def run_job_on_node(job_id: str, relay: Any, inputs: dict[str, bytes], checkpoin
         signals: list[str] = ray.get(relay.push.remote(batch), timeout=60)
         return signals
 
-    node = f"{socket.gethostname()} ({str(ray.get_runtime_context().get_node_id())[:12]})"
+    node_id = str(ray.get_runtime_context().get_node_id())
+    push([("node", node_id)])  # which node runs it: the orchestrator watches that node's membership
+    node = f"{socket.gethostname()} ({node_id[:12]})"
     return run_in_node_folder(job_id, push, inputs, checkpoint, options, node=node)
 
 
@@ -486,6 +488,7 @@ class RayJob:
         self.exitcode: int | None = None
         self.ended = ""  # how the task ended without a result, for the job's record
         self.node = ""
+        self.node_id = ""  # the node that runs the task, once it said so
         config = SearchConfig.from_dict(job.config)
         inputs = job_inputs(config, plan)
         check_inputs(inputs, settings.ray_max_input_bytes)
@@ -557,11 +560,24 @@ class RayJob:
         import ray
 
         try:
+            checked = time.monotonic()
             while True:
                 ready, _ = ray.wait([self.ref], timeout=0.5)
                 self._apply(self._drain())
                 if ready:
                     break
+                if self.node_id and time.monotonic() - checked >= NODE_CHECK_S:
+                    checked = time.monotonic()
+                    gone = _node_gone(self.node_id)
+                    if gone:
+                        # A node cut off from the cluster is declared dead by the head, but the task's own
+                        # owner is told only by that node's raylet, which it can no longer reach: the task
+                        # would look alive forever. It is given up here and the job restarted elsewhere.
+                        self.terminate()
+                        self.ended = f"the job's Ray task failed (its node {gone})"
+                        self.exitcode = 1
+                        log.warning("job %s: %s", self.job_id, self.ended)
+                        return
             try:
                 result = ray.get(self.ref)
             except Exception as exc:
@@ -594,7 +610,32 @@ class RayJob:
             return []
 
     def _apply(self, items: list[tuple[Any, ...]]) -> None:
-        apply_records(self.store, self.job_id, self.folder, items)
+        for item in items:
+            if item and item[0] == "node" and isinstance(item[1], str) and not self.node_id:
+                self.node_id = item[1]
+        apply_records(self.store, self.job_id, self.folder, [i for i in items if not i or i[0] != "node"])
+
+
+# How often the orchestrator asks the cluster whether the node running a job is still a member.
+NODE_CHECK_S = 2.0
+
+
+def _node_gone(node_id: str) -> str:
+    """'' while the node is a live member of the cluster; else what became of it (for the job's events)."""
+    import ray
+
+    try:
+        nodes = ray.nodes()
+    except Exception as exc:  # the head itself does not answer: nothing to conclude about the node
+        log.debug("could not list the cluster's nodes: %s", exc)
+        return ""
+    node = next((n for n in nodes if n.get("NodeID") == node_id), None)
+    if node is None:
+        return f"{node_id[:12]} is no longer in the cluster"
+    if node.get("Alive", True):
+        return ""
+    address = node.get("NodeManagerAddress", "")
+    return f"{node_id[:12]} at {address} was declared dead by the cluster: cut off or crashed"
 
 
 def _describe(exc: BaseException) -> str:

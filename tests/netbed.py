@@ -39,6 +39,7 @@ from pathlib import Path
 from sessions import alive, end_sessions, new_session, session_pids
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 SUBNET = "10.231.7"  # private; exists only inside the bed's namespaces
 HEAD_IP = f"{SUBNET}.1"
 RAY_PORT = 6379  # the namespace is the bed's own: the standard port collides with nothing
@@ -108,6 +109,11 @@ class NetBed:
     @property
     def address(self) -> str:
         return f"{HEAD_IP}:{RAY_PORT}"
+
+    @property
+    def work_dir(self) -> Path:
+        """AMC_RAY_WORK_DIR of the bed's server: one path, each host's own folder behind it (`ray_node`)."""
+        return self.root / "node-work"
 
     @property
     def key(self) -> Path:
@@ -193,12 +199,22 @@ class NetBed:
 
     def ray_node(self, host: str) -> None:
         what = f"ray-{host}"
-        common = ["--node-ip-address", self.ip(host), "--num-cpus", "1", "--temp-dir", self._ray_tmp(host)]
+        # The head has no CPU to give: a job's Ray task (server/ray_jobs.py) runs on a device host's node.
+        cpus = "0" if host == "orch" else "1"
+        common = ["--node-ip-address", self.ip(host), "--num-cpus", cpus, "--temp-dir", self._ray_tmp(host)]
         if host == "orch":
             args = ["--head", "--port", str(RAY_PORT), "--include-dashboard", "false", "--disable-usage-stats"]
         else:
             args = ["--address", self.address]
-        proc = self.start(what, host, str(BIN / "ray"), "start", *args, *common)
+        # Each host has a disk of its own for the jobs' folders (AMC_RAY_WORK_DIR names the same path on every
+        # node): its own folder bound over WORK_DIR in the mount namespace `ip netns exec` gives the node's
+        # processes, as separate machines would have; one shared folder would let a cut-off node's attempt of
+        # a job hold the folder lock its restarted attempt on another node waits for.
+        disk = self.root / f"disk-{host}"
+        disk.mkdir(exist_ok=True)
+        self.work_dir.mkdir(exist_ok=True)
+        proc = self.start(what, host, "sh", "-c", 'mount --bind "$0" "$1" && shift 1 && exec "$@"', str(disk),
+                          str(self.work_dir), str(BIN / "ray"), "start", *args, *common)
         rc = proc.wait(timeout=600)  # (minutes on a 2-core machine busy with other work)
         if rc != 0:
             raise RuntimeError(f"ray start in {host}: rc {rc}: {self.log(what)[-3000:]}")
@@ -226,6 +242,25 @@ class NetBed:
             if p["host"] == host:
                 args += ["--device", p["spec"]]
         return self.start(f"device-host-{host}", host, *args)
+
+    def server(self, token: str, *, port: int = 8000, **settings: str) -> str:
+        """`amc serve`'s app (uvicorn) in `orch` on its loopback, its jobs as Ray tasks on the bed's cluster;
+        its URL (reachable from `orch` only). `settings`: more AMC_* variables."""
+        data = self.root / "server-data"
+        env = {**self.env, "AMC_DATA_DIR": str(data), "AMC_API_TOKEN": token, "AMC_JOBS_ON_RAY": "1",
+               "AMC_RAY_WORK_DIR": str(self.work_dir), "AMC_WORKER_THREADS": "1",
+               "AMC_MAX_WORKERS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", **settings}
+        self.start("server", "orch", sys.executable, "-m", "uvicorn", "--factory", "server.main:create_app",
+                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", env=env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            probe = self.exec("orch", sys.executable, "-c", f"import httpx; httpx.get('{url}/healthz').raise_for_status()",
+                              timeout=60)
+            if probe.returncode == 0:
+                return url
+            time.sleep(1.0)
+        raise RuntimeError(f"the server in orch did not answer within 120 s: {self.log('server')[-3000:]}")
 
     def stop(self, what: str, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to every process of `what`'s session (a fault), or end it (SIGTERM then KILL)."""

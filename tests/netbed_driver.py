@@ -4,6 +4,11 @@ so the test can inject a fault at the right moment:
 
     {"measuring": SPEC, "host": HOST}       a matching phone started measuring (printed once per phone)
     {"done": ..., "events": [...]}          the outcome, and what the pool noted (retries, reasons)
+
+or submit a job to the orchestrator (`amc serve` in `orch`, jobs on Ray) and follow it:
+
+    {"running_on": IP, "job": ID}           the job's Ray task started on the node at IP (once per attempt)
+    {"done": JOB, "episodes": [...], "nodes": [IP, ...]}   its end: GET /jobs/{id}, its episodes' numbers
 """
 
 from __future__ import annotations
@@ -39,13 +44,16 @@ def _watch(farm, selector: str, stop: threading.Event) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["measure", "lut"])
-    parser.add_argument("selector")
+    parser.add_argument("action", choices=["measure", "lut", "job"])
+    parser.add_argument("selector", help="measure, lut: the phones (model:NAME); job: the server's URL")
     parser.add_argument("--model", type=Path, help="the ONNX model to measure")
     parser.add_argument("--runs", type=int, default=1500)
     parser.add_argument("--kernels", type=int, default=24, help="lut: how many conv kernels")
     parser.add_argument("--deadline-s", type=float, default=120.0)
+    parser.add_argument("--episodes", type=int, default=100, help="job: its episodes")
     args = parser.parse_args()
+    if args.action == "job":
+        return follow_job(args.selector, args.episodes, args.deadline_s)
 
     from profiler.farm.client import Farm, FarmDevice, FarmPool
     from profiler.protocol import MeasureConfig
@@ -80,6 +88,42 @@ def main() -> int:
     finally:
         stop.set()
         watcher.join(5)
+    return 0
+
+
+def follow_job(url: str, episodes: int, deadline_s: float) -> int:
+    import re
+
+    import httpx
+    import ray
+
+    from profiler.farm.cluster import ray_init
+
+    ray_init(os.environ["AMC_RAY_ADDRESS"])
+    node_ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    spec = {"model": "demo-cnn", "data": "digits", "target": "flops=0.5", "strategy": "ddpg",
+            "episodes": episodes, "device": "local", "seed": 0}
+    headers = {"Authorization": f"Bearer {os.environ['AMC_API_TOKEN']}"}
+    deadline = time.monotonic() + deadline_s
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        r = c.post("/jobs", json=spec)
+        r.raise_for_status()
+        job_id = r.json()["id"]
+        nodes: list[str] = []
+        job: dict = {}
+        while time.monotonic() < deadline:
+            text = c.get(f"/jobs/{job_id}/log").text
+            for prefix in re.findall(r"runs on node \S+ \(([0-9a-f]+)\)", text)[len(nodes):]:
+                ip = next((a for n, a in node_ips.items() if n.startswith(prefix)), prefix)
+                nodes.append(ip)
+                _say(running_on=ip, job=job_id)
+            job = c.get(f"/jobs/{job_id}").json()
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.3)
+            node_ips.update({n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()})
+        numbers = [e["episode"] for e in c.get(f"/jobs/{job_id}/episodes").json()["episodes"]]
+        _say(done=job, episodes=numbers, nodes=nodes, log=c.get(f"/jobs/{job_id}/log").text[-4000:])
     return 0
 
 

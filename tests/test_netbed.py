@@ -69,10 +69,10 @@ def slow_onnx(bed: NetBed) -> Path:
 class Driver:
     """tests/netbed_driver.py in the `orch` namespace; its JSON lines arrive on `lines`."""
 
-    def __init__(self, bed: NetBed, *args: str):
+    def __init__(self, bed: NetBed, *args: str, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(["ip", "netns", "exec", bed.ns("orch"), sys.executable,
                                       str(Path(__file__).with_name("netbed_driver.py")), *args],
-                                     cwd=bed.root, env=bed.host_env("orch"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     cwd=bed.root, env={**bed.host_env("orch"), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
         bed.sessions[f"driver-{self.proc.pid}"] = self.proc.pid
         self.lines: queue.Queue[dict] = queue.Queue()
@@ -273,3 +273,38 @@ def test_a_phone_killed_mid_push(bed: NetBed, heavy_onnx: Path) -> None:
     assert driver.proc.wait(60) == 0
     bed.phone(host, victim, bed.phones[victim]["model"], port=int(bed.phones[victim]["port"]))
     bed.wait_served(within=120)
+
+
+def test_the_node_running_a_job_cut_off(bed: NetBed) -> None:
+    """A job runs as a Ray task (the orchestrator in `orch`, `--jobs-on-ray`) on a device host's node; that
+    host's link goes down mid-search. Ray declares the node dead, the orchestrator restarts the job on the
+    other host from the checkpoint that came back, and the job finishes: every episode once, none lost, and
+    its events say the Ray task failed and was restarted. The host, back, is served again."""
+    import secrets
+
+    token = secrets.token_hex(16)
+    url = bed.server(token, AMC_RAY_CHECKPOINT_EVERY_S="0.5", AMC_MAX_WORKER_RESTARTS="2")
+    try:
+        episodes = 120
+        driver = Driver(bed, "job", url, "--episodes", str(episodes), "--deadline-s", "420", env={"AMC_API_TOKEN": token})
+        first = driver.wait("running_on", 180)
+        cut = next(h for h in LAYOUT if bed.ip(h) == first["running_on"])
+        time.sleep(4.0)  # some episodes and a checkpoint in
+        bed.link(cut, "down")
+        try:
+            second = driver.wait("running_on", 180)
+        finally:
+            bed.link(cut, "up")
+        other = next(h for h in LAYOUT if h != cut)
+        assert second["running_on"] == bed.ip(other), (first, second)
+        done = driver.wait("done", 420)
+        job = done["done"]
+        assert job["state"] == "succeeded", (job, done["log"])
+        assert done["episodes"] == list(range(1, episodes + 1)) and job["episodes_done"] == episodes
+        restarts = [e for e in job["events"] if e["kind"] == "worker-restart"]
+        assert restarts and "Ray task failed" in restarts[0]["message"], job["events"]
+        assert "resuming job" in done["log"]
+        assert driver.proc.wait(60) == 0
+    finally:
+        bed.stop("server", signal.SIGTERM)
+    _back_after_a_fault(bed, cut)
