@@ -112,12 +112,17 @@ def follow_job(url: str, episodes: int, deadline_s: float) -> int:
         nodes: list[str] = []
         job: dict = {}
         while time.monotonic() < deadline:
-            text = c.get(f"/jobs/{job_id}/log").text
+            try:
+                text = c.get(f"/jobs/{job_id}/log").text
+                job = c.get(f"/jobs/{job_id}").json()
+            except httpx.HTTPError as exc:  # the orchestrator is what a fault may have stopped
+                _say(server_error=f"{type(exc).__name__}: {exc}")
+                time.sleep(1.0)
+                continue
             for prefix in re.findall(r"runs on node \S+ \(([0-9a-f]+)\)", text)[len(nodes):]:
                 ip = next((a for n, a in node_ips.items() if n.startswith(prefix)), prefix)
                 nodes.append(ip)
                 _say(running_on=ip, job=job_id)
-            job = c.get(f"/jobs/{job_id}").json()
             if job["state"] in ("succeeded", "failed", "cancelled"):
                 break
             time.sleep(0.3)

@@ -308,3 +308,34 @@ def test_the_node_running_a_job_cut_off(bed: NetBed) -> None:
     finally:
         bed.stop("server", signal.SIGTERM)
     _back_after_a_fault(bed, cut)
+
+
+def test_the_orchestrator_killed_mid_job(bed: NetBed) -> None:
+    """SIGKILL to the orchestrator while its job runs as a Ray task on a device host: the task, its relay
+    gone, stops; the orchestrator started again resumes the job from the checkpoint that came back, and
+    the job finishes with every episode once; its events say the server stopped under it."""
+    import secrets
+
+    token = secrets.token_hex(16)
+    settings = {"AMC_RAY_CHECKPOINT_EVERY_S": "0.5", "AMC_MAX_WORKER_RESTARTS": "2"}
+    url = bed.server(token, **settings)
+    try:
+        episodes = 120
+        driver = Driver(bed, "job", url, "--episodes", str(episodes), "--deadline-s", "420", env={"AMC_API_TOKEN": token})
+        driver.wait("running_on", 180)
+        time.sleep(4.0)  # some episodes and a checkpoint in
+        bed.stop("server", signal.SIGKILL)
+        bed.server(token, **settings)
+        second = driver.wait("running_on", 240)
+        assert second["running_on"] in {bed.ip(h) for h in LAYOUT}, second
+        done = driver.wait("done", 420)
+        job = done["done"]
+        assert job["state"] == "succeeded", (job, done["log"])
+        assert done["episodes"] == list(range(1, episodes + 1)) and job["episodes_done"] == episodes
+        assert any(e["kind"] == "server-restart" for e in job["events"]), job["events"]
+        assert "resuming job" in done["log"]
+        assert any("server_error" in item for item in driver.all)  # it was down in between
+        assert driver.proc.wait(60) == 0
+    finally:
+        if "server" in bed.sessions:
+            bed.stop("server", signal.SIGTERM)
