@@ -257,7 +257,11 @@ def render(results: dict) -> str:
         lines += ["", f"`flops=0.5`: {p['macs'] / 1e6:.1f} M MACs, {p['accuracy_before_recovery']:.2%} → "
                       f"**{p['accuracy']:.2%}** after recovery on "
                       f"{'the training data' if st.get('train_data') else '4,500 images'}, {our_ms['flops=0.5']:.3f} ms "
-                      f"({p['blocks_removed']} blocks removed). {AMC_PUBLISHED}."]
+                      f"({p['blocks_removed']} blocks removed); search {p['search_seconds'] / 60:.1f} min, recovery "
+                      f"{_recovery_time(recoveries.get('flops=0.5'), p)}. {AMC_PUBLISHED}."]
+    if not st["depths"]:  # the flops point alone: no sibling table
+        lines = [lines[0].replace("compressed to each sibling's measured latency", "compressed to half its FLOPs"),
+                 *lines[lines.index("") + 3:]]
     return "\n".join(lines)
 
 
