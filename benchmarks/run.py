@@ -35,6 +35,7 @@ BENCHMARKS = {
     "api-fuzz": ("benchmarks.bench_api_fuzz", "API contract fuzzing (schemathesis, long run)"),
     "tests": ("benchmarks.bench_tests", "The test suite's time against the suite of issue #10 (same machine, same day)"),
     "train-speed": ("benchmarks.bench_train_speed", "What a recovery epoch costs on 2 cores (seconds per 50,000 images)"),
+    "soak": ("benchmarks.bench_soak", "Soak: the service on the multi-host test bed under faults, on PostgreSQL"),
     "int8": ("benchmarks.bench_int8", "Post-training int8 against float32: CIFAR ResNets, accuracy and latency on local"),
 }
 # Sections made by a benchmark module with arguments of their own (name -> (module, title, arguments)):
