@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     fault = FAULTS[k % len(FAULTS)]
                     host = list(LAYOUT)[k % len(LAYOUT)]
                     k += 1
-                    log(f"soak: {(now - t0) / 60:.1f} min: {fault} ({host})")
+                    on = f" ({host})" if fault in ("link-cut", "device-host-killed", "phone-killed") else ""
+                    log(f"soak: {(now - t0) / 60:.1f} min: {fault}{on}")
                     t = time.monotonic()
                     if fault == "link-cut":
                         bed.link(host, "down")
@@ -297,8 +298,9 @@ def render(summary: dict, faults: list[dict], memory: list[list[tuple[float, flo
     for i, samples in enumerate(memory):
         if samples:
             mem.append(f"lifetime {i + 1}: {samples[0][1]:.0f} MB at {samples[0][0] / 60:.1f} min → "
-                       f"{samples[-1][1]:.0f} MB at {samples[-1][0] / 60:.1f} min (trend "
-                       f"{_slope_mb_per_min(samples):+.2f} MB/min over {len(samples)} samples)")
+                       f"{samples[-1][1]:.0f} MB at {samples[-1][0] / 60:.1f} min (trend over its second half, "
+                       f"past the warm-up: {_slope_mb_per_min(samples[len(samples) // 2:]):+.2f} MB/min, "
+                       f"{len(samples) - len(samples) // 2} samples)")
     lines += ["", "Orchestrator memory (RSS of its process; a kill starts a new lifetime): " + "; ".join(mem) + "."]
     return "\n".join(lines)
 
