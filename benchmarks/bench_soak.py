@@ -40,6 +40,26 @@ FAULTS = ("link-cut", "device-host-killed", "phone-killed", "orchestrator-killed
 
 
 # ----------------------------------------------------------------------------------------- the clients
+def _timed(c: Any, method: str, path: str, lat: dict, key: str, **kwargs: Any) -> Any:
+    """One request, its time kept under lat[key] when answered; None (counted as refused, after a pause)
+    when the connection failed (the orchestrator down); an answer other than 2xx counted by its status."""
+    import httpx
+
+    t = time.perf_counter()
+    try:
+        r = c.request(method, path, **kwargs)
+    except httpx.HTTPError:
+        lat["refused"] += 1
+        time.sleep(1.0)
+        return None
+    lat[key].append((time.perf_counter() - t) * 1000)
+    if r.status_code >= 300:
+        lat.setdefault("statuses", {})
+        name = f"{method} {r.status_code}"
+        lat["statuses"][name] = lat["statuses"].get(name, 0) + 1
+    return r
+
+
 def _client(url: str, token: str, index: int, until: float, episodes: int, out: list[dict], lat: dict) -> None:
     import httpx
 
@@ -52,18 +72,12 @@ def _client(url: str, token: str, index: int, until: float, episodes: int, out: 
                     "episodes": episodes, "device": "local", "seed": seed}
             job_id = None
             while job_id is None and time.monotonic() < until:
-                t = time.perf_counter()
-                try:
-                    r = c.post("/jobs", json=spec)
-                except httpx.HTTPError:
-                    lat["refused"] += 1
-                    time.sleep(1.0)
+                r = _timed(c, "POST", "/jobs", lat, "post", json=spec)
+                if r is None:
                     continue
-                lat["post"].append((time.perf_counter() - t) * 1000)
                 if r.status_code == 201:
                     job_id = r.json()["id"]
-                elif r.status_code == 503:
-                    lat["post_503"] += 1
+                elif r.status_code == 503:  # queue full or database down: as asked
                     time.sleep(float(r.headers.get("Retry-After", "5")))
                 else:
                     out.append({"id": None, "state": "refused", "error": f"POST {r.status_code}: {r.text[:300]}"})
@@ -71,23 +85,12 @@ def _client(url: str, token: str, index: int, until: float, episodes: int, out: 
             if job_id is None:
                 return
             job: dict[str, Any] = {}
-            while True:  # to its end, past `until` too (the run waits for the jobs it started)
-                t = time.perf_counter()
-                try:
-                    r = c.get(f"/jobs/{job_id}")
-                except httpx.HTTPError:
-                    lat["refused"] += 1
-                    time.sleep(1.0)
-                    continue
-                lat["get"].append((time.perf_counter() - t) * 1000)
-                if r.status_code == 200:
+            while time.monotonic() < until + 900:  # to its end, past `until` too (the run waits for its jobs)
+                r = _timed(c, "GET", f"/jobs/{job_id}", lat, "get")
+                if r is not None and r.status_code == 200:
                     job = r.json()
                     if job["state"] in FINISHED:
                         break
-                else:
-                    lat["get_" + str(r.status_code)] = lat.get("get_" + str(r.status_code), 0) + 1
-                if time.monotonic() > until + 900:
-                    break
                 time.sleep(0.5)
             out.append({"id": job_id, "state": job.get("state", "unknown"), "error": job.get("error"),
                         "episodes_done": job.get("episodes_done"), "episodes": episodes,
@@ -98,7 +101,7 @@ def client_main(args: argparse.Namespace) -> int:
     token = os.environ["AMC_API_TOKEN"]
     until = time.monotonic() + args.minutes * 60
     jobs: list[dict] = []
-    lat: dict[str, Any] = {"post": [], "get": [], "refused": 0, "post_503": 0}
+    lat: dict[str, Any] = {"post": [], "get": [], "refused": 0, "statuses": {}}
     threads = [threading.Thread(target=_client, args=(args.url, token, i, until, args.episodes, jobs, lat), daemon=True)
                for i in range(args.clients)]
     for t in threads:
@@ -197,9 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"soak: {(now - t0) / 60:.1f} min: {fault}{on}")
                     t = time.monotonic()
                     if fault == "link-cut":
-                        bed.link(host, "down")
-                        time.sleep(args.down_s)
-                        bed.link(host, "up")
+                        with bed.cut_off(host):
+                            time.sleep(args.down_s)
                         bed.restart_host(host)  # a node declared dead does not come back by itself
                     elif fault == "device-host-killed":
                         bed.stop(f"device-host-{host}", signal.SIGKILL)
@@ -289,9 +291,10 @@ def render(summary: dict, faults: list[dict], memory: list[list[tuple[float, flo
         v = summary[key]
         lines.append(f"| {name} | {len(v)} | {_percentile(v, 0.5):.1f} | {_percentile(v, 0.99):.1f} | "
                      f"{max(v) if v else float('nan'):.1f} |")
+    statuses = ", ".join(f"{name} ×{n}" for name, n in sorted(summary["statuses"].items())) or "none"
     lines += ["", f"Requests refused while the orchestrator was down (connection errors, retried): "
-                  f"{summary['refused']}; `POST /jobs` answered 503 (queue full or database down, retried after "
-                  f"Retry-After): {summary['post_503']}; `GET` answered 503: {summary.get('get_503', 0)}."]
+                  f"{summary['refused']}; answers other than success (503: queue full or database down, retried "
+                  f"after Retry-After): {statuses}."]
     if reasons:
         lines += ["", "Jobs that did not succeed: " + "; ".join(f"{n}× {r}" for r, n in reasons.items()) + "."]
     mem = []

@@ -133,7 +133,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def retry_locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+def retry_transaction(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run a Store method (one transaction) again when SQLite answers "database is locked", with
     exponential backoff and a bounded number of attempts (`Store.lock_retries`), and while a database
     server is unreachable, for up to `Store.outage_wait_s` (then DatabaseUnavailable). Each decorated method
@@ -569,7 +569,7 @@ class Store:
         assert new.outcome is not None
         return new.outcome
 
-    @retry_locked
+    @retry_transaction
     def _insert_jobs(self, batch: list[_NewJob]) -> None:
         refused: dict[int, QueueFull] = {}
         with self.writing() as s:
@@ -586,7 +586,7 @@ class Store:
         for i, new in enumerate(batch):  # only once committed: a retried transaction decides again
             new.outcome = refused.get(i, new.job)
 
-    @retry_locked
+    @retry_transaction
     def get_job(self, job_id: str) -> Job:
         with self.session() as s:
             job = s.get(Job, job_id)
@@ -594,7 +594,7 @@ class Store:
                 raise JobNotFound(job_id)
             return job
 
-    @retry_locked
+    @retry_transaction
     def list_jobs(self, *, limit: int = 100, offset: int = 0, state: JobState | None = None) -> list[Job]:
         with self.session() as s:
             q = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
@@ -602,7 +602,7 @@ class Store:
                 q = q.where(Job.state == state.value)
             return list(s.scalars(q))
 
-    @retry_locked
+    @retry_transaction
     def count_jobs(self) -> dict[str, int]:
         with self.session() as s:
             rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
@@ -625,12 +625,12 @@ class Store:
         s.refresh(job)
         return job
 
-    @retry_locked
+    @retry_transaction
     def transition(self, job_id: str, wanted: JobState, **values: Any) -> Job:
         with self.writing() as s:
             return self._transition(s, job_id, wanted, **values)
 
-    @retry_locked
+    @retry_transaction
     def claim_next(self) -> Job | None:
         """The oldest queued job, now marked running; None when the queue is empty."""
         with self.writing() as s:
@@ -648,7 +648,7 @@ class Store:
                     return s.get(Job, job_id, populate_existing=True)
         return None
 
-    @retry_locked
+    @retry_transaction
     def requeue_interrupted(self) -> list[str]:
         """Jobs left `running` by a server that died: queue them again, to resume from their checkpoint."""
         message = "interrupted by a server restart; will resume from its checkpoint"
@@ -662,7 +662,7 @@ class Store:
                 )
         return [job.id for job in jobs]
 
-    @retry_locked
+    @retry_transaction
     def requeue_after_crash(self, job_id: str, *, max_restarts: int, reason: str) -> bool:
         """A running job whose worker process died without recording a result: queue it again to resume
         from its checkpoint, unless it has used its `max_restarts`; False when it was not requeued."""
@@ -681,7 +681,7 @@ class Store:
             )
             return _rowcount(res) == 1
 
-    @retry_locked
+    @retry_transaction
     def resume_job(self, job_id: str, *, max_queued: int | None = None) -> Job:
         """Queue a failed or cancelled job again; its worker continues from the job's checkpoint (a job
         that never wrote one, or a frontier, starts over). QueueFull as in create_job."""
@@ -712,7 +712,7 @@ class Store:
             s.refresh(job)
             return job
 
-    @retry_locked
+    @retry_transaction
     def add_event(self, job_id: str, kind: JobEventKind, message: str) -> None:
         """Note something that happened to a job besides its search (kept in `Job.events`)."""
         with self.writing() as s:
@@ -721,14 +721,14 @@ class Store:
                 raise JobNotFound(job_id)
             s.execute(update(Job).where(Job.id == job_id).values(events=_with_event(job.events, kind, message)))
 
-    @retry_locked
+    @retry_transaction
     def finished_before(self, cutoff: datetime) -> list[str]:
         """Ids of the jobs that finished (succeeded, failed, cancelled) before `cutoff` (UTC, naive)."""
         with self.session() as s:
             finished = [st.value for st in JobState if st.finished]
             return list(s.scalars(select(Job.id).where(Job.state.in_(finished), Job.finished_at < cutoff)))
 
-    @retry_locked
+    @retry_transaction
     def delete_finished(self, job_ids: list[str]) -> list[str]:
         """Delete these jobs and their episodes if they are (still) finished; the ids deleted."""
         if not job_ids:
@@ -740,12 +740,12 @@ class Store:
             s.execute(delete(Job).where(Job.id.in_(gone)))
         return gone
 
-    @retry_locked
+    @retry_transaction
     def job_ids(self) -> set[str]:
         with self.session() as s:
             return set(s.scalars(select(Job.id)))
 
-    @retry_locked
+    @retry_transaction
     def request_cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once; flag a running one (its worker stops it)."""
         with self.writing() as s:
@@ -763,7 +763,7 @@ class Store:
                 return job
             raise InvalidTransition(job_id, state, JobState.CANCELLED)
 
-    @retry_locked
+    @retry_transaction
     def set_phase(self, job_id: str, phase: str, message: str) -> None:
         with self.writing() as s:
             s.execute(update(Job).where(Job.id == job_id).values(phase=phase, message=message[:2000]))
@@ -774,7 +774,7 @@ class Store:
                                phase=state.value, message=message or state.value)
 
     # ---- episodes
-    @retry_locked
+    @retry_transaction
     def add_episode(self, job_id: str, number: int, record: dict[str, Any], *, total: int | None = None) -> bool:
         """Record one finished episode (idempotent: a resumed job may report an episode twice)."""
         with self.writing() as s:
@@ -796,7 +796,7 @@ class Store:
             s.execute(update(Job).where(Job.id == job_id).values(**values))
             return True
 
-    @retry_locked
+    @retry_transaction
     def list_episodes(self, job_id: str, *, after: int = 0) -> list[Episode]:
         with self.session() as s:
             if s.get(Job, job_id) is None:
@@ -804,7 +804,7 @@ class Store:
             q = select(Episode).where(Episode.job_id == job_id, Episode.number > after).order_by(Episode.number)
             return list(s.scalars(q))
 
-    @retry_locked
+    @retry_transaction
     def reset_progress(self, job_id: str) -> None:
         """Forget a job's episodes, best result and recovery epochs (a job that starts over)."""
         with self.writing() as s:
@@ -812,7 +812,7 @@ class Store:
             s.execute(update(Job).where(Job.id == job_id).values(episodes_done=0, best=None, recovery=None))
 
     # ---- recovery epochs
-    @retry_locked
+    @retry_transaction
     def add_epoch(self, job_id: str, record: dict[str, Any]) -> None:
         """Record a finished recovery epoch; one already recorded for the same target and epoch is replaced."""
         with self.writing() as s:
@@ -823,13 +823,13 @@ class Store:
             epochs = [r for r in (job.recovery or []) if (r.get("target"), r.get("epoch")) != key]
             s.execute(update(Job).where(Job.id == job_id).values(recovery=[*epochs, record]))
 
-    @retry_locked
+    @retry_transaction
     def episode_numbers(self, job_id: str) -> list[int]:
         with self.session() as s:
             return list(s.scalars(select(Episode.number).where(Episode.job_id == job_id).order_by(Episode.number)))
 
     # ---- uploads
-    @retry_locked
+    @retry_transaction
     def add_upload(self, *, kind: str, filename: str, size: int, sha256: str, path: str, upload_id: str) -> Upload:
         up = Upload(id=upload_id, kind=kind, filename=filename, size=size, sha256=sha256, path=path,
                     created_at=utcnow())
@@ -837,7 +837,7 @@ class Store:
             s.add(up)
         return up
 
-    @retry_locked
+    @retry_transaction
     def get_upload(self, upload_id: str) -> Upload | None:
         with self.session() as s:
             return s.get(Upload, upload_id)

@@ -28,9 +28,9 @@ def _few_threads(monkeypatch):
     yield
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """A real PostgreSQL server for the session (tests/pg.py); skips when its binaries are absent."""
+def _postgres():
+    """A started PostgreSQL server of its own (tests/pg.py), stopped and removed after; skips the test when
+    PostgreSQL's binaries are absent."""
     from pg import PostgresServer, find_bin_dir
 
     bin_dir = find_bin_dir()
@@ -42,6 +42,18 @@ def pg_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session; each test takes a database of its own on it."""
+    yield from _postgres()
+
+
+@pytest.fixture
+def private_pg_server():
+    """A PostgreSQL server for one test alone: one that stops or restarts it disturbs no other test."""
+    yield from _postgres()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

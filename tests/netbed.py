@@ -32,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,15 @@ class NetBed:
     def link(self, host: str, state: str) -> None:
         """Take a host's cable out (`down`) or put it back (`up`)."""
         _run("ip", "-n", self.ns(host), "link", "set", "eth0", state)
+
+    @contextmanager
+    def cut_off(self, host: str) -> Iterator[None]:
+        """The host's cable out for the block, and back in after it however the block ends."""
+        self.link(host, "down")
+        try:
+            yield
+        finally:
+            self.link(host, "up")
 
     # -- processes ----------------------------------------------------------------------------------
     def start(self, what: str, host: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -128,7 +128,8 @@ def follow_job(url: str, episodes: int, deadline_s: float) -> int:
             time.sleep(0.3)
             node_ips.update({n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()})
         numbers = [e["episode"] for e in c.get(f"/jobs/{job_id}/episodes").json()["episodes"]]
-        _say(done=job, episodes=numbers, nodes=nodes, log=c.get(f"/jobs/{job_id}/log").text[-4000:])
+        text = c.get(f"/jobs/{job_id}/log").text
+        _say(done=job, episodes=numbers, nodes=nodes, resumed="resuming job" in text, log=text[-4000:])
     return 0
 
 

@@ -13,22 +13,8 @@ import pytest
 from test_server_harness import SMALL_JOB, ServerProcess, wait_for, wait_for_episodes
 
 
-@pytest.fixture
-def postgres():
-    from pg import PostgresServer, find_bin_dir
-
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are absent: `apt-get install postgresql` "
-                    "(`make install` does)")
-    server = PostgresServer(bin_dir).start()  # its own: this test stops it, others must not notice
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_a_job_waits_for_a_restarted_database_and_loses_no_episode(tmp_path, postgres):
+def test_a_job_waits_for_a_restarted_database_and_loses_no_episode(tmp_path, private_pg_server):
+    postgres = private_pg_server
     url = postgres.create_database()
     server = ServerProcess(tmp_path / "data", env={"AMC_DATABASE_URL": url, "AMC_MAX_WORKERS": "1"}).start()
     try:

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,11 @@ class Driver:
 def _listing(bed: NetBed) -> list[dict]:
     out = bed.exec("orch", str(BIN / "amc"), "devices", "--ray", bed.address, "--json")
     assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout)["devices"]
+    try:
+        return json.loads(out.stdout)["devices"]
+    except json.JSONDecodeError as exc:  # say what came instead (seen once, right after a link came back)
+        raise AssertionError(f"`amc devices --json` printed no JSON: {out.stdout[-2000:]!r}; "
+                             f"stderr {out.stderr[-2000:]!r}") from exc
 
 
 def test_every_phone_is_listed_by_model_and_host(bed: NetBed) -> None:
@@ -195,11 +200,8 @@ def test_a_host_cut_off_mid_measurement(bed: NetBed, slow_onnx: Path) -> None:
     first = driver.wait("measuring", 120)
     cut = first["host"]
     time.sleep(1.0)  # into the timed runs
-    bed.link(cut, "down")
-    try:
+    with bed.cut_off(cut):
         done = driver.wait("done", 240)
-    finally:
-        bed.link(cut, "up")
     other = next(h for h in LAYOUT if h != cut)
     assert done["done"] is not None, done
     assert done["done"]["host"] == other and done["done"]["runs"] == 1500, done
@@ -275,38 +277,54 @@ def test_a_phone_killed_mid_push(bed: NetBed, heavy_onnx: Path) -> None:
     bed.wait_served(within=120)
 
 
+JOB_EPISODES = 120
+JOB_SETTINGS = {"AMC_RAY_CHECKPOINT_EVERY_S": "0.5", "AMC_MAX_WORKER_RESTARTS": "2"}
+
+
+@contextmanager
+def _job_on_the_bed(bed: NetBed) -> Iterator[tuple[Driver, str]]:
+    """The orchestrator in `orch` (jobs on Ray) and a driver following one job of JOB_EPISODES episodes,
+    its first attempt running; yields (driver, API token), and stops the orchestrator afterwards."""
+    import secrets
+
+    token = secrets.token_hex(16)
+    url = bed.server(token, **JOB_SETTINGS)
+    try:
+        driver = Driver(bed, "job", url, "--episodes", str(JOB_EPISODES), "--deadline-s", "420",
+                        env={"AMC_API_TOKEN": token})
+        yield driver, token
+    finally:
+        if "server" in bed.sessions:
+            bed.stop("server", signal.SIGTERM)
+
+
+def _finished_whole(driver: Driver) -> dict:
+    """The job's end: succeeded, each of its episodes recorded once, resumed from its checkpoint; the job."""
+    done = driver.wait("done", 420)
+    job = done["done"]
+    assert job["state"] == "succeeded", (job, done["log"])
+    assert done["episodes"] == list(range(1, JOB_EPISODES + 1)) and job["episodes_done"] == JOB_EPISODES
+    assert done["resumed"], done["log"]  # the log's tail alone may have lost the line
+    assert driver.proc.wait(60) == 0
+    return job
+
+
 def test_the_node_running_a_job_cut_off(bed: NetBed) -> None:
     """A job runs as a Ray task (the orchestrator in `orch`, `--jobs-on-ray`) on a device host's node; that
     host's link goes down mid-search. Ray declares the node dead, the orchestrator restarts the job on the
     other host from the checkpoint that came back, and the job finishes: every episode once, none lost, and
     its events say the Ray task failed and was restarted. The host, back, is served again."""
-    import secrets
-
-    token = secrets.token_hex(16)
-    url = bed.server(token, AMC_RAY_CHECKPOINT_EVERY_S="0.5", AMC_MAX_WORKER_RESTARTS="2")
-    try:
-        episodes = 120
-        driver = Driver(bed, "job", url, "--episodes", str(episodes), "--deadline-s", "420", env={"AMC_API_TOKEN": token})
+    with _job_on_the_bed(bed) as (driver, _token):
         first = driver.wait("running_on", 180)
         cut = next(h for h in LAYOUT if bed.ip(h) == first["running_on"])
         time.sleep(4.0)  # some episodes and a checkpoint in
-        bed.link(cut, "down")
-        try:
+        with bed.cut_off(cut):
             second = driver.wait("running_on", 180)
-        finally:
-            bed.link(cut, "up")
         other = next(h for h in LAYOUT if h != cut)
         assert second["running_on"] == bed.ip(other), (first, second)
-        done = driver.wait("done", 420)
-        job = done["done"]
-        assert job["state"] == "succeeded", (job, done["log"])
-        assert done["episodes"] == list(range(1, episodes + 1)) and job["episodes_done"] == episodes
+        job = _finished_whole(driver)
         restarts = [e for e in job["events"] if e["kind"] == "worker-restart"]
         assert restarts and "Ray task failed" in restarts[0]["message"], job["events"]
-        assert "resuming job" in done["log"]
-        assert driver.proc.wait(60) == 0
-    finally:
-        bed.stop("server", signal.SIGTERM)
     _back_after_a_fault(bed, cut)
 
 
@@ -314,28 +332,13 @@ def test_the_orchestrator_killed_mid_job(bed: NetBed) -> None:
     """SIGKILL to the orchestrator while its job runs as a Ray task on a device host: the task, its relay
     gone, stops; the orchestrator started again resumes the job from the checkpoint that came back, and
     the job finishes with every episode once; its events say the server stopped under it."""
-    import secrets
-
-    token = secrets.token_hex(16)
-    settings = {"AMC_RAY_CHECKPOINT_EVERY_S": "0.5", "AMC_MAX_WORKER_RESTARTS": "2"}
-    url = bed.server(token, **settings)
-    try:
-        episodes = 120
-        driver = Driver(bed, "job", url, "--episodes", str(episodes), "--deadline-s", "420", env={"AMC_API_TOKEN": token})
+    with _job_on_the_bed(bed) as (driver, token):
         driver.wait("running_on", 180)
         time.sleep(4.0)  # some episodes and a checkpoint in
         bed.stop("server", signal.SIGKILL)
-        bed.server(token, **settings)
+        bed.server(token, **JOB_SETTINGS)
         second = driver.wait("running_on", 240)
         assert second["running_on"] in {bed.ip(h) for h in LAYOUT}, second
-        done = driver.wait("done", 420)
-        job = done["done"]
-        assert job["state"] == "succeeded", (job, done["log"])
-        assert done["episodes"] == list(range(1, episodes + 1)) and job["episodes_done"] == episodes
+        job = _finished_whole(driver)
         assert any(e["kind"] == "server-restart" for e in job["events"]), job["events"]
-        assert "resuming job" in done["log"]
         assert any("server_error" in item for item in driver.all)  # it was down in between
-        assert driver.proc.wait(60) == 0
-    finally:
-        if "server" in bed.sessions:
-            bed.stop("server", signal.SIGTERM)
