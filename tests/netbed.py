@@ -293,6 +293,28 @@ class NetBed:
         self.ray_node(host)
         self.device_host(host)
 
+    def restore(self, *, within: float = 20.0) -> None:
+        """The bed whole again after a test that failed halfway through a fault: links up, dead phone
+        emulators started again on their ports, and the Ray node and device host of every host whose phones
+        are not all served within `within` s started anew; then every phone served. (A cut longer than the
+        head's health check gets a node declared dead, and its raylet exits when the link is back.)"""
+        for host in self.hosts:
+            self.link(host, "up")
+        for serial, p in self.phones.items():
+            what = f"phone-{serial}"
+            if what not in self.sessions or not any(alive(pid) for pid in session_pids(self.sessions[what])):
+                self.sessions.pop(what, None)
+                self.phone(p["host"], serial, p["model"], port=int(p["port"]))
+        deadline = time.monotonic() + within
+        missing = set(self.hosts)
+        while missing and time.monotonic() < deadline:
+            ok = {d["serial"] for d in self.listing() or [] if d["health"] == "ok"}
+            missing = {p["host"] for serial, p in self.phones.items() if serial not in ok}
+            time.sleep(2.0)
+        for host in sorted(missing):
+            self.restart_host(host)
+        self.wait_served()
+
     # -- the whole bed ------------------------------------------------------------------------------
     def up(self) -> NetBed:
         from profiler.devices.keys import ensure_adb_key
@@ -326,16 +348,22 @@ class NetBed:
         for host in ["orch", *self.hosts]:
             shutil.rmtree(f"/tmp/nb{self.tag}{host[-1]}", ignore_errors=True)
 
+    def listing(self) -> list[dict] | None:
+        """The farm's phones as `amc devices --json` in `orch` lists them; None when it printed no listing."""
+        out = self.exec("orch", str(BIN / "amc"), "devices", "--ray", self.address, "--json", timeout=120)
+        try:
+            return json.loads(out.stdout)["devices"] if out.returncode == 0 else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None
+
     def wait_served(self, *, within: float = 240.0) -> list[dict]:
         """Block until every phone of LAYOUT is listed healthy by the farm (asked from `orch`)."""
         deadline = time.monotonic() + within
         listed: list[dict] = []
         while time.monotonic() < deadline:
-            out = self.exec("orch", str(BIN / "amc"), "devices", "--ray", self.address, "--json", timeout=120)
-            if out.returncode == 0:
-                listed = json.loads(out.stdout)["devices"]
-                if {d["serial"] for d in listed if d["health"] == "ok"} >= set(self.phones):
-                    return listed
+            listed = self.listing() or listed
+            if {d["serial"] for d in listed if d["health"] == "ok"} >= set(self.phones):
+                return listed
             time.sleep(1.0)
         raise AssertionError(f"not every phone was served within {within:.0f} s: {listed}; "
                              + "; ".join(f"{w}: {self.log(w)[-800:]}" for w in self.sessions if "device-host" in w))

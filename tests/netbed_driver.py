@@ -8,6 +8,7 @@ so the test can inject a fault at the right moment:
 or submit a job to the orchestrator (`amc serve` in `orch`, jobs on Ray) and follow it:
 
     {"running_on": IP, "job": ID}           the job's Ray task started on the node at IP (once per attempt)
+    {"episodes_done": N}                    the job's episodes recorded so far, each time it grows
     {"done": JOB, "episodes": [...], "nodes": [IP, ...]}   its end: GET /jobs/{id}, its episodes' numbers
 """
 
@@ -111,6 +112,7 @@ def follow_job(url: str, episodes: int, deadline_s: float) -> int:
         job_id = r.json()["id"]
         nodes: list[str] = []
         job: dict = {}
+        done_before = 0
         while time.monotonic() < deadline:
             try:
                 text = c.get(f"/jobs/{job_id}/log").text
@@ -123,6 +125,9 @@ def follow_job(url: str, episodes: int, deadline_s: float) -> int:
                 ip = next((a for n, a in node_ips.items() if n.startswith(prefix)), prefix)
                 nodes.append(ip)
                 _say(running_on=ip, job=job_id)
+            if job.get("episodes_done", 0) > done_before:
+                done_before = job["episodes_done"]
+                _say(episodes_done=done_before)
             if job["state"] in ("succeeded", "failed", "cancelled"):
                 break
             time.sleep(0.3)

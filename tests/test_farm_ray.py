@@ -74,6 +74,22 @@ def test_the_node_to_attach_to_is_an_address_or_ray_s_choice(monkeypatch) -> Non
         node_ip_address()
 
 
+def test_the_cluster_s_notices_go_to_stderr_not_into_a_command_s_output() -> None:
+    """Ray prints a notice such as "node marked dead" to a driver's stdout, where `amc devices --json` writes
+    its JSON (seen in CI: the listing followed by a raylet's stack trace); after the hook ray_init installs,
+    Ray's own printer sends it to stderr. In a process of its own: Ray is imported there, not here."""
+    code = ("from profiler.farm.cluster import _cluster_notices_to_stderr as hook; hook(); hook()\n"
+            "from ray._private import worker\n"
+            "worker.print_to_stdstream({'lines': ['node 1234 marked dead'], 'pid': 'raylet', 'is_err': False},"
+            " ignore_prefix=False)\n"
+            "print('{\"devices\": []}')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"devices": []}
+    assert out.stderr.count("node 1234 marked dead") == 1, out.stderr[-2000:]
+
+
 def test_a_device_host_opens_its_own_phones_directly_whatever_farm_its_environment_names(monkeypatch) -> None:
     """A phone actor inherits its host's AMC_RAY_ADDRESS; through the farm it would look its own phone
     up among the farm's phones (which it is about to serve) and never find it."""

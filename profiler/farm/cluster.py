@@ -38,6 +38,7 @@ def ray_init(address: str, *, insecure: bool = False) -> None:
     if ray.is_initialized():
         return
     node_ip = node_ip_address()
+    _cluster_notices_to_stderr()
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=False, _node_ip_address=node_ip)  # None: Ray's own choice
@@ -51,3 +52,20 @@ def ray_init(address: str, *, insecure: bool = False) -> None:
         raise ConfigError("AMC_RAY_NODE_IP", f"no Ray node of the cluster at {address} runs on {node_ip} on this "
                                              "machine: start one (`ray start --address ADDRESS --node-ip-address "
                                              f"{node_ip}`) or unset AMC_RAY_NODE_IP") from exc
+
+
+def _cluster_notices_to_stderr() -> None:
+    """Ray prints the cluster's error notices (a node marked dead, a worker killed) to the driver's stdout
+    whatever `log_to_driver` says; our stdout is the command's output (`amc devices --json` is read by
+    programs), so they go to stderr. Ray's own printer is kept when this Ray has no such hook."""
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "amc_to_stderr", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.amc_to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
