@@ -51,8 +51,10 @@ class LatencyOracle(Protocol):
 
 @runtime_checkable
 class FileTimer(Protocol):
-    """An oracle that can also time a model file as it is (an int8 ONNX file, which has no PyTorch form)."""
+    """An oracle that can also time a model file as it is (an int8 ONNX or TFLite file, which has no PyTorch
+    form)."""
 
     def measure_file_ms(self, path: Path, *, fresh: bool = False) -> float | None:
-        """Real measurement (ms, the oracle's statistic) of a model file, or None when no device could answer."""
+        """Real measurement (ms, the oracle's statistic) of a model file, or None when no device could answer
+        (or none runs that kind of file)."""
         ...

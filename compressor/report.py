@@ -34,6 +34,9 @@ def comparison_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     quantized = report.get("quantized")
     if quantized:
         rows.append((f"{report['strategy']} {quantized['scheme']}", quantized))
+    tfl = report.get("quantized_tflite")
+    if tfl:
+        rows.append((f"{report['strategy']} {tfl['scheme']} TFLite", tfl))
     return rows
 
 
@@ -95,6 +98,17 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"accuracy, scored from the file: {_fmt_pct(quantized['accuracy'])} (float "
                       f"{_fmt_pct(report['result']['accuracy'])}); measured {_fmt_ms(quantized.get('latency_measured_ms'))} ms"
                       + (f", {speedup:.2f}× the float model's speed." if speedup else ".")]
+    tfl = report.get("quantized_tflite")
+    if tfl:
+        speedup = tfl.get("speedup")
+        lines += ["", f"Int8 TFLite (`{tfl['file']}`, {_fmt_int(tfl['size_bytes'])} bytes): full-integer (int8 weights "
+                      f"per channel, int8 activations, int8 input and output; litert-torch's PT2E path) calibrated on "
+                      f"{tfl['calibration_images']} search images; on {tfl['check_images']} other search images it "
+                      f"picks the float model's class {_fmt_pct(tfl['top1_agreement'])} of the time. Report-split "
+                      f"accuracy, scored from the file with LiteRT: {_fmt_pct(tfl['accuracy'])}; measured "
+                      f"{_fmt_ms(tfl.get('latency_measured_ms'))} ms (float `model.tflite` "
+                      f"{_fmt_ms(tfl.get('float_latency_measured_ms'))} ms)"
+                      + (f", {speedup:.2f}× its speed." if speedup else ".")]
     dropped = [u.get("block") or u["name"] for u in report["units"] if report["result"]["channels"].get(u["name"]) == 0]
     if dropped:
         lines += ["", f"Residual blocks removed ({len(dropped)}, each now its shortcut): "

@@ -653,7 +653,10 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
         export = export_model("tflite", model, problem.example, out_dir / "model.tflite")
         report["exports"]["tflite"] = {"max_abs_diff": export.max_abs_diff, "size_bytes": export.size_bytes}
     if config.quantize != "none":
-        report["quantized"] = _quantize(out_dir, problem, report, model)
+        report["quantized"] = _quantize(out_dir, problem, report, model, "model.int8.onnx", "model.onnx")
+        if config.tflite:
+            report["quantized_tflite"] = _quantize(out_dir, problem, report, model, "model.int8.tflite",
+                                                   "model.tflite")
     buffer = io.BytesIO()
     torch.save({"config": config.to_dict(), "kept": [int(k) for k in kept],
                 "input_shape": list(problem.entry.input_shape), "state_dict": model.state_dict()}, buffer)
@@ -677,22 +680,26 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
     atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
 
 
-def _quantize(out_dir: Path, problem: Problem, report: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """model.int8.onnx from model.onnx, calibrated on the search split; the int8 row of the report:
-    accuracy on the report split scored from the file, latency timed from the file."""
+def _quantize(out_dir: Path, problem: Problem, report: dict[str, Any], model: nn.Module, name: str,
+              float_name: str) -> dict[str, Any]:
+    """`name` (model.int8.onnx, or model.int8.tflite: full-integer) beside the float file `float_name`,
+    calibrated on the search split; its row of the report: accuracy on the report split scored from the
+    file, latency timed from the file beside the float file's (the same runtime for both)."""
     from compressor.export.quantize import quantize_and_score
     from compressor.latency import FileTimer
 
     oracle = problem.oracle
     time_file = oracle.measure_file_ms if isinstance(oracle, FileTimer) else None
-    q = quantize_and_score(model, problem.example, out_dir / "model.int8.onnx", float_path=out_dir / "model.onnx",
+    q = quantize_and_score(model, problem.example, out_dir / name, float_path=out_dir / float_name,
                            calibration=problem.bundle.search, report=problem.bundle.report, time_file=time_file)
     report["exports"][q["format"]] = {"max_abs_diff": q["max_abs_diff"], "size_bytes": q["size_bytes"]}
     result = report["result"]
-    return {**q, "macs": result["macs"], "params": result["params"],
+    float_ms = result.get("latency_measured_ms")
+    if float_name != "model.onnx":  # the search timed the float model as ONNX: time its own form
+        float_ms = time_file(out_dir / float_name) if time_file is not None else None
+    return {**q, "macs": result["macs"], "params": result["params"], "float_latency_measured_ms": float_ms,
             "accuracy_drop": result["accuracy"] - q["accuracy"],
-            "speedup": (result["latency_measured_ms"] / q["latency_measured_ms"]
-                        if result.get("latency_measured_ms") and q["latency_measured_ms"] else None)}
+            "speedup": float_ms / q["latency_measured_ms"] if float_ms and q["latency_measured_ms"] else None}
 
 
 def load_pruned(path: str | Path) -> nn.Module:

@@ -118,13 +118,17 @@ class LutOracle:
         return ms
 
     def measure_file_ms(self, path: Path, *, fresh: bool = False) -> float | None:
-        """A model file timed as it is (an int8 ONNX file); the float table learns nothing from it."""
+        """A model file timed as it is (an int8 ONNX or TFLite file); the float table learns nothing from it.
+        A `.tflite` file is run with LiteRT when the oracle's own runtime is ONNX Runtime."""
         if self.pool is None:
             return None
-        if Path(path).suffix == ".onnx" and self.runtime != "onnxruntime":
-            log.info("%s is an ONNX file; this oracle times %s models, so it is not timed", path, self.runtime)
+        runtime = self.runtime
+        if Path(path).suffix == ".onnx" and runtime != "onnxruntime":
+            log.info("%s is an ONNX file; this oracle times %s models, so it is not timed", path, runtime)
             return None
-        result = self.pool.measure(Path(path), self.config, runtime=self.runtime, deadline_s=self.deadline_s,
+        if Path(path).suffix == ".tflite" and runtime == "onnxruntime":
+            runtime = "litert"
+        result = self.pool.measure(Path(path), self.config, runtime=runtime, deadline_s=self.deadline_s,
                                    fresh=fresh)
         if result is None:
             return None

@@ -17,6 +17,7 @@ from server.frontier import target_dir
 ARTIFACTS: dict[str, str] = {
     "model.onnx": "application/octet-stream",
     "model.int8.onnx": "application/octet-stream",  # with `quantize` int8
+    "model.int8.tflite": "application/octet-stream",  # with `quantize` int8 and `tflite`
     "model.tflite": "application/octet-stream",
     "model.pt": "application/octet-stream",
     "report.json": "application/json",

@@ -48,11 +48,14 @@ def main() -> int:
     parser.add_argument("action", choices=["measure", "lut", "job"])
     parser.add_argument("selector", help="measure, lut: the phones (model:NAME); job: the server's URL")
     parser.add_argument("--model", type=Path, help="the ONNX model to measure")
-    parser.add_argument("--runs", type=int, default=1500)
+    parser.add_argument("--runs", type=int, default=None,
+                        help="measure: its runs (default 1500); lut: each kernel's (default: the table's own)")
     parser.add_argument("--kernels", type=int, default=24, help="lut: how many conv kernels")
     parser.add_argument("--deadline-s", type=float, default=120.0)
     parser.add_argument("--episodes", type=int, default=100, help="job: its episodes")
     args = parser.parse_args()
+    args.runs_given = args.runs is not None
+    args.runs = 1500 if args.runs is None else args.runs
     if args.action == "job":
         return follow_job(args.selector, args.episodes, args.deadline_s)
 
@@ -80,7 +83,8 @@ def main() -> int:
             kernels = [KernelSpec("conv", 8, 8 + 8 * i, k=3, h=32, w=32) for i in range(args.kernels)]
             expected = len(kernel_grid(ModelKernels.assumed(kernels, a_min=0.2, round_to=8), max_points=1))
             device = FarmDevice(args.selector, farm=farm, wait_s=args.deadline_s)
-            table = build_lut(device, kernels, max_points=1, round_to=8,
+            config = MeasureConfig(warmup=2, runs=args.runs) if args.runs_given else None
+            table = build_lut(device, kernels, max_points=1, round_to=8, config=config,
                               table=LatencyTable(device_id=device.id or "", runtime="onnxruntime", threads=1))
             points = {f"{k}|{c}": v for k, pts in table.entries.items() for c, v in pts.items()}
             _say(done={"entries": len(table), "points": len(points), "expected": expected,

@@ -237,7 +237,9 @@ def _back_after_a_fault(bed: NetBed, host: str) -> None:
 def test_a_host_killed_mid_table_build(bed: NetBed) -> None:
     """SIGKILL to the device host whose Pixel 7 times a latency table's kernels: the table is finished on
     the other Pixel 7, every kernel timed (none lost), and the pool says which phone vanished."""
-    driver = Driver(bed, "lut", "model:Pixel_7", "--kernels", "24", "--deadline-s", "180")
+    # 300 runs a kernel: each lease lasts long enough that the kill lands inside one (with the table's own
+    # few runs, CI once killed the host between two kernels, and the pool never saw the phone fail)
+    driver = Driver(bed, "lut", "model:Pixel_7", "--kernels", "24", "--runs", "300", "--deadline-s", "180")
     first = driver.wait("measuring", 180)
     victim = first["host"]
     bed.stop(f"device-host-{victim}", signal.SIGKILL)

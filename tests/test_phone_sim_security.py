@@ -628,7 +628,7 @@ def test_arbitrary_bytes_never_crash_the_emulator(
                 sock.settimeout(0.3)
                 while chunk := sock.recv(65536):
                     received += chunk
-            except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            except OSError:  # it hung up on us, mid-send or before our shutdown (ENOTCONN): the checks follow
                 pass
         # Still serving: a new client completes the handshake.
         fresh = online(simulator.port)

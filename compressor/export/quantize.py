@@ -229,28 +229,47 @@ def quantize_file(float_path: str | Path, path: str | Path, *, calibration: Spli
                               f"{'; '.join(left)}. ONNX Runtime quantizes float32 Conv/Gemm/MatMul layers with "
                               "constant weights; keep such layers float32 in the model, or export it in float only")
         qsess = _session(tmp)
-        images = calibration.x[check_rows].numpy().astype(np.float32)
-        f = np.asarray(reference(images), dtype=np.float64).reshape(len(check_rows), -1)
-        q = np.concatenate([np.asarray(qsess.run(None, {input_name: x[None]})[0], dtype=np.float64).reshape(1, -1)
-                            for x in images])
-        per_image = np.abs(q - f).max(axis=1)
-        max_diff = float(per_image.max()) if np.all(np.isfinite(per_image)) else float("inf")
-        p99 = float(np.quantile(per_image, 0.99)) if np.all(np.isfinite(per_image)) else float("inf")
-        spread = float(f.max() - f.min())
-        agreement = float((q.argmax(1) == f.argmax(1)).mean())
-        what = (f"top-1 agreement with float {100 * agreement:.1f}%, 99th-percentile max |int8 - float| {p99:.3g} "
-                f"({p99 / max(spread, 1e-12):.1%} of the float outputs' range {spread:.3g}), over {len(check_rows)} "
-                "held-out search images")
-        if not (agreement >= min_agreement and p99 <= max_relative_p99 * spread):
-            raise ExportError(f"the int8 model {path.name} disagrees with the float model: {what}; "
-                              f"needed at least {100 * min_agreement:.0f}% agreement and at most "
-                              f"{max_relative_p99:.0%} of the range (a model whose classes are near-ties, e.g. "
-                              "untrained, or one with layers that do not survive 8 bits)")
-    result = QuantizedExport(path, FORMAT, max_diff, timer.seconds, path.stat().st_size, top1_agreement=agreement,
-                             p99_abs_diff=p99, output_range=spread, calibration_images=len(cal_rows),
-                             check_images=len(check_rows), calibration_indices=reader.seen_indices)
-    log.info("quantized %s to int8 (%d bytes): %s", path, result.size_bytes, what)
+        check = _agreement(lambda x: qsess.run(None, {input_name: x[None]})[0], reference,
+                           calibration.x[check_rows].numpy().astype(np.float32), name=path.name,
+                           min_agreement=min_agreement, max_relative_p99=max_relative_p99)
+    result = QuantizedExport(path, FORMAT, check.max_diff, timer.seconds, path.stat().st_size,
+                             top1_agreement=check.agreement, p99_abs_diff=check.p99, output_range=check.spread,
+                             calibration_images=len(cal_rows), check_images=len(check_rows),
+                             calibration_indices=reader.seen_indices)
+    log.info("quantized %s to int8 (%d bytes): %s", path, result.size_bytes, check.what)
     return result
+
+
+@dataclass(frozen=True)
+class _Check:
+    agreement: float
+    p99: float
+    max_diff: float
+    spread: float
+    what: str
+
+
+def _agreement(run_int8: Callable[[np.ndarray], np.ndarray], reference: Runner, images: np.ndarray, *, name: str,
+               min_agreement: float, max_relative_p99: float) -> _Check:
+    """The int8 file (`run_int8`: one C x H x W image -> outputs) beside the float model on held-out search
+    images: ExportError when they pick another class too often or drift apart further than 8 bits do."""
+    f = np.asarray(reference(images), dtype=np.float64).reshape(len(images), -1)
+    q = np.concatenate([np.asarray(run_int8(x), dtype=np.float64).reshape(1, -1) for x in images])
+    per_image = np.abs(q - f).max(axis=1)
+    finite = bool(np.all(np.isfinite(per_image)))
+    max_diff = float(per_image.max()) if finite else float("inf")
+    p99 = float(np.quantile(per_image, 0.99)) if finite else float("inf")
+    spread = float(f.max() - f.min())
+    agreement = float((q.argmax(1) == f.argmax(1)).mean())
+    what = (f"top-1 agreement with float {100 * agreement:.1f}%, 99th-percentile max |int8 - float| {p99:.3g} "
+            f"({p99 / max(spread, 1e-12):.1%} of the float outputs' range {spread:.3g}), over {len(images)} "
+            "held-out search images")
+    if not (agreement >= min_agreement and p99 <= max_relative_p99 * spread):
+        raise ExportError(f"the int8 model {name} disagrees with the float model: {what}; "
+                          f"needed at least {100 * min_agreement:.0f}% agreement and at most "
+                          f"{max_relative_p99:.0%} of the range (a model whose classes are near-ties, e.g. "
+                          "untrained, or one with layers that do not survive 8 bits)")
+    return _Check(agreement, p99, max_diff, spread, what)
 
 
 def export(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, calibration: Split,
@@ -273,17 +292,28 @@ def export(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, c
 
 
 def evaluate_file(path: str | Path, split: Split) -> float:
-    """Top-1 accuracy of an ONNX file run with ONNX Runtime (one thread, one image per run) on `split`."""
+    """Top-1 accuracy of an exported file on `split`, one image per run, one thread: ONNX with ONNX Runtime,
+    `.tflite` with LiteRT (an int8 file's input quantized and output dequantized with its own scales)."""
+    path = Path(path)
     if len(split) == 0:
         raise ExportError(f"cannot score {path} on an empty split ({split.description})")
-    try:
-        sess = _session(Path(path))
-    except Exception as e:
-        raise ExportError(f"ONNX Runtime cannot load {path}: {e}") from e
-    name = sess.get_inputs()[0].name
+    if path.suffix == ".tflite":
+        from compressor.export import tflite_int8
+
+        run = tflite_int8.runner(path)
+    else:
+        try:
+            sess = _session(path)
+        except Exception as e:
+            raise ExportError(f"ONNX Runtime cannot load {path}: {e}") from e
+        name = sess.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return sess.run(None, {name: x})[0]
+
     correct = 0
     for i in range(len(split)):
-        scores = sess.run(None, {name: split.x[i : i + 1].numpy().astype(np.float32)})[0]
+        scores = run(split.x[i : i + 1].numpy().astype(np.float32))
         correct += int(np.asarray(scores).reshape(-1).argmax() == int(split.y[i]))
     return correct / len(split)
 
@@ -291,9 +321,16 @@ def evaluate_file(path: str | Path, split: Split) -> float:
 def quantize_and_score(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, float_path: str | Path,
                        calibration: Split, report: Split,
                        time_file: Callable[[Path], float | None] | None = None) -> dict[str, Any]:
-    """What a search reports of its int8 model: the export and its check, its accuracy on `report`
-    scored from the file itself, and its latency from `time_file` (None when nothing times files)."""
-    result = export(model, example_input, path, calibration=calibration, float_path=float_path)
+    """What a search reports of an int8 model: the export and its check, its accuracy on `report` scored
+    from the file itself, and its latency from `time_file` (None when nothing times files). A `.tflite`
+    `path` is a full-integer TFLite file (compressor.export.tflite_int8), else an ONNX QDQ one from the
+    validated float file at `float_path`."""
+    if Path(path).suffix == ".tflite":
+        from compressor.export import tflite_int8
+
+        result = tflite_int8.export(model, example_input, path, calibration=calibration)
+    else:
+        result = export(model, example_input, path, calibration=calibration, float_path=float_path)
     out = result.to_dict()
     out["accuracy"] = evaluate_file(result.path, report)
     out["latency_measured_ms"] = time_file(result.path) if time_file is not None else None
