@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin", type=float, default=1.0,
                         help="each latency target is this share of its sibling's measured latency (below 1: "
                              "room for the measurement noise of a shared machine)")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"],
+                        help="int8: also each of ours and each sibling as post-training int8 ONNX (calibrated on "
+                             "the search split), scored from the files and timed: int8 against int8")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_frontier"))
@@ -136,21 +139,43 @@ def main(argv: list[str] | None = None) -> int:
                           finetune_mix=args.finetune_mix, latency_rounds=args.latency_rounds,
                           width_seeds=not args.no_width_seeds, train_data=train_data,
                           finetune_lr=args.finetune_lr, finetune_batch_size=args.finetune_batch_size,
-                          train_device=args.train_device)
+                          train_device=args.train_device, quantize=args.quantize)
     oracle = make_oracle(config, force=True, statistic=args.statistic, progress=lambda d, t, what: log(f"  latency table {d}/{t} {what}")
                          if d == t or d % 50 == 0 else None)
     frontier = run_frontier(config, targets, out / "frontier", oracle=oracle, on_event=search_progress)
 
-    # Interleaved re-measurement of every compressed model and every sibling.
-    ours = [out / "frontier" / target_dir(t) / "model.onnx" for t in targets]
-    again = measured([sibling_files[d] for d in depths + [56]] + ours)
-    sib_ms = dict(zip(depths + [56], again[:len(depths) + 1]))
-    our_ms = dict(zip(targets, again[len(depths) + 1:]))
     from compressor.data import load_dataset
     from compressor.training import evaluate
 
     entry = zoo.MODELS["resnet56"]
     bundle = load_dataset(config.data, input_shape=entry.input_shape, mean=entry.mean, std=entry.std, seed=0)
+    int8_files: list[Path] = []
+    int8_acc: dict = {}
+    if args.quantize == "int8":
+        from compressor.export import quantize
+
+        for d in depths + [56]:  # the siblings quantized the way the searches quantize ours
+            model = zoo.load_model(f"resnet{d}", weights=str(data / "weights" / SIBLINGS[d])).model.eval()
+            q = quantize.export(model, example, out / f"resnet{d}.int8.onnx", calibration=bundle.search,
+                                float_path=sibling_files[d])
+            int8_acc[d] = quantize.evaluate_file(q.path, bundle.report)
+            int8_files.append(q.path)
+            log(f"  ResNet-{d} int8: {int8_acc[d]:.2%} on the report split (scored from the file)")
+        for t in targets:
+            q = json.loads((out / "frontier" / target_dir(t) / "report.json").read_text())["quantized"]
+            if q.get("error"):
+                log(f"bench_frontier: ours at {t} has no int8 model: {q['error']}")
+                return 1
+            int8_acc[t] = q["accuracy"]
+            int8_files.append(out / "frontier" / target_dir(t) / "model.int8.onnx")
+
+    # Interleaved re-measurement of every compressed model and every sibling (and their int8 forms).
+    ours = [out / "frontier" / target_dir(t) / "model.onnx" for t in targets]
+    again = measured([sibling_files[d] for d in depths + [56]] + ours + int8_files)
+    n = len(depths) + 1
+    sib_ms = dict(zip(depths + [56], again[:n]))
+    our_ms = dict(zip(targets, again[n:n + len(targets)]))
+    int8_ms = dict(zip([*(depths + [56]), *targets], again[n + len(targets):]))
     sib_acc = {d: evaluate(zoo.load_model(f"resnet{d}", weights=str(data / "weights" / SIBLINGS[d])).model,
                            bundle.report) for d in depths + [56]}
     total_s = time.perf_counter() - t_start
@@ -161,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_rounds": args.latency_rounds,
                 "statistic": args.statistic,
                 "rounds": args.rounds, "margin": args.margin, "depths": depths, "targets": targets, "total_s": total_s,
-                "train_data": train_data, "finetune_lr": args.finetune_lr, "train_device": args.train_device}
+                "train_data": train_data, "finetune_lr": args.finetune_lr, "train_device": args.train_device,
+                "quantize": args.quantize}
     recoveries = {}
     corrections, drifts = {}, {}
     for point in frontier["points"]:
@@ -172,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {"settings": settings, "before": before, "after": {"siblings": sib_ms, "ours": our_ms},
                "accuracy": sib_acc, "frontier": frontier, "corrections": corrections,
                "drifts": drifts, "recoveries": recoveries}
+    if int8_files:
+        results["int8"] = {"siblings": {d: {"ms": int8_ms[d], "accuracy": int8_acc[d]} for d in depths + [56]},
+                           "ours": {t: {"ms": int8_ms[t], "accuracy": int8_acc[t]} for t in targets}}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(render(results))
     return 0
@@ -259,6 +288,29 @@ def render(results: dict) -> str:
                       f"{'the training data' if st.get('train_data') else '4,500 images'}, {our_ms['flops=0.5']:.3f} ms "
                       f"({p['blocks_removed']} blocks removed); search {p['search_seconds'] / 60:.1f} min, recovery "
                       f"{_recovery_time(recoveries.get('flops=0.5'), p)}. {AMC_PUBLISHED}."]
+    int8 = results.get("int8")
+    if int8 and st["depths"]:
+        i_sib = {int(d): v for d, v in int8["siblings"].items()}
+        i_our = {str(Target.parse(t)): v for t, v in int8["ours"].items()}
+        lines += ["", "Int8 against int8: every model above as post-training int8 ONNX (ONNX Runtime static "
+                      "quantization, QDQ, int8 weights per channel, uint8 activations, calibrated on 256 search "
+                      "images), scored from the files on the report split and timed in the same interleaved rounds. "
+                      "Ours were searched for the float latency above and quantized after recovery (no "
+                      "quantization-aware recovery; the search did not see int8).", "",
+                      "| model | float accuracy | int8 accuracy | float ms | int8 ms | int8 speed-up | "
+                      "ours int8 vs its int8 sibling |",
+                      "|---|---:|---:|---:|---:|---:|---|"]
+        for d, t in zip(st["depths"], targets):
+            s, o = i_sib[d], i_our[t]
+            lines.append(f"| ResNet-{d} | {sib_acc[d]:.2%} | {s['accuracy']:.2%} | {sib_ms[d]:.3f} | {s['ms']:.3f} | "
+                         f"{sib_ms[d] / s['ms']:.2f}× | |")
+            verdict = (f"{'faster' if o['ms'] <= s['ms'] else 'slower'} ({o['ms'] / s['ms']:.2f}×), "
+                       f"{100 * (o['accuracy'] - s['accuracy']):+.2f} points")
+            lines.append(f"| ours at `{t}` | {points[t]['accuracy']:.2%} | {o['accuracy']:.2%} | {our_ms[t]:.3f} | "
+                         f"{o['ms']:.3f} | {our_ms[t] / o['ms']:.2f}× | {verdict} |")
+        s = i_sib[56]
+        lines.append(f"| ResNet-56 | {sib_acc[56]:.2%} | {s['accuracy']:.2%} | {sib_ms[56]:.3f} | {s['ms']:.3f} | "
+                     f"{sib_ms[56] / s['ms']:.2f}× | |")
     if not st["depths"]:  # the flops point alone: no sibling table
         lines = [lines[0].replace("compressed to each sibling's measured latency", "compressed to half its FLOPs"),
                  *lines[lines.index("") + 3:]]

@@ -9,6 +9,11 @@ a shared 2-core machine other processes only ever slow a round down. Also the in
 against PyTorch on held-out search images (top-1 agreement, 99th-percentile largest logit
 difference as a share of the logits' range), which is what the export's thresholds come from.
 
+With litert-torch installed (the tflite extra), the same for TFLite: the float `model.tflite` and its
+full-integer int8 form (`compressor.export.tflite_int8`: int8 weights per channel, int8 activations and
+I/O, calibrated on the same search images), scored from the files with LiteRT and timed on `local` with
+LiteRT (1 thread, XNNPACK).
+
     python -m benchmarks.bench_int8 --rounds 3
 """
 
@@ -33,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", type=int, default=256, help="calibration images from the search split")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the fastest round is kept)")
     p.add_argument("--data", default=str(DATA), help="../shared/data")
-    p.add_argument("--out", default="runs/bench_int8", help="where the ONNX files go")
+    p.add_argument("--out", default="runs/bench_int8", help="where the ONNX and TFLite files go")
+    p.add_argument("--tflite", action=argparse.BooleanOptionalAction, default=None,
+                   help="also TFLite float and int8 (default: when litert-torch is installed)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "cifar10_test.npz").is_file():
@@ -53,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from compressor.export import tflite as tflite_export
+
+    with_tflite = tflite_export.available() if args.tflite is None else args.tflite
     rows = []
     files: list[tuple[Path, Path]] = []
+    tfl_rows: list[dict] = []
+    tfl_files: list[tuple[Path, Path]] = []
     bundle = None
     for depth in [int(d) for d in args.depths.split(",") if d]:
         entry = zoo.MODELS[f"resnet{depth}"]
@@ -78,18 +90,33 @@ def main(argv: list[str] | None = None) -> int:
                      "p99_rel": q.p99_abs_diff / q.output_range, "float_kb": fp.stat().st_size / 1024,
                      "int8_kb": q.size_bytes / 1024, "quantize_s": seconds})
         files.append((fp, q.path))
+        if with_tflite:
+            from compressor.export import tflite_int8
+
+            t = time.perf_counter()
+            tf = tflite_export.export(model, example, out / f"resnet{depth}.tflite").path
+            tq = tflite_int8.export(model, example, out / f"resnet{depth}.int8.tflite", calibration=bundle.search,
+                                    calibration_images=args.calibration)
+            seconds = time.perf_counter() - t
+            _log(f"resnet{depth}: TFLite float and int8 in {seconds:.1f} s; scoring the report split from both")
+            tfl_rows.append({"depth": depth, "float_acc": quantize.evaluate_file(tf, bundle.report),
+                             "int8_acc": quantize.evaluate_file(tq.path, bundle.report), "agreement": tq.top1_agreement,
+                             "p99_rel": tq.p99_abs_diff / tq.output_range, "float_kb": tf.stat().st_size / 1024,
+                             "int8_kb": tq.size_bytes / 1024, "quantize_s": seconds})
+            tfl_files.append((tf, tq.path))
     assert bundle is not None
 
     device = LocalDevice()
     config = MeasureConfig(threads=1)
     best: dict[Path, float] = {}
     for r in range(args.rounds):
-        for pair in files:
+        for pair in [*files, *tfl_files]:
             for path in pair:
-                ms = measure(device, path, config, cache=None).median_ms
+                runtime = "litert" if path.suffix == ".tflite" else "onnxruntime"
+                ms = measure(device, path, config, runtime=runtime, cache=None).median_ms
                 best[path] = min(best.get(path, ms), ms)
-        _log(f"timing round {r + 1}/{args.rounds}: " + ", ".join(f"{p.name} {best[p]:.3f}" for pair in files
-                                                                  for p in pair))
+        _log(f"timing round {r + 1}/{args.rounds}: " + ", ".join(f"{p.name} {best[p]:.3f}"
+                                                                  for pair in [*files, *tfl_files] for p in pair))
     print(f"Report split: {bundle.report.description}. Calibration: {args.calibration} images of the search split "
           f"({bundle.search.description}); the check: {quantize.CHECK_IMAGES} other search images. Latency: `local`, "
           f"ONNX Runtime, 1 thread, median of {config.runs} runs, fastest of {args.rounds} interleaved rounds.\n")
@@ -102,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * (row['int8_acc'] - row['float_acc']):+.2f} | {100 * row['agreement']:.1f}% | "
               f"{100 * row['p99_rel']:.1f}% | {f_ms:.3f} | {q_ms:.3f} | {f_ms / q_ms:.2f}× | "
               f"{row['float_kb']:.0f} | {row['int8_kb']:.0f} |")
+    if tfl_rows:
+        print("\nTFLite (litert-torch; int8: full integer, int8 weights per channel, int8 activations and input/output), "
+              "scored from the files with LiteRT, timed on `local` with LiteRT (XNNPACK), 1 thread:\n")
+        print("| model | float acc | int8 acc | Δ (points) | top-1 agreement (check) | p99 diff / range | float ms | "
+              "int8 ms | speed-up | float KiB | int8 KiB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for row, (fp, qp) in zip(tfl_rows, tfl_files):
+            f_ms, q_ms = best[fp], best[qp]
+            print(f"| ResNet-{row['depth']} | {100 * row['float_acc']:.2f}% | {100 * row['int8_acc']:.2f}% | "
+                  f"{100 * (row['int8_acc'] - row['float_acc']):+.2f} | {100 * row['agreement']:.1f}% | "
+                  f"{100 * row['p99_rel']:.1f}% | {f_ms:.3f} | {q_ms:.3f} | {f_ms / q_ms:.2f}× | "
+                  f"{row['float_kb']:.0f} | {row['int8_kb']:.0f} |")
     return 0
 
 

@@ -52,6 +52,14 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
                              "--out", f"runs/bench_frontier_r{d}"])
     for d, extra in _TRAIN_FRONTIER_EXTRA.items()
 }
+# Int8 against int8 (issue 24): the same runs with --quantize int8, ours and the siblings quantized alike.
+VARIANTS.update({
+    f"frontier-int8-{d}": ("benchmarks.bench_frontier",
+                           f"Int8: ResNet-56 against ResNet-{d}, both post-training int8, recovered on the training set",
+                           [*VARIANTS[f"frontier-train-{d}"][2][:-1], f"runs/bench_frontier_int8_r{d}",
+                            "--quantize", "int8"])
+    for d in _TRAIN_FRONTIER_EXTRA
+})
 # AMC's own point (flops=0.5; its paper: 91.9%, the unpruned ResNet-56 92.8%), recovered on the training set.
 VARIANTS["frontier-train-flops"] = (
     "benchmarks.bench_frontier", "ResNet-56 at half its FLOPs (AMC's point), recovered on the CIFAR-10 training set",

@@ -32,10 +32,10 @@ def comparison_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         rows.append((name, summary))
     rows.append((report["strategy"], report["result"]))
     quantized = report.get("quantized")
-    if quantized:
+    if quantized and quantized.get("file"):
         rows.append((f"{report['strategy']} {quantized['scheme']}", quantized))
     tfl = report.get("quantized_tflite")
-    if tfl:
+    if tfl and tfl.get("file"):
         rows.append((f"{report['strategy']} {tfl['scheme']} TFLite", tfl))
     return rows
 
@@ -87,8 +87,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"{recovery['holdout'] or 'no held-out images (the last epoch is kept)'}"
                       + (f" (held-out accuracy {_fmt_pct(recovery['holdout_accuracy_before'])} → {_fmt_pct(held)})."
                          if held is not None else ".")]
+    for key in ("quantized", "quantized_tflite"):
+        failed = report.get(key) or {}
+        if failed.get("error"):
+            lines += ["", f"Int8: no `{failed['wanted']}` was written: {failed['error']}"]
     quantized = report.get("quantized")
-    if quantized:
+    if quantized and quantized.get("file"):
         speedup = quantized.get("speedup")
         lines += ["", f"Int8 (`{quantized['file']}`, {_fmt_int(quantized['size_bytes'])} bytes): ONNX Runtime static "
                       f"quantization (QDQ, int8 weights per channel, uint8 activations) calibrated on "
@@ -99,7 +103,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"{_fmt_pct(report['result']['accuracy'])}); measured {_fmt_ms(quantized.get('latency_measured_ms'))} ms"
                       + (f", {speedup:.2f}× the float model's speed." if speedup else ".")]
     tfl = report.get("quantized_tflite")
-    if tfl:
+    if tfl and tfl.get("file"):
         speedup = tfl.get("speedup")
         lines += ["", f"Int8 TFLite (`{tfl['file']}`, {_fmt_int(tfl['size_bytes'])} bytes): full-integer (int8 weights "
                       f"per channel, int8 activations, int8 input and output; litert-torch's PT2E path) calibrated on "

@@ -653,10 +653,10 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
         export = export_model("tflite", model, problem.example, out_dir / "model.tflite")
         report["exports"]["tflite"] = {"max_abs_diff": export.max_abs_diff, "size_bytes": export.size_bytes}
     if config.quantize != "none":
-        report["quantized"] = _quantize(out_dir, problem, report, model, "model.int8.onnx", "model.onnx")
+        report["quantized"] = _quantize_or_say_why(out_dir, problem, report, model, "model.int8.onnx", "model.onnx")
         if config.tflite:
-            report["quantized_tflite"] = _quantize(out_dir, problem, report, model, "model.int8.tflite",
-                                                   "model.tflite")
+            report["quantized_tflite"] = _quantize_or_say_why(out_dir, problem, report, model, "model.int8.tflite",
+                                                              "model.tflite")
     buffer = io.BytesIO()
     torch.save({"config": config.to_dict(), "kept": [int(k) for k in kept],
                 "input_shape": list(problem.entry.input_shape), "state_dict": model.state_dict()}, buffer)
@@ -678,6 +678,19 @@ def _write_outputs(out_dir: Path, problem: Problem, report: dict[str, Any], rows
     atomic_write(out_dir / "curves.svg", curves_svg(curves["best_reward_so_far"], warmup=curves["warmup"],
                                                     title=f"best reward so far ({problem.reward_name})").encode())
     atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
+
+
+def _quantize_or_say_why(out_dir: Path, problem: Problem, report: dict[str, Any], model: nn.Module, name: str,
+                         float_name: str) -> dict[str, Any]:
+    """`_quantize`'s row, or, when the int8 file fails its check (or cannot be made), why: the float model
+    and the rest of the search's outputs are written either way."""
+    from compressor.errors import ExportError
+
+    try:
+        return _quantize(out_dir, problem, report, model, name, float_name)
+    except ExportError as e:
+        log.warning("no %s: %s", name, e)
+        return {"file": None, "wanted": name, "scheme": problem.config.quantize, "error": str(e)}
 
 
 def _quantize(out_dir: Path, problem: Problem, report: dict[str, Any], model: nn.Module, name: str,

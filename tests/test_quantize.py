@@ -230,6 +230,25 @@ def test_compress_with_quantize_reports_int8_beside_float(tmp_path, monkeypatch)
     assert seen and seen <= _hashes(bundle.search.x) and not seen & _hashes(bundle.report.x)
 
 
+def test_an_int8_model_that_fails_its_check_leaves_the_float_outputs_and_says_why(tmp_path, monkeypatch):
+    """The check refusing the int8 file (as it does a pruned model never recovered, whose classes are near-ties)
+    costs the search its int8 file only: the float model and report are written, and the report says why."""
+    from compressor.config import SearchConfig
+    from compressor.search import run_search
+
+    def refused(*_a, **_k):
+        raise ExportError("the int8 model model.int8.onnx disagrees with the float model: top-1 agreement 92.2%")
+
+    monkeypatch.setattr(quantize, "quantize_and_score", refused)
+    config = SearchConfig(model="demo-cnn", data="digits", target="flops=0.5", strategy="random", episodes=2,
+                          quantize="int8")
+    report = run_search(config, tmp_path)
+    assert report["quantized"]["file"] is None and "top-1 agreement 92.2%" in report["quantized"]["error"]
+    assert (tmp_path / "model.onnx").is_file() and not (tmp_path / "model.int8.onnx").exists()
+    text = (tmp_path / "report.md").read_text()
+    assert "no `model.int8.onnx` was written: the int8 model" in text and "| random int8 |" not in text
+
+
 def test_quantize_is_a_search_option():
     from compressor.config import SearchConfig
     from compressor.errors import ConfigError
