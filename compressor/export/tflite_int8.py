@@ -25,13 +25,13 @@ from compressor.data import Split
 from compressor.errors import ExportError
 from compressor.export import tflite
 from compressor.export.common import Runner, Timer, atomic_target, check_inputs
-from compressor.export.quantize import (
+from compressor.export.int8_check import (
     CALIBRATION_IMAGES,
     CHECK_IMAGES,
     MAX_RELATIVE_P99,
     MIN_AGREEMENT,
     QuantizedExport,
-    _agreement,
+    agreement,
     pick_rows,
 )
 
@@ -216,7 +216,7 @@ def export(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, c
                               f"point: {'; '.join(left)}. The PT2E quantizer covers conv, linear and their "
                               "activations; keep other layers out of the model, or export it in float only")
         run = runner(tmp)
-        check = _agreement(lambda im: run(im[None]), reference, calibration.x[check_rows].numpy().astype(np.float32),
+        check = agreement(lambda im: run(im[None]), reference, calibration.x[check_rows].numpy().astype(np.float32),
                            name=path.name, min_agreement=min_agreement, max_relative_p99=max_relative_p99)
     indices = tuple(cal_rows) if calibration.indices is None else tuple(int(calibration.indices[r]) for r in cal_rows)
     result = QuantizedExport(path, FORMAT, check.max_diff, timer.seconds, path.stat().st_size,
