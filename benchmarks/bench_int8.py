@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                             float_path=fp, calibration_images=args.calibration)
         seconds = time.perf_counter() - t
         _log(f"resnet{depth}: exported and quantized in {seconds:.1f} s; scoring the report split from both files")
-        rows.append({"depth": depth, "float_acc": quantize.evaluate_file(fp, bundle.report),
-                     "int8_acc": quantize.evaluate_file(q.path, bundle.report), "agreement": q.top1_agreement,
-                     "p99_rel": q.p99_abs_diff / q.output_range, "float_kb": fp.stat().st_size / 1024,
-                     "int8_kb": q.size_bytes / 1024, "quantize_s": seconds})
+        rows.append(_row(depth, fp, q, bundle.report))
         files.append((fp, q.path))
         if with_tflite:
             from compressor.export import tflite_int8
@@ -99,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                     calibration_images=args.calibration)
             seconds = time.perf_counter() - t
             _log(f"resnet{depth}: TFLite float and int8 in {seconds:.1f} s; scoring the report split from both")
-            tfl_rows.append({"depth": depth, "float_acc": quantize.evaluate_file(tf, bundle.report),
-                             "int8_acc": quantize.evaluate_file(tq.path, bundle.report), "agreement": tq.top1_agreement,
-                             "p99_rel": tq.p99_abs_diff / tq.output_range, "float_kb": tf.stat().st_size / 1024,
-                             "int8_kb": tq.size_bytes / 1024, "quantize_s": seconds})
+            tfl_rows.append(_row(depth, tf, tq, bundle.report))
             tfl_files.append((tf, tq.path))
     assert bundle is not None
 
@@ -120,6 +114,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Report split: {bundle.report.description}. Calibration: {args.calibration} images of the search split "
           f"({bundle.search.description}); the check: {quantize.CHECK_IMAGES} other search images. Latency: `local`, "
           f"ONNX Runtime, 1 thread, median of {config.runs} runs, fastest of {args.rounds} interleaved rounds.\n")
+    _table(rows, files, best)
+    if tfl_rows:
+        print("\nTFLite (litert-torch; int8: full integer, int8 weights per channel, int8 activations and input/output), "
+              "scored from the files with LiteRT, timed on `local` with LiteRT (XNNPACK), 1 thread:\n")
+        _table(tfl_rows, tfl_files, best)
+    return 0
+
+
+def _row(depth: int, float_path: Path, q, report) -> dict:
+    """One model's accuracy columns: both files scored on the report split, the int8 file's check."""
+    from compressor.export import quantize
+
+    return {"depth": depth, "float_acc": quantize.evaluate_file(float_path, report),
+            "int8_acc": quantize.evaluate_file(q.path, report), "agreement": q.top1_agreement,
+            "p99_rel": q.p99_abs_diff / q.output_range, "float_kb": float_path.stat().st_size / 1024,
+            "int8_kb": q.size_bytes / 1024}
+
+
+def _table(rows: list[dict], files: list[tuple[Path, Path]], best: dict[Path, float]) -> None:
     print("| model | float acc | int8 acc | Δ (points) | top-1 agreement (check) | p99 diff / range | float ms | "
           "int8 ms | speed-up | float KiB | int8 KiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -129,19 +142,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * (row['int8_acc'] - row['float_acc']):+.2f} | {100 * row['agreement']:.1f}% | "
               f"{100 * row['p99_rel']:.1f}% | {f_ms:.3f} | {q_ms:.3f} | {f_ms / q_ms:.2f}× | "
               f"{row['float_kb']:.0f} | {row['int8_kb']:.0f} |")
-    if tfl_rows:
-        print("\nTFLite (litert-torch; int8: full integer, int8 weights per channel, int8 activations and input/output), "
-              "scored from the files with LiteRT, timed on `local` with LiteRT (XNNPACK), 1 thread:\n")
-        print("| model | float acc | int8 acc | Δ (points) | top-1 agreement (check) | p99 diff / range | float ms | "
-              "int8 ms | speed-up | float KiB | int8 KiB |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for row, (fp, qp) in zip(tfl_rows, tfl_files):
-            f_ms, q_ms = best[fp], best[qp]
-            print(f"| ResNet-{row['depth']} | {100 * row['float_acc']:.2f}% | {100 * row['int8_acc']:.2f}% | "
-                  f"{100 * (row['int8_acc'] - row['float_acc']):+.2f} | {100 * row['agreement']:.1f}% | "
-                  f"{100 * row['p99_rel']:.1f}% | {f_ms:.3f} | {q_ms:.3f} | {f_ms / q_ms:.2f}× | "
-                  f"{row['float_kb']:.0f} | {row['int8_kb']:.0f} |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def convert(model: nn.Module, example_input: torch.Tensor, path: Path) -> None:
 
 
 def runner(path: Path) -> Runner:
-    """Run the TFLite file with the LiteRT interpreter (one thread)."""
+    """Run a TFLite file with the LiteRT interpreter (one thread) on float NCHW inputs. A quantized input
+    or output (a full-integer int8 file) is quantized or dequantized with the file's own scale and zero
+    point; a float one is passed as it is."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as e:
@@ -68,15 +70,32 @@ def runner(path: Path) -> Runner:
     out = interp.get_output_details()
     if len(inp) != 1 or len(out) != 1:
         raise ExportError(f"{path} has {len(inp)} inputs and {len(out)} outputs; expected one of each")
+    i, o = inp[0], out[0]
 
     def run(x: np.ndarray) -> np.ndarray:
-        if tuple(inp[0]["shape"]) != x.shape:
-            raise ExportError(f"{path} expects input shape {tuple(inp[0]['shape'])}, got {x.shape} (NCHW)")
-        interp.set_tensor(inp[0]["index"], x.astype(np.float32))
+        if tuple(i["shape"]) != x.shape:
+            raise ExportError(f"{path} expects input shape {tuple(i['shape'])}, got {x.shape} (NCHW)")
+        interp.set_tensor(i["index"], _to_file(x, i))
         interp.invoke()
-        return interp.get_tensor(out[0]["index"]).copy()
+        return _from_file(interp.get_tensor(o["index"]), o)
 
     return run
+
+
+def _to_file(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if np.issubdtype(dtype, np.floating):
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _from_file(y: np.ndarray, detail: dict) -> np.ndarray:
+    if np.issubdtype(np.dtype(detail["dtype"]), np.floating):
+        return y.astype(np.float32).copy()
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 def validate(model: nn.Module, path: str | Path, example_input: torch.Tensor, *, atol: float = 1e-4) -> float:

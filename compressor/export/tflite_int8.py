@@ -24,7 +24,7 @@ from torch import nn
 from compressor.data import Split
 from compressor.errors import ExportError
 from compressor.export import tflite
-from compressor.export.common import Runner, Timer, atomic_target, check_inputs
+from compressor.export.common import Timer, atomic_target, check_inputs
 from compressor.export.int8_check import (
     CALIBRATION_IMAGES,
     CHECK_IMAGES,
@@ -43,59 +43,28 @@ FORMAT = "tflite-int8"
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")
 
 
-def runner(path: Path) -> Runner:
-    """Run an int8 TFLite file on float NCHW images: each input quantized with the file's own scale and zero
-    point, each output dequantized (a float input or output is passed as it is)."""
-    interp = _interpreter(path)
-    inp, out = interp.get_input_details(), interp.get_output_details()
-    if len(inp) != 1 or len(out) != 1:
-        raise ExportError(f"{path} has {len(inp)} inputs and {len(out)} outputs; expected one of each")
-    i, o = inp[0], out[0]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        if tuple(i["shape"]) != x.shape:
-            raise ExportError(f"{path} expects input shape {tuple(i['shape'])}, got {x.shape} (NCHW)")
-        interp.set_tensor(i["index"], _to_int(x, i))
-        interp.invoke()
-        return _to_float(interp.get_tensor(o["index"]), o)
-
-    return run
+runner = tflite.runner  # the one TFLite runner: it quantizes inputs and dequantizes outputs by the file's scales
 
 
-def _interpreter(path: Path, *, delegates: bool = True) -> Any:
+def _undelegated(path: Path) -> Any:
+    """The file's interpreter with no delegate applied: its kernels as written, before XNNPACK fuses them."""
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as e:
         raise ExportError(f"running TFLite needs ai-edge-litert: pip install ai-edge-litert ({e})") from e
-    kind = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interp = Interpreter(model_path=str(path), num_threads=1, experimental_op_resolver_type=kind)
+        interp = Interpreter(model_path=str(path), num_threads=1,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interp.allocate_tensors()
     except Exception as e:
         raise ExportError(f"LiteRT cannot load {path}: {e}") from e
     return interp
 
 
-def _to_int(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if np.issubdtype(dtype, np.floating):
-        return x.astype(dtype)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
-
-
-def _to_float(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    if np.issubdtype(np.dtype(detail["dtype"]), np.floating):
-        return y.astype(np.float32).copy()
-    scale, zero = detail["quantization"]
-    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
-
-
 def float_layers(path: Path) -> list[str]:
     """Weighted kernels of a TFLite file that take or give float32 tensors, described by their output's name
     (which carries the PyTorch module path); read before delegates fuse the graph."""
-    interp = _interpreter(path, delegates=False)
+    interp = _undelegated(path)
     left = []
     for op in interp._get_ops_details():  # the only listing of a graph's kernels LiteRT's Python API has
         if op["op_name"] not in WEIGHTED_OPS:
