@@ -222,7 +222,8 @@ class SearchConfig:
         "int8: also write model.int8.onnx, post-training int8 (ONNX Runtime static quantization, QDQ, int8 weights per "
         "channel, uint8 activations) calibrated on search images and checked against the float model; its "
         "accuracy on the report split (from the file) and its measured latency are reported beside the float "
-        "model's", choices=QUANTIZE_SCHEMES))
+        "model's. With a latency target or reward the search itself times candidates as int8 (the device's int8 "
+        "lookup table; the target is the int8 model's latency)", choices=QUANTIZE_SCHEMES))
 
     def __post_init__(self) -> None:
         Target.parse(self.target)

@@ -58,3 +58,9 @@ class FileTimer(Protocol):
         """Real measurement (ms, the oracle's statistic) of a model file, or None when no device could answer
         (or none runs that kind of file)."""
         ...
+
+
+def precision_of(oracle: object) -> str:
+    """Which form of a candidate an oracle times: "float32", or "int8" (an oracle of int8 tables, which
+    predicts and measures every candidate as its post-training int8 form)."""
+    return str(getattr(oracle, "precision", "float32"))

@@ -42,6 +42,7 @@ def comparison_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     base = report["baseline"]
+    int8 = " (int8)" if report.get("latency_precision") == "int8" else ""
     lines = [
         f"# AMC report: {report['model']} on {report['data']}",
         "",
@@ -58,8 +59,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{'on' if report['bn_recalibration'] else 'off'}, whole blocks removable: "
         f"{'yes' if report.get('prune_blocks') else 'no'}",
         f"- search time: {report['search_seconds']:.1f} s (best episode {report['best_episode']})",
+        *([f"- latency: int8 throughout (every candidate predicted from the device's int8 table and measured as "
+           f"post-training int8 ONNX; `{report['target']}` is the int8 model's)"]
+          if report.get("latency_precision") == "int8" else []),
         "",
-        "| policy | MACs | MACs kept | params | params kept | accuracy | predicted ms | measured ms |",
+        f"| policy | MACs | MACs kept | params | params kept | accuracy | predicted ms{int8} | measured ms{int8} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in comparison_rows(report):
@@ -101,6 +105,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"(99th-percentile largest output difference {quantized['p99_abs_diff']:.3g}). Report-split "
                       f"accuracy, scored from the file: {_fmt_pct(quantized['accuracy'])} (float "
                       f"{_fmt_pct(report['result']['accuracy'])}); measured {_fmt_ms(quantized.get('latency_measured_ms'))} ms"
+                      + (f" (float `model.onnx` {_fmt_ms(quantized.get('float_latency_measured_ms'))} ms)" if int8 else "")
                       + (f", {speedup:.2f}× the float model's speed." if speedup else ".")]
     tfl = report.get("quantized_tflite")
     if tfl and tfl.get("file"):

@@ -33,7 +33,7 @@ from compressor.env import Budget, PruningEnv, check_feasible, make_budget
 from compressor.errors import BudgetInfeasible, ConfigError, ModelLoadError, SearchCancelled
 from compressor.events import EventSink, SearchEvent, ignore
 from compressor.fileio import atomic_write
-from compressor.latency import LatencyOracle
+from compressor.latency import LatencyOracle, precision_of
 from compressor.pruning import PRUNERS, PrunedModel, Pruner
 from compressor.reconstruct import Reconstructor, recalibrate_batchnorm
 from compressor.rewards import REWARDS
@@ -708,7 +708,9 @@ def _quantize(out_dir: Path, problem: Problem, report: dict[str, Any], model: nn
     report["exports"][q["format"]] = {"max_abs_diff": q["max_abs_diff"], "size_bytes": q["size_bytes"]}
     result = report["result"]
     float_ms = result.get("latency_measured_ms")
-    if float_name != "model.onnx":  # the search timed the float model as ONNX: time its own form
+    # The search timed the float model as ONNX, unless its latency was int8's: then, and for another
+    # format, the float file is timed as it is.
+    if float_name != "model.onnx" or precision_of(oracle) != "float32":
         float_ms = time_file(out_dir / float_name) if time_file is not None else None
     return {**q, "macs": result["macs"], "params": result["params"], "float_latency_measured_ms": float_ms,
             "accuracy_drop": result["accuracy"] - q["accuracy"],
@@ -828,6 +830,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         "baseline": baseline, "result": result, "best_episode": best_row["episode"],
         "search_seconds": search_s, "setup_seconds": setup_s, "episode_timing": timing,
         "latency": latency or None, "config": config.to_dict(),
+        "latency_precision": None if problem.oracle is None else precision_of(problem.oracle),
         "curves": {"best_reward_so_far": curves, "warmup": config.warmup_episodes if config.strategy == "ddpg" else None},
     }
     if compare:

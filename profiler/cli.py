@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from profiler.protocol import PRECISIONS
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -102,6 +104,9 @@ def register(subparsers: argparse._SubParsersAction, *, load_model: ModelLoader 
                        help="pruned variants measured whole, besides the full model, to calibrate (default 10)")
     build.add_argument("--runs", type=int, default=50, help="timed runs per kernel (default 50, as for whole models)")
     build.add_argument("--out", type=Path, default=None, help="LUT folder (default ~/.cache/amc/lut)")
+    build.add_argument("--precision", default="float32", choices=PRECISIONS,
+                       help="float32 (default), or int8: kernels and calibration models timed as post-training "
+                            "int8 ONNX (a table of its own, for searches with --quantize int8)")
     build.add_argument("--json", action="store_true", help="print a JSON summary")
     build.set_defaults(func=run_lut_build, load_model=load_model)
     check = lsub.add_parser("check", help="share of random pruned variants predicted within ±10%%")
@@ -113,6 +118,8 @@ def register(subparsers: argparse._SubParsersAction, *, load_model: ModelLoader 
     check.add_argument("--runs", type=int, default=50, help="timed runs per variant (default 50)")
     check.add_argument("--out", type=Path, default=None, help="LUT folder (default ~/.cache/amc/lut)")
     check.add_argument("--seed", type=int, default=1)
+    check.add_argument("--precision", default="float32", choices=PRECISIONS,
+                       help="which table: float32 (default) or int8 (the variants timed as int8)")
     check.add_argument("--json", action="store_true", help="print a JSON summary")
     check.set_defaults(func=run_lut_check, load_model=load_model)
 
@@ -378,12 +385,13 @@ def run_lut_build(args: argparse.Namespace) -> int:
         device = open_device(args.device, **_device_options(args))
         model, example = _load_model(args, args.model)
         config = MeasureConfig(threads=args.threads, runs=args.runs)
-        table = device_table(device, lut_dir=args.out, runtime=args.runtime, threads=args.threads)
+        table = device_table(device, lut_dir=args.out, runtime=args.runtime, threads=args.threads,
+                             precision=args.precision)
         table.meta["device_spec"] = args.device
         mk = model_kernels(model, example, round_to=args.round_to, a_min=args.a_min)
         with tempfile.TemporaryDirectory(prefix="amc-lut-") as tmp:
             calibrate = calibration_set(model, example, Path(tmp), variants=args.calibration_variants,
-                                        round_to=args.round_to, a_min=args.a_min)
+                                        round_to=args.round_to, a_min=args.a_min, precision=args.precision)
             with _progress(not args.json, f"LUT {args.device}") as cb:
                 table = build_lut(device, mk, runtime=args.runtime, config=config, table=table,
                                   max_points=args.max_points or None, round_to=args.round_to, a_min=args.a_min,
@@ -396,12 +404,14 @@ def run_lut_build(args: argparse.Namespace) -> int:
             device.close()
     cal = table.calibration(mk.kernels)
     summary = {"path": str(table.path), "kernels": len(table), "device_id": table.device_id,
-               "runtime": table.runtime, "threads": table.threads, "predicted_full_ms": table.predict_ms(mk.kernels),
+               "runtime": table.runtime, "threads": table.threads, "precision": table.precision,
+               "predicted_full_ms": table.predict_ms(mk.kernels),
                "calibration": {"a": cal.a, "b": cal.b, "points": len(cal.points)}}
     if args.json:
         print(json.dumps(summary))
     else:
-        _console().print(f"lookup table {summary['path']}: {summary['kernels']} kernels; {args.model} predicted "
+        _console().print(f"{table.precision} lookup table {summary['path']}: {summary['kernels']} kernels; "
+                         f"{args.model} predicted "
                          f"{summary['predicted_full_ms']:.3f} ms (calibration a={cal.a:.3f}, b={cal.b:.4f} ms)",
                          markup=False)
     return 0
@@ -419,10 +429,12 @@ def run_lut_check(args: argparse.Namespace) -> int:
 
     try:
         device = open_device(args.device, **_device_options(args))
-        table = device_table(device, lut_dir=args.out, runtime=args.runtime, threads=args.threads)
+        table = device_table(device, lut_dir=args.out, runtime=args.runtime, threads=args.threads,
+                             precision=args.precision)
         if table.path is None or not table.path.is_file():
-            return _fail(f"no lookup table for {args.device} ({table.device_id}) at {table.path}; run "
-                         f"`amc lut build --device {args.device} --model {args.model}` first")
+            more = "" if args.precision == "float32" else f" --precision {args.precision}"
+            return _fail(f"no {args.precision} lookup table for {args.device} ({table.device_id}) at {table.path}; "
+                         f"run `amc lut build --device {args.device} --model {args.model}{more}` first")
         pool = DevicePool([device], cache=MeasurementCache(default_cache_path()))
         oracle = LutOracle(table, pool, runtime=args.runtime,
                            config=MeasureConfig(threads=args.threads, runs=args.runs), save=False)
@@ -430,10 +442,11 @@ def run_lut_check(args: argparse.Namespace) -> int:
 
         def measure_fn(m, x):
             # Measure without letting the check's own samples refine the calibration it is judging.
-            from profiler.export import export_onnx
+            from profiler.export import export_for_timing
 
             with tempfile.TemporaryDirectory(prefix="amc-check-") as tmp:
-                result = pool.measure(export_onnx(m, x, Path(tmp) / "v.onnx"), oracle.config, runtime=args.runtime)
+                path = export_for_timing(m, x, Path(tmp) / "v.onnx", precision=table.precision)
+                result = pool.measure(path, oracle.config, runtime=args.runtime)
             return None if result is None else result.median_ms
 
         with _progress(not args.json, f"checking {args.device}") as cb:
@@ -447,7 +460,7 @@ def run_lut_check(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table_out = Table(title=f"{args.model} on {args.device}: {report.within:.0%} within ±10% "
+    table_out = Table(title=f"{args.model} ({table.precision}) on {args.device}: {report.within:.0%} within ±10% "
                             f"(mean |error| {report.mean_abs_rel_error:.1%})")
     for col in ("#", "predicted ms", "measured ms", "error"):
         table_out.add_column(col, justify="right")

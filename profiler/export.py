@@ -39,3 +39,23 @@ def export_onnx(model, example_input, path: Path | str, *, validate: bool = True
     else:
         _torch_export(model, example_input, path)
     return path
+
+
+def export_for_timing(model, example_input, path: Path | str, *, precision: str = "float32",
+                      validate: bool = True) -> Path:
+    """`model` as the file a device times in `precision`: float32 ONNX (`export_onnx`), or that file
+    quantized to int8 the way shipped models are (`compressor.export.quantize.quantize_for_timing`:
+    ranges from random inputs, since only its latency is used; the float file it starts from is
+    written beside it and removed)."""
+    path = Path(path)
+    if precision == "float32":
+        return export_onnx(model, example_input, path, validate=validate)
+    if precision != "int8":
+        raise ValueError(f"unknown precision {precision!r}")
+    from compressor.export.quantize import quantize_for_timing
+
+    float_path = export_onnx(model, example_input, path.with_suffix(".float.onnx"), validate=False)
+    try:
+        return quantize_for_timing(float_path, path)
+    finally:
+        float_path.unlink(missing_ok=True)

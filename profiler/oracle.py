@@ -17,7 +17,7 @@ from profiler.cache import MeasurementCache
 from profiler.devices import Device, open_device, parse_device_spec
 from profiler.devices.identity import IdentityBook
 from profiler.errors import DeviceUnavailable
-from profiler.export import export_onnx
+from profiler.export import export_for_timing
 from profiler.kernels import search_kernels
 from profiler.lut.build import build_lut
 from profiler.lut.keys import Progress, model_family, shape_key, structure_key
@@ -31,7 +31,7 @@ from profiler.lut.space import (
 from profiler.lut.table import LatencyTable, Statistic, check_statistic, load_or_new
 from profiler.paths import default_cache_path, default_lut_dir
 from profiler.pool import DevicePool
-from profiler.protocol import MeasureConfig, check_runtime
+from profiler.protocol import MeasureConfig, check_precision, check_runtime
 from profiler.waiting import DeviceWait, PatientDevice
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,9 +52,14 @@ class _BuildArgs:
     progress: Progress | None
 
 
+def _oracle_name(device_spec: str, runtime: str, precision: str) -> str:
+    return f"lut:{device_spec}:{runtime}" + ("" if precision == "float32" else f":{precision}")
+
+
 class LutOracle:
     """`predict_ms` from the lookup table (fast, used inside the search loop); `measure_ms` on a real
-    device through the pool (None when no device answers before the deadline), then `observe`."""
+    device through the pool (None when no device answers before the deadline), then `observe`. Both in
+    the table's precision: an int8 table's oracle predicts and times every candidate as int8 ONNX."""
 
     def __init__(self, table: LatencyTable, pool: DevicePool | None, *, runtime: str = "onnxruntime",
                  config: MeasureConfig | None = None, deadline_s: float | None = 180.0,
@@ -73,7 +78,8 @@ class LutOracle:
         self.runtime = check_runtime(runtime)
         self.config = config or MeasureConfig(threads=table.threads)
         self.deadline_s = deadline_s
-        self.name = name or f"lut:{table.meta.get('device_spec', table.device_id)}:{runtime}"
+        self.precision = check_precision(table.precision, self.runtime)
+        self.name = name or _oracle_name(table.meta.get("device_spec", table.device_id), runtime, self.precision)
         self.save = save
         self.measurements = 0
         # With a builder device, kernel shapes the table has never seen are timed on first use.
@@ -107,7 +113,7 @@ class LutOracle:
         if self.pool is None:
             return None
         with tempfile.TemporaryDirectory(prefix="amc-measure-") as tmp:
-            path = export_onnx(model, example_input, Path(tmp) / "candidate.onnx")
+            path = export_for_timing(model, example_input, Path(tmp) / "candidate.onnx", precision=self.precision)
             result = self.pool.measure(path, self.config, runtime=self.runtime, deadline_s=self.deadline_s,
                                        fresh=fresh)
         if result is None:
@@ -142,8 +148,8 @@ class LutOracle:
 
 
 def device_table(device: Device, *, lut_dir: Path | None = None, runtime: str = "onnxruntime",
-                 threads: int = 1) -> LatencyTable:
-    """The lookup table of what `device` is (its identity), loaded or new. A device that does not answer
+                 threads: int = 1, precision: str = "float32") -> LatencyTable:
+    """The lookup table of what `device` is (its identity), in `precision`, loaded or new. A device that does not answer
     gets the table of the device last identified at its address, for predictions (its measurements
     wait until it answers); DeviceUnavailable when none was ever identified there."""
     lut_dir = Path(lut_dir or default_lut_dir())
@@ -159,7 +165,8 @@ def device_table(device: Device, *, lut_dir: Path | None = None, runtime: str = 
         identity = last
     else:
         book.remember(device.spec, identity)
-    table = load_or_new(lut_dir, identity.key, runtime, threads, legacy_id=device.legacy_id)
+    table = load_or_new(lut_dir, identity.key, runtime, threads, legacy_id=device.legacy_id,
+                        precision=check_precision(precision, runtime))
     table.meta["identity"] = {k: v for k, v in identity.to_dict().items() if k != "serial"}
     serials = table.meta.setdefault("serials", [])
     if identity.serial and identity.serial not in serials:
@@ -176,7 +183,7 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
                 kernel_config: MeasureConfig | None = None, device_options: dict | None = None,
                 statistic: Statistic = "median", device_wait_s: float | None = None,
                 on_wait: Callable[[DeviceWait], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> LatencyOracle:
+                should_stop: Callable[[], bool] | None = None, precision: str = "float32") -> LatencyOracle:
     """Turn `--device SPEC` into an oracle. With `model` and `example_input`, the device's table is
     completed for the kernels that model can run as under the search's pruning settings (`round_to`,
     `a_min`, `prune_residual`, `prune_blocks`; only kernels never timed before) and calibrated on the
@@ -184,16 +191,18 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
     measurement the oracle uses (median, or min on a shared machine). With `device_wait_s`, a device that
     stops answering is waited for that long (`on_wait` hears of it; profiler.waiting) before
     DeviceWaitExpired; without it, DeviceUnavailable at once; `should_stop` (a job's cancel flag) cuts a
-    wait short with DeviceWaitStopped. Raises ConfigError for a malformed spec."""
+    wait short with DeviceWaitStopped. `precision` int8: the table (its own, beside the float one) times
+    int8 kernels and the oracle int8 candidates. Raises ConfigError for a malformed spec."""
     parse_device_spec(device_spec)
     check_runtime(runtime)
+    check_precision(precision, runtime)
     cache = cache if cache is not None else MeasurementCache(default_cache_path())
     device = open_device(device_spec, **(device_options or {}))
     if device_wait_s is not None:
         device = PatientDevice(device, wait_s=device_wait_s, on_wait=on_wait, should_stop=should_stop)
     if pool is None:
         pool = DevicePool([device], cache=cache)
-    table = device_table(device, lut_dir=lut_dir, runtime=runtime, threads=threads)
+    table = device_table(device, lut_dir=lut_dir, runtime=runtime, threads=threads, precision=precision)
     table.meta.setdefault("device_spec", device_spec)
     config = kernel_config or MeasureConfig(threads=threads)
     family = None
@@ -211,7 +220,7 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
             tmp = tempfile.TemporaryDirectory(prefix="amc-oracle-")
             calibrate = calibration_set(model, example_input, Path(tmp.name), variants=calibration_variants,
                                         round_to=round_to, a_min=a_min, prune_residual=prune_residual,
-                                        prune_blocks=prune_blocks)
+                                        prune_blocks=prune_blocks, precision=precision)
         try:
             build_lut(device, mk, runtime=runtime, config=config, table=table, max_points=max_points,
                       round_to=round_to, a_min=a_min, cache=cache, calibrate_with=calibrate, progress=progress,
@@ -220,6 +229,6 @@ def make_oracle(device_spec: str, *, runtime: str = "onnxruntime", threads: int 
             if tmp is not None:
                 tmp.cleanup()
     return LutOracle(table, pool, runtime=runtime, config=MeasureConfig(threads=threads),
-                     name=f"lut:{device_spec}:{runtime}", builder=device, kernel_config=config, cache=cache,
+                     name=_oracle_name(device_spec, runtime, precision), builder=device, kernel_config=config, cache=cache,
                      round_to=round_to, a_min=a_min, max_points=max_points, progress=progress, family=family,
                      statistic=statistic)

@@ -14,6 +14,11 @@ from compressor.errors import ConfigError
 
 Runtime = Literal["onnxruntime", "litert", "tflite_runtime", "benchmark_model"]
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "litert", "tflite_runtime", "benchmark_model")
+# What a latency table times: float32 models, or their post-training int8 form (int8 kernels have other
+# costs than float ones, so each precision has its own table). Int8 tables are ONNX QDQ files, run by
+# ONNX Runtime.
+Precision = Literal["float32", "int8"]
+PRECISIONS: tuple[str, ...] = ("float32", "int8")
 _HEX = re.compile(r"^(0x)?[0-9a-fA-F]+$")
 
 
@@ -45,6 +50,17 @@ def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
         raise ConfigError("runtime", f"{runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}")
     return runtime
+
+
+def check_precision(precision: str, runtime: str = "onnxruntime") -> Precision:
+    """`precision` if a table can be built in it for `runtime`; ConfigError saying what to use if not."""
+    if precision not in PRECISIONS:
+        raise ConfigError("precision", f"{precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and runtime != "onnxruntime":
+        raise ConfigError("precision", f"int8 latency tables are timed as ONNX QDQ files with onnxruntime, not "
+                                       f"{runtime}; use --runtime onnxruntime (a full-integer .tflite file is "
+                                       "timed as it is with `amc bench`)")
+    return precision  # type: ignore[return-value]
 
 
 @dataclass

@@ -140,23 +140,86 @@ def _float_layers(qmodel: Any) -> list[str]:
             if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] not in dq]
 
 
-def _calibrate(float_path: Path, out_path: Path, reader: SplitReader, *, name: str) -> None:
+def _quantize_static(float_path: Path, out_path: Path, reader: CalibrationDataReader) -> None:
+    """The one int8 scheme of our ONNX files (QDQ, per-channel int8 weights, uint8 activations, min/max
+    ranges): the shipped model and the files a latency table times are quantized alike."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     root = logging.getLogger()
     root.addFilter(_no_preprocessing_hint)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "All-NaN", RuntimeWarning)  # a non-finite range: diagnosed below
-            quantize_static(str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="amc-int8-") as tmp:
+            warnings.filterwarnings("ignore", "All-NaN", RuntimeWarning)  # a non-finite range: diagnosed by callers
+            source = _with_constants_inlined(float_path, Path(tmp) / "float.onnx")
+            quantize_static(str(source), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        root.removeFilter(_no_preprocessing_hint)
+
+
+def _with_constants_inlined(float_path: Path, out_path: Path) -> Path:
+    """`float_path`, or a copy at `out_path` where every Identity of a weight is that weight itself.
+    The exporter shares equal tensors (e.g. the zero biases of freshly folded BatchNorms) through
+    Identity nodes, and ONNX Runtime's quantizer leaves a Conv whose bias is not an initializer in float
+    (with its weights dequantized at every run: slower than the float model)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(float_path))
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    aliases = [n for n in graph.node if n.op_type == "Identity" and n.input and n.input[0] in weights]
+    if not aliases:
+        return float_path
+    outputs = {o.name for o in graph.output}
+    for node in aliases:
+        if node.output[0] in outputs:
+            continue  # a graph output must stay a node's output
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weights[node.input[0]]),
+                                                         name=node.output[0]))
+        graph.node.remove(node)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+class _ExampleReader(CalibrationDataReader):
+    """Random inputs of one shape (seeded): ranges for a file that is only timed, never used for its outputs."""
+
+    def __init__(self, input_name: str, shape: Sequence[int], samples: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self._feeds = iter([{input_name: rng.standard_normal(tuple(shape)).astype(np.float32)}
+                            for _ in range(samples)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def quantize_for_timing(float_path: str | Path, path: str | Path, *, samples: int = 4) -> Path:
+    """An int8 copy of a float ONNX file for timing only (a latency table's kernel, a search candidate):
+    the scheme of `quantize_file`, ranges from `samples` random inputs instead of images. Quantized
+    kernels cost the same whatever their scales, so its latency is the shipped int8 model's; its outputs
+    mean nothing and are not checked. ExportError when ONNX Runtime cannot quantize it."""
+    float_path, path = Path(float_path), Path(path)
+    inp = _session(float_path).get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+    try:
+        with atomic_target(path) as tmp:
+            _quantize_static(float_path, tmp, _ExampleReader(inp.name, shape, samples))
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"int8 quantization of {float_path.name} for timing failed: {type(e).__name__}: {e}") from e
+    return path
+
+
+def _calibrate(float_path: Path, out_path: Path, reader: SplitReader, *, name: str) -> None:
+    try:
+        _quantize_static(float_path, out_path, reader)
     except Exception as e:
         where = _first_non_finite(float_path, SplitReader(reader.split, reader.rows, input_name=reader.input_name))
         detail = where or f"{type(e).__name__}: {e}"
         raise ExportError(f"int8 quantization of {name} failed: {detail}") from e
-    finally:
-        root.removeFilter(_no_preprocessing_hint)
 
 
 def _no_preprocessing_hint(record: logging.LogRecord) -> bool:

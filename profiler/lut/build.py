@@ -14,7 +14,7 @@ from compressor.latency import KernelSpec
 from profiler.cache import MeasurementCache
 from profiler.devices.base import Device
 from profiler.errors import DeviceWaitExpired, ProfilerError
-from profiler.export import export_onnx
+from profiler.export import export_for_timing
 from profiler.kernels import kernel_module
 from profiler.lut.keys import LutError, Progress
 from profiler.lut.space import DEFAULT_MAX_POINTS, ModelKernels, kernel_grid
@@ -40,25 +40,28 @@ OVERHEAD_PROBE = KernelSpec("add", 1, 1, h=1, w=1)
 KERNELS_PER_RUN = 16
 
 
-def export_kernel(spec: KernelSpec, work_dir: Path) -> Path:
-    """One kernel as its own ONNX model."""
+def export_kernel(spec: KernelSpec, work_dir: Path, precision: str = "float32") -> Path:
+    """One kernel as its own ONNX model (int8: quantized as shipped models are)."""
     module, x = kernel_module(spec)
-    name = f"{spec.op}_c{spec.cin}_{spec.cout}_k{spec.k}_s{spec.stride}_{spec.h}x{spec.w}_{int(spec.relu)}.onnx"
-    return export_onnx(module, x, Path(work_dir) / name, validate=False)
+    name = f"{spec.op}_c{spec.cin}_{spec.cout}_k{spec.k}_s{spec.stride}_{spec.h}x{spec.w}_{int(spec.relu)}"
+    if precision != "float32":
+        name += f"_{precision}"
+    return export_for_timing(module, x, Path(work_dir) / f"{name}.onnx", precision=precision, validate=False)
 
 
 def time_kernel(device: Device, spec: KernelSpec, *, runtime: str, config: MeasureConfig,
-                work_dir: Path, cache: MeasurementCache | None = None) -> float:
+                work_dir: Path, cache: MeasurementCache | None = None, precision: str = "float32") -> float:
     """Median ms of one kernel exported as its own ONNX model."""
-    return measure(device, export_kernel(spec, work_dir), config, runtime=runtime, cache=cache).median_ms
+    return measure(device, export_kernel(spec, work_dir, precision), config, runtime=runtime, cache=cache).median_ms
 
 
 def time_kernels(device: Device, specs: Sequence[KernelSpec], *, runtime: str, config: MeasureConfig,
-                 work_dir: Path, cache: MeasurementCache | None = None) -> list[float | ProfilerError]:
+                 work_dir: Path, cache: MeasurementCache | None = None,
+                 precision: str = "float32") -> list[float | ProfilerError]:
     """Median ms of each kernel, timed in one agent run; a kernel that could not be timed gets its error.
     When the run as a whole fails (the device went away mid-batch), each kernel is timed on its own, as
     before batches: one failure then costs one kernel, not the batch."""
-    paths = [export_kernel(spec, work_dir) for spec in specs]
+    paths = [export_kernel(spec, work_dir, precision) for spec in specs]
     try:
         results = measure_many(device, paths, config, runtime=runtime, cache=cache)
     except DeviceWaitExpired:
@@ -85,10 +88,12 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
               calibrate_with: Sequence[tuple[Sequence[KernelSpec], Path]] = (),
               progress: Progress | None = None, work_dir: Path | None = None,
               passes: int = DEFAULT_KERNEL_PASSES, family: str | None = None,
-              statistic: Statistic = "median") -> LatencyTable:
-    """Time every kernel of the grid not yet in the table (device's table under `lut_dir`, or
-    `table`), then calibrate on `calibrate_with` (kernel list, exported whole model) pairs. Saves the
-    table when it has a path. A kernel that fails to time is skipped (interpolation covers it).
+              statistic: Statistic = "median", precision: str = "float32") -> LatencyTable:
+    """Time every kernel of the grid not yet in the table (device's table under `lut_dir` in `precision`,
+    or `table`, in its own precision: an int8 table's kernels are timed as int8 ONNX files), then
+    calibrate on `calibrate_with` (kernel list, whole model exported in that precision: `calibration_set`)
+    pairs. Saves the table when it has a path. A kernel that fails to time is skipped (interpolation
+    covers it).
 
     With `passes` > 1 each kernel is timed in that many separate agent runs (the grid in alternating
     order) and its fastest median kept. On the shared 2-core VM two 2-pass builds agreed no better
@@ -100,7 +105,8 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
         from profiler.paths import default_lut_dir
 
         table = load_or_new(Path(lut_dir or default_lut_dir()), device.id, runtime, config.threads,
-                            legacy_id=device.legacy_id)
+                            legacy_id=device.legacy_id, precision=precision)
+    precision = table.precision
     grid = [k for k in kernel_grid(mk, max_points=max_points) if not table.has(k)]
     passes = max(1, int(passes))
     total = len(grid) * passes + len(calibrate_with)
@@ -110,7 +116,7 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
         if grid and "overhead_ms" not in table.meta:
             try:
                 table.meta["overhead_ms"] = time_kernel(device, OVERHEAD_PROBE, runtime=runtime, config=config,
-                                                        work_dir=Path(tmp), cache=cache)
+                                                        work_dir=Path(tmp), cache=cache, precision=precision)
             except ProfilerError as exc:
                 log.warning("could not time the runtime overhead on %s: %s", device.spec, exc)
         best: dict[int, float] = {}
@@ -126,7 +132,7 @@ def build_lut(device: Device, kernels: ModelKernels | Sequence[KernelSpec], *, r
                                           f"{spec.h}x{spec.w}{more}" + (f" (pass {p + 1})" if passes > 1 else ""))
                 # Later passes bypass the cache: they exist to get an independent timing.
                 timed = time_kernels(device, [spec for _, spec in batch], runtime=runtime, config=config,
-                                     work_dir=Path(tmp), cache=cache if p == 0 else None)
+                                     work_dir=Path(tmp), cache=cache if p == 0 else None, precision=precision)
                 for (i, spec), ms in zip(batch, timed, strict=True):
                     done += 1
                     if isinstance(ms, ProfilerError):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compressor.latency import KernelSpec
-from profiler.export import export_onnx
+from profiler.export import export_for_timing
 from profiler.kernels import search_kernels
 from profiler.lut.keys import LutError, kernel_channels, shape_key
 
@@ -132,14 +132,16 @@ def _variants(mk: ModelKernels, n: int, *, seed: int,
 
 def calibration_set(model: torch.nn.Module, example_input: torch.Tensor, work_dir: Path, *, variants: int = 3,
                     round_to: int = 8, a_min: float = 0.2, prune_residual: bool = False, prune_blocks: bool = False,
-                    seed: int = 0) -> list[tuple[list[KernelSpec], Path]]:
+                    seed: int = 0, precision: str = "float32") -> list[tuple[list[KernelSpec], Path]]:
     """Whole models to calibrate a table on: the full model, the narrowest variant and random ones,
-    exported to ONNX. The spread of widths pins down the calibration's slope, not only its offset."""
+    exported to ONNX (in the table's `precision`). The spread of widths pins down the calibration's
+    slope, not only its offset."""
     mk = model_kernels(model, example_input, round_to=round_to, a_min=a_min, prune_residual=prune_residual,
                        prune_blocks=prune_blocks)
-    out = [(mk.kernels, export_onnx(model, example_input, Path(work_dir) / "full.onnx"))]
+    out = [(mk.kernels, export_for_timing(model, example_input, Path(work_dir) / "full.onnx", precision=precision))]
     if mk.sampler is not None and variants > 0:
         for i, (ks, variant) in enumerate(_variants(mk, variants, seed=seed, include_smallest=True)):
-            out.append((ks, export_onnx(variant, example_input, Path(work_dir) / f"variant{i}.onnx")))
+            out.append((ks, export_for_timing(variant, example_input, Path(work_dir) / f"variant{i}.onnx",
+                                              precision=precision)))
     return out
 

@@ -69,7 +69,8 @@ def _monotone_at(value: float, knots: Sequence[int], at_knots: Sequence[float], 
 
 @dataclass
 class LatencyTable:
-    """Kernel latencies (ms) of one device/runtime/thread count, and calibrations per structure."""
+    """Kernel latencies (ms) of one device/runtime/thread count/precision, and calibrations per
+    structure. An int8 table times every kernel and calibration model as post-training int8 ONNX."""
 
     device_id: str
     runtime: str
@@ -78,6 +79,7 @@ class LatencyTable:
     calibrations: dict[str, Calibration] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
@@ -209,7 +211,7 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": LUT_VERSION, "device_id": self.device_id, "runtime": self.runtime,
-            "threads": self.threads, "meta": self.meta,
+            "threads": self.threads, "precision": self.precision, "meta": self.meta,
             "entries": [{"shape": key, "cin": ci, "cout": co, "ms": ms}
                         for key, pts in sorted(self.entries.items()) for (ci, co), ms in sorted(pts.items())],
             "calibrations": {key: asdict(cal) for key, cal in self.calibrations.items()},
@@ -239,7 +241,8 @@ class LatencyTable:
         if data.get("version") != LUT_VERSION:
             raise LutError(f"{path} has version {data.get('version')}, expected {LUT_VERSION}; rebuild it with "
                            "`amc lut build --device SPEC --model NAME`")
-        table = cls(data["device_id"], data["runtime"], int(data["threads"]), meta=data.get("meta", {}), path=path)
+        table = cls(data["device_id"], data["runtime"], int(data["threads"]), meta=data.get("meta", {}), path=path,
+                    precision=str(data.get("precision", "float32")))
         for e in data.get("entries", []):
             table.entries.setdefault(e["shape"], {})[(int(e["cin"]), int(e["cout"]))] = float(e["ms"])
         for key, cal in data.get("calibrations", {}).items():
@@ -251,23 +254,29 @@ class LatencyTable:
         return table
 
 
-def lut_path(lut_dir: Path, device_id: str, runtime: str, threads: int) -> Path:
-    """The table file of a device identity (`Device.id`), runtime and thread count."""
+def lut_path(lut_dir: Path, device_id: str, runtime: str, threads: int, precision: str = "float32") -> Path:
+    """The table file of a device identity (`Device.id`), runtime, thread count and precision (float32
+    tables keep the names they always had; an int8 table is `...__int8__t1.json` beside its float one)."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", device_id)
-    return Path(lut_dir) / f"{safe}__{runtime}__t{threads}.json"
+    kind = runtime if precision == "float32" else f"{runtime}__{precision}"
+    return Path(lut_dir) / f"{safe}__{kind}__t{threads}.json"
 
 
 def load_or_new(lut_dir: Path, device_id: str, runtime: str, threads: int, *,
-                legacy_id: str | None = None) -> LatencyTable:
+                legacy_id: str | None = None, precision: str = "float32") -> LatencyTable:
     """The stored table of `device_id` (a device identity key), or a new empty one to be saved there.
     `legacy_id` (the device's address) names a table from before identities, which is not used."""
-    path = lut_path(lut_dir, device_id, runtime, threads)
+    path = lut_path(lut_dir, device_id, runtime, threads, precision)
     if path.is_file():
-        return LatencyTable.load(path)
+        table = LatencyTable.load(path)
+        if table.precision != precision:
+            raise LutError(f"{path} holds {table.precision} kernels, not {precision}; delete it and rebuild it "
+                           f"with `amc lut build --precision {precision}`")
+        return table
     old = lut_path(lut_dir, legacy_id, runtime, threads) if legacy_id else None
     if old is not None and old != path and old.is_file():
         log.warning("not using %s: it is keyed by the address %s, from before tables were keyed by what a device "
                     "is, and may be another phone's; a new table is built for %s (delete the old file)",
                     old, legacy_id, device_id)
-    return LatencyTable(device_id, runtime, threads, path=path)
+    return LatencyTable(device_id, runtime, threads, path=path, precision=precision)
 
