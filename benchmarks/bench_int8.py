@@ -4,8 +4,10 @@ For each of ResNet-20/32/44/56: the float ONNX export and its int8 form (`compre
 ONNX Runtime static quantization, QDQ, int8 weights per channel, uint8 activations, calibrated on
 `--calibration` images of the search split, images 0-4999 of the CIFAR-10 test set), both scored on
 the report split (test images 5000-9999) from the files themselves with ONNX Runtime, and timed on
-`local` (ONNX Runtime, 1 thread) in `--rounds` interleaved rounds, the fastest round's median kept: on
-a shared 2-core machine other processes only ever slow a round down. Also the int8 file's check
+`local` (ONNX Runtime, 1 thread) and, with `--phone` (the default), on an emulated phone over ADB (the
+phone simulator: each file pushed and timed by the device agent, the path a real phone takes), in
+`--rounds` interleaved rounds, the fastest round's median kept: on a shared 2-core machine other
+processes only ever slow a round down. Also the int8 file's check
 against PyTorch on held-out search images (top-1 agreement, 99th-percentile largest logit
 difference as a share of the logits' range), which is what the export's thresholds come from.
 
@@ -20,6 +22,7 @@ LiteRT (1 thread, XNNPACK).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench_int8", help="where the ONNX and TFLite files go")
     p.add_argument("--tflite", action=argparse.BooleanOptionalAction, default=None,
                    help="also TFLite float and int8 (default: when litert-torch is installed)")
+    p.add_argument("--phone", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time every file on an emulated phone over ADB (pushed, run by the device agent)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "cifar10_test.npz").is_file():
@@ -54,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     from compressor.export import onnx as onnx_export
     from compressor.export import quantize
     from profiler.devices.local import LocalDevice
-    from profiler.measure import measure
     from profiler.protocol import MeasureConfig
 
     torch.set_num_threads(2)
@@ -100,26 +104,46 @@ def main(argv: list[str] | None = None) -> int:
             tfl_files.append((tf, tq.path))
     assert bundle is not None
 
-    device = LocalDevice()
     config = MeasureConfig(threads=1)
-    best: dict[Path, float] = {}
-    for r in range(args.rounds):
-        for pair in [*files, *tfl_files]:
-            for path in pair:
-                runtime = "litert" if path.suffix == ".tflite" else "onnxruntime"
-                ms = measure(device, path, config, runtime=runtime, cache=None).median_ms
-                best[path] = min(best.get(path, ms), ms)
-        _log(f"timing round {r + 1}/{args.rounds}: " + ", ".join(f"{p.name} {best[p]:.3f}"
-                                                                  for pair in [*files, *tfl_files] for p in pair))
+    with contextlib.ExitStack() as stack:
+        devices = {"local": LocalDevice()}
+        if args.phone:
+            from device_agent.phone_sim.server import PhoneSimulator
+            from profiler.devices import open_device
+            from profiler.devices.keys import ensure_adb_key
+
+            key = ensure_adb_key(out / "config" / "adbkey")
+            sim = stack.enter_context(PhoneSimulator(0, out / "phone", serial="INT8-BENCH",
+                                                     auth_keys=str(key) + ".pub"))
+            devices["phone"] = open_device(f"adb:{sim.address}", key_path=key)
+        best = _timed(devices, [p for pair in [*files, *tfl_files] for p in pair], config, args.rounds)
+    where = "`local`" + (" and on an emulated phone (the phone simulator over ADB: each file pushed and run by the "
+                         "device agent, on this machine's CPU)" if args.phone else "")
     print(f"Report split: {bundle.report.description}. Calibration: {args.calibration} images of the search split "
-          f"({bundle.search.description}); the check: {quantize.CHECK_IMAGES} other search images. Latency: `local`, "
+          f"({bundle.search.description}); the check: {quantize.CHECK_IMAGES} other search images. Latency: {where}, "
           f"ONNX Runtime, 1 thread, median of {config.runs} runs, fastest of {args.rounds} interleaved rounds.\n")
     _table(rows, files, best)
     if tfl_rows:
         print("\nTFLite (litert-torch; int8: full integer, int8 weights per channel, int8 activations and input/output), "
-              "scored from the files with LiteRT, timed on `local` with LiteRT (XNNPACK), 1 thread:\n")
+              f"scored from the files with LiteRT, timed on {where.split(' (')[0]} with LiteRT (XNNPACK), 1 thread:\n")
         _table(tfl_rows, tfl_files, best)
     return 0
+
+
+def _timed(devices: dict, paths: list[Path], config, rounds: int) -> dict[tuple[str, Path], float]:
+    """Each file's fastest round median on each device, the files interleaved in every round."""
+    from profiler.measure import measure
+
+    best: dict[tuple[str, Path], float] = {}
+    for r in range(rounds):
+        for name, device in devices.items():
+            for path in paths:
+                runtime = "litert" if path.suffix == ".tflite" else "onnxruntime"
+                ms = measure(device, path, config, runtime=runtime, cache=None).median_ms
+                best[name, path] = min(best.get((name, path), ms), ms)
+        _log(f"timing round {r + 1}/{rounds}: " + ", ".join(f"{n}:{p.name} {best[n, p]:.3f}"
+                                                             for n in devices for p in paths))
+    return best
 
 
 def _row(depth: int, float_path: Path, q, report) -> dict:
@@ -132,16 +156,18 @@ def _row(depth: int, float_path: Path, q, report) -> dict:
             "int8_kb": q.size_bytes / 1024}
 
 
-def _table(rows: list[dict], files: list[tuple[Path, Path]], best: dict[Path, float]) -> None:
+def _table(rows: list[dict], files: list[tuple[Path, Path]], best: dict[tuple[str, Path], float]) -> None:
+    phone = any(name == "phone" for name, _ in best)
     print("| model | float acc | int8 acc | Δ (points) | top-1 agreement (check) | p99 diff / range | float ms | "
-          "int8 ms | speed-up | float KiB | int8 KiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "int8 ms | speed-up |" + (" phone: float ms | int8 ms | speed-up |" if phone else "")
+          + " float KiB | int8 KiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if phone else "") + "---:|---:|")
     for row, (fp, qp) in zip(rows, files):
-        f_ms, q_ms = best[fp], best[qp]
+        timings = "".join(f" {best[d, fp]:.3f} | {best[d, qp]:.3f} | {best[d, fp] / best[d, qp]:.2f}× |"
+                          for d in (("local", "phone") if phone else ("local",)))
         print(f"| ResNet-{row['depth']} | {100 * row['float_acc']:.2f}% | {100 * row['int8_acc']:.2f}% | "
               f"{100 * (row['int8_acc'] - row['float_acc']):+.2f} | {100 * row['agreement']:.1f}% | "
-              f"{100 * row['p99_rel']:.1f}% | {f_ms:.3f} | {q_ms:.3f} | {f_ms / q_ms:.2f}× | "
-              f"{row['float_kb']:.0f} | {row['int8_kb']:.0f} |")
+              f"{100 * row['p99_rel']:.1f}% |{timings} {row['float_kb']:.0f} | {row['int8_kb']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ BENCHMARKS = {
     "train-speed": ("benchmarks.bench_train_speed", "What a recovery epoch costs on 2 cores (seconds per 50,000 images)"),
     "soak": ("benchmarks.bench_soak", "Soak: the service on the multi-host test bed under faults, on PostgreSQL"),
     "int8": ("benchmarks.bench_int8", "Post-training int8 against float32: CIFAR ResNets, accuracy and latency on local"),
+    "int8-search": ("benchmarks.bench_int8_search",
+                    "Int8 inside the search: the int8 latency table's check, the float reward as int8's proxy"),
 }
 # Sections made by a benchmark module with arguments of their own (name -> (module, title, arguments)):
 # the frontier recovered on the 50,000 CIFAR-10 training images, one sibling a run. ResNet-32 and -44 with
