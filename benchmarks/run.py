@@ -36,6 +36,7 @@ BENCHMARKS = {
     "tests": ("benchmarks.bench_tests", "The test suite's time against the suite of issue #10 (same machine, same day)"),
     "train-speed": ("benchmarks.bench_train_speed", "What a recovery epoch costs on 2 cores (seconds per 50,000 images)"),
     "soak": ("benchmarks.bench_soak", "Soak: the service on the multi-host test bed under faults, on PostgreSQL"),
+    "memory": ("benchmarks.bench_memory", "Orchestrator memory over many jobs (the soak's set-up without faults)"),
     "int8": ("benchmarks.bench_int8", "Post-training int8 against float32: CIFAR ResNets, accuracy and latency on local"),
     "int8-search": ("benchmarks.bench_int8_search",
                     "Int8 inside the search: the int8 latency table's check, the float reward as int8's proxy"),

@@ -29,6 +29,7 @@ Ray is imported only when a job is launched this way; this module's import costs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -518,13 +519,11 @@ class RayJob:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = ray.get_runtime_context().get_node_id()
-        self.relay = ray.remote(JobRelay).options(
+        relay_class, job_task = _remotes()
+        self.relay = relay_class.options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         try:
-            # A fresh worker process per job (max_calls=1, which only the decorator takes): nothing a search
-            # leaves in its process (torch threads, memory) reaches the next job on that node.
-            task = ray.remote(max_calls=1)(run_job_on_node).options(
-                num_cpus=self.settings.job_cpus, max_retries=0, name=f"amc-job-{self.job_id[:8]}")
+            task = job_task.options(num_cpus=self.settings.job_cpus, max_retries=0, name=f"amc-job-{self.job_id[:8]}")
             # (inputs and checkpoint as top-level arguments: Ray hands the task the bytes, not references)
             self.ref = task.remote(self.job_id, self.relay, ray.put(self._inputs), ray.put(self._checkpoint),
                                    self._options)
@@ -614,6 +613,19 @@ class RayJob:
             if item and item[0] == "node" and isinstance(item[1], str) and not self.node_id:
                 self.node_id = item[1]
         apply_records(self.store, self.job_id, self.folder, [i for i in items if not i or i[0] != "node"])
+
+
+@functools.cache
+def _remotes() -> tuple[Any, Any]:
+    """The relay's actor class and the job's remote function, made once per process. Each `ray.remote(...)`
+    makes a new class or function with an id of its own, which the orchestrator's Ray driver keeps for good:
+    made per job, they were about 27 KB of the 47 KB the orchestrator grew by per job (docs/BENCHMARKS.md,
+    "Orchestrator memory over many jobs"). The task asks for a fresh worker process per job (max_calls=1, which only the
+    decorator takes): nothing a search leaves in its process (torch threads, memory) reaches the next job
+    on that node."""
+    import ray
+
+    return ray.remote(JobRelay), ray.remote(max_calls=1)(run_job_on_node)
 
 
 # How often the orchestrator asks the cluster whether the node running a job is still a member.

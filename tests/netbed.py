@@ -253,14 +253,15 @@ class NetBed:
                 args += ["--device", p["spec"]]
         return self.start(f"device-host-{host}", host, *args)
 
-    def server(self, token: str, *, port: int = 8000, **settings: str) -> str:
+    def server(self, token: str, *, port: int = 8000, factory: str = "server.main:create_app", **settings: str) -> str:
         """`amc serve`'s app (uvicorn) in `orch` on its loopback, its jobs as Ray tasks on the bed's cluster;
-        its URL (reachable from `orch` only). `settings`: more AMC_* variables."""
+        its URL (reachable from `orch` only). `settings`: more AMC_* variables; `factory`: the app's maker
+        (benchmarks/bench_memory.py passes one that changes a part of it)."""
         data = self.root / "server-data"
         env = {**self.env, "AMC_DATA_DIR": str(data), "AMC_API_TOKEN": token, "AMC_JOBS_ON_RAY": "1",
                "AMC_RAY_WORK_DIR": str(self.work_dir), "AMC_WORKER_THREADS": "1",
                "AMC_MAX_WORKERS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", **settings}
-        self.start("server", "orch", sys.executable, "-m", "uvicorn", "--factory", "server.main:create_app",
+        self.start("server", "orch", sys.executable, "-m", "uvicorn", "--factory", factory,
                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", env=env)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

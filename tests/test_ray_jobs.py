@@ -122,6 +122,32 @@ def test_post_jobs_refuses_inputs_a_job_on_ray_could_not_send(tmp_path: Path, mo
         assert api.client.post("/jobs", json=SMALL_JOB).status_code == 201  # the embedded data set: nothing to send
 
 
+def test_the_relay_class_and_the_job_task_are_made_once_per_process(monkeypatch) -> None:
+    # Made per job, each new class and function stayed in the orchestrator's Ray driver: about 27 KB a job
+    # (docs/BENCHMARKS.md, "Orchestrator memory over many jobs").
+    ray = pytest.importorskip("ray")
+    from server import ray_jobs
+
+    made: list[Any] = []
+    real = ray.remote
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(args or kwargs)
+        return real(*args, **kwargs)
+
+    ray_jobs._remotes.cache_clear()
+    monkeypatch.setattr(ray, "remote", counting)
+    try:
+        first = ray_jobs._remotes()
+        for _ in range(50):  # fifty jobs
+            relay_class, task = ray_jobs._remotes()
+            assert relay_class is first[0] and task is first[1]
+        assert len(made) == 2, made  # one actor class, one remote function
+        assert task._default_options["max_calls"] == 1  # still a fresh worker process per job
+    finally:
+        ray_jobs._remotes.cache_clear()
+
+
 def test_relay_records_keep_order_carry_signals_and_stop_when_the_orchestrator_is_gone(tmp_path: Path) -> None:
     import threading
 
