@@ -12,8 +12,9 @@ the process still uses from memory it freed and the allocator kept.
 `--variant` runs the same again with one part changed (after the baseline, on the same bed and database
 server; each run with a fresh data folder and database): `jobs-in-processes` (jobs in spawned worker
 processes: no Ray driver work in the orchestrator), `sqlite` (the store on SQLite instead of PostgreSQL),
-`malloc-arena-max-2` (MALLOC_ARENA_MAX=2 for the orchestrator), `per-job-remotes` (a new Ray actor class
-and remote function for every job, as the orchestrator made them before server/ray_jobs.py's `_remotes`).
+`malloc-arena-max-2` (MALLOC_ARENA_MAX=2 for the orchestrator), `per-job-remotes` (a new remote function
+for every job, as the orchestrator made it before server/ray_jobs.py's `_remotes`; the relay hub's class is
+still made once per hub, since the one hub replaced the relay actor of each job).
 
 Everything the bed starts runs at `--nice` (default 10): the machine is shared. Needs root, `ip netns`, Ray
 (the farm extra) and PostgreSQL's server binaries, as the soak.
@@ -55,8 +56,8 @@ VARIANTS: dict[str, tuple[dict[str, str | None], str]] = {
 
 
 def app_with_per_job_remotes() -> Any:
-    """The orchestrator's app with the relay's actor class and the job's remote function made anew for every
-    job, as server/ray_jobs.py did before `_remotes` kept one of each (the `per-job-remotes` variant)."""
+    """The orchestrator's app with the job's remote function made anew for every job, as server/ray_jobs.py
+    did before `_remotes` kept one (the `per-job-remotes` variant)."""
     from server import ray_jobs
     from server.main import create_app
 

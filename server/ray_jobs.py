@@ -10,8 +10,9 @@ no database.
   matches its checkpoint).
 - The task runs the same code as a local worker process (`server.worker.run_job`); its store is a
   `RelayRecords`, which sends each record (phase, episode, recovery epoch, event) and its log lines
-  through a `JobRelay` actor that the orchestrator owns (pinned to the orchestrator's node); the
-  orchestrator drains the relay twice a second and writes them into its Store as a local worker would.
+  through the job's mailbox (a `JobRelay`, one per attempt) in the `RelayHub` actor that the orchestrator
+  owns (one for all its jobs, pinned to the orchestrator's node); the orchestrator drains the mailbox
+  twice a second and writes the records into its Store as a local worker would.
   The relay also carries the cancel and stop signals down to the task, and the job's checkpoint up to
   the orchestrator every `AMC_RAY_CHECKPOINT_EVERY_S`.
 - When the search ends the task returns the job folder's files (reports, models, episode log, target
@@ -36,6 +37,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -183,8 +185,8 @@ def write_files(folder: Path, files: Mapping[str, bytes]) -> None:
 # -------------------------------------------------------------------------------------------- relay
 
 class JobRelay:
-    """The mailbox between one job's Ray task and the orchestrator (an actor the orchestrator owns, on its
-    node): records go up (`push`, `drain`), signals go down (`signal`, answered by every `push`)."""
+    """The mailbox between one job's Ray task and the orchestrator (kept in the orchestrator's `RelayHub`):
+    records go up (`push`, `drain`), signals go down (`signal`, answered by every `push`)."""
 
     def __init__(self) -> None:
         self._items: list[tuple[Any, ...]] = []
@@ -200,6 +202,44 @@ class JobRelay:
 
     def signal(self, what: str) -> None:
         self._signals.add(what)
+
+
+class RelayHub:
+    """Every mailbox of the jobs this orchestrator follows on Ray, in one actor the orchestrator owns, on its
+    node; each attempt of a job has its own key, opened when its task is submitted and closed when the
+    orchestrator stops following it. A push to a closed or unknown key fails, so a task the orchestrator
+    gave up on (restarted elsewhere, or after the orchestrator's restart) stops as orphaned, as it did
+    when each job had an actor of its own. One actor for all jobs: an actor per job left about 21 KB in
+    the orchestrator's Ray driver for good (docs/BENCHMARKS.md, "Orchestrator memory over many jobs")."""
+
+    def __init__(self) -> None:
+        self._boxes: dict[str, JobRelay] = {}
+
+    def _box(self, key: str) -> JobRelay:
+        box = self._boxes.get(key)
+        if box is None:
+            raise LookupError(f"no mailbox {key!r}: the orchestrator no longer follows this attempt of the job")
+        return box
+
+    def open(self, key: str) -> int:
+        self._boxes.setdefault(key, JobRelay())
+        return len(self._boxes)
+
+    def push(self, key: str, items: list[tuple[Any, ...]]) -> list[str]:
+        return self._box(key).push(items)
+
+    def drain(self, key: str) -> list[tuple[Any, ...]]:
+        return self._box(key).drain()
+
+    def signal(self, key: str, what: str) -> None:
+        self._box(key).signal(what)
+
+    def close(self, key: str) -> int:
+        self._boxes.pop(key, None)
+        return len(self._boxes)
+
+    def keys(self) -> list[str]:
+        return sorted(self._boxes)
 
 
 @dataclass
@@ -326,11 +366,14 @@ def node_root(work_dir: str, job_id: str) -> PurePosixPath:
 
 def run_job_on_node(job_id: str, relay: Any, inputs: dict[str, bytes], checkpoint: dict[str, bytes],
                     options: dict[str, Any]) -> dict[str, Any]:
-    """The Ray task of one job (`run_in_node_folder`, talking to the orchestrator through `relay`)."""
+    """The Ray task of one job (`run_in_node_folder`, talking to the orchestrator through its mailbox
+    `options["relay_key"]` in `relay`, the orchestrator's RelayHub)."""
     import ray
 
+    key = options["relay_key"]
+
     def push(batch: list[tuple[Any, ...]]) -> list[str]:
-        signals: list[str] = ray.get(relay.push.remote(batch), timeout=60)
+        signals: list[str] = ray.get(relay.push.remote(key, batch), timeout=60)
         return signals
 
     node_id = str(ray.get_runtime_context().get_node_id())
@@ -457,22 +500,22 @@ class RayLifeline:
     """The job service's lifeline to a job on Ray (the pipe's counterpart): `send("cancel")` cancels the
     job, `close()` (the server stopping) asks it to stop at its next episode without recording an end."""
 
-    def __init__(self, relay: Any):
-        self.relay = relay
+    def __init__(self, hub: Any, key: str):
+        self.hub, self.key = hub, key
         self.closed = False
 
     def send(self, what: str) -> None:
         if self.closed:
             raise ValueError("the lifeline is closed")
-        self.relay.signal.remote(what)
+        self.hub.signal.remote(self.key, what)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         try:
-            self.relay.signal.remote("stop")
-        except Exception:  # the relay is gone with the task
+            self.hub.signal.remote(self.key, "stop")
+        except Exception:  # the hub is gone with the orchestrator's Ray driver
             pass
 
 
@@ -505,7 +548,9 @@ class RayJob:
                          "threads": settings.worker_threads, "max_job_bytes": settings.max_job_bytes,
                          "device_wait_s": device_wait_s, "checkpoint_every_s": settings.ray_checkpoint_every_s,
                          "env": env}
-        self.relay: Any = None
+        self.hub: Any = None
+        self.key = f"{job.id}/{uuid.uuid4().hex[:12]}"  # this attempt's mailbox in the hub
+        self._options["relay_key"] = self.key
         self.ref: Any = None
         self._thread = threading.Thread(target=self._follow, name=f"amc-ray-job-{job.id[:8]}", daemon=True)
 
@@ -516,25 +561,22 @@ class RayJob:
         assert self.settings.ray_address is not None
         ray_init(self.settings.ray_address, insecure=self.settings.ray_insecure)
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        here = ray.get_runtime_context().get_node_id()
-        relay_class, job_task = _remotes()
-        self.relay = relay_class.options(
-            num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        self.hub = open_mailbox(self.key)
         try:
-            task = job_task.options(num_cpus=self.settings.job_cpus, max_retries=0, name=f"amc-job-{self.job_id[:8]}")
+            task = _remotes()[1].options(num_cpus=self.settings.job_cpus, max_retries=0,
+                                         name=f"amc-job-{self.job_id[:8]}")
             # (inputs and checkpoint as top-level arguments: Ray hands the task the bytes, not references)
-            self.ref = task.remote(self.job_id, self.relay, ray.put(self._inputs), ray.put(self._checkpoint),
+            self.ref = task.remote(self.job_id, self.hub, ray.put(self._inputs), ray.put(self._checkpoint),
                                    self._options)
         except Exception:
-            ray.kill(self.relay)
+            self._close_mailbox()
             raise
         self._inputs, self._checkpoint = {}, {}
         self._thread.start()
         log.info("job %s submitted to the Ray cluster at %s (%g CPU)", self.job_id, self.settings.ray_address,
                  self.settings.job_cpus)
-        return RayLifeline(self.relay)
+        return RayLifeline(self.hub, self.key)
 
     # -- what the job service calls (multiprocessing.Process's names)
     def is_alive(self) -> bool:
@@ -593,16 +635,19 @@ class RayJob:
             self.ended = f"the orchestrator lost the job's Ray task ({type(exc).__name__}: {exc})"
             self.exitcode = 1
         finally:
-            try:
-                ray.kill(self.relay)
-            except Exception:
-                pass
+            self._close_mailbox()
+
+    def _close_mailbox(self) -> None:
+        try:
+            self.hub.close.remote(self.key)
+        except Exception:  # the hub is gone: so is the mailbox
+            pass
 
     def _drain(self) -> list[tuple[Any, ...]]:
         import ray
 
         try:
-            items: list[tuple[Any, ...]] = ray.get(self.relay.drain.remote(), timeout=60)
+            items: list[tuple[Any, ...]] = ray.get(self.hub.drain.remote(self.key), timeout=60)
             return items
         except Exception as exc:
             log.warning("job %s: its relay did not answer (%s)", self.job_id, exc)
@@ -617,7 +662,7 @@ class RayJob:
 
 @functools.cache
 def _remotes() -> tuple[Any, Any]:
-    """The relay's actor class and the job's remote function, made once per process. Each `ray.remote(...)`
+    """The relay hub's actor class and the job's remote function, made once per process. Each `ray.remote(...)`
     makes a new class or function with an id of its own, which the orchestrator's Ray driver keeps for good:
     made per job, they were about 27 KB of the 47 KB the orchestrator grew by per job (docs/BENCHMARKS.md,
     "Orchestrator memory over many jobs"). The task asks for a fresh worker process per job (max_calls=1, which only the
@@ -625,7 +670,35 @@ def _remotes() -> tuple[Any, Any]:
     on that node."""
     import ray
 
-    return ray.remote(JobRelay), ray.remote(max_calls=1)(run_job_on_node)
+    return ray.remote(RelayHub), ray.remote(max_calls=1)(run_job_on_node)
+
+
+_hubs: dict[str, Any] = {}  # the RelayHub of this process, by the Ray driver's job id (a new one after a re-init)
+_hubs_lock = threading.Lock()
+
+
+def open_mailbox(key: str) -> Any:
+    """Open mailbox `key` in this orchestrator's RelayHub (made on first use, pinned to this node, owned by
+    this process's Ray driver, so it ends with it); the hub's handle. A hub that died is made again."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    context = ray.get_runtime_context()
+    driver = str(context.get_job_id())
+    with _hubs_lock:
+        for attempt in (1, 2):
+            hub = _hubs.get(driver)
+            if hub is None:
+                hub = _hubs[driver] = _remotes()[0].options(
+                    num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)).remote()
+            try:
+                ray.get(hub.open.remote(key), timeout=60)
+                return hub
+            except ray.exceptions.RayActorError:
+                _hubs.pop(driver, None)  # the hub died (its worker killed): a new one for this and later jobs
+                if attempt == 2:
+                    raise
+    raise AssertionError("unreachable")
 
 
 # How often the orchestrator asks the cluster whether the node running a job is still a member.
