@@ -12,7 +12,8 @@ the process still uses from memory it freed and the allocator kept.
 `--variant` runs the same again with one part changed (after the baseline, on the same bed and database
 server; each run with a fresh data folder and database): `jobs-in-processes` (jobs in spawned worker
 processes: no Ray driver work in the orchestrator), `sqlite` (the store on SQLite instead of PostgreSQL),
-`malloc-arena-max-2` (MALLOC_ARENA_MAX=2 for the orchestrator), `per-job-remotes` (a new remote function
+`malloc-arena-max-2` (MALLOC_ARENA_MAX=2 for the orchestrator), `tracemalloc` (Python's allocations traced:
+which source lines' allocations grew, against the RSS's growth), `per-job-remotes` (a new remote function
 for every job, as the orchestrator made it before server/ray_jobs.py's `_remotes`; the relay hub's class is
 still made once per hub, since the one hub replaced the relay actor of each job).
 
@@ -52,7 +53,9 @@ VARIANTS: dict[str, tuple[dict[str, str | None], str]] = {
     "sqlite": ({"AMC_DATABASE_URL": None}, FACTORY),
     "malloc-arena-max-2": ({"MALLOC_ARENA_MAX": "2"}, FACTORY),
     "per-job-remotes": ({}, "benchmarks.bench_memory:app_with_per_job_remotes"),
+    "tracemalloc": ({}, "benchmarks.bench_memory:app_with_tracemalloc"),
 }
+TRACE_NAME = "tracemalloc.txt"  # in the orchestrator's data folder (the `tracemalloc` variant)
 
 
 def app_with_per_job_remotes() -> Any:
@@ -62,6 +65,40 @@ def app_with_per_job_remotes() -> Any:
     from server.main import create_app
 
     ray_jobs._remotes = ray_jobs._remotes.__wrapped__  # type: ignore[assignment]
+    return create_app()
+
+
+def app_with_tracemalloc() -> Any:
+    """The orchestrator's app with Python's allocations traced (the `tracemalloc` variant): after a 2-minute
+    warm-up a first snapshot, then every minute the Python memory traced, and the source lines whose
+    allocations grew most since that snapshot, written to `<AMC_DATA_DIR>/tracemalloc.txt`. What the RSS
+    grows by beyond the traced growth is memory Python does not allocate (Ray's C++ core, gRPC)."""
+    import threading
+    import tracemalloc
+
+    from server.main import create_app
+
+    tracemalloc.start(8)
+    out = Path(os.environ["AMC_DATA_DIR"]) / TRACE_NAME
+
+    def watch() -> None:
+        time.sleep(120)
+        base = tracemalloc.take_snapshot()
+        base_mb = tracemalloc.get_traced_memory()[0] / 2**20
+        t0 = time.monotonic()
+        while True:
+            time.sleep(60)
+            snap = tracemalloc.take_snapshot()
+            now_mb = tracemalloc.get_traced_memory()[0] / 2**20
+            stats = snap.compare_to(base, "traceback")[:12]
+            lines = [f"{(time.monotonic() - t0) / 60:.1f} min after the first snapshot: Python traced "
+                     f"{base_mb:.1f} -> {now_mb:.1f} MB ({now_mb - base_mb:+.2f})"]
+            for stat in stats:
+                lines.append(f"  {stat.size_diff / 1024:+.1f} KB in {stat.count_diff:+d} blocks:")
+                lines += [f"      {frame.filename}:{frame.lineno}" for frame in stat.traceback[-4:]]
+            out.write_text("\n".join(lines) + "\n")
+
+    threading.Thread(target=watch, name="amc-tracemalloc", daemon=True).start()
     return create_app()
 
 
@@ -81,6 +118,7 @@ class Run:
     jobs: list[dict] = field(default_factory=list)
     trimmed: float | None = None  # RSS (MB) after malloc_trim(0)
     error: str = ""
+    traced: str = ""  # the `tracemalloc` variant's last report
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -168,6 +206,8 @@ def run_variant(bed: Any, pg: Any, name: str, args: argparse.Namespace) -> Run:
             run.error = f"the clients ended without a summary: {bed.log(f'client-{name}')[-2000:]}"
         if not run.error and args.trim:
             run.trimmed = malloc_trim(pid)
+        if (data / TRACE_NAME).is_file():
+            run.traced = (data / TRACE_NAME).read_text()
     finally:
         if "server" in bed.sessions:
             bed.stop("server", signal.SIGTERM)
@@ -260,6 +300,10 @@ def render(runs: list[Run], args: argparse.Namespace, total_min: float) -> str:
         lines.append(f"| {r.variant} | {len(r.jobs)} ({ok}) | {first.rss:.1f} → {last.rss:.1f} | {rss:+.3f} | "
                      f"{per_job:+.1f} | {anon:+.3f} | {first.threads} → {last.threads} | {first.fds} → {last.fds} "
                      f"| {trimmed} |")
+    for r in runs:
+        if r.traced:
+            lines += ["", f"`{r.variant}`: Python's own allocations (tracemalloc), growth by traceback:", "",
+                      "```", r.traced.rstrip(), "```"]
     errors = [f"{r.variant}: {r.error[:300]}" for r in runs if r.error]
     if errors:
         lines += ["", "Runs that did not finish: " + "; ".join(errors)]

@@ -564,8 +564,9 @@ class RayJob:
 
         self.hub = open_mailbox(self.key)
         try:
-            task = _remotes()[1].options(num_cpus=self.settings.job_cpus, max_retries=0,
-                                         name=f"amc-job-{self.job_id[:8]}")
+            # One task name for every job: the Ray driver keeps something for each distinct name for good
+            # (about 1.5 KB a name, docs/BENCHMARKS.md "Orchestrator memory over many jobs").
+            task = _remotes()[1].options(num_cpus=self.settings.job_cpus, max_retries=0, name=TASK_NAME)
             # (inputs and checkpoint as top-level arguments: Ray hands the task the bytes, not references)
             self.ref = task.remote(self.job_id, self.hub, ray.put(self._inputs), ray.put(self._checkpoint),
                                    self._options)
@@ -700,6 +701,8 @@ def open_mailbox(key: str) -> Any:
                     raise
     raise AssertionError("unreachable")
 
+
+TASK_NAME = "amc-job"  # every job's task (its job id is in its arguments and its log's first line)
 
 # How often the orchestrator asks the cluster whether the node running a job is still a member.
 NODE_CHECK_S = 2.0
