@@ -13,7 +13,8 @@ the process still uses from memory it freed and the allocator kept.
 server; each run with a fresh data folder and database): `jobs-in-processes` (jobs in spawned worker
 processes: no Ray driver work in the orchestrator), `sqlite` (the store on SQLite instead of PostgreSQL),
 `malloc-arena-max-2` (MALLOC_ARENA_MAX=2 for the orchestrator), `tracemalloc` (Python's allocations traced:
-which source lines' allocations grew, against the RSS's growth), `per-job-remotes` (a new remote function
+which source lines' allocations grew, against the RSS's growth), `reused-workers` (jobs' tasks in reused
+Ray worker processes instead of a fresh one per job), `per-job-remotes` (a new remote function
 for every job, as the orchestrator made it before server/ray_jobs.py's `_remotes`; the relay hub's class is
 still made once per hub, since the one hub replaced the relay actor of each job).
 
@@ -54,6 +55,7 @@ VARIANTS: dict[str, tuple[dict[str, str | None], str]] = {
     "malloc-arena-max-2": ({"MALLOC_ARENA_MAX": "2"}, FACTORY),
     "per-job-remotes": ({}, "benchmarks.bench_memory:app_with_per_job_remotes"),
     "tracemalloc": ({}, "benchmarks.bench_memory:app_with_tracemalloc"),
+    "reused-workers": ({}, "benchmarks.bench_memory:app_with_reused_workers"),
 }
 TRACE_NAME = "tracemalloc.txt"  # in the orchestrator's data folder (the `tracemalloc` variant)
 
@@ -65,6 +67,24 @@ def app_with_per_job_remotes() -> Any:
     from server.main import create_app
 
     ray_jobs._remotes = ray_jobs._remotes.__wrapped__  # type: ignore[assignment]
+    return create_app()
+
+
+def app_with_reused_workers() -> Any:
+    """The orchestrator's app with jobs' tasks in Ray worker processes that are reused from job to job (no
+    `max_calls=1`): does the driver keep something for every worker process it has talked to?"""
+    import functools
+
+    import ray
+
+    from server import ray_jobs
+    from server.main import create_app
+
+    @functools.cache
+    def reused() -> tuple[Any, Any]:
+        return ray.remote(ray_jobs.RelayHub), ray.remote(ray_jobs.run_job_on_node)
+
+    ray_jobs._remotes = reused  # type: ignore[assignment]
     return create_app()
 
 
