@@ -14,7 +14,8 @@ server; each run with a fresh data folder and database): `jobs-in-processes` (jo
 processes: no Ray driver work in the orchestrator), `sqlite` (the store on SQLite instead of PostgreSQL),
 `malloc-arena-max-2` (MALLOC_ARENA_MAX=2 for the orchestrator), `tracemalloc` (Python's allocations traced:
 which source lines' allocations grew, against the RSS's growth), `reused-workers` (jobs' tasks in reused
-Ray worker processes instead of a fresh one per job), `per-job-remotes` (a new remote function
+Ray worker processes instead of a fresh one per job), `follow-every-2s` (each running job's mailbox drained
+every 2 s instead of 0.5 s), `per-job-remotes` (a new remote function
 for every job, as the orchestrator made it before server/ray_jobs.py's `_remotes`; the relay hub's class is
 still made once per hub, since the one hub replaced the relay actor of each job).
 
@@ -56,6 +57,7 @@ VARIANTS: dict[str, tuple[dict[str, str | None], str]] = {
     "per-job-remotes": ({}, "benchmarks.bench_memory:app_with_per_job_remotes"),
     "tracemalloc": ({}, "benchmarks.bench_memory:app_with_tracemalloc"),
     "reused-workers": ({}, "benchmarks.bench_memory:app_with_reused_workers"),
+    "follow-every-2s": ({}, "benchmarks.bench_memory:app_following_every_2s"),
 }
 TRACE_NAME = "tracemalloc.txt"  # in the orchestrator's data folder (the `tracemalloc` variant)
 
@@ -85,6 +87,16 @@ def app_with_reused_workers() -> Any:
         return ray.remote(ray_jobs.RelayHub), ray.remote(ray_jobs.run_job_on_node)
 
     ray_jobs._remotes = reused  # type: ignore[assignment]
+    return create_app()
+
+
+def app_following_every_2s() -> Any:
+    """The orchestrator's app draining each running job's mailbox (and waiting on its task) every 2 s instead
+    of every 0.5 s: does the growth follow the number of those calls?"""
+    from server import ray_jobs
+    from server.main import create_app
+
+    ray_jobs.FOLLOW_S = 2.0
     return create_app()
 
 

@@ -604,7 +604,7 @@ class RayJob:
         try:
             checked = time.monotonic()
             while True:
-                ready, _ = ray.wait([self.ref], timeout=0.5)
+                ready, _ = ray.wait([self.ref], timeout=FOLLOW_S)
                 self._apply(self._drain())
                 if ready:
                     break
@@ -702,6 +702,7 @@ def open_mailbox(key: str) -> Any:
     raise AssertionError("unreachable")
 
 
+FOLLOW_S = 0.5  # how often the orchestrator drains a running job's mailbox (and waits on its task)
 TASK_NAME = "amc-job"  # every job's task (its job id is in its arguments and its log's first line)
 
 # How often the orchestrator asks the cluster whether the node running a job is still a member.
