@@ -15,9 +15,8 @@ processes: no Ray driver work in the orchestrator), `sqlite` (the store on SQLit
 `malloc-arena-max-2` (MALLOC_ARENA_MAX=2 for the orchestrator), `tracemalloc` (Python's allocations traced:
 which source lines' allocations grew, against the RSS's growth), `reused-workers` (jobs' tasks in reused
 Ray worker processes instead of a fresh one per job), `follow-every-2s` (each running job's mailbox drained
-every 2 s instead of 0.5 s), `per-job-remotes` (a new remote function
-for every job, as the orchestrator made it before server/ray_jobs.py's `_remotes`; the relay hub's class is
-still made once per hub, since the one hub replaced the relay actor of each job).
+every 2 s instead of 0.5 s), `per-job-remotes` (a new remote function for every job, as the orchestrator
+made it before server/ray_jobs.py's `_remotes`; the relay hub's class is still made once per hub).
 
 Everything the bed starts runs at `--nice` (default 10): the machine is shared. Needs root, `ip netns`, Ray
 (the farm extra) and PostgreSQL's server binaries, as the soak.

@@ -209,8 +209,8 @@ class RelayHub:
     node; each attempt of a job has its own key, opened when its task is submitted and closed when the
     orchestrator stops following it. A push to a closed or unknown key fails, so a task the orchestrator
     gave up on (restarted elsewhere, or after the orchestrator's restart) stops as orphaned, as it did
-    when each job had an actor of its own. One actor for all jobs: an actor per job left about 21 KB in
-    the orchestrator's Ray driver for good (docs/BENCHMARKS.md, "Orchestrator memory over many jobs")."""
+    when each job had an actor of its own. One actor for all jobs: with an actor per job the orchestrator
+    grew by 20.6 KB a job, with the hub by 18.0 (docs/BENCHMARKS.md, "Orchestrator memory over many jobs")."""
 
     def __init__(self) -> None:
         self._boxes: dict[str, JobRelay] = {}
@@ -221,9 +221,8 @@ class RelayHub:
             raise LookupError(f"no mailbox {key!r}: the orchestrator no longer follows this attempt of the job")
         return box
 
-    def open(self, key: str) -> int:
+    def open(self, key: str) -> None:
         self._boxes.setdefault(key, JobRelay())
-        return len(self._boxes)
 
     def push(self, key: str, items: list[tuple[Any, ...]]) -> list[str]:
         return self._box(key).push(items)
@@ -234,12 +233,8 @@ class RelayHub:
     def signal(self, key: str, what: str) -> None:
         self._box(key).signal(what)
 
-    def close(self, key: str) -> int:
+    def close(self, key: str) -> None:
         self._boxes.pop(key, None)
-        return len(self._boxes)
-
-    def keys(self) -> list[str]:
-        return sorted(self._boxes)
 
 
 @dataclass
@@ -565,7 +560,7 @@ class RayJob:
         self.hub = open_mailbox(self.key)
         try:
             # One task name for every job: the Ray driver keeps something for each distinct name for good
-            # (about 1.5 KB a name, docs/BENCHMARKS.md "Orchestrator memory over many jobs").
+            # (about 1.5 KB a name in a probe; docs/BENCHMARKS.md "Orchestrator memory over many jobs").
             task = _remotes()[1].options(num_cpus=self.settings.job_cpus, max_retries=0, name=TASK_NAME)
             # (inputs and checkpoint as top-level arguments: Ray hands the task the bytes, not references)
             self.ref = task.remote(self.job_id, self.hub, ray.put(self._inputs), ray.put(self._checkpoint),
@@ -687,19 +682,19 @@ def open_mailbox(key: str) -> Any:
     context = ray.get_runtime_context()
     driver = str(context.get_job_id())
     with _hubs_lock:
-        for attempt in (1, 2):
-            hub = _hubs.get(driver)
-            if hub is None:
-                hub = _hubs[driver] = _remotes()[0].options(
-                    num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)).remote()
+        hub = _hubs.pop(driver, None)
+        if hub is not None:
             try:
                 ray.get(hub.open.remote(key), timeout=60)
+                _hubs[driver] = hub
                 return hub
-            except ray.exceptions.RayActorError:
-                _hubs.pop(driver, None)  # the hub died (its worker killed): a new one for this and later jobs
-                if attempt == 2:
-                    raise
-    raise AssertionError("unreachable")
+            except ray.exceptions.RayActorError:  # the hub died (its worker killed): a new one from now on
+                log.warning("the relay hub of this orchestrator died; making a new one")
+        here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)
+        hub = _remotes()[0].options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
+        ray.get(hub.open.remote(key), timeout=60)
+        _hubs[driver] = hub
+        return hub
 
 
 FOLLOW_S = 0.5  # how often the orchestrator drains a running job's mailbox (and waits on its task)

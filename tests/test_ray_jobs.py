@@ -200,23 +200,27 @@ def test_relay_records_keep_order_carry_signals_and_stop_when_the_orchestrator_i
 
 
 def test_one_relay_hub_keeps_each_attempt_apart_and_refuses_an_attempt_given_up() -> None:
-    """The orchestrator's one RelayHub (an actor per job left ~21 KB each in its Ray driver): each attempt's
-    mailbox has its own records and signals; once the orchestrator closes an attempt (it restarted the job
-    elsewhere), that attempt's task can no longer push and stops as orphaned, while the new attempt goes on."""
+    """The orchestrator's one RelayHub (in place of an actor per job, which the Ray driver kept): each
+    attempt's mailbox has its own records and signals; once the orchestrator closes an attempt (it restarted
+    the job elsewhere), that attempt's task can no longer push and stops as orphaned, while the new attempt
+    goes on."""
     import threading
 
     from server.ray_jobs import RelayHub, RelayRecords
 
     hub = RelayHub()
-    assert hub.open("job/a1") == 1 and hub.open("job/a2") == 2 and hub.open("other/b1") == 3
+    for key in ("job/a1", "job/a2", "other/b1"):
+        hub.open(key)
     hub.signal("other/b1", "cancel")
     assert hub.push("job/a1", [("log", "one\n")]) == [] and hub.push("other/b1", [("log", "two\n")]) == ["cancel"]
     assert hub.drain("job/a1") == [("log", "one\n")] and hub.drain("job/a1") == [] and hub.drain("job/a2") == []
     assert hub.drain("other/b1") == [("log", "two\n")]
 
-    assert hub.close("job/a1") == 2 and hub.keys() == ["job/a2", "other/b1"]
+    hub.close("job/a1")
     with pytest.raises(LookupError, match="no longer follows"):
         hub.drain("job/a1")
+    with pytest.raises(LookupError, match="no mailbox 'never-opened'"):
+        hub.push("never-opened", [])
     stale = RelayRecords(lambda batch: hub.push("job/a1", batch), job_id="job", cancelled=threading.Event(),
                          orphaned=threading.Event())
     stale.add_episode("job", 3, {"reward": 1.0})
@@ -226,7 +230,12 @@ def test_one_relay_hub_keeps_each_attempt_apart_and_refuses_an_attempt_given_up(
     current.add_episode("job", 3, {"reward": 1.0})
     assert not current.orphaned.is_set() and hub.drain("job/a2") == [("store", "add_episode", (3, {"reward": 1.0}),
                                                                      {"total": None})]
-    assert hub.close("job/a2") == 1 and hub.close("job/a2") == 1 and hub.close("other/b1") == 0
+    assert hub.push("other/b1", []) == ["cancel"]  # the other job's mailbox is untouched by all this
+    for key in ("job/a2", "job/a2", "other/b1"):  # closing twice is harmless
+        hub.close(key)
+    for key in ("job/a2", "other/b1"):
+        with pytest.raises(LookupError):
+            hub.signal(key, "stop")
 
 
 def test_a_task_and_its_orchestrator_through_a_relay_without_ray(tmp_path: Path) -> None:
