@@ -13,10 +13,9 @@ the process still uses from memory it freed and the allocator kept.
 server; each run with a fresh data folder and database): `jobs-in-processes` (jobs in spawned worker
 processes: no Ray driver work in the orchestrator), `sqlite` (the store on SQLite instead of PostgreSQL),
 `malloc-arena-max-2` (MALLOC_ARENA_MAX=2 for the orchestrator), `tracemalloc` (Python's allocations traced:
-which source lines' allocations grew, against the RSS's growth), `reused-workers` (jobs' tasks in reused
-Ray worker processes instead of a fresh one per job), `follow-every-2s` (each running job's mailbox drained
-every 2 s instead of 0.5 s), `per-job-remotes` (a new remote function for every job, as the orchestrator
-made it before server/ray_jobs.py's `_remotes`; the relay hub's class is still made once per hub).
+which source lines' allocations grew, against the RSS's growth). The orchestrator's child processes (each
+job's follower, which drives its Ray task: server/ray_follower.py; or its worker process) are read too:
+what they hold while jobs run is the cost of keeping the orchestrator itself off Ray's driver.
 
 Everything the bed starts runs at `--nice` (default 10): the machine is shared. Needs root, `ip netns`, Ray
 (the farm extra) and PostgreSQL's server binaries, as the soak.
@@ -53,50 +52,9 @@ VARIANTS: dict[str, tuple[dict[str, str | None], str]] = {
     "jobs-in-processes": ({"AMC_JOBS_ON_RAY": "0"}, FACTORY),
     "sqlite": ({"AMC_DATABASE_URL": None}, FACTORY),
     "malloc-arena-max-2": ({"MALLOC_ARENA_MAX": "2"}, FACTORY),
-    "per-job-remotes": ({}, "benchmarks.bench_memory:app_with_per_job_remotes"),
     "tracemalloc": ({}, "benchmarks.bench_memory:app_with_tracemalloc"),
-    "reused-workers": ({}, "benchmarks.bench_memory:app_with_reused_workers"),
-    "follow-every-2s": ({}, "benchmarks.bench_memory:app_following_every_2s"),
 }
 TRACE_NAME = "tracemalloc.txt"  # in the orchestrator's data folder (the `tracemalloc` variant)
-
-
-def app_with_per_job_remotes() -> Any:
-    """The orchestrator's app with the job's remote function made anew for every job, as server/ray_jobs.py
-    did before `_remotes` kept one (the `per-job-remotes` variant)."""
-    from server import ray_jobs
-    from server.main import create_app
-
-    ray_jobs._remotes = ray_jobs._remotes.__wrapped__  # type: ignore[assignment]
-    return create_app()
-
-
-def app_with_reused_workers() -> Any:
-    """The orchestrator's app with jobs' tasks in Ray worker processes that are reused from job to job (no
-    `max_calls=1`): does the driver keep something for every worker process it has talked to?"""
-    import functools
-
-    import ray
-
-    from server import ray_jobs
-    from server.main import create_app
-
-    @functools.cache
-    def reused() -> tuple[Any, Any]:
-        return ray.remote(ray_jobs.RelayHub), ray.remote(ray_jobs.run_job_on_node)
-
-    ray_jobs._remotes = reused  # type: ignore[assignment]
-    return create_app()
-
-
-def app_following_every_2s() -> Any:
-    """The orchestrator's app draining each running job's mailbox (and waiting on its task) every 2 s instead
-    of every 0.5 s: does the growth follow the number of those calls?"""
-    from server import ray_jobs
-    from server.main import create_app
-
-    ray_jobs.FOLLOW_S = 2.0
-    return create_app()
 
 
 def app_with_tracemalloc() -> Any:
@@ -140,6 +98,8 @@ class Sample:
     anon: float  # MB
     threads: int
     fds: int
+    children: int = 0  # the orchestrator's child processes (jobs' followers or workers)
+    children_rss: float = 0.0  # MB, all of them together
 
 
 @dataclass
@@ -172,7 +132,20 @@ def sample(pid: int, t: float) -> Sample | None:
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         fds = -1
-    return Sample(t, status["VmRSS"] / 1024, status.get("RssAnon", 0) / 1024, status.get("Threads", 0), fds)
+    kids = [_status(c).get("VmRSS", 0) for c in _children(pid)]
+    return Sample(t, status["VmRSS"] / 1024, status.get("RssAnon", 0) / 1024, status.get("Threads", 0), fds,
+                  len(kids), sum(kids) / 1024)
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids of `pid`'s children (every thread's)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
 
 
 def malloc_trim(pid: int) -> float | None:
@@ -228,7 +201,7 @@ def run_variant(bed: Any, pg: Any, name: str, args: argparse.Namespace) -> Run:
             if time.monotonic() >= next_note:
                 next_note += 60
                 log(f"memory [{name}]: {s.t / 60:.1f} min: RSS {s.rss:.1f} MB (anon {s.anon:.1f}), "
-                    f"{s.threads} threads, {s.fds} fds")
+                    f"{s.threads} threads, {s.fds} fds; {s.children} job process(es), {s.children_rss:.0f} MB")
             time.sleep(args.sample_s)
         lines = [x for x in bed.log(f"client-{name}").splitlines() if x.startswith('{"summary"')]
         if lines:
@@ -303,6 +276,16 @@ def _half(samples: list[Sample]) -> list[Sample]:
     return samples[len(samples) // 2:]
 
 
+def _children_summary(samples: list[Sample]) -> str:
+    """The orchestrator's job processes over a run: how many on average, their RSS together (mean, max)."""
+    busy = [s for s in samples if s.children]
+    if not busy:
+        return "none"
+    count = sum(s.children for s in samples) / len(samples)
+    return (f"{count:.1f}, {sum(s.children_rss for s in busy) / len(busy):.0f} / "
+            f"{max(s.children_rss for s in busy):.0f}")
+
+
 def render(runs: list[Run], args: argparse.Namespace, total_min: float) -> str:
     lines = [
         f"The orchestrator as in the soak (the test bed's `orch` namespace, jobs as Ray tasks on {args.workers} "
@@ -312,12 +295,13 @@ def render(runs: list[Run], args: argparse.Namespace, total_min: float) -> str:
         f"second half (past the warm-up); KB per job = that slope over the jobs finished per minute. After the "
         f"clients, `malloc_trim(0)` (through gdb) shows what glibc held free. Total {total_min:.0f} min.", "",
         "| run | jobs (succeeded) | RSS start → end MB | RSS trend, 2nd half MB/min | KB per job | anon trend MB/min "
-        "| threads start → end | fds start → end | RSS after malloc_trim MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| threads start → end | fds start → end | RSS after malloc_trim MB | job processes: mean count, RSS mean / "
+        "max MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         if not r.samples:
-            lines.append(f"| {r.variant} | — | — | — | — | — | — | — | — |")
+            lines.append(f"| {r.variant} | — | — | — | — | — | — | — | — | — |")
             continue
         half = _half(r.samples)
         rss = _slope_mb_per_min([(s.t, s.rss) for s in half])
@@ -330,7 +314,7 @@ def render(runs: list[Run], args: argparse.Namespace, total_min: float) -> str:
         trimmed = f"{r.trimmed:.1f}" if r.trimmed is not None else "—"
         lines.append(f"| {r.variant} | {len(r.jobs)} ({ok}) | {first.rss:.1f} → {last.rss:.1f} | {rss:+.3f} | "
                      f"{per_job:+.1f} | {anon:+.3f} | {first.threads} → {last.threads} | {first.fds} → {last.fds} "
-                     f"| {trimmed} |")
+                     f"| {trimmed} | {_children_summary(r.samples)} |")
     for r in runs:
         if r.traced:
             lines += ["", f"`{r.variant}`: Python's own allocations (tracemalloc), growth by traceback:", "",

@@ -3,8 +3,9 @@ concurrency limit, cancel, and resume jobs a dead server left behind.
 
 The job process itself (`run_job_process`, which records the job's progress in the store) is in
 `server/worker.py`; turning a job spec into a SearchConfig is `server.options.build_config`. With
-`AMC_JOBS_ON_RAY` a job runs as a Ray task on the cluster instead (`server/ray_jobs.py`), behind a handle
-that looks like the process's, so that everything here treats both alike.
+`AMC_JOBS_ON_RAY` a job runs as a Ray task on the cluster instead (`server/ray_jobs.py`), driven from a
+process of its own (`server/ray_follower.py`) whose handle looks like the worker process's, so that
+everything here treats both alike.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 def _ended(process: Any) -> str:
     """How a job's worker ended without recording a result: a process's exit, or what a job's Ray task
-    says about its own end (`server.ray_jobs.RayJob.ended`)."""
+    says about its own end (`server.ray_follower.RayFollower.ended`)."""
     return getattr(process, "ended", "") or f"the worker process {_exit_description(process.exitcode)}"
 
 
@@ -90,7 +91,7 @@ def settle_heap() -> None:
 @dataclass
 class _Running:
     job_id: str
-    process: Any  # multiprocessing.Process (spawn), or a server.ray_jobs.RayJob
+    process: Any  # multiprocessing.Process (spawn), or a server.ray_follower.RayFollower
     lifeline: Any  # write end of a pipe: "cancel" messages; EOF tells the job process the server is gone
     cancel_at: float | None = None
     killed_at: float | None = None
@@ -356,30 +357,28 @@ class JobService:
         log.info("job %s started in process %s (resume=%s)", job.id, proc.pid, job.resume)
 
     def _launch_on_ray(self, job: Job, folder: Path, plan: FrontierPlan | None) -> None:
-        from server.ray_jobs import RayJob
+        """Start the job's follower (`server.ray_follower`): a process of its own that drives the job's
+        Ray task, so that the orchestrator's process is never the task's Ray driver."""
+        from server.ray_follower import start_follower
 
-        try:
-            task = RayJob(job=job, folder=folder, plan=plan, settings=self.settings, store=self.store,
-                          device_wait_s=device_wait_s(job.spec))
-        except (ConfigError, OSError) as exc:  # its inputs: checked at submit; only a file lost since gets here
-            self.store.finish(job.id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
-            return
         # (before the task starts: afterwards its own phases come back and must not be overwritten)
         self.store.set_phase(job.id, "starting",
                              f"waiting for a node of the Ray cluster with {self.settings.job_cpus:g} free CPU(s)")
         try:
-            lifeline = task.start()
+            follower, lifeline = start_follower(self._ctx, job_id=job.id, database_url=self.store.url, folder=folder,
+                                                settings=self.settings, plan=plan,
+                                                device_wait_s=device_wait_s(job.spec))
         except Exception as exc:
-            log.exception("could not start job %s on the Ray cluster", job.id)
-            self.store.finish(job.id, JobState.FAILED,
-                              error=f"could not start the job on the Ray cluster at {self.settings.ray_address} "
-                                    f"({type(exc).__name__}: {exc}); POST /jobs/{job.id}/resume once it answers")
+            log.exception("could not start a follower for job %s", job.id)
+            self.store.finish(job.id, JobState.FAILED, error=f"could not start a process to follow the job's Ray "
+                                                             f"task: {exc}")
             return
         with self._lock:
-            self._running[job.id] = h = _Running(job.id, task, lifeline)
+            self._running[job.id] = h = _Running(job.id, follower, lifeline)
         if job.cancel_requested:
             self._signal_cancel(h)
-        log.info("job %s started as a Ray task (resume=%s)", job.id, job.resume)
+        log.info("job %s started as a Ray task, followed from process %s (resume=%s)", job.id, follower.pid,
+                 job.resume)
 
     def _signal_cancel(self, h: _Running) -> None:
         if h.cancel_at is not None:

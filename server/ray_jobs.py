@@ -10,17 +10,18 @@ no database.
   matches its checkpoint).
 - The task runs the same code as a local worker process (`server.worker.run_job`); its store is a
   `RelayRecords`, which sends each record (phase, episode, recovery epoch, event) and its log lines
-  through the job's mailbox (a `JobRelay`, one per attempt) in the `RelayHub` actor that the orchestrator
-  owns (one for all its jobs, pinned to the orchestrator's node); the orchestrator drains the mailbox
-  twice a second and writes the records into its Store as a local worker would.
+  through the job's mailbox (a `JobRelay`, one per attempt) in the `RelayHub` actor of the job's follower
+  (`server/ray_follower.py`: the process of the orchestrator's host that drives the job's task, one per
+  job; the hub is pinned to its node); the follower drains the mailbox twice a second and writes the
+  records into the Store as a local worker would.
   The relay also carries the cancel and stop signals down to the task, and the job's checkpoint up to
   the orchestrator every `AMC_RAY_CHECKPOINT_EVERY_S`.
 - When the search ends the task returns the job folder's files (reports, models, episode log, target
-  folders, checkpoint); the orchestrator writes them into the job folder and only then records the
+  folders, checkpoint); the follower writes them into the job folder and only then records the
   job's end, so a succeeded job's artifacts are there when its state says so.
-- `RayJob` is the task's handle in the job service: it looks like the worker process's (`is_alive`,
-  `join`, `terminate`, `kill`, `exitcode`), so queueing, cancelling, restarting after a crash and
-  settling stay `server.jobs.JobService`'s alone. A task whose node dies ends without a result; the
+- `RayJob` is the task's handle in the follower; the follower's own handle in the job service looks like
+  the worker process's (`is_alive`, `join`, `terminate`, `kill`, `exitcode`), so queueing, cancelling,
+  restarting after a crash and settling stay `server.jobs.JobService`'s alone. A task whose node dies ends without a result; the
   service restarts it from the last checkpoint that came back (`AMC_MAX_WORKER_RESTARTS`) or fails it,
   resumable with `POST /jobs/{id}/resume`.
 
@@ -185,7 +186,7 @@ def write_files(folder: Path, files: Mapping[str, bytes]) -> None:
 # -------------------------------------------------------------------------------------------- relay
 
 class JobRelay:
-    """The mailbox between one job's Ray task and the orchestrator (kept in the orchestrator's `RelayHub`):
+    """The mailbox between one job's Ray task and the orchestrator (kept in the `RelayHub` of the job's follower):
     records go up (`push`, `drain`), signals go down (`signal`, answered by every `push`)."""
 
     def __init__(self) -> None:
@@ -205,12 +206,11 @@ class JobRelay:
 
 
 class RelayHub:
-    """Every mailbox of the jobs this orchestrator follows on Ray, in one actor the orchestrator owns, on its
-    node; each attempt of a job has its own key, opened when its task is submitted and closed when the
-    orchestrator stops following it. A push to a closed or unknown key fails, so a task the orchestrator
-    gave up on (restarted elsewhere, or after the orchestrator's restart) stops as orphaned, as it did
-    when each job had an actor of its own. One actor for all jobs: with an actor per job the orchestrator
-    grew by 20.6 KB a job, with the hub by 18.0 (docs/BENCHMARKS.md, "Orchestrator memory over many jobs")."""
+    """Every mailbox of the jobs a process follows on Ray, in one actor that process owns, on its node (a
+    job's follower, `server/ray_follower.py`, follows one job); each attempt of a job has its own key,
+    opened when its task is submitted and closed when the follower stops following it. A push to a closed
+    or unknown key fails, so a task given up on (restarted elsewhere, or after the orchestrator's restart)
+    stops as orphaned."""
 
     def __init__(self) -> None:
         self._boxes: dict[str, JobRelay] = {}
@@ -515,9 +515,9 @@ class RayLifeline:
 
 
 class RayJob:
-    """One job running as a Ray task, as the job service sees a worker process. A thread of the
-    orchestrator follows it: it drains the job's relay into the Store and the job folder, and when the
-    task returns writes its files and then records the end it reached."""
+    """One job running as a Ray task, seen from the process that drives it (the job's follower,
+    `server/ray_follower.py`). A thread follows it: it drains the job's relay into the Store and the job
+    folder, and when the task returns writes its files and then records the end it reached."""
 
     pid: int | None = None
 
@@ -674,8 +674,8 @@ _hubs_lock = threading.Lock()
 
 
 def open_mailbox(key: str) -> Any:
-    """Open mailbox `key` in this orchestrator's RelayHub (made on first use, pinned to this node, owned by
-    this process's Ray driver, so it ends with it); the hub's handle. A hub that died is made again."""
+    """Open mailbox `key` in this process's RelayHub (made on first use, pinned to this node, owned by this
+    process's Ray driver, so it ends with it); the hub's handle. A hub that died is made again."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -689,7 +689,7 @@ def open_mailbox(key: str) -> Any:
                 _hubs[driver] = hub
                 return hub
             except ray.exceptions.RayActorError:  # the hub died (its worker killed): a new one from now on
-                log.warning("the relay hub of this orchestrator died; making a new one")
+                log.warning("the relay hub of this process died; making a new one")
         here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)
         hub = _remotes()[0].options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
         ray.get(hub.open.remote(key), timeout=60)
@@ -697,10 +697,10 @@ def open_mailbox(key: str) -> Any:
         return hub
 
 
-FOLLOW_S = 0.5  # how often the orchestrator drains a running job's mailbox (and waits on its task)
+FOLLOW_S = 0.5  # how often a job's follower drains its mailbox (and waits on its task)
 TASK_NAME = "amc-job"  # every job's task (its job id is in its arguments and its log's first line)
 
-# How often the orchestrator asks the cluster whether the node running a job is still a member.
+# How often a job's follower asks the cluster whether the node running the job is still a member.
 NODE_CHECK_S = 2.0
 
 

@@ -93,33 +93,12 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
     os.umask(0o077)  # the job's files are the operator's alone
     out = Path(folder)
     handler = logging.FileHandler(out / LOG_NAME)
-    store = Store(database_url, create=False, outage_wait_s=JOB_DATABASE_WAIT_S)
-    store.on_database_back = lambda what, seconds: store.add_event(
-        job_id, JobEventKind.DATABASE_WAIT,
-        f"the database was unreachable for {seconds:.0f} s; the job waited ({what}) and went on, nothing lost")
+    store = open_job_store(database_url, job_id)
     lock = lock_job_folder(out)
     orphaned = threading.Event()
     cancelled = threading.Event()
     done = threading.Event()
-
-    def watch_parent() -> None:
-        # The server sends "cancel"; EOF means it is gone (SIGKILL included) or shutting down.
-        try:
-            while True:
-                if lifeline.recv() == "cancel":
-                    cancelled.set()
-        except (EOFError, OSError):
-            pass
-        if done.wait(0):
-            return
-        log.warning("the server is gone; stopping at the next episode so a restart can resume")
-        orphaned.set()
-        # An episode that never ends must not hold the folder forever.
-        if not done.wait(60):
-            log.error("still running 60 s after the server died; exiting (the checkpoint is intact)")
-            os._exit(3)
-
-    threading.Thread(target=watch_parent, daemon=True).start()
+    watch_parent(lifeline, on_cancel=cancelled.set, on_gone=orphaned.set, done=done)
     try:
         with job_log(handler):
             run_job(job_id=job_id, store=store, out=out, config=config, frontier=frontier, resume=resume,
@@ -129,6 +108,43 @@ def run_job_process(*, job_id: str, database_url: str, folder: str, config: dict
         done.set()
         store.close()
         lock.close()
+
+
+def open_job_store(database_url: str, job_id: str) -> Store:
+    """A job process's own connection to the store: it waits out a database outage of up to
+    JOB_DATABASE_WAIT_S, and says in the job's events that it did."""
+    store = Store(database_url, create=False, outage_wait_s=JOB_DATABASE_WAIT_S)
+    store.on_database_back = lambda what, seconds: store.add_event(
+        job_id, JobEventKind.DATABASE_WAIT,
+        f"the database was unreachable for {seconds:.0f} s; the job waited ({what}) and went on, nothing lost")
+    return store
+
+
+def watch_parent(lifeline: Any, *, on_cancel: Callable[[], None], on_gone: Callable[[], None],
+                 done: threading.Event, grace_s: float = 60.0) -> threading.Thread:
+    """Follow a job process's lifeline from the server in a thread: "cancel" calls `on_cancel`; EOF (the
+    server is gone, SIGKILL included, or shutting down) calls `on_gone` unless the job is `done`, and if
+    it is still not done `grace_s` later the process exits (code 3): an episode that never ends must not
+    hold the job folder forever; its checkpoint is intact."""
+
+    def watch() -> None:
+        try:
+            while True:
+                if lifeline.recv() == "cancel":
+                    on_cancel()
+        except (EOFError, OSError):
+            pass
+        if done.wait(0):
+            return
+        log.warning("the server is gone; stopping at the next episode so a restart can resume")
+        on_gone()
+        if not done.wait(grace_s):
+            log.error("still running %.0f s after the server died; exiting (the checkpoint is intact)", grace_s)
+            os._exit(3)
+
+    thread = threading.Thread(target=watch, name="amc-lifeline", daemon=True)
+    thread.start()
+    return thread
 
 
 def lock_job_folder(out: Path) -> IO[str]:

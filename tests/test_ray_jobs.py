@@ -459,6 +459,17 @@ def test_a_job_runs_on_the_other_node_and_comes_back_whole(server: Any, cluster:
         report = c.get(f"/jobs/{job_id}/artifacts/report.json").json()
         assert c.get(f"/jobs/{job_id}/artifacts/model.onnx").status_code == 200
     assert report["latency_per_phone_model"]["farm"] == cluster.address
+    # The job's Ray driver was a follower process of its own, gone with the job: the orchestrator's process
+    # never loaded Ray's core (whose memory grows while it drives tasks).
+    followers = [int(p) for p in re.findall(rf"job {job_id}: its Ray task is followed from process (\d+)",
+                                              log_text)]
+    assert len(followers) == 1 and followers[0] != server.proc.pid, log_text[-3000:]
+    status = Path(f"/proc/{followers[0]}/status")
+    deadline = time.monotonic() + 30
+    while status.exists() and "zombie" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not status.exists() or "zombie" in status.read_text(), "the follower outlived its job by 30 s"
+    assert "_raylet" not in Path(f"/proc/{server.proc.pid}/maps").read_text()
     folder = server.data_dir / "jobs" / job_id
     for name in ("report.json", "report.md", "model.onnx", "model.pt", "policy.json", "episodes.csv",
                  "checkpoint/state.pt"):
