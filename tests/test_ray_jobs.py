@@ -524,3 +524,52 @@ def test_a_job_whose_node_dies_resumes_on_another_from_the_checkpoint_that_came_
         while c.get("/healthz").json()["running"] and time.monotonic() < deadline:
             time.sleep(0.2)
         assert c.get("/healthz").json()["running"] == []
+
+
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" in status.read_text()
+    except OSError:
+        return True
+
+
+def test_the_orchestrator_killed_alone_leaves_the_follower_to_stop_its_task_and_keep_the_checkpoint(
+        server: Any, cluster: TwoNodes) -> None:
+    """SIGKILL to the orchestrator's process only: the job's follower (a process of its own, the task's Ray
+    driver) sees its lifeline close, asks the task to stop at its next episode, writes the checkpoint that
+    came back and ends; the orchestrator started again resumes the job from there, its episodes contiguous."""
+    with server.client() as c:
+        r = c.post("/jobs", json={**SMALL_JOB, "episodes": 5000, "seed": 4})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        folder = server.data_dir / "jobs" / job_id
+        _wait_job(c, job_id, lambda j: j["episodes_done"] >= 2 or j["state"] in FINISHED, "2 episodes")
+        _wait_job(c, job_id, lambda j: (folder / "checkpoint" / "state.pt").is_file(), "its checkpoint here", 60)
+        log_text = c.get(f"/jobs/{job_id}/log").text
+    (follower,) = [int(p) for p in re.findall(rf"job {job_id}: its Ray task is followed from process (\d+)",
+                                               log_text)]
+    server.kill()
+    deadline = time.monotonic() + 90
+    while not _gone(follower) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(follower), "the follower went on 90 s after the orchestrator died"
+    text = (folder / "job.log").read_text()
+    assert "the server is gone; stopping at the next episode" in text, text[-3000:]
+    assert "Traceback" not in text.split("the server is gone")[-1], text[-3000:]
+    store = _server_store(server)
+    stopped = store.get_job(job_id)
+    store.close()
+    assert stopped.state == "running" and stopped.episodes_done >= 2  # to resume, not ended
+
+    server.start()
+    with server.client() as c:
+        _wait_job(c, job_id, lambda j: j["episodes_done"] >= stopped.episodes_done + 2 or j["state"] in FINISHED,
+                  "2 more episodes after the restart", 180)
+        assert "resuming job" in c.get(f"/jobs/{job_id}/log").text
+        assert c.post(f"/jobs/{job_id}/cancel").status_code == 200
+        job = _wait_job(c, job_id, lambda j: j["state"] in FINISHED, "the cancel", 60)
+        assert job["state"] == "cancelled", job
+        assert any(e["kind"] == "server-restart" for e in job["events"]), job["events"]
+        numbers = [e["episode"] for e in c.get(f"/jobs/{job_id}/episodes").json()["episodes"]]
+        assert numbers == list(range(1, len(numbers) + 1)), numbers
