@@ -212,8 +212,8 @@ class RelayHub:
     or unknown key fails, so a task given up on (restarted elsewhere, or after the orchestrator's restart)
     stops as orphaned."""
 
-    def __init__(self) -> None:
-        self._boxes: dict[str, JobRelay] = {}
+    def __init__(self, *keys: str) -> None:
+        self._boxes: dict[str, JobRelay] = {key: JobRelay() for key in keys}  # mailboxes open from the start
 
     def _box(self, key: str) -> JobRelay:
         box = self._boxes.get(key)
@@ -691,8 +691,9 @@ def open_mailbox(key: str) -> Any:
             except ray.exceptions.RayActorError:  # the hub died (its worker killed): a new one from now on
                 log.warning("the relay hub of this process died; making a new one")
         here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)
-        hub = _remotes()[0].options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
-        ray.get(hub.open.remote(key), timeout=60)
+        # The mailbox opened by the hub's constructor, so that nothing waits for the actor to start here: any
+        # call on it (the task's first push included) runs once it has.
+        hub = _remotes()[0].options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(key)
         _hubs[driver] = hub
         return hub
 
