@@ -371,7 +371,8 @@ class JobService:
         except Exception as exc:
             log.exception("could not start a follower for job %s", job.id)
             self.store.finish(job.id, JobState.FAILED, error=f"could not start a process to follow the job's Ray "
-                                                             f"task: {exc}")
+                                                             f"task ({type(exc).__name__}: {exc}); POST /jobs/"
+                                                             f"{job.id}/resume to try again")
             return
         with self._lock:
             self._running[job.id] = h = _Running(job.id, follower, lifeline)

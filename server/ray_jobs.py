@@ -206,9 +206,9 @@ class JobRelay:
 
 
 class RelayHub:
-    """Every mailbox of the jobs a process follows on Ray, in one actor that process owns, on its node (a
-    job's follower, `server/ray_follower.py`, follows one job); each attempt of a job has its own key,
-    opened when its task is submitted and closed when the follower stops following it. A push to a closed
+    """The mailboxes of the job attempts a process follows on Ray, in one actor that process owns, on its
+    node (a job's follower, `server/ray_follower.py`, follows one attempt); each attempt has its own key,
+    opened with the hub when its task is submitted and closed when the follower stops following it. A push to a closed
     or unknown key fails, so a task given up on (restarted elsewhere, or after the orchestrator's restart)
     stops as orphaned."""
 
@@ -220,9 +220,6 @@ class RelayHub:
         if box is None:
             raise LookupError(f"no mailbox {key!r}: the orchestrator no longer follows this attempt of the job")
         return box
-
-    def open(self, key: str) -> None:
-        self._boxes.setdefault(key, JobRelay())
 
     def push(self, key: str, items: list[tuple[Any, ...]]) -> list[str]:
         return self._box(key).push(items)
@@ -492,8 +489,8 @@ def record_result(store: Store, job_id: str, folder: Path, result: dict[str, Any
 # ------------------------------------------------------------------------------- the orchestrator
 
 class RayLifeline:
-    """The job service's lifeline to a job on Ray (the pipe's counterpart): `send("cancel")` cancels the
-    job, `close()` (the server stopping) asks it to stop at its next episode without recording an end."""
+    """A job follower's lifeline to its task (the server's pipe passed on): `send("cancel")` cancels the
+    job, `close()` (the server stopping or gone) asks it to stop at its next episode without recording an end."""
 
     def __init__(self, hub: Any, key: str):
         self.hub, self.key = hub, key
@@ -510,7 +507,7 @@ class RayLifeline:
         self.closed = True
         try:
             self.hub.signal.remote(self.key, "stop")
-        except Exception:  # the hub is gone with the orchestrator's Ray driver
+        except Exception:  # the hub is gone with this process's Ray driver
             pass
 
 
@@ -518,8 +515,6 @@ class RayJob:
     """One job running as a Ray task, seen from the process that drives it (the job's follower,
     `server/ray_follower.py`). A thread follows it: it drains the job's relay into the Store and the job
     folder, and when the task returns writes its files and then records the end it reached."""
-
-    pid: int | None = None
 
     def __init__(self, *, job: Job, folder: Path, plan: FrontierPlan | None, settings: Settings, store: Store,
                  device_wait_s: float | None):
@@ -574,10 +569,7 @@ class RayJob:
                  self.settings.job_cpus)
         return RayLifeline(self.hub, self.key)
 
-    # -- what the job service calls (multiprocessing.Process's names)
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
+    # -- what the follower calls
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
@@ -589,8 +581,6 @@ class RayJob:
             ray.cancel(self.ref, force=True)
         except Exception as exc:  # already finished
             log.debug("job %s: cancelling its task: %s", self.job_id, exc)
-
-    kill = terminate
 
     # -- the following thread
     def _follow(self) -> None:
@@ -659,9 +649,9 @@ class RayJob:
 @functools.cache
 def _remotes() -> tuple[Any, Any]:
     """The relay hub's actor class and the job's remote function, made once per process. Each `ray.remote(...)`
-    makes a new class or function with an id of its own, which the orchestrator's Ray driver keeps for good:
-    made per job, they were about 27 KB of the 47 KB the orchestrator grew by per job (docs/BENCHMARKS.md,
-    "Orchestrator memory over many jobs"). The task asks for a fresh worker process per job (max_calls=1, which only the
+    makes a new class or function with an id of its own, which a Ray driver keeps for good (when the
+    orchestrator drove every job, made per job they were about 27 KB of the 47 KB it grew by per job:
+    docs/BENCHMARKS.md, "Orchestrator memory over many jobs"). The task asks for a fresh worker process per job (max_calls=1, which only the
     decorator takes): nothing a search leaves in its process (torch threads, memory) reaches the next job
     on that node."""
     import ray
@@ -669,33 +659,16 @@ def _remotes() -> tuple[Any, Any]:
     return ray.remote(RelayHub), ray.remote(max_calls=1)(run_job_on_node)
 
 
-_hubs: dict[str, Any] = {}  # the RelayHub of this process, by the Ray driver's job id (a new one after a re-init)
-_hubs_lock = threading.Lock()
-
-
 def open_mailbox(key: str) -> Any:
-    """Open mailbox `key` in this process's RelayHub (made on first use, pinned to this node, owned by this
-    process's Ray driver, so it ends with it); the hub's handle. A hub that died is made again."""
+    """A new RelayHub with mailbox `key` open, pinned to this node and owned by this process's Ray driver
+    (a job's follower: the hub ends with it); its handle. The mailbox is opened by the hub's constructor, so
+    nothing waits here for the actor to start: any call on it (the task's first push included) runs once
+    it has."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    context = ray.get_runtime_context()
-    driver = str(context.get_job_id())
-    with _hubs_lock:
-        hub = _hubs.pop(driver, None)
-        if hub is not None:
-            try:
-                ray.get(hub.open.remote(key), timeout=60)
-                _hubs[driver] = hub
-                return hub
-            except ray.exceptions.RayActorError:  # the hub died (its worker killed): a new one from now on
-                log.warning("the relay hub of this process died; making a new one")
-        here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)
-        # The mailbox opened by the hub's constructor, so that nothing waits for the actor to start here: any
-        # call on it (the task's first push included) runs once it has.
-        hub = _remotes()[0].options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(key)
-        _hubs[driver] = hub
-        return hub
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return _remotes()[0].options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(key)
 
 
 FOLLOW_S = 0.5  # how often a job's follower drains its mailbox (and waits on its task)

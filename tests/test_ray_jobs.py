@@ -200,17 +200,14 @@ def test_relay_records_keep_order_carry_signals_and_stop_when_the_orchestrator_i
 
 
 def test_one_relay_hub_keeps_each_attempt_apart_and_refuses_an_attempt_given_up() -> None:
-    """The orchestrator's one RelayHub (in place of an actor per job, which the Ray driver kept): each
-    attempt's mailbox has its own records and signals; once the orchestrator closes an attempt (it restarted
-    the job elsewhere), that attempt's task can no longer push and stops as orphaned, while the new attempt
-    goes on."""
+    """A RelayHub's mailboxes, one per job attempt: each has its own records and signals; once an attempt is
+    closed (the job restarted elsewhere), that attempt's task can no longer push and stops as orphaned, while
+    the new attempt goes on."""
     import threading
 
     from server.ray_jobs import RelayHub, RelayRecords
 
-    hub = RelayHub()
-    for key in ("job/a1", "job/a2", "other/b1"):
-        hub.open(key)
+    hub = RelayHub("job/a1", "job/a2", "other/b1")
     hub.signal("other/b1", "cancel")
     assert hub.push("job/a1", [("log", "one\n")]) == [] and hub.push("other/b1", [("log", "two\n")]) == ["cancel"]
     assert hub.drain("job/a1") == [("log", "one\n")] and hub.drain("job/a1") == [] and hub.drain("job/a2") == []
