@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", default="none", choices=["none", "int8"],
                         help="int8: also each of ours and each sibling as post-training int8 ONNX (calibrated on "
                              "the search split), scored from the files and timed: int8 against int8")
+    parser.add_argument("--qat-epochs", type=int, default=0,
+                        help="with --quantize int8: quantization-aware recovery epochs after recovery")
+    parser.add_argument("--qat-lr", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_frontier"))
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                           finetune_mix=args.finetune_mix, latency_rounds=args.latency_rounds,
                           width_seeds=not args.no_width_seeds, train_data=train_data,
                           finetune_lr=args.finetune_lr, finetune_batch_size=args.finetune_batch_size,
-                          train_device=args.train_device, quantize=args.quantize)
+                          train_device=args.train_device, quantize=args.quantize, qat_epochs=args.qat_epochs,
+                          qat_lr=args.qat_lr)
     oracle = make_oracle(config, force=True, statistic=args.statistic, progress=lambda d, t, what: log(f"  latency table {d}/{t} {what}")
                          if d == t or d % 50 == 0 else None)
     frontier = run_frontier(config, targets, out / "frontier", oracle=oracle, on_event=search_progress)
@@ -195,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 "statistic": args.statistic,
                 "rounds": args.rounds, "margin": args.margin, "depths": depths, "targets": targets, "total_s": total_s,
                 "train_data": train_data, "finetune_lr": args.finetune_lr, "train_device": args.train_device,
-                "quantize": args.quantize, "aimed_at": "int8" if args.quantize == "int8" else "float32"}
+                "quantize": args.quantize, "aimed_at": "int8" if args.quantize == "int8" else "float32",
+                "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr}
     recoveries = {}
     corrections, drifts = {}, {}
     for point in frontier["points"]:
@@ -308,8 +313,10 @@ def render(results: dict) -> str:
                       "quantization, QDQ, int8 weights per channel, uint8 activations, calibrated on 256 search "
                       "images), scored from the files on the report split and timed in the same interleaved rounds. "
                       + ("Ours were searched for their sibling's int8 latency (the int8 lookup table; candidates "
-                         "measured as int8), recovered in float and quantized after recovery (no quantization-aware "
-                         "recovery)." if aimed_int8 else
+                         "measured as int8), recovered in float and quantized after recovery"
+                         + (f", after {st['qat_epochs']} epochs of quantization-aware recovery at lr {st['qat_lr']:g} "
+                            "(compressor/qat.py)." if st.get("qat_epochs") else " (no quantization-aware recovery).")
+                         if aimed_int8 else
                          "Ours were searched for the float latency above and quantized after recovery (no "
                          "quantization-aware recovery; the search did not see int8)."), "",
                       "| model | float accuracy | int8 accuracy | float ms | int8 ms | int8 speed-up | "

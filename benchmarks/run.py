@@ -63,6 +63,13 @@ VARIANTS.update({
                             "--quantize", "int8"])
     for d in _TRAIN_FRONTIER_EXTRA
 })
+# Quantization-aware recovery on top of a finished int8 frontier run (its --out folder, made by frontier-int8-D).
+VARIANTS.update({
+    f"qat-{d}": ("benchmarks.bench_qat",
+                 f"Int8: quantization-aware recovery of the ResNet-56 at ResNet-{d}'s int8 latency",
+                 ["--run", f"runs/bench_frontier_int8_r{d}", "--qat-epochs", "2"])
+    for d in _TRAIN_FRONTIER_EXTRA
+})
 # AMC's own point (flops=0.5; its paper: 91.9%, the unpruned ResNet-56 92.8%), recovered on the training set.
 VARIANTS["frontier-train-flops"] = (
     "benchmarks.bench_frontier", "ResNet-56 at half its FLOPs (AMC's point), recovered on the CIFAR-10 training set",

@@ -224,6 +224,12 @@ class SearchConfig:
         "accuracy on the report split (from the file) and its measured latency are reported beside the float "
         "model's. With a latency target or reward the search itself times candidates as int8 (the device's int8 "
         "lookup table; the target is the int8 model's latency)", choices=QUANTIZE_SCHEMES))
+    qat_epochs: int = field(default=0, metadata=option(
+        "with --quantize int8: epochs of quantization-aware recovery after the float recovery (the network "
+        "trained on the same data and teacher while its weights and layer inputs are rounded as the int8 "
+        "file rounds them; the epoch is picked by the held-out accuracy of that int8 simulation)", ge=0, le=100))
+    qat_lr: float = field(default=0.001, metadata=option(
+        "quantization-aware recovery's learning rate (cosine-decayed like recovery's)", gt=0, le=1))
 
     def __post_init__(self) -> None:
         Target.parse(self.target)
@@ -268,6 +274,12 @@ class SearchConfig:
             raise ConfigError("measure_top", f"must be >= 1, got {self.measure_top}")
         if self.quantize not in QUANTIZE_SCHEMES:
             raise ConfigError("quantize", f"{self.quantize!r} is unknown; choose one of {', '.join(QUANTIZE_SCHEMES)}")
+        if not 0 <= self.qat_epochs <= 100:
+            raise ConfigError("qat_epochs", f"must be between 0 and 100, got {self.qat_epochs}")
+        if self.qat_epochs and self.quantize == "none":
+            raise ConfigError("qat_epochs", "quantization-aware recovery prepares an int8 model: add --quantize int8")
+        if not 0 < self.qat_lr <= 1:
+            raise ConfigError("qat_lr", f"must be in (0, 1], got {self.qat_lr}")
         if self.reward_samples is not None and self.reward_samples < 1:
             raise ConfigError("reward_samples", f"must be >= 1, got {self.reward_samples}")
 

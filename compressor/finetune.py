@@ -72,6 +72,9 @@ class RecoveryConfig:
     seed: int = 0
     device: str = "cpu"  # where the student and teacher train (the search itself stays on the CPU)
     channels_last: bool = True
+    # BatchNorm layers keep their running statistics while training (quantization-aware recovery: the
+    # int8 file folds them into the convolutions, so training sees what the file computes)
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -318,6 +321,7 @@ def recover(
     teacher_cache: TeacherCache | None = None,
     checkpoint: str | Path | None = None,
     step_progress: StepFn | None = None,
+    refresh: Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, RecoveryResult]:
     """Train `model` (in place) back towards the accuracy it had before pruning; returns it in eval
     mode on the CPU with the weights of its best held-out epoch, and what happened. `teacher` is
@@ -326,7 +330,9 @@ def recover(
     recovery with the same config (another budget of a frontier) does not run the teacher again.
     `checkpoint`: a file written after every epoch; a recovery started again with the same config,
     architecture and training images resumes after the last epoch it holds (and gives the same
-    weights as one that was never interrupted). `step_progress` is called every few batches."""
+    weights as one that was never interrupted). `step_progress` is called every few batches.
+    `refresh(model)` is called whenever the weights are about to be used after they changed (before each
+    epoch and each held-out evaluation): quantization-aware recovery re-measures its ranges there."""
     if config.method == "distill" and teacher is None:
         raise ValueError("distill needs the unpruned network as teacher")
     source = bundle.train if bundle.train is not None else bundle.search
@@ -347,6 +353,8 @@ def recover(
             done, elapsed = int(saved["epoch"]), float(saved["seconds"])
             log.info("recovery resumed from %s after epoch %d of %d", ckpt_path, done, config.epochs)
         else:
+            if refresh is not None and held is not None:
+                refresh(model)
             before = evaluate(model, held, num_threads=num_threads) if held is not None else None
             best_acc, best_epoch = before, 0
             best_state = _cpu_state(model)
@@ -355,8 +363,12 @@ def recover(
                  config.learning_rate, trainer.batch_size, train_split.description, device)
         with _threads(model, num_threads):
             for epoch in range(done, config.epochs):
+                if refresh is not None:
+                    refresh(model)
                 stats = trainer.run_epoch(epoch, step_progress)
                 if held is not None:
+                    if refresh is not None:
+                        refresh(model)
                     stats.holdout_accuracy = evaluate(model, held, num_threads=num_threads)
                     if best_acc is None or stats.holdout_accuracy >= best_acc:  # later wins ties: more trained
                         best_acc, best_epoch = stats.holdout_accuracy, stats.epoch
@@ -462,6 +474,10 @@ class _Trainer:
         n, bs = len(split), self.batch_size
         t0 = time.perf_counter()
         model.train()
+        if config.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         order = torch.randperm(n, generator=self.gen)
         loss_sum, seen = 0.0, 0
         for b, i in enumerate(range(0, n, bs)):

@@ -87,10 +87,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         held = recovery.get("holdout_accuracy")
         lines += ["", f"Recovery: `{recovery['method']}` for {recovery['epochs']} epochs on {recovery['train']} "
                       f"({recovery['seconds']:.0f} s); accuracy before {_fmt_pct(report['result'].get('accuracy_before_finetune'))}, "
-                      f"after {_fmt_pct(report['result']['accuracy'])}. Best epoch {recovery['best_epoch']}, chosen on "
+                      f"after {_fmt_pct(report['result'].get('accuracy_before_qat', report['result']['accuracy']))}. "
+                      f"Best epoch {recovery['best_epoch']}, chosen on "
                       f"{recovery['holdout'] or 'no held-out images (the last epoch is kept)'}"
                       + (f" (held-out accuracy {_fmt_pct(recovery['holdout_accuracy_before'])} → {_fmt_pct(held)})."
                          if held is not None else ".")]
+    qat = report.get("qat")
+    if qat:
+        held = qat.get("holdout_accuracy")
+        lines += ["", f"Quantization-aware recovery: {qat['epochs']} epochs with weights and layer inputs rounded as "
+                      f"int8 ({qat['seconds']:.0f} s); best epoch {qat['best_epoch']} by the simulated int8 network's "
+                      "held-out accuracy"
+                      + (f" ({_fmt_pct(qat['holdout_accuracy_before'])} → {_fmt_pct(held)})" if held is not None else "")
+                      + f"; float accuracy after it {_fmt_pct(report['result']['accuracy'])}."]
     for key in ("quantized", "quantized_tflite"):
         failed = report.get(key) or {}
         if failed.get("error"):

@@ -486,6 +486,44 @@ def _recover(problem: Problem, model: nn.Module, emit: EventSink, *,
     return model, result.to_dict()
 
 
+QAT_CHECKPOINT = "qat.ckpt"
+
+
+def _recover_int8(problem: Problem, model: nn.Module, emit: EventSink, *,
+                  out_dir: Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Quantization-aware recovery (compressor.qat) after the float one: `qat_epochs` epochs on the same
+    training data and teacher, the network computing as int8; `epoch` and `step` events under the phase
+    `qat`. Returns the model (float weights) of its best simulated-int8 held-out epoch."""
+    from compressor.finetune import EpochStats, RecoveryConfig
+    from compressor.qat import recover_int8
+
+    config = problem.config
+    recovery = RecoveryConfig(epochs=config.qat_epochs, method=config.finetune_method, mix=config.finetune_mix,
+                              seed=config.seed, lr=config.qat_lr, batch_size=config.finetune_batch_size,
+                              device=config.train_device)
+    source = problem.bundle.train if problem.bundle.train is not None else problem.bundle.search
+    emit(SearchEvent("phase", "qat", f"quantization-aware recovery: {config.qat_epochs} epochs at lr "
+                                     f"{config.qat_lr:g} on {len(source)} images, weights and layer inputs "
+                                     "rounded as int8"))
+
+    def progress(stats: EpochStats) -> None:
+        emit(SearchEvent("epoch", "qat", episode=stats.epoch, episodes=stats.epochs,
+                         record={"epoch": stats.epoch, "loss": stats.loss, "holdout_accuracy": stats.holdout_accuracy,
+                                 "seconds": stats.seconds, "eta_seconds": stats.eta_seconds}))
+
+    def step(epoch: int, done: int, total: int, seconds: float) -> None:
+        emit(SearchEvent("step", "qat", episode=epoch, episodes=config.qat_epochs,
+                         record={"epoch": epoch, "images": done, "of": total, "seconds": seconds,
+                                 "epoch_eta_seconds": seconds * (total - done) / max(done, 1)}))
+
+    checkpoint = out_dir / QAT_CHECKPOINT if out_dir is not None else None
+    model, result = recover_int8(model, problem.bundle, recovery, teacher=problem.model, progress=progress,
+                                 teacher_cache=problem.teacher_cache, checkpoint=checkpoint, step_progress=step)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    return model, result.to_dict()
+
+
 def _measure(problem: Problem, model: nn.Module, *, fresh: bool = False) -> float | None:
     if problem.oracle is None:
         return None
@@ -806,6 +844,11 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         final, recovery = _recover(problem, final, emit, out_dir=out_dir)
         result["accuracy_before_finetune"] = result["accuracy"]
         result["accuracy"] = evaluate(final, problem.bundle.report)
+    qat = None
+    if config.qat_epochs > 0:
+        final, qat = _recover_int8(problem, final, emit, out_dir=out_dir)
+        result["accuracy_before_qat"] = result["accuracy"]
+        result["accuracy"] = evaluate(final, problem.bundle.report)
 
     evaluated = [r for r in rows if r["eval_s"] > 0] or rows  # repeated policies are cache hits
     timing = {k: float(np.mean([r[k] for r in evaluated])) for k in ("prune_s", "reconstruct_s", "bn_s", "eval_s",
@@ -823,7 +866,7 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, oracle: LatencyOrac
         "uniform_prior": config.uniform_prior,
         "finetune_epochs": config.finetune_epochs, "finetune_method": config.finetune_method,
         "finetune_mix": config.finetune_mix,
-        "recovery": recovery, "prune_blocks": config.prune_blocks,
+        "recovery": recovery, "qat": qat, "prune_blocks": config.prune_blocks,
         "budget": None if budget is None else _budget_summary(budget, kept, latency),
         "units": [{"name": u.name, "channels": u.channels, "block": u.block} for u in problem.pruner.units],
         "not_pruned": list(getattr(problem.pruner, "skipped", [])),

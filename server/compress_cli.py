@@ -127,7 +127,7 @@ def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: b
             progress.update(tasks[event.phase], completed=event.episode, total=event.episodes, info=info)
         elif event.kind == "epoch":  # recovery after the search
             r = event.record
-            name = event.phase.replace("finetune", "recovery", 1)
+            name = event.phase.replace("finetune", "recovery", 1).replace("qat", "int8 recovery", 1)
             if name not in tasks:
                 tasks[name] = progress.add_task(name, total=event.episodes, info="")
             held = r.get("holdout_accuracy")
@@ -137,7 +137,7 @@ def _run_with_progress(config: SearchConfig, out_dir: Path, *, oracle, resume: b
             progress.update(tasks[name], completed=event.episode, total=event.episodes, info=info)
         elif event.kind == "step":  # within a recovery epoch
             r = event.record
-            name = event.phase.replace("finetune", "recovery", 1)
+            name = event.phase.replace("finetune", "recovery", 1).replace("qat", "int8 recovery", 1)
             if name not in tasks:
                 tasks[name] = progress.add_task(name, total=event.episodes, info="")
             progress.update(tasks[name], completed=event.episode - 1 + r["images"] / max(r["of"], 1),

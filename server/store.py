@@ -247,7 +247,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     resume: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Recovery (fine-tuning) epochs so far: [{target?, epoch, epochs, loss, holdout_accuracy, seconds}].
+    # Recovery (fine-tuning) epochs so far: [{target?, stage?, epoch, epochs, loss, holdout_accuracy, seconds}]
+    # (stage "qat" for quantization-aware recovery's epochs, absent for recovery's).
     recovery: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     # What happened to the job besides its search: worker restarts, resumes ([{at, kind, message}]).
     events: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
@@ -814,13 +815,14 @@ class Store:
     # ---- recovery epochs
     @retry_transaction
     def add_epoch(self, job_id: str, record: dict[str, Any]) -> None:
-        """Record a finished recovery epoch; one already recorded for the same target and epoch is replaced."""
+        """Record a finished recovery epoch; one already recorded for the same target, stage (recovery, or
+        `qat`: quantization-aware recovery) and epoch is replaced."""
         with self.writing() as s:
             job = s.get(Job, job_id, with_for_update=True)
             if job is None:
                 raise JobNotFound(job_id)
-            key = (record.get("target"), record.get("epoch"))
-            epochs = [r for r in (job.recovery or []) if (r.get("target"), r.get("epoch")) != key]
+            key = (record.get("target"), record.get("stage"), record.get("epoch"))
+            epochs = [r for r in (job.recovery or []) if (r.get("target"), r.get("stage"), r.get("epoch")) != key]
             s.execute(update(Job).where(Job.id == job_id).values(recovery=[*epochs, record]))
 
     @retry_transaction

@@ -422,16 +422,19 @@ def recorder(job_id: str, store: JobRecords, plan: FrontierPlan | None = None, *
                 store.add_episode(job_id, number, _jsonable({**ev.record, "target": target}), total=total)
         elif ev.kind == "epoch":
             search = recovery_target(ev.phase)
-            record = ({"target": search} if search else {}) | dict(ev.record) | {"epochs": ev.episodes}
+            stage, what = _recovery_stage(ev.phase)
+            record = (({"target": search} if search else {}) | ({"stage": stage} if stage != "finetune" else {})
+                      | dict(ev.record) | {"epochs": ev.episodes})
             store.add_epoch(job_id, _jsonable(record))
             held = record.get("holdout_accuracy")
-            store.set_phase(job_id, "finetune", f"recovery{' ' + search if search else ''}: epoch {ev.episode} of "
+            store.set_phase(job_id, stage, f"{what}{' ' + search if search else ''}: epoch {ev.episode} of "
                             f"{ev.episodes}, loss {record.get('loss', float('nan')):.4f}"
                             + (f", held-out accuracy {100 * held:.2f}%" if held is not None else ""))
         elif ev.kind == "step":  # within a recovery epoch: the phase line says how far it is
             search = recovery_target(ev.phase)
+            stage, what = _recovery_stage(ev.phase)
             r = ev.record
-            store.set_phase(job_id, "finetune", f"recovery{' ' + search if search else ''}: epoch {ev.episode} of "
+            store.set_phase(job_id, stage, f"{what}{' ' + search if search else ''}: epoch {ev.episode} of "
                             f"{ev.episodes}, {r.get('images')} of {r.get('of')} images, epoch ends in about "
                             f"{int(r.get('epoch_eta_seconds') or 0)} s")
         elif ev.kind == "phase":
@@ -443,6 +446,13 @@ def recorder(job_id: str, store: JobRecords, plan: FrontierPlan | None = None, *
                                 else ev.message)
 
     return on_event
+
+
+def _recovery_stage(phase: str) -> tuple[str, str]:
+    """(stage, words) of a recovery epoch's phase: `finetune` (recovery) or `qat` (quantization-aware recovery)."""
+    if phase.partition(" ")[0] == "qat":
+        return "qat", "quantization-aware recovery"
+    return "finetune", "recovery"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -277,12 +277,13 @@ function drawCurves(job) {
 function drawRecovery(job) {
   const box = $("#job-recovery");
   const epochs = job.spec.finetune_epochs || 0;
-  box.hidden = !(epochs > 0);
+  const qatEpochs = job.spec.qat_epochs || 0;
+  box.hidden = !(epochs > 0 || qatEpochs > 0);
   if (box.hidden) return;
-  const latest = new Map();
+  const latest = new Map(), latestQat = new Map();
   for (const r of job.recovery || []) {
-    const key = r.target || "";
-    if (!latest.has(key) || r.epoch >= latest.get(key).epoch) latest.set(key, r);
+    const key = r.target || "", seen = r.stage === "qat" ? latestQat : latest;
+    if (!seen.has(key) || r.epoch >= seen.get(key).epoch) seen.set(key, r);
   }
   const keys = (job.spec.targets && job.spec.targets.length) ? job.spec.targets.map((t) => latestKey(latest, t)) : [""];
   const on = job.spec.train_data ? ` on ${esc(job.spec.train_data)}` : " on the search split";
@@ -294,7 +295,11 @@ function drawRecovery(job) {
         (typeof r.holdout_accuracy === "number" ? ` · held-out ${pct(r.holdout_accuracy)}` : "") + ` · ${fmt(r.seconds, 1)} s/epoch` +
         (typeof r.eta_seconds === "number" && r.eta_seconds > 0 ? ` · ETA ${Math.round(r.eta_seconds / 60)} min` : "")
         : "waiting for the search";
-      return `<div class="row recovery" data-target="${esc(k)}">${k ? `<span class="mono">${esc(k)}</span>` : ""}${bar(total ? done / total : 0)}<span>${esc(info)}</span></div>`;
+      const q = latestQat.get(k);
+      const qat = !qatEpochs ? "" : `<div class="row recovery-qat" data-target="${esc(k)}"><span class="muted">int8</span>${bar(q ? q.epoch / q.epochs : 0)}<span>${esc(q
+        ? `quantization-aware epoch ${q.epoch} / ${q.epochs} · loss ${fmt(q.loss, 4)}` + (typeof q.holdout_accuracy === "number" ? ` · held-out (int8) ${pct(q.holdout_accuracy)}` : "")
+        : `quantization-aware recovery: ${qatEpochs} epoch${qatEpochs === 1 ? "" : "s"} after recovery`)}</span></div>`;
+      return `<div class="row recovery" data-target="${esc(k)}">${k ? `<span class="mono">${esc(k)}</span>` : ""}${bar(total ? done / total : 0)}<span>${esc(info)}</span></div>` + qat;
     }).join("");
 }
 // A frontier's targets as the job spec gave them may be spelled differently from the search's (flops=0.50).
