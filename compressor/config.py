@@ -277,7 +277,7 @@ class SearchConfig:
         if not 0 <= self.qat_epochs <= 100:
             raise ConfigError("qat_epochs", f"must be between 0 and 100, got {self.qat_epochs}")
         if self.qat_epochs and self.quantize == "none":
-            raise ConfigError("qat_epochs", "quantization-aware recovery prepares an int8 model: add --quantize int8")
+            raise ConfigError("qat_epochs", "quantization-aware recovery prepares an int8 model: set quantize to int8 (--quantize int8)")
         if not 0 < self.qat_lr <= 1:
             raise ConfigError("qat_lr", f"must be in (0, 1], got {self.qat_lr}")
         if self.reward_samples is not None and self.reward_samples < 1:

@@ -66,7 +66,8 @@ class JobOut(BaseModel):
                                                     "a frontier's: its target too)")
     recovery: list[dict[str, Any]] | None = Field(
         None, description="recovery (fine-tuning) epochs so far: epoch, epochs, loss, holdout_accuracy, seconds "
-                          "(and target, for a frontier's searches); null before the first")
+                          "(and target, for a frontier's searches; stage \"qat\" for quantization-aware "
+                          "recovery's epochs); null before the first")
     spec: dict[str, Any]
     created_at: Timestamp
     started_at: Timestamp | None

@@ -278,6 +278,24 @@ def test_a_single_searchs_recovery_epochs_are_recorded_without_a_target(api):
     assert [e["episode"] for e in api.client.get(f"/jobs/{job.id}/episodes").json()["episodes"]] == [1]
 
 
+def test_quantization_aware_epochs_are_recorded_beside_recoverys_not_over_them(api):
+    from server.worker import recorder
+
+    job = api.service.submit(dict(SMALL_JOB, finetune_epochs=1, quantize="int8", qat_epochs=1))
+    sink = recorder(job.id, api.store)
+    sink(SearchEvent("epoch", "finetune", episode=1, episodes=1,
+                     record={"epoch": 1, "loss": 0.5, "holdout_accuracy": 0.9, "seconds": 0.2}))
+    sink(SearchEvent("epoch", "qat", episode=1, episodes=1,
+                     record={"epoch": 1, "loss": 0.4, "holdout_accuracy": 0.91, "seconds": 0.3}))
+    out = api.client.get(f"/jobs/{job.id}").json()
+    assert [(r.get("stage"), r["epoch"], r["loss"]) for r in out["recovery"]] == [(None, 1, 0.5), ("qat", 1, 0.4)]
+    assert out["phase"] == "qat"
+    assert out["message"] == "quantization-aware recovery: epoch 1 of 1, loss 0.4000, held-out accuracy 91.00%"
+    assert out["spec"]["qat_epochs"] == 1
+    refused = api.client.post("/jobs", json=dict(SMALL_JOB, qat_epochs=2))  # no int8 model to prepare
+    assert refused.status_code == 422 and "--quantize int8" in refused.text
+
+
 def test_a_database_from_before_recovery_progress_gets_the_column(tmp_path):
     import sqlite3
 
