@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, r in enumerate(rows):
         r["ptq_ms"], r["qat_ms"] = ms[len(depths) + 2 * i], ms[len(depths) + 2 * i + 1]
     results = {"run": str(run), "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr, "rows": rows,
-               "siblings": {d: {"accuracy": siblings[str(d)]["accuracy"], "ms": sib_ms[d]} for d in depths},
+               "siblings": {d: {"accuracy": siblings[str(d)]["accuracy"], "ms": sib_ms[d],
+                                "float_accuracy": frontier_results["accuracy"].get(str(d))} for d in depths},
                "total_s": time.perf_counter() - t_start}
     (run / "qat" / "results.json").write_text(json.dumps(results, indent=2))
     print(render(results))
@@ -123,7 +124,8 @@ def render(results: dict) -> str:
              "interleaved rounds. Total " f"{results['total_s'] / 60:.0f} min.", "",
              "| model | float accuracy | int8 accuracy | int8 ms | int8 vs the int8 sibling |", "|---|---:|---:|---:|---|"]
     for d, s in results["siblings"].items():
-        lines.append(f"| ResNet-{d} | | {s['accuracy']:.2%} | {s['ms']:.3f} | |")
+        fa = f"{s['float_accuracy']:.2%}" if s.get("float_accuracy") is not None else ""
+        lines.append(f"| ResNet-{d} | {fa} | {s['accuracy']:.2%} | {s['ms']:.3f} | |")
     sib = next(iter(results["siblings"].values()))
     for r in results["rows"]:
         def versus(acc: float, ms: float) -> str:

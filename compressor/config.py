@@ -226,8 +226,8 @@ class SearchConfig:
         "lookup table; the target is the int8 model's latency)", choices=QUANTIZE_SCHEMES))
     qat_epochs: int = field(default=0, metadata=option(
         "with --quantize int8: epochs of quantization-aware recovery after the float recovery (the network "
-        "trained on the same data and teacher while its weights and layer inputs are rounded as the int8 "
-        "file rounds them; the epoch is picked by the held-out accuracy of that int8 simulation)", ge=0, le=100))
+        "trained on the same data and teacher while its weights and the tensors the int8 file "
+        "quantizes are rounded as the file rounds them; the epoch is picked by the held-out accuracy of that int8 simulation)", ge=0, le=100))
     qat_lr: float = field(default=0.001, metadata=option(
         "quantization-aware recovery's learning rate (cosine-decayed like recovery's)", gt=0, le=1))
 

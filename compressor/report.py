@@ -95,8 +95,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     qat = report.get("qat")
     if qat:
         held = qat.get("holdout_accuracy")
-        lines += ["", f"Quantization-aware recovery: {qat['epochs']} epochs with weights and layer inputs rounded as "
-                      f"int8 ({qat['seconds']:.0f} s); best epoch {qat['best_epoch']} by the simulated int8 network's "
+        lines += ["", f"Quantization-aware recovery: {qat['epochs']} epochs with weights and the tensors the int8 "
+                      f"file quantizes rounded as it rounds them ({qat['seconds']:.0f} s); best epoch {qat['best_epoch']} by the simulated int8 network's "
                       "held-out accuracy"
                       + (f" ({_fmt_pct(qat['holdout_accuracy_before'])} → {_fmt_pct(held)})" if held is not None else "")
                       + f"; float accuracy after it {_fmt_pct(report['result']['accuracy'])}."]

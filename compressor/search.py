@@ -503,8 +503,8 @@ def _recover_int8(problem: Problem, model: nn.Module, emit: EventSink, *,
                               device=config.train_device)
     source = problem.bundle.train if problem.bundle.train is not None else problem.bundle.search
     emit(SearchEvent("phase", "qat", f"quantization-aware recovery: {config.qat_epochs} epochs at lr "
-                                     f"{config.qat_lr:g} on {len(source)} images, weights and layer inputs "
-                                     "rounded as int8"))
+                                     f"{config.qat_lr:g} on {len(source)} images, weights and the tensors "
+                                     "the int8 file quantizes rounded as it rounds them"))
 
     def progress(stats: EpochStats) -> None:
         emit(SearchEvent("epoch", "qat", episode=stats.epoch, episodes=stats.epochs,

@@ -121,7 +121,7 @@ def test_a_frontier_jobs_page_shows_its_plot_table_and_recovery(browser, tmp_pat
         with server.client() as c:
             up = c.post("/uploads", files={"file": ("demo-cnn.pt", train_demo_cnn().read_bytes())}).json()
             spec = {**{k: v for k, v in SMALL_JOB.items() if k != "target"}, "targets": targets, "episodes": 3,
-                    "finetune_epochs": 1, "references": [f"demo-cnn={up['id']}"]}
+                    "finetune_epochs": 1, "quantize": "int8", "qat_epochs": 1, "references": [f"demo-cnn={up['id']}"]}
             r = c.post("/jobs", json=spec)
             assert r.status_code == 201, r.text
             job_id = r.json()["id"]
@@ -147,6 +147,9 @@ def test_a_frontier_jobs_page_shows_its_plot_table_and_recovery(browser, tmp_pat
             assert recovery.count() == len(targets)
             for i, target in enumerate(targets):
                 assert target in recovery.nth(i).inner_text() and "epoch 1 / 1" in recovery.nth(i).inner_text()
+            qat = page.locator("#job-recovery .recovery-qat")  # the int8 bar under each recovery's
+            assert qat.count() == len(targets)
+            assert all("quantization-aware epoch 1 / 1" in qat.nth(i).inner_text() for i in range(len(targets)))
             assert "6 / 6 episodes" in page.inner_text("#job-progress")
             assert page.locator("#job-artifacts a", has_text="flops-0.3/model.onnx").count() == 1
             # No farm here: the frontier's by-phone-model table is a note.
