@@ -130,7 +130,8 @@ def test_each_field_reaches_the_jobs_config(api, field):
         up = api.store.add_upload(upload_id="w" * 32, kind="weights", filename="w.pt",
                                   size=1, sha256="0" * 64, path=f"/uploads/{field}.pt")
         value, expected = up.id, up.path
-    config = build_config(_dumped({"model": "demo-cnn", field: value}), store=api.store, settings=api.settings)
+    spec = {"model": "demo-cnn", field: value} | ({"quantize": "int8"} if field == "qat_epochs" else {})
+    config = build_config(_dumped(spec), store=api.store, settings=api.settings)
     assert getattr(config, field) == expected != getattr(SearchConfig(model="demo-cnn", data="digits"), field)
 
 
