@@ -38,6 +38,8 @@ BENCHMARKS = {
     "soak": ("benchmarks.bench_soak", "Soak: the service on the multi-host test bed under faults, on PostgreSQL"),
     "memory": ("benchmarks.bench_memory", "Orchestrator memory over many jobs (the soak's set-up without faults)"),
     "int8": ("benchmarks.bench_int8", "Post-training int8 against float32: CIFAR ResNets, accuracy and latency on local"),
+    "int8-mixed": ("benchmarks.bench_int8_mixed",
+                   "Per-layer precision: the first convolution and the classifier in float, the rest int8"),
     "int8-search": ("benchmarks.bench_int8_search",
                     "Int8 inside the search: the int8 latency table's check, the float reward as int8's proxy"),
 }

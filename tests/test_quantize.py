@@ -306,3 +306,23 @@ def test_a_job_with_quantize_serves_the_int8_model(tmp_path):
     assert model.status_code == 200 and len(model.content) == q["size_bytes"]
     assert q["latency_measured_ms"] > 0 and q["accuracy"] > 0.9
     onnx.checker.check_model(onnx.load_from_string(model.content))
+
+
+def test_layers_kept_in_float_stay_float32_and_the_rest_is_int8(demo, tmp_path):
+    """Mixed precision: the named PyTorch modules (the first conv, the classifier) are left in float32,
+    every other weighted layer is int8, and the file still passes its check."""
+    model, example, bundle = demo
+    result = quantize.export(model, example, tmp_path / "m.mixed.onnx", calibration=bundle.search,
+                             keep_float=("features.0", "classifier"))
+    left = {quantize.layer_name(n) for _d, n in quantize._float_layers_named(onnx.load(str(result.path)))}
+    assert left == {"features.0", "classifier"}
+    weighted = [n for n in onnx.load(str(result.path)).graph.node if n.op_type in quantize.WEIGHTED_OPS]
+    assert len(weighted) > len(left)
+    assert result.top1_agreement >= quantize.MIN_AGREEMENT
+
+
+def test_keeping_an_unknown_layer_in_float_names_the_layers_there_are(demo, tmp_path):
+    model, example, bundle = demo
+    with pytest.raises(ExportError, match=r"cannot keep conv9 in float: no such layer.*features\.0"):
+        quantize.export(model, example, tmp_path / "m.onnx", calibration=bundle.search, keep_float=("conv9",))
+    assert not (tmp_path / "m.onnx").exists()

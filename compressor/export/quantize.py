@@ -133,16 +133,42 @@ def _first_non_finite(float_path: Path, reader: SplitReader) -> str | None:
     return None
 
 
-def _float_layers(qmodel: Any) -> list[str]:
-    """Weighted layers of a QDQ model whose weights are not fed through DequantizeLinear."""
+def _float_layers_named(qmodel: Any) -> list[tuple[str, str]]:
+    """(description, node name) of the weighted layers of a QDQ model whose weights are not fed through
+    DequantizeLinear."""
     dq = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return [_describe(n) for n in qmodel.graph.node
+    return [(_describe(n), n.name) for n in qmodel.graph.node
             if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] not in dq]
 
 
-def _quantize_static(float_path: Path, out_path: Path, reader: CalibrationDataReader) -> None:
+def _float_layers(qmodel: Any) -> list[str]:
+    """Weighted layers of a QDQ model whose weights are not fed through DequantizeLinear."""
+    return [d for d, _name in _float_layers_named(qmodel)]
+
+
+def float_nodes(float_path: Path, keep_float: Sequence[str]) -> list[str]:
+    """The ONNX nodes of the PyTorch modules `keep_float` names (module paths, e.g. `conv1`, `linear`);
+    ExportError naming the modules that have none."""
+    if not keep_float:
+        return []
+    import onnx
+
+    nodes = onnx.load(str(float_path)).graph.node
+    found = {name: [n.name for n in nodes if layer_name(n.name) == name or layer_name(n.name).startswith(name + ".")]
+             for name in keep_float}
+    missing = [name for name, hits in found.items() if not hits]
+    if missing:
+        known = sorted({layer_name(n.name) for n in nodes if n.op_type in WEIGHTED_OPS})
+        raise ExportError(f"cannot keep {', '.join(missing)} in float: no such layer in {float_path.name}; its "
+                          f"weighted layers are {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}")
+    return [n for hits in found.values() for n in hits]
+
+
+def _quantize_static(float_path: Path, out_path: Path, reader: CalibrationDataReader,
+                     keep_float: Sequence[str] = ()) -> None:
     """The one int8 scheme of our ONNX files (QDQ, per-channel int8 weights, uint8 activations, min/max
-    ranges): the shipped model and the files a latency table times are quantized alike."""
+    ranges): the shipped model and the files a latency table times are quantized alike. `keep_float`:
+    PyTorch modules whose nodes stay float32 (mixed precision)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     root = logging.getLogger()
@@ -153,7 +179,8 @@ def _quantize_static(float_path: Path, out_path: Path, reader: CalibrationDataRe
             source = _with_constants_inlined(float_path, Path(tmp) / "float.onnx")
             quantize_static(str(source), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=float_nodes(source, keep_float))
     finally:
         root.removeFilter(_no_preprocessing_hint)
 
@@ -213,9 +240,12 @@ def quantize_for_timing(float_path: str | Path, path: str | Path, *, samples: in
     return path
 
 
-def _calibrate(float_path: Path, out_path: Path, reader: SplitReader, *, name: str) -> None:
+def _calibrate(float_path: Path, out_path: Path, reader: SplitReader, *, name: str,
+               keep_float: Sequence[str] = ()) -> None:
     try:
-        _quantize_static(float_path, out_path, reader)
+        _quantize_static(float_path, out_path, reader, keep_float)
+    except ExportError:
+        raise
     except Exception as e:
         where = _first_non_finite(float_path, SplitReader(reader.split, reader.rows, input_name=reader.input_name))
         detail = where or f"{type(e).__name__}: {e}"
@@ -231,10 +261,11 @@ def _no_preprocessing_hint(record: logging.LogRecord) -> bool:
 def quantize_file(float_path: str | Path, path: str | Path, *, calibration: Split, reference: Runner | None = None,
                   calibration_images: int = CALIBRATION_IMAGES, check_images: int = CHECK_IMAGES,
                   min_agreement: float = MIN_AGREEMENT, max_relative_p99: float = MAX_RELATIVE_P99,
-                  seed: int = 0) -> QuantizedExport:
+                  seed: int = 0, keep_float: Sequence[str] = ()) -> QuantizedExport:
     """Quantize the float ONNX file to int8 at `path`, calibrated on `calibration` (the search split),
     and check it against `reference` (a batch of N x C x H x W images -> outputs: the PyTorch model;
-    the float file when None) on other images of that split. Nothing is written when a check fails."""
+    the float file when None) on other images of that split. Nothing is written when a check fails.
+    `keep_float`: PyTorch modules (e.g. the first conv and the classifier) left in float32."""
     float_path, path = Path(float_path), Path(path)
     timer = Timer()
     cal_rows, check_rows = pick_rows(len(calibration), calibration=calibration_images, check=check_images, seed=seed)
@@ -245,10 +276,11 @@ def quantize_file(float_path: str | Path, path: str | Path, *, calibration: Spli
             return np.concatenate([sess.run(None, {input_name: xi[None]})[0] for xi in x])
     reader = SplitReader(calibration, cal_rows, input_name=input_name)
     with atomic_target(path) as tmp:
-        _calibrate(float_path, tmp, reader, name=path.name)
+        _calibrate(float_path, tmp, reader, name=path.name, keep_float=keep_float)
         import onnx
 
-        left = _float_layers(onnx.load(str(tmp)))
+        kept = set(float_nodes(float_path, keep_float))
+        left = [d for d, n in _float_layers_named(onnx.load(str(tmp))) if n not in kept]
         if left:
             raise ExportError(f"int8 quantization of {path.name} left {len(left)} layer(s) in floating point: "
                               f"{'; '.join(left)}. ONNX Runtime quantizes float32 Conv/Gemm/MatMul layers with "
