@@ -450,13 +450,30 @@ def _summary(problem: Problem, kept: list[int], model: nn.Module, *, search_row:
 RECOVERY_CHECKPOINT = "recovery.ckpt"
 
 
+def _epoch_events(emit: EventSink, phase: str, epochs: int) -> tuple[Callable[..., None], Callable[..., None]]:
+    """(progress, step_progress) callbacks for `recover` that emit a training stage's `epoch` events
+    (one per finished epoch) and `step` events (within one) under `phase`."""
+
+    def progress(stats: Any) -> None:
+        emit(SearchEvent("epoch", phase, episode=stats.epoch, episodes=stats.epochs,
+                         record={"epoch": stats.epoch, "loss": stats.loss, "holdout_accuracy": stats.holdout_accuracy,
+                                 "seconds": stats.seconds, "eta_seconds": stats.eta_seconds}))
+
+    def step(epoch: int, done: int, total: int, seconds: float) -> None:
+        emit(SearchEvent("step", phase, episode=epoch, episodes=epochs,
+                         record={"epoch": epoch, "images": done, "of": total, "seconds": seconds,
+                                 "epoch_eta_seconds": seconds * (total - done) / max(done, 1)}))
+
+    return progress, step
+
+
 def _recover(problem: Problem, model: nn.Module, emit: EventSink, *,
              out_dir: Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train the pruned network back (distilling from the unpruned one, or on the labels); one
     `epoch` event per epoch, `step` events within one. Returns the model with its best held-out
     epoch's weights. With `out_dir`, a checkpoint per epoch there lets a killed job resume its
     recovery (removed once recovery has finished)."""
-    from compressor.finetune import EpochStats, RecoveryConfig, recover
+    from compressor.finetune import RecoveryConfig, recover
 
     config = problem.config
     recovery = RecoveryConfig(epochs=config.finetune_epochs, method=config.finetune_method, mix=config.finetune_mix,
@@ -468,16 +485,7 @@ def _recover(problem: Problem, model: nn.Module, emit: EventSink, *,
                                           f"epochs on {len(source)} images ({source.description}), "
                                           f"{config.train_device}"))
 
-    def progress(stats: EpochStats) -> None:
-        emit(SearchEvent("epoch", "finetune", episode=stats.epoch, episodes=stats.epochs,
-                         record={"epoch": stats.epoch, "loss": stats.loss, "holdout_accuracy": stats.holdout_accuracy,
-                                 "seconds": stats.seconds, "eta_seconds": stats.eta_seconds}))
-
-    def step(epoch: int, done: int, total: int, seconds: float) -> None:
-        emit(SearchEvent("step", "finetune", episode=epoch, episodes=config.finetune_epochs,
-                         record={"epoch": epoch, "images": done, "of": total, "seconds": seconds,
-                                 "epoch_eta_seconds": seconds * (total - done) / max(done, 1)}))
-
+    progress, step = _epoch_events(emit, "finetune", config.finetune_epochs)
     checkpoint = out_dir / RECOVERY_CHECKPOINT if out_dir is not None else None
     model, result = recover(model, problem.bundle, recovery, teacher=problem.model, progress=progress,
                             teacher_cache=problem.teacher_cache, checkpoint=checkpoint, step_progress=step)
@@ -494,7 +502,7 @@ def _recover_int8(problem: Problem, model: nn.Module, emit: EventSink, *,
     """Quantization-aware recovery (compressor.qat) after the float one: `qat_epochs` epochs on the same
     training data and teacher, the network computing as int8; `epoch` and `step` events under the phase
     `qat`. Returns the model (float weights) of its best simulated-int8 held-out epoch."""
-    from compressor.finetune import EpochStats, RecoveryConfig
+    from compressor.finetune import RecoveryConfig
     from compressor.qat import recover_int8
 
     config = problem.config
@@ -506,16 +514,7 @@ def _recover_int8(problem: Problem, model: nn.Module, emit: EventSink, *,
                                      f"{config.qat_lr:g} on {len(source)} images, weights and the tensors "
                                      "the int8 file quantizes rounded as it rounds them"))
 
-    def progress(stats: EpochStats) -> None:
-        emit(SearchEvent("epoch", "qat", episode=stats.epoch, episodes=stats.epochs,
-                         record={"epoch": stats.epoch, "loss": stats.loss, "holdout_accuracy": stats.holdout_accuracy,
-                                 "seconds": stats.seconds, "eta_seconds": stats.eta_seconds}))
-
-    def step(epoch: int, done: int, total: int, seconds: float) -> None:
-        emit(SearchEvent("step", "qat", episode=epoch, episodes=config.qat_epochs,
-                         record={"epoch": epoch, "images": done, "of": total, "seconds": seconds,
-                                 "epoch_eta_seconds": seconds * (total - done) / max(done, 1)}))
-
+    progress, step = _epoch_events(emit, "qat", config.qat_epochs)
     checkpoint = out_dir / QAT_CHECKPOINT if out_dir is not None else None
     model, result = recover_int8(model, problem.bundle, recovery, teacher=problem.model, progress=progress,
                                  teacher_cache=problem.teacher_cache, checkpoint=checkpoint, step_progress=step)

@@ -2,6 +2,7 @@
 computes, removing it gives back the float network, training under it keeps BatchNorm's statistics and
 resumes from its checkpoint exactly, and `--qat-epochs` reaches the search and its report."""
 
+# ruff: noqa: F811 - `demo` is test_quantize's fixture, imported below and taken as an argument
 from __future__ import annotations
 
 import copy
@@ -10,25 +11,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from test_quantize import demo  # noqa: F401 - the fixture: demo-cnn trained on digits, its example, the splits
 from torch import nn
 
-from compressor.data import load_dataset
 from compressor.errors import ConfigError
 from compressor.export import quantize
 from compressor.export.int8_check import CALIBRATION_IMAGES, CHECK_IMAGES, pick_rows
 from compressor.finetune import RecoveryConfig
 from compressor.qat import Int8Simulation, _Int8Weight, calibration_images, recover_int8, simulated_int8
-from compressor.training import train_demo_cnn
-from compressor.zoo import load_model
-
-
-@pytest.fixture(scope="module")
-def demo():
-    """demo-cnn trained on digits and the digits splits."""
-    loaded = load_model("demo-cnn", weights=str(train_demo_cnn()))
-    e = loaded.entry
-    bundle = load_dataset("digits", input_shape=e.input_shape, mean=e.mean, std=e.std)
-    return loaded.model.eval(), torch.zeros(1, *e.input_shape), bundle
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
