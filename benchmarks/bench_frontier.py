@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-data", default=None,
                         help="recover on this training set (a file name in --data-dir, or cifar10:PATH) instead of "
                              "the search split, e.g. cifar10_train_jpeg.npz")
+    parser.add_argument("--train-with-search", action="store_true",
+                        help="with --train-data: recovery also trains on the search split (test images 0-4999, "
+                             "lossless; never the report split)")
     parser.add_argument("--finetune-lr", type=float, default=None, help="recovery's learning rate (default: the "
                         "search's, 0.003)")
     parser.add_argument("--finetune-batch-size", type=int, default=None)
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bench_frontier: {data}/cifar10_test.npz not found; this benchmark needs ../shared/data")
         return 1
     train_data = None
+    if args.train_with_search and not args.train_data:
+        parser.error("--train-with-search adds the search images to the training data: give --train-data too")
     if args.train_data:
         train_data = args.train_data if ":" in args.train_data else f"cifar10:{data / args.train_data}"
         if not Path(train_data.partition(":")[2]).exists():
@@ -165,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                           finetune_epochs=args.finetune_epochs, prune_blocks=not args.no_prune_blocks,
                           finetune_mix=args.finetune_mix, latency_rounds=args.latency_rounds,
                           width_seeds=not args.no_width_seeds, train_data=train_data,
+                          train_with_search=args.train_with_search,
                           finetune_lr=args.finetune_lr, finetune_batch_size=args.finetune_batch_size,
                           train_device=args.train_device, quantize=args.quantize, qat_epochs=args.qat_epochs,
                           qat_lr=args.qat_lr)
@@ -198,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_rounds": args.latency_rounds,
                 "statistic": args.statistic,
                 "rounds": args.rounds, "margin": args.margin, "depths": depths, "targets": targets, "total_s": total_s,
-                "train_data": train_data, "finetune_lr": args.finetune_lr, "train_device": args.train_device,
+                "train_data": train_data, "train_with_search": args.train_with_search,
+                "finetune_lr": args.finetune_lr, "train_device": args.train_device,
                 "quantize": args.quantize, "aimed_at": "int8" if args.quantize == "int8" else "float32",
                 "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr}
     recoveries = {}

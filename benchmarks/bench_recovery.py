@@ -42,6 +42,12 @@ SETTINGS: list[tuple[str, dict]] = [
     ("distill + cutmix, no held-out slice", {"mix": "cutmix", "holdout": 0.0}),
     ("distill + labels (cross-entropy weight 0.5)", {"label_weight": 0.5}),
     ("distill + cutmix + labels (cross-entropy weight 0.5)", {"mix": "cutmix", "label_weight": 0.5}),
+    # with --train-data: the training images alone, or with the lossless search images added ("search")
+    ("distill, lr 0.01", {"lr": 0.01}),
+    ("distill, lr 0.01 + labels (cross-entropy weight 0.5)", {"lr": 0.01, "label_weight": 0.5}),
+    ("distill, lr 0.01, training data + search split", {"lr": 0.01, "search": True}),
+    ("distill, lr 0.01 + labels (cross-entropy weight 0.5), training data + search split",
+     {"lr": 0.01, "label_weight": 0.5, "search": True}),
 ]
 
 
@@ -89,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="resnet56 only: instead of a fixed cut, the pick of a search (its policy.json, or the "
                              "folder holding it), rebuilt the way the search built it (least-squares "
                              "reconstruction, BN re-estimation)")
+    parser.add_argument("--train-data", default=None,
+                        help="a file of --data-dir (such as cifar10_train_jpeg.npz) whose images recovery trains on "
+                             "instead of the search split's first --images; settings marked 'search' add those "
+                             "search images to it")
     parser.add_argument("--report-images", type=int, default=2000,
                         help="report images scored (from the first; at most 5,000)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
@@ -102,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from compressor import zoo
-    from compressor.data import load_dataset
+    from compressor.data import Split, load_dataset, load_training_split, with_training
     from compressor.finetune import RecoveryConfig, recover
     from compressor.pruning import ChannelPruner
     from compressor.reconstruct import recalibrate_batchnorm
@@ -117,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     recovery_images = full.search.subset(range(args.images))
     bundle = dataclasses.replace(full, search=recovery_images, train=recovery_images,
                                  report=full.report.subset(range(min(args.report_images, len(full.report)))))
+    train_only = bundle.train
+    if args.train_data is not None:
+        if not (data / args.train_data).is_file():
+            print(f"bench_recovery: {data / args.train_data} not found", file=sys.stderr)
+            return 1
+        train_only = load_training_split(f"cifar10:{data / args.train_data}", input_shape=entry.input_shape,
+                                         mean=entry.mean, std=entry.std, seed=0)
+        bundle = with_training(bundle, train_only, spec=args.train_data)
+    both = Split(torch.cat([train_only.x, recovery_images.x]), torch.cat([train_only.y, recovery_images.y]),
+                 f"{train_only.description} + {recovery_images.description}")
     weights = next((data / "weights").glob(f"{name}-*.th"))
     teacher = zoo.load_model(name, weights=str(weights)).model.eval()
     pruner = ChannelPruner(teacher, bundle.search.x[:1], prune_blocks=True)
@@ -145,11 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     start_acc, teacher_acc = evaluate(damaged, bundle.report), evaluate(teacher, bundle.report)
     rows = []
     cache: dict = {}  # the teacher's answers, shared by settings that draw the same batches
-    for label, kw in chosen:
+    for label, setting in chosen:
+        kw = dict(setting)
+        if kw.pop("search", False) and args.train_data is None:
+            print(f"bench_recovery: '{label}' needs --train-data", file=sys.stderr)
+            return 1
+        trained_on = dataclasses.replace(bundle, train=both if setting.get("search") else train_only)
         model = copy.deepcopy(damaged)
         t0 = time.perf_counter()
         torch.set_num_threads(args.threads)
-        model, result = recover(model, bundle, RecoveryConfig(epochs=args.epochs, **kw), teacher=teacher,
+        model, result = recover(model, trained_on, RecoveryConfig(epochs=args.epochs, **kw), teacher=teacher,
                                 num_threads=args.threads, teacher_cache=cache)
         acc = evaluate(model, bundle.report)
         rows.append((label, acc, result, time.perf_counter() - t0))
@@ -157,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
               f"held-out {json.dumps([round(h['holdout_accuracy'], 3) for h in result.history])})",
               file=sys.stderr, flush=True)
     lines = [f"{name} (pretrained, {teacher_acc:.2%} on these {len(bundle.report):,} report images) with {damage}: "
-             f"{start_acc:.2%} after BN re-estimation. Trained back {args.epochs} epochs on {args.images} search images (a tenth held out).",
-             *([f"Recovery trained on {rows[0][2].train}; epoch picked on {rows[0][2].holdout}."] if rows else []),
+             f"{start_acc:.2%} after BN re-estimation. Trained back {args.epochs} epochs (a tenth of the training images held out).",
+             *[f"'{label}' trained on {result.train}; epoch picked on {result.holdout}." for label, _, result, _ in rows],
              "", f"| setting | accuracy ({len(bundle.report):,} report images) | best epoch | held-out accuracy by epoch | time |",
              "|---|---:|---:|---|---:|"]
     for label, acc, result, seconds in rows:

@@ -65,6 +65,14 @@ VARIANTS.update({
                             "--quantize", "int8"])
     for d in _TRAIN_FRONTIER_EXTRA
 })
+# The same, with the lossless search split added to the JPEG training images (--train-with-search).
+VARIANTS.update({
+    f"frontier-train-search-{d}": (
+        "benchmarks.bench_frontier",
+        f"ResNet-56 against ResNet-{d}, recovered on the CIFAR-10 training set and the search split",
+        [*VARIANTS[f"frontier-train-{d}"][2][:-1], f"runs/bench_frontier_search_r{d}", "--train-with-search"])
+    for d in _TRAIN_FRONTIER_EXTRA
+})
 # Quantization-aware recovery on top of a finished int8 frontier run (its --out folder, made by frontier-int8-D).
 VARIANTS.update({
     f"qat-{d}": ("benchmarks.bench_qat",

@@ -178,6 +178,11 @@ class SearchConfig:
         "digits | cifar10:PATH (an .npz of images, or cifar-10-batches-py: its data_batch_*) | "
         "imagefolder:PATH; refused if any image is also a report image. Default: --data's own training "
         "split, or its search split", min_length=1, max_length=1000, spec_default=None))
+    train_with_search: bool = field(default=False, metadata=option(
+        "with --train-data: recovery also trains on --data's search split (the images the reward and the "
+        "reconstruction read; never the report split). Where the training images are of another kind than "
+        "the validation images, such as JPEG copies of lossless photographs, this adds images of the kind "
+        "the model is scored on"))
     finetune_lr: float | None = field(default=None, metadata=option(
         "recovery's learning rate (default: 0.003 for distill, 0.01 for plain; measured on a few thousand "
         "images)", gt=0, le=1, spec_default=None))
@@ -276,6 +281,9 @@ class SearchConfig:
             raise ConfigError("quantize", f"{self.quantize!r} is unknown; choose one of {', '.join(QUANTIZE_SCHEMES)}")
         if not 0 <= self.qat_epochs <= 100:
             raise ConfigError("qat_epochs", f"must be between 0 and 100, got {self.qat_epochs}")
+        if self.train_with_search and self.train_data is None:
+            raise ConfigError("train_with_search", "adds the search images to the training data: name the training "
+                                                   "data too (--train-data)")
         if self.qat_epochs and self.quantize == "none":
             raise ConfigError("qat_epochs", "quantization-aware recovery prepares an int8 model: set quantize to int8 (--quantize int8)")
         if not 0 < self.qat_lr <= 1:

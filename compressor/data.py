@@ -251,6 +251,25 @@ def with_training(bundle: DataBundle, train: Split, *, spec: str) -> DataBundle:
                       input_shape=bundle.input_shape, description=bundle.description, spec=bundle.spec)
 
 
+def with_search_images(bundle: DataBundle) -> DataBundle:
+    """`bundle` with its search split's images added to its training split (those not already in it,
+    by content hash). The search images are the validation data's: the reward and the least-squares
+    calibration read them before recovery, the report split stays apart. A training set of another
+    kind than the validation data (such as JPEG copies of photographs scored on lossless ones) gains
+    images of the kind it is scored on."""
+    if bundle.train is None:
+        raise DataError("no training split to add the search images to: name training data (--train-data)")
+    have = set(image_hashes(bundle.train))
+    new = [i for i, h in enumerate(image_hashes(bundle.search)) if h not in have]
+    added = bundle.search.subset(new)
+    train = Split(torch.cat([bundle.train.x, added.x]), torch.cat([bundle.train.y, added.y]),
+                  f"{bundle.train.description} + {len(new)} search images ({bundle.search.description})")
+    log.info("training split: %d images of the training data and %d of the search split%s", len(bundle.train),
+             len(new), f" ({len(bundle.search) - len(new)} were in both)" if len(new) < len(bundle.search) else "")
+    return DataBundle(train=train, search=bundle.search, report=bundle.report, num_classes=bundle.num_classes,
+                      input_shape=bundle.input_shape, description=bundle.description, spec=bundle.spec)
+
+
 def _load_raw(spec: str, input_shape: tuple[int, int, int] | None, seed: int) -> RawData:
     prefix, _, arg = spec.partition(":")
     loader = LOADERS.get(prefix)

@@ -130,7 +130,9 @@ def test_each_field_reaches_the_jobs_config(api, field):
         up = api.store.add_upload(upload_id="w" * 32, kind="weights", filename="w.pt",
                                   size=1, sha256="0" * 64, path=f"/uploads/{field}.pt")
         value, expected = up.id, up.path
-    spec = {"model": "demo-cnn", field: value} | ({"quantize": "int8"} if field == "qat_epochs" else {})
+    companions = {"qat_epochs": {"quantize": "int8"},  # alone each is refused: it needs the other field
+                  "train_with_search": {"train_data": f"cifar10:{api.settings.data_root_paths[0] / 'x.npz'}"}}
+    spec = {"model": "demo-cnn", field: value} | companions.get(field, {})
     config = build_config(_dumped(spec), store=api.store, settings=api.settings)
     assert getattr(config, field) == expected != getattr(SearchConfig(model="demo-cnn", data="digits"), field)
 

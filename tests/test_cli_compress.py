@@ -110,5 +110,7 @@ def test_each_field_reaches_the_config_from_its_flag(field):
     argv = [f.flag] if f.type is bool else [f.flag, str(value)]
     if field == "qat_epochs":
         argv += ["--quantize", "int8"]  # it prepares an int8 model: alone it is refused
+    if field == "train_with_search":
+        argv += ["--train-data", "cifar10:/tmp/train.npz"]  # it adds images to the training data
     base = SearchConfig(model="demo-cnn", data="digits")
     assert getattr(_config(*REQUIRED, *argv), field) == value != getattr(base, field)

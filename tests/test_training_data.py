@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from compressor.config import SearchConfig
-from compressor.data import DataBundle, load_dataset, load_training_split, with_training
+from compressor.data import DataBundle, load_dataset, load_training_split, with_search_images, with_training
 from compressor.errors import ConfigError, DataError
 from compressor.finetune import LARGE_TRAINING_SET, RecoveryConfig, recover
 from compressor.pruning import ChannelPruner
@@ -82,6 +82,29 @@ def test_training_images_that_are_report_images_are_refused(tmp_path):
     np.savez(shared, x=np.concatenate([fresh, x[:5]]), y=np.concatenate([np.zeros(10, np.int64), y[:5]]))
     ok = with_training(bundle, load_training_split(f"cifar10:{shared}"), spec="s")
     assert len(ok.train) == 15 and ok.report is bundle.report
+
+
+def test_search_images_join_the_training_data_once_and_never_the_report_images(tmp_path):
+    test = _cifar_npz(tmp_path / "test.npz", 40, 5)
+    bundle = load_dataset(f"cifar10:{test}")  # search = images 0-19, report = 20-39
+    with np.load(test) as d:
+        x, y = d["x"], d["y"]
+    fresh = np.random.default_rng(6).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    train = tmp_path / "train.npz"  # 10 new images and 3 of the search split's
+    np.savez(train, x=np.concatenate([fresh, x[:3]]), y=np.concatenate([np.zeros(10, np.int64), y[:3]]))
+    joined = with_search_images(with_training(bundle, load_training_split(f"cifar10:{train}"), spec="t"))
+    assert len(joined.train) == 13 + 17  # the 3 shared search images are not trained on twice
+    assert joined.search is bundle.search and joined.report is bundle.report
+    assert "17 search images" in joined.train.description
+    key = {bytes(row.numpy().tobytes()) for row in joined.train.x}
+    assert all(bytes(row.numpy().tobytes()) in key for row in bundle.search.x)
+    assert not any(bytes(row.numpy().tobytes()) in key for row in bundle.report.x)
+    labels = {bytes(a.numpy().tobytes()): int(b) for a, b in zip(joined.train.x, joined.train.y)}
+    assert all(labels[bytes(a.numpy().tobytes())] == int(b) for a, b in zip(bundle.search.x, bundle.search.y))
+    with pytest.raises(DataError, match="--train-data"):
+        with_search_images(dataclasses.replace(bundle, train=None))
+    with pytest.raises(ConfigError, match="train_with_search: .*--train-data"):
+        SearchConfig(model="demo-cnn", data="digits", train_with_search=True)
 
 
 def test_a_search_refuses_leaky_training_data_before_searching(tmp_path):
@@ -229,6 +252,16 @@ def test_train_data_through_the_cli(digits, tmp_path):
     assert [h["epoch"] for h in report["recovery"]["history"]] == [1, 2]
     assert not (out / "recovery.ckpt").exists()  # removed once recovery has finished
 
+    out = tmp_path / "with-search"
+    args = parser.parse_args(["compress", "--model", "demo-cnn", "--data", "digits", "--train-data",
+                              f"imagefolder:{tmp_path / 'train'}", "--train-with-search", "--episodes", "2",
+                              "--finetune-epochs", "1", "--out", str(out)])
+    assert compress_cli.run(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["train_images"] == n + len(digits.search)  # the digit folder's images are training images
+    assert "search images" in report["splits"]["train"] and "search images" in report["recovery"]["train"]
+    assert "search images" in (out / "report.md").read_text()
+
 
 def test_train_data_through_rest_confined_and_run(digits, tmp_path):
     from test_server_harness import SMALL_JOB, ServerProcess, wait_for
@@ -242,6 +275,8 @@ def test_train_data_through_rest_confined_and_run(digits, tmp_path):
             assert r.status_code == 422, r.text
             assert r.json()["detail"][0]["loc"][-1] == "train_data"
             assert "not inside a folder this server reads data from" in r.text
+            r = c.post("/jobs", json={**SMALL_JOB, "train_with_search": True})  # nothing to add the images to
+            assert r.status_code == 422 and "--train-data" in r.text, r.text
             r = c.post("/jobs", json={**SMALL_JOB, "train_data": "imagefolder:digit-train", "finetune_epochs": 1})
             assert r.status_code == 201, r.text
             job = wait_for(c, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=180)

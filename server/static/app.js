@@ -286,7 +286,8 @@ function drawRecovery(job) {
     if (!seen.has(key) || r.epoch >= seen.get(key).epoch) seen.set(key, r);
   }
   const keys = (job.spec.targets && job.spec.targets.length) ? job.spec.targets.map((t) => latestKey(latest, t)) : [""];
-  const on = job.spec.train_data ? ` on ${esc(job.spec.train_data)}` : " on the search split";
+  const on = job.spec.train_data ? ` on ${esc(job.spec.train_data)}${job.spec.train_with_search ? " and the search split" : ""}`
+    : " on the search split";
   box.innerHTML = `<div class="muted">Recovery: ${esc(job.spec.finetune_method || "distill")}, ${epochs} epoch${epochs === 1 ? "" : "s"}${on} after ${keys.length > 1 ? "each search" : "the search"}</div>` +
     keys.map((k) => {
       const r = latest.get(k);
