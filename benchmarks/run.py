@@ -73,6 +73,15 @@ VARIANTS.update({
         [*VARIANTS[f"frontier-train-{d}"][2][:-1], f"runs/bench_frontier_search_r{d}", "--train-with-search"])
     for d in _TRAIN_FRONTIER_EXTRA
 })
+VARIANTS.update({
+    f"frontier-int8-search-{d}": (
+        "benchmarks.bench_frontier",
+        f"Int8: ResNet-56 against ResNet-{d}, both post-training int8, recovered on the training set and the "
+        "search split",
+        [*VARIANTS[f"frontier-int8-{d}"][2][:-3], f"runs/bench_frontier_int8_search_r{d}", "--quantize", "int8",
+         "--train-with-search"])
+    for d in _TRAIN_FRONTIER_EXTRA
+})
 # Quantization-aware recovery on top of a finished int8 frontier run (its --out folder, made by frontier-int8-D).
 VARIANTS.update({
     f"qat-{d}": ("benchmarks.bench_qat",
