@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from compressor import zoo
-    from compressor.data import Split, load_dataset, load_training_split, with_training
+    from compressor.data import load_dataset, load_training_split, with_training
     from compressor.finetune import RecoveryConfig, recover
     from compressor.pruning import ChannelPruner
     from compressor.reconstruct import recalibrate_batchnorm
@@ -127,16 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     recovery_images = full.search.subset(range(args.images))
     bundle = dataclasses.replace(full, search=recovery_images, train=recovery_images,
                                  report=full.report.subset(range(min(args.report_images, len(full.report)))))
-    train_only = bundle.train
+    train_only, both = bundle.train, None  # `both`: the training data and the search images (settings marked "search")
     if args.train_data is not None:
         if not (data / args.train_data).is_file():
             print(f"bench_recovery: {data / args.train_data} not found", file=sys.stderr)
             return 1
         train_only = load_training_split(f"cifar10:{data / args.train_data}", input_shape=entry.input_shape,
                                          mean=entry.mean, std=entry.std, seed=0)
-        bundle = with_training(bundle, train_only, spec=args.train_data)
-    both = Split(torch.cat([train_only.x, recovery_images.x]), torch.cat([train_only.y, recovery_images.y]),
-                 f"{train_only.description} + {recovery_images.description}")
+        joined = with_training(bundle, train_only, spec=args.train_data, add_search=True)  # checked once
+        bundle, both = dataclasses.replace(joined, train=train_only), joined.train
     weights = next((data / "weights").glob(f"{name}-*.th"))
     teacher = zoo.load_model(name, weights=str(weights)).model.eval()
     pruner = ChannelPruner(teacher, bundle.search.x[:1], prune_blocks=True)
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     cache: dict = {}  # the teacher's answers, shared by settings that draw the same batches
     for label, setting in chosen:
         kw = dict(setting)
-        if kw.pop("search", False) and args.train_data is None:
+        if kw.pop("search", False) and both is None:
             print(f"bench_recovery: '{label}' needs --train-data", file=sys.stderr)
             return 1
         trained_on = dataclasses.replace(bundle, train=both if setting.get("search") else train_only)

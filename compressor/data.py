@@ -216,11 +216,14 @@ def image_hashes(split: Split) -> list[bytes]:
     return [hashlib.blake2b(x[i].numpy().tobytes(), digest_size=16).digest() for i in range(len(split))]
 
 
-def with_training(bundle: DataBundle, train: Split, *, spec: str) -> DataBundle:
+def with_training(bundle: DataBundle, train: Split, *, spec: str, add_search: bool = False) -> DataBundle:
     """`bundle` with `train` as its training split, after checking that it fits the bundle (shape,
     classes) and that none of its images is a report image (content hash): recovery must never see
     the images its accuracy is reported on. Images shared with the search split are allowed (the
-    default recovery trains on the search split) and logged."""
+    default recovery trains on the search split) and logged. `add_search`: the search split's images not
+    already in `train` are trained on too (validation images the reward and the calibration read before
+    recovery; training images of another kind than them, such as JPEG copies of photographs scored on
+    lossless ones, gain images of the kind the model is scored on)."""
     if tuple(train.x.shape[1:]) != tuple(bundle.report.x.shape[1:]):
         raise DataError(
             f"training data {spec} has images of shape {_fmt(tuple(train.x.shape[1:]))} but {bundle.spec} has "
@@ -234,7 +237,8 @@ def with_training(bundle: DataBundle, train: Split, *, spec: str) -> DataBundle:
             f"{bundle.num_classes} classes (0-{bundle.num_classes - 1})"
         )
     report = set(image_hashes(bundle.report))
-    shared = [i for i, h in enumerate(image_hashes(train)) if h in report]
+    train_hashes = image_hashes(train)
+    shared = [i for i, h in enumerate(train_hashes) if h in report]
     if shared:
         rows = ", ".join(str(i) for i in shared[:5]) + (", ..." if len(shared) > 5 else "")
         raise DataError(
@@ -242,30 +246,17 @@ def with_training(bundle: DataBundle, train: Split, *, spec: str) -> DataBundle:
             f"report: {bundle.report.description}); the report split must never be trained on: remove them "
             "from the training data, or name other validation data"
         )
-    search = set(image_hashes(bundle.search))
-    overlap = sum(1 for h in image_hashes(train) if h in search)
+    have = set(train_hashes)
+    fresh = [i for i, h in enumerate(image_hashes(bundle.search)) if h not in have]
+    overlap = len(bundle.search) - len(fresh)
     if overlap:
         log.info("training data %s shares %d images with the search split (%s)", spec, overlap,
                  bundle.search.description)
-    return DataBundle(train=train, search=bundle.search, report=bundle.report, num_classes=bundle.num_classes,
-                      input_shape=bundle.input_shape, description=bundle.description, spec=bundle.spec)
-
-
-def with_search_images(bundle: DataBundle) -> DataBundle:
-    """`bundle` with its search split's images added to its training split (those not already in it,
-    by content hash). The search images are the validation data's: the reward and the least-squares
-    calibration read them before recovery, the report split stays apart. A training set of another
-    kind than the validation data (such as JPEG copies of photographs scored on lossless ones) gains
-    images of the kind it is scored on."""
-    if bundle.train is None:
-        raise DataError("no training split to add the search images to: name training data (--train-data)")
-    have = set(image_hashes(bundle.train))
-    new = [i for i, h in enumerate(image_hashes(bundle.search)) if h not in have]
-    added = bundle.search.subset(new)
-    train = Split(torch.cat([bundle.train.x, added.x]), torch.cat([bundle.train.y, added.y]),
-                  f"{bundle.train.description} + {len(new)} search images ({bundle.search.description})")
-    log.info("training split: %d images of the training data and %d of the search split%s", len(bundle.train),
-             len(new), f" ({len(bundle.search) - len(new)} were in both)" if len(new) < len(bundle.search) else "")
+    if add_search:
+        added = bundle.search.subset(fresh)
+        train = Split(torch.cat([train.x, added.x]), torch.cat([train.y, added.y]),
+                      f"{train.description} + {len(fresh)} search images ({bundle.search.description})")
+        log.info("training split: the training data and %d search images (%d images)", len(fresh), len(train))
     return DataBundle(train=train, search=bundle.search, report=bundle.report, num_classes=bundle.num_classes,
                       input_shape=bundle.input_shape, description=bundle.description, spec=bundle.spec)
 

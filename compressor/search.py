@@ -27,15 +27,7 @@ from torch import nn
 from compressor import zoo
 from compressor.config import SearchConfig
 from compressor.curves import best_so_far, curves_svg
-from compressor.data import (
-    LOADERS,
-    DataBundle,
-    Split,
-    load_dataset,
-    load_training_split,
-    with_search_images,
-    with_training,
-)
+from compressor.data import LOADERS, DataBundle, Split, load_dataset, load_training_split, with_training
 from compressor.depth import RemovalOrder, depth_seeds
 from compressor.env import Budget, PruningEnv, check_feasible, make_budget
 from compressor.errors import BudgetInfeasible, ConfigError, ModelLoadError, SearchCancelled
@@ -160,9 +152,7 @@ def _load_data(config: SearchConfig, entry: zoo.ModelEntry) -> DataBundle:
     bundle = load_dataset(config.data, input_shape=entry.input_shape, mean=mean, std=std, seed=0)
     if config.train_data is not None:
         train = load_training_split(config.train_data, input_shape=entry.input_shape, mean=mean, std=std, seed=0)
-        bundle = with_training(bundle, train, spec=config.train_data)
-        if config.train_with_search:
-            bundle = with_search_images(bundle)
+        bundle = with_training(bundle, train, spec=config.train_data, add_search=config.train_with_search)
     return bundle
 
 

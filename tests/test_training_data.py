@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from compressor.config import SearchConfig
-from compressor.data import DataBundle, load_dataset, load_training_split, with_search_images, with_training
+from compressor.data import DataBundle, load_dataset, load_training_split, with_training
 from compressor.errors import ConfigError, DataError
 from compressor.finetune import LARGE_TRAINING_SET, RecoveryConfig, recover
 from compressor.pruning import ChannelPruner
@@ -92,7 +92,7 @@ def test_search_images_join_the_training_data_once_and_never_the_report_images(t
     fresh = np.random.default_rng(6).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
     train = tmp_path / "train.npz"  # 10 new images and 3 of the search split's
     np.savez(train, x=np.concatenate([fresh, x[:3]]), y=np.concatenate([np.zeros(10, np.int64), y[:3]]))
-    joined = with_search_images(with_training(bundle, load_training_split(f"cifar10:{train}"), spec="t"))
+    joined = with_training(bundle, load_training_split(f"cifar10:{train}"), spec="t", add_search=True)
     assert len(joined.train) == 13 + 17  # the 3 shared search images are not trained on twice
     assert joined.search is bundle.search and joined.report is bundle.report
     assert "17 search images" in joined.train.description
@@ -101,8 +101,6 @@ def test_search_images_join_the_training_data_once_and_never_the_report_images(t
     assert not any(bytes(row.numpy().tobytes()) in key for row in bundle.report.x)
     labels = {bytes(a.numpy().tobytes()): int(b) for a, b in zip(joined.train.x, joined.train.y)}
     assert all(labels[bytes(a.numpy().tobytes())] == int(b) for a, b in zip(bundle.search.x, bundle.search.y))
-    with pytest.raises(DataError, match="--train-data"):
-        with_search_images(dataclasses.replace(bundle, train=None))
     with pytest.raises(ConfigError, match="train_with_search: .*--train-data"):
         SearchConfig(model="demo-cnn", data="digits", train_with_search=True)
 
