@@ -597,6 +597,26 @@ def _pick_final(problem: Problem, rows: list[dict[str, Any]], emit: EventSink) -
 LATENCY_FILL = 0.9
 
 
+def _interpolated_limit(candidates: list[dict[str, Any]], target: float) -> float | None:
+    """The budget as predicted at which the measurements say the target lies, read off the line between
+    the measured candidates nearest the target on either side of it; None without one on each side.
+
+    A table's error often depends on the size of the network (a fixed cost per kernel that the runtime
+    fuses away in a whole network, int8 above all): one measured/predicted ratio taken at one size then
+    overshoots at another, and rounds alternate between too large and far too small (seen: ratios 0.66
+    then 0.95 on an int8 table, leaving a pick at half the target). Two measured points bracket it."""
+    points = [(c["predicted_ms"], c["comparable_ms"]) for c in candidates
+              if c.get("predicted_ms") and c.get("comparable_ms")]
+    below = [p for p in points if p[1] <= target]
+    above = [p for p in points if p[1] > target]
+    if not below or not above:
+        return None
+    (p0, m0), (p1, m1) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+    if p1 <= p0:  # measurement noise put them out of order: the line says nothing
+        return None
+    return p0 + (target - m0) * (p1 - p0) / (m1 - m0)
+
+
 def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dict[str, Any], info: dict[str, Any],
                      strategy: Strategy, *, emit: EventSink, should_stop: Callable[[], bool],
                      ) -> tuple[Problem, list[dict[str, Any]], dict[str, Any], dict[str, Any], float]:
@@ -604,7 +624,9 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
     budget *as predicted*; when the measured candidates say the predictions were off (the table
     over-predicts, or the device is slower or faster today than when the table was calibrated), the
     budget is rescaled by the median measured/predicted ratio of the candidates measured last (after
-    a round, those the round found: the table's error depends on the size) and the search goes on for
+    a round, those the round found: the table's error depends on the size), or, once candidates have been
+    measured on both sides of the target, set where the line between the nearest two crosses it
+    (`_interpolated_limit`), and the search goes on for
     a third of its episodes (the uniform policy and the depth and width seeds at the new budget first, then the
     same agent), and the
     candidates are measured again. At most `latency_rounds` times. The rounds are not checkpointed: a
@@ -626,7 +648,8 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
         ratio = float(np.median(ratios))
         budget = problem.budget
         assert budget is not None
-        limit = target / ratio
+        bracket = _interpolated_limit(info["candidates"], target)
+        limit, how = (bracket, "interpolated") if bracket is not None else (target / ratio, "ratio")
         if abs(limit - budget.limit) <= 0.02 * budget.limit:
             break  # the predictions are already as right as the measurements can say
         new_budget = dataclasses.replace(budget, limit=limit)
@@ -638,7 +661,9 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
         problem = dataclasses.replace(problem, budget=new_budget)
         forget_best(strategy, new_budget)  # local moves start again from the best under the new budget
         episodes = max(3, config.episodes // 3)
-        emit(SearchEvent("phase", "refine", f"correction {r + 1}: measured/predicted {ratio:.3f}, searching "
+        said = ("between the candidates measured either side of the target" if how == "interpolated"
+                else f"measured/predicted {ratio:.3f}")
+        emit(SearchEvent("phase", "refine", f"correction {r + 1}: {said}, searching "
                                             f"{episodes} more episodes at {limit:.4g} ms as predicted"))
         first = len(rows)
         uniform, s1 = _search_loop(problem, "uniform", 1, out_dir=None, emit=emit, should_stop=should_stop,
@@ -655,7 +680,7 @@ def _correct_latency(problem: Problem, rows: list[dict[str, Any]], best_row: dic
         seconds += s1 + s2
         previous = info
         best_row, info = _pick_final(problem, rows, emit)
-        rounds.append({"ratio": ratio, "limit_ms": limit, "episodes": len(uniform) + len(more),
+        rounds.append({"ratio": ratio, "how": how, "limit_ms": limit, "episodes": len(uniform) + len(more),
                        "measured_ms": info.get("measured_ms"), "comparable_ms": info.get("comparable_ms"),
                        "seconds": s1 + s2})
         fresh = [c for c in info["candidates"] if c["episode"] > first] or list(info["candidates"])

@@ -159,3 +159,38 @@ def test_a_refused_latency_target_is_named_in_the_devices_milliseconds(tmp_path,
     assert ratio < 0.7
     assert report["budget"]["limit"] == pytest.approx(round(refused.value.smallest * 1.01, 5))
     assert report["budget"]["predicted_limit"] == pytest.approx(report["budget"]["limit"] / ratio)
+
+
+class _OffsetTable(_BiasedTable):
+    """A table whose error depends on the size: each prediction carries a fixed cost (half the unpruned
+    network's) that the device does not pay, as a runtime that fuses a per-kernel overhead away in a whole
+    network. One measured/predicted ratio read at one size is wrong at every other."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+
+    def predict_ms(self, kernels):
+        return super().predict_ms(kernels) / 2 + self.offset
+
+
+def test_a_table_whose_error_depends_on_the_size_is_corrected_between_two_measurements(tmp_path, demo_weights_path):
+    full = _BiasedTable().measure_ms(load_model("demo-cnn").model, None)
+    target, offset = round(0.6 * full, 3), full / 2
+    config = SearchConfig(model="demo-cnn", data="digits", episodes=9, strategy="random",
+                          weights=str(demo_weights_path), target=f"latency-ms={target}", latency_rounds=2, seed=1,
+                          calibrate_latency=False)
+    report = run_search(config, tmp_path / "offset", oracle=_OffsetTable(offset))
+    rounds = report["latency"]["corrections"]
+    # The first round has only candidates below the target (the offset makes them look dearer): a ratio,
+    # whose candidates overshoot. The second reads the budget off the line between the two sides: where the
+    # device's target lies as predicted (target + offset), not where a ratio read at the overshoot's size
+    # would put it (about twice as far).
+    assert rounds[0]["how"] == "ratio"
+    assert len(rounds) == 2 and rounds[1]["how"] == "interpolated"
+    assert rounds[1]["limit_ms"] == pytest.approx(target + offset, rel=0.05)
+    assert target / rounds[1]["ratio"] > 1.5 * (target + offset)
+    with open(tmp_path / "offset" / "episodes.csv") as fh:
+        later = [float(r["latency_ms"]) for r in list(csv.DictReader(fh))[-rounds[1]["episodes"]:]]
+    assert all(ms <= rounds[1]["limit_ms"] * (1 + 1e-9) for ms in later)
+    assert report["budget"]["met"] and report["result"]["latency_measured_ms"] <= target
