@@ -335,7 +335,8 @@ def render(results: dict) -> str:
     notes = []
     for t in targets:
         for i, c in enumerate(corrections.get(t) or []):
-            notes.append(f"`{t}` round {i + 1}: measured/predicted {c['ratio']:.2f}, {c['episodes']} more episodes at "
+            how = " (the budget read off the candidates either side of the target)" if c.get("how") == "interpolated" else ""
+            notes.append(f"`{t}` round {i + 1}: measured/predicted {c['ratio']:.2f}{how}, {c['episodes']} more episodes at "
                          f"{c['limit_ms']:.3f} ms as predicted, best measured then "
                          f"{c.get('comparable_ms') or c['measured_ms']:.3f} ms (comparable)")
     for t in targets:

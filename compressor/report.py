@@ -149,7 +149,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{_fmt_ms(latency.get('comparable_ms'))} ms at the device's speed when the budget was set, "
                   f"which is what was held against the target."]
     for i, c in enumerate((report.get("latency") or {}).get("corrections") or []):
-        lines += [f"Latency correction {i + 1}: the table predicted {1 / c['ratio']:.2f}× the measured latency, "
+        why = ("the candidates measured either side of the target put it there as predicted"
+               if c.get("how") == "interpolated" else
+               f"the table predicted {1 / c['ratio']:.2f}× the measured latency")
+        lines += [f"Latency correction {i + 1}: {why}, "
                   f"so {c['episodes']} more episodes searched at {c['limit_ms']:.3f} ms as predicted; best measured "
                   f"{_fmt_ms(c['measured_ms'])} ms{_at_calibration(c)}."]
     timing = report.get("episode_timing") or {}

@@ -194,7 +194,7 @@ CALIBRATION_RANGE = (0.2, 5.0)  # measured/predicted for the unpruned network th
 
 def _calibrate(config: SearchConfig, model: nn.Module, example: torch.Tensor, oracle: LatencyOracle | None,
                predictions: Predictions | None, pruner: Pruner, emit: EventSink) -> dict | None:
-    """The unpruned network timed once on the device against the table's prediction, before any
+    """The unpruned network timed on the device (the fastest of REFERENCE_ROUNDS) against the table's prediction, before any
     episode: a table timed on another day (or another phone of the model, or a warmer one) is off by a
     share that a whole-network measurement shows, and latency budgets are scaled by it (a frontier's
     later latency targets too, whatever its first). None when not asked for, without a device, or not
@@ -202,7 +202,8 @@ def _calibrate(config: SearchConfig, model: nn.Module, example: torch.Tensor, or
     if not config.calibrate_latency or oracle is None or predictions is None:
         return None
     emit(SearchEvent("phase", "measure", f"timing the unpruned network on {config.device} to calibrate the table"))
-    measured = oracle.measure_ms(model, example, fresh=True)  # the device today, not a cached number
+    # The device today, not a cached number; the fastest of a few timings (see REFERENCE_ROUNDS).
+    measured = _fastest([oracle.measure_ms(model, example, fresh=True) for _ in range(REFERENCE_ROUNDS)])
     predicted = predictions([float(c) for c in pruner.cost_model.full])
     if not measured or not predicted or not math.isfinite(measured) or measured <= 0 or predicted <= 0:
         return None
@@ -530,6 +531,16 @@ def _measure(problem: Problem, model: nn.Module, *, fresh: bool = False) -> floa
 
 
 MAX_EXTRA_MEASUREMENTS = 12
+# The calibration and each final candidate with its reference are timed this many times, interleaved, and
+# the fastest taken: a device's measurement can be slowed (a busy host, a VM whose cores are stolen for a
+# second), not sped up, and one slowed timing of the reference skews every comparison made against it
+# (seen: a calibration 30% slow made a pick at two thirds of its budget look like nine tenths of it).
+REFERENCE_ROUNDS = 3
+
+
+def _fastest(times: list[float | None]) -> float | None:
+    ok = [t for t in times if t is not None and math.isfinite(t) and t > 0]
+    return min(ok) if ok else None
 # Drift factors (the unpruned network now against its calibration) outside this range are taken for a
 # disturbed measurement, not the device's speed, and clamped.
 DRIFT_RANGE = (0.5, 2.0)
@@ -542,11 +553,16 @@ def _measure_against_reference(problem: Problem, model: nn.Module) -> dict[str, 
     (measured / drift, drift = reference now / reference at calibration). Without a calibration
     there is nothing to compare with and the measurement stands as it is."""
     calibration = problem.calibration
-    # Both timed now: a cached number is the device's speed on another day.
-    reference = _measure(problem, problem.model, fresh=True) if calibration else None
-    measured = _measure(problem, model, fresh=bool(calibration))
+    if not calibration:
+        return {"measured_ms": (m := _measure(problem, model)), "reference_ms": None, "drift": 1.0, "comparable_ms": m}
+    # Both timed now (a cached number is the device's speed on another day), in turns, the fastest of each.
+    references, times = [], []
+    for _ in range(REFERENCE_ROUNDS):
+        references.append(_measure(problem, problem.model, fresh=True))
+        times.append(_measure(problem, model, fresh=True))
+    reference, measured = _fastest(references), _fastest(times)
     drift = 1.0
-    if calibration and reference and reference > 0 and calibration.get("measured_ms"):
+    if reference and calibration.get("measured_ms"):
         drift = min(max(reference / float(calibration["measured_ms"]), DRIFT_RANGE[0]), DRIFT_RANGE[1])
     return {"measured_ms": measured, "reference_ms": reference, "drift": drift,
             "comparable_ms": None if measured is None else measured / drift}

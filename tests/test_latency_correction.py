@@ -194,3 +194,5 @@ def test_a_table_whose_error_depends_on_the_size_is_corrected_between_two_measur
         later = [float(r["latency_ms"]) for r in list(csv.DictReader(fh))[-rounds[1]["episodes"]:]]
     assert all(ms <= rounds[1]["limit_ms"] * (1 + 1e-9) for ms in later)
     assert report["budget"]["met"] and report["result"]["latency_measured_ms"] <= target
+    assert "Latency correction 2: the candidates measured either side of the target" in (
+        tmp_path / "offset" / "report.md").read_text()
