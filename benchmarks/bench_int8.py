@@ -1,7 +1,7 @@
 """Float32 against post-training int8 for the pretrained CIFAR-10 ResNets (issue 24). Needs ../shared/data.
 
 For each of ResNet-20/32/44/56: the float ONNX export and its int8 form (`compressor.export.quantize`:
-ONNX Runtime static quantization, QDQ, int8 weights per channel, uint8 activations, calibrated on
+ONNX Runtime static quantization, QDQ, int8 weights per channel in 7 bits, uint8 activations, calibrated on
 `--calibration` images of the search split, images 0-4999 of the CIFAR-10 test set), both scored on
 the report split (test images 5000-9999) from the files themselves with ONNX Runtime, and timed on
 `local` (ONNX Runtime, 1 thread) and, with `--phone` (the default), on an emulated phone over ADB (the

@@ -108,7 +108,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if quantized and quantized.get("file"):
         speedup = quantized.get("speedup")
         lines += ["", f"Int8 (`{quantized['file']}`, {_fmt_int(quantized['size_bytes'])} bytes): ONNX Runtime static "
-                      f"quantization (QDQ, int8 weights per channel, uint8 activations) calibrated on "
+                      f"quantization (QDQ, int8 weights per channel in 7 bits, uint8 activations) calibrated on "
                       f"{quantized['calibration_images']} search images; on {quantized['check_images']} other search "
                       f"images it picks the float model's class {_fmt_pct(quantized['top1_agreement'])} of the time "
                       f"(99th-percentile largest output difference {quantized['p99_abs_diff']:.3g}). Report-split "
