@@ -3,8 +3,8 @@ file will, so that its weights learn to live with int8 before ONNX Runtime quant
 
 The simulation follows the scheme of compressor/export/quantize.py (ONNX Runtime's static
 quantization, QDQ): every Conv2d and Linear weight is rounded to int8 per output channel, symmetrically
-(scale = max |w| / 127, zero point 0), and every tensor the exporter quantizes is rounded to uint8 per
-tensor with the min/max range of the same calibration images the exporter uses (ONNX Runtime's MinMax
+(scale = max |w| / 64: 7 bits, as the exporter's reduce_range; zero point 0), and every tensor the
+exporter quantizes is rounded to uint8 per tensor with the min/max range of the same calibration images the exporter uses (ONNX Runtime's MinMax
 calibration). Those tensors are found in the network's torch.fx graph where the exported graph has
 them: the input, each weighted layer's output after its BatchNorm (folded at export) and after a
 following ReLU (fused), each addition's and pooling's output (after its ReLU). A network torch.fx
@@ -43,7 +43,8 @@ from compressor.finetune import RecoveryConfig, RecoveryResult, recover
 
 log = logging.getLogger(__name__)
 
-INT8_MAX = 127  # symmetric int8 weights: -127..127 (ONNX Runtime's symmetric range)
+# Symmetric int8 weights in 7 bits: -64..64, ONNX Runtime's range with reduce_range (compressor/export/quantize.py).
+INT8_MAX = 64
 UINT8_MAX = 255
 QUANTIZED = (nn.Conv2d, nn.Linear)
 CALIBRATION_BATCH = 64
