@@ -118,12 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = LocalDevice()
 
-    def measured(paths: list[Path], runs: list[list[float]] | None = None) -> list[float]:
+    def measured(paths: list[Path], runs: list[list[float]]) -> list[float]:
         # Interleaved rounds; each model's fastest run (--statistic min) or fastest round median. On a
         # shared 2-core machine another process can slow a run or a whole round down, never speed it
         # up, so the least disturbed one is the best estimate of what the model costs. `runs` (one list
         # a path) gathers the rounds across calls.
-        runs = runs if runs is not None else [[] for _ in paths]
         for _ in range(args.rounds):
             for i, path in enumerate(paths):
                 m = measure(device, path, MeasureConfig(threads=1), cache=None)
@@ -131,6 +130,23 @@ def main(argv: list[str] | None = None) -> int:
         for path, r in zip(paths, runs):
             log(f"    {path.name}: round {args.statistic}s {', '.join(f'{x:.3f}' for x in r)} ms")
         return [min(r) for r in runs]
+
+    def until_settled(paths: list[Path], in_order=lambda timed: True) -> tuple[list[float], int, list[str]]:
+        # Rounds are added (4 times --rounds at most) until `in_order` holds and each model's two fastest
+        # rounds agree within SETTLED: a VM whose neighbours steal its cores gives rounds 30% apart.
+        # Returns the numbers, the rounds taken and the models still unsettled.
+        runs: list[list[float]] = [[] for _ in paths]
+        for _attempt in range(4):
+            timed = measured(paths, runs)
+            unsettled = [p.name for p, r in zip(paths, runs) if not _settled(r)]
+            if not in_order(timed):
+                log("  a deeper network measured faster than a shallower one: the machine is busy; measuring again")
+            elif unsettled:
+                log(f"  the fastest rounds of {', '.join(unsettled)} are more than {SETTLED - 1:.0%} apart: the "
+                    "machine is busy; measuring again")
+            else:
+                break
+        return timed, len(runs[0]), unsettled
 
     t_start = time.perf_counter()
     example = torch.zeros(1, 3, 32, 32)
@@ -156,28 +172,19 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  ResNet-{depth} int8: {int8_acc[depth]:.2%} on the report split (scored from the file)")
     log(f"measuring ResNet-{', '.join(map(str, depths + [56]))}{' and their int8 forms' if int8_files else ''} "
         f"({args.rounds} interleaved rounds)")
-    # The targets come from these numbers, so they are taken again (the rounds adding up) until they are in
-    # order and settled: each model's two fastest rounds within SETTLED of each other. A VM whose neighbours
-    # steal its cores gives rounds 30% apart, and a target set in such a spell is off by as much.
-    first_paths = [sibling_files[d] for d in depths + [56]] + int8_files
-    rounds_so_far: list[list[float]] = [[] for _ in first_paths]
-    for _attempt in range(4):
-        timed = measured(first_paths, rounds_so_far)
-        unsettled = [p.name for p, r in zip(first_paths, rounds_so_far) if not _settled(r)]
-        before = dict(zip(depths + [56], timed))
-        before_int8 = dict(zip(depths + [56], timed[len(depths) + 1:]))
-        log("  " + ", ".join(f"ResNet-{d} {ms:.3f} ms" for d, ms in before.items()))
-        if before_int8:
-            log("  int8: " + ", ".join(f"ResNet-{d} {ms:.3f} ms" for d, ms in before_int8.items()))
-        ordered = [before[d] for d in sorted(before)]
-        if not all(a < b for a, b in zip(ordered, ordered[1:])):
-            log("  a deeper network measured faster than a shallower one: the machine is busy; measuring again")
-        elif unsettled:
-            log(f"  the fastest rounds of {', '.join(unsettled)} are more than {SETTLED - 1:.0%} apart: the machine "
-                "is busy; measuring again")
-        else:
-            break
-    else:
+    # The targets come from these numbers: a target set in a spell of stolen cores is off by as much.
+    def deeper_slower(timed: list[float]) -> bool:
+        ordered = [timed[i] for i, _ in sorted(enumerate(depths + [56]), key=lambda t: t[1])]
+        return all(a < b for a, b in zip(ordered, ordered[1:]))
+
+    timed, target_rounds, unsettled = until_settled([sibling_files[d] for d in depths + [56]] + int8_files,
+                                                    deeper_slower)
+    before = dict(zip(depths + [56], timed))
+    before_int8 = dict(zip(depths + [56], timed[len(depths) + 1:]))
+    log("  " + ", ".join(f"ResNet-{d} {ms:.3f} ms" for d, ms in before.items()))
+    if before_int8:
+        log("  int8: " + ", ".join(f"ResNet-{d} {ms:.3f} ms" for d, ms in before_int8.items()))
+    if unsettled or not deeper_slower(timed):
         log("bench_frontier: the latencies stay out of order or unsettled (a busy machine: see `top`'s steal "
             "and other processes); run it on a quiet one")
         return 1
@@ -211,18 +218,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # Interleaved re-measurement of every compressed model and every sibling (and their int8 forms).
     ours = [out / "frontier" / target_dir(t) / "model.onnx" for t in targets]
-    # Settled the same way as the targets (at most 4 times the rounds), or said to be unsettled in the table.
-    final_paths = [sibling_files[d] for d in depths + [56]] + ours + int8_files
-    final_rounds: list[list[float]] = [[] for _ in final_paths]
-    for _attempt in range(4):
-        again = measured(final_paths, final_rounds)
-        unsettled_final = [p.name for p, r in zip(final_paths, final_rounds) if not _settled(r)]
-        if not unsettled_final:
-            break
-        log(f"  the fastest rounds of {', '.join(unsettled_final)} are more than {SETTLED - 1:.0%} apart: measuring "
-            "again")
-    else:
-        log(f"  still unsettled after {len(final_rounds[0])} rounds: {', '.join(unsettled_final)}")
+    # Settled the same way as the targets, or said to be unsettled in the table.
+    again, final_rounds, unsettled_final = until_settled([sibling_files[d] for d in depths + [56]] + ours + int8_files)
+    if unsettled_final:
+        log(f"  still unsettled after {final_rounds} rounds: {', '.join(unsettled_final)}")
     n = len(depths) + 1
     sib_ms = dict(zip(depths + [56], again[:n]))
     our_ms = dict(zip(targets, again[n:n + len(targets)]))
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                "after": {"siblings": sib_ms, "ours": our_ms},
                "accuracy": sib_acc, "frontier": frontier, "corrections": corrections,
                "drifts": drifts, "recoveries": recoveries,
-               "measurement": {"target_rounds": len(rounds_so_far[0]), "final_rounds": len(final_rounds[0]),
+               "measurement": {"target_rounds": target_rounds, "final_rounds": final_rounds,
                                "unsettled": unsettled_final}}
     if int8_files:
         results["int8"] = {"siblings": {d: {"ms": int8_ms[d], "accuracy": int8_acc[d]} for d in depths + [56]},
@@ -301,7 +300,7 @@ def render(results: dict) -> str:
     meas = results.get("measurement") or {}
     final_rounds = meas.get("final_rounds", st["rounds"])
     target_rounds = f", from {meas['target_rounds']} rounds" if meas else ""
-    settled = (f"; rounds were added until each model's two fastest agreed within {SETTLED - 1:.0%}"
+    settling = (f"; rounds were added until each model's two fastest agreed within {SETTLED - 1:.0%}"
                + (f" (still not for {', '.join(meas['unsettled'])})" if meas.get("unsettled") else "")) if meas else ""
     lines = [
         f"ResNet-56 (pretrained) compressed to each sibling's measured {'int8 ' if aimed_int8 else ''}latency"
@@ -314,7 +313,7 @@ def render(results: dict) -> str:
         f"{st.get('latency_rounds', 0)} latency correction rounds at most. Accuracy on the report split "
         f"(test images 5000-9999). Latency: `local`, ONNX Runtime, 1 thread, the fastest of {final_rounds} "
         f"interleaved rounds (each {stat} of 50 runs) taken after all searches (targets were set the same way "
-        f"before them{margin}{target_rounds}; the searches measured candidates the same way{paired}){settled}. "
+        f"before them{margin}{target_rounds}; the searches measured candidates the same way{paired}){settling}. "
         f"Total {st['total_s'] / 60:.0f} min.",
         "",
         "| sibling | its accuracy | its latency | ours: accuracy before → after recovery | ours: latency | "

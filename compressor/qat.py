@@ -4,8 +4,8 @@ file will, so that its weights learn to live with int8 before ONNX Runtime quant
 The simulation follows the scheme of compressor/export/quantize.py (ONNX Runtime's static
 quantization, QDQ): every Conv2d and Linear weight is rounded to int8 per output channel, symmetrically
 (scale = max |w| / 64: 7 bits, as the exporter's reduce_range; zero point 0), and every tensor the
-exporter quantizes is rounded to uint8 per tensor with the min/max range of the same calibration images the exporter uses (ONNX Runtime's MinMax
-calibration). Those tensors are found in the network's torch.fx graph where the exported graph has
+exporter quantizes is rounded to uint8 per tensor with the min/max range of the same calibration images
+the exporter uses (ONNX Runtime's MinMax calibration). Those tensors are found in the network's torch.fx graph where the exported graph has
 them: the input, each weighted layer's output after its BatchNorm (folded at export) and after a
 following ReLU (fused), each addition's and pooling's output (after its ReLU). A network torch.fx
 cannot trace is simulated more coarsely (each Conv2d/Linear input and the output; not the inputs of

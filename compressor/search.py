@@ -194,10 +194,10 @@ CALIBRATION_RANGE = (0.2, 5.0)  # measured/predicted for the unpruned network th
 
 def _calibrate(config: SearchConfig, model: nn.Module, example: torch.Tensor, oracle: LatencyOracle | None,
                predictions: Predictions | None, pruner: Pruner, emit: EventSink) -> dict | None:
-    """The unpruned network timed on the device (the fastest of REFERENCE_ROUNDS) against the table's prediction, before any
-    episode: a table timed on another day (or another phone of the model, or a warmer one) is off by a
-    share that a whole-network measurement shows, and latency budgets are scaled by it (a frontier's
-    later latency targets too, whatever its first). None when not asked for, without a device, or not
+    """The unpruned network timed on the device (the fastest of REFERENCE_ROUNDS timings) against the
+    table's prediction, before any episode: a table timed on another day (or another phone of the model,
+    or a warmer one) is off by a share that a whole-network measurement shows, and latency budgets are
+    scaled by it (a frontier's later latency targets too, whatever its first). None when not asked for, without a device, or not
     measurable."""
     if not config.calibrate_latency or oracle is None or predictions is None:
         return None
@@ -205,7 +205,7 @@ def _calibrate(config: SearchConfig, model: nn.Module, example: torch.Tensor, or
     # The device today, not a cached number; the fastest of a few timings (see REFERENCE_ROUNDS).
     measured = _fastest([oracle.measure_ms(model, example, fresh=True) for _ in range(REFERENCE_ROUNDS)])
     predicted = predictions([float(c) for c in pruner.cost_model.full])
-    if not measured or not predicted or not math.isfinite(measured) or measured <= 0 or predicted <= 0:
+    if measured is None or not predicted or predicted <= 0:  # _fastest keeps finite, positive times only
         return None
     ratio = float(measured / predicted)
     if not CALIBRATION_RANGE[0] <= ratio <= CALIBRATION_RANGE[1]:
@@ -536,14 +536,15 @@ MAX_EXTRA_MEASUREMENTS = 12
 # second), not sped up, and one slowed timing of the reference skews every comparison made against it
 # (seen: a calibration 30% slow made a pick at two thirds of its budget look like nine tenths of it).
 REFERENCE_ROUNDS = 3
-
-
-def _fastest(times: list[float | None]) -> float | None:
-    ok = [t for t in times if t is not None and math.isfinite(t) and t > 0]
-    return min(ok) if ok else None
 # Drift factors (the unpruned network now against its calibration) outside this range are taken for a
 # disturbed measurement, not the device's speed, and clamped.
 DRIFT_RANGE = (0.5, 2.0)
+
+
+def _fastest(times: list[float | None]) -> float | None:
+    """The least disturbed of several timings of one model; None when none of them is a time."""
+    ok = [t for t in times if t is not None and math.isfinite(t) and t > 0]
+    return min(ok) if ok else None
 
 
 def _measure_against_reference(problem: Problem, model: nn.Module) -> dict[str, Any]:
@@ -554,7 +555,8 @@ def _measure_against_reference(problem: Problem, model: nn.Module) -> dict[str, 
     there is nothing to compare with and the measurement stands as it is."""
     calibration = problem.calibration
     if not calibration:
-        return {"measured_ms": (m := _measure(problem, model)), "reference_ms": None, "drift": 1.0, "comparable_ms": m}
+        measured = _measure(problem, model)
+        return {"measured_ms": measured, "reference_ms": None, "drift": 1.0, "comparable_ms": measured}
     # Both timed now (a cached number is the device's speed on another day), in turns, the fastest of each.
     references, times = [], []
     for _ in range(REFERENCE_ROUNDS):
